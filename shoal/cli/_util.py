@@ -1,0 +1,64 @@
+"""Shared helpers for CLI commands: workspace, JSON output, progress lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from shoal.store import Workspace, _json_default
+
+
+class CliError(Exception):
+    """A bad invocation the user can fix; printed as one line."""
+
+
+def workspace(args: argparse.Namespace) -> Workspace:
+    return Workspace(args.workspace)
+
+
+def print_json(payload: Any) -> None:
+    json.dump(payload, sys.stdout, indent=2, default=_json_default, allow_nan=False)
+    sys.stdout.write("\n")
+
+
+class ProgressLine:
+    """Progress on stderr: one rewritten line on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, label: str, *, unit: str = "items", every: float = 5.0):
+        self.label = label
+        self.unit = unit
+        self.every = every
+        self._last = 0.0
+        self._tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, rate: float | None = None, eta: float | None = None) -> None:
+        now = time.monotonic()
+        final = done >= total
+        if not final and now - self._last < (0.2 if self._tty else self.every):
+            return
+        self._last = now
+        parts = [f"{self.label}: {done:,}/{total:,} {self.unit}"]
+        if total:
+            parts.append(f"({100 * done / total:.0f}%)")
+        if rate:
+            parts.append(f"{rate:,.1f} {self.unit}/s")
+        if eta is not None and not final:
+            parts.append(f"ETA {format_seconds(eta)}")
+        line = " ".join(parts)
+        if self._tty:
+            sys.stderr.write("\r" + line.ljust(78) + ("\n" if final else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

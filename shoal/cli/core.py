@@ -1,0 +1,247 @@
+"""Core commands: import, embed, add/export embeddings, datasets, info, delete, jobs, serve, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from shoal import jobs
+from shoal.cli._util import CliError, ProgressLine, print_json, workspace
+
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+        parser = subparsers.add_parser(name, help=help_text, description=help_text, parents=[common])
+        parser.set_defaults(func=func)
+        return parser
+
+    p = add("import", "Create a dataset from a folder, a .zip, or a CSV/Parquet manifest of images.", cmd_import)
+    p.add_argument("source", help="folder, .zip, .csv or .parquet")
+    p.add_argument("--dataset", required=True, help="name of the new dataset")
+    p.add_argument("--split", help="split for images not under a train/val/test folder")
+    p.add_argument("--metadata", help="with an embeddings SOURCE: table of per-id metadata (CSV/Parquet)")
+    p.add_argument("--ids", help="with an .npy embeddings SOURCE: file of row ids")
+    p.add_argument("--json", action="store_true", help="print the import report as JSON")
+
+    p = add("embed", "Generate embeddings for a dataset's images (resumes if interrupted).", cmd_embed)
+    p.add_argument("name", help="dataset")
+    p.add_argument("--model", default="efficientnet_lite0", help="registered model name (default: %(default)s)")
+    p.add_argument("--embedding", help="name of the embedding set (default: the model name)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--objects", action="store_true", help="embed each labelled/predicted box (detection datasets)")
+    p.add_argument("--json", action="store_true")
+
+    p = add("add-embeddings", "Attach embeddings made by your own model (.npy, .parquet or .csv).", cmd_add_embeddings)
+    p.add_argument("name", help="dataset")
+    p.add_argument("file", help="embeddings file")
+    p.add_argument("--embedding", default="user", help="name for this embedding set (default: %(default)s)")
+    p.add_argument("--ids", help="for .npy: a file of sample ids, one per row")
+    p.add_argument("--json", action="store_true")
+
+    p = add("export-embeddings", "Write sample_id, embedding and metadata to a Parquet file.", cmd_export)
+    p.add_argument("name", help="dataset")
+    p.add_argument("--out", required=True, help="output .parquet file")
+    p.add_argument("--embedding", help="embedding set (default: the dataset's default)")
+
+    p = add("datasets", "List the datasets in the workspace.", cmd_datasets)
+    p.add_argument("--json", action="store_true")
+
+    p = add("info", "Describe a dataset: samples, splits, labels, embeddings, rejected files.", cmd_info)
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+
+    p = add("delete", "Delete a dataset and everything computed from it.", cmd_delete)
+    p.add_argument("name")
+
+    p = add("jobs", "List background jobs (and their progress or errors).", cmd_jobs)
+    p.add_argument("--dataset")
+    p.add_argument("--cancel", metavar="JOB_ID", help="ask a running job to stop")
+    p.add_argument("--json", action="store_true")
+
+    p = add("serve", "Start the Shoal web app on the workspace.", cmd_serve)
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="localhost", help="bind address (0.0.0.0 to serve a team)")
+
+    p = add("demo", "Build the bundled sample dataset (with embeddings) if needed, then serve it.", cmd_demo)
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="localhost")
+    p.add_argument("--no-serve", action="store_true", help="only build the sample dataset")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from shoal.embeddings_io import create_from_embeddings
+    from shoal.importers import import_source
+
+    ws = workspace(args)
+    source = Path(args.source)
+    if source.suffix.lower() == ".npy" or args.metadata:
+        report = create_from_embeddings(ws, args.dataset, source, metadata_file=args.metadata, ids_file=args.ids)
+    else:
+        report = import_source(ws, source, dataset=args.dataset, split=args.split, progress=ProgressLine("import", unit="files"))
+    _print_report(report.to_dict(), as_json=args.json)
+    return 0
+
+
+def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print_json(report)
+        return
+    print(f"imported {report['imported']:,} samples into dataset {report['dataset']!r} from {report['source']}")
+    if report.get("splits"):
+        print("  splits: " + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items()))
+    if report.get("labels"):
+        print("  labels: " + ", ".join(f"{k} {v:,}" for k, v in report["labels"].items()))
+    rejected = report.get("rejected", [])
+    if rejected:
+        print(f"rejected {len(rejected):,} file(s):")
+        for item in rejected:
+            print(f"  {item['file']}: {item['reason']}")
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    ws = workspace(args)
+    ws.open(args.name)
+    if args.objects:
+        kind, params = "embed-objects", {"model": args.model, "name": args.embedding, "batch_size": args.batch_size}
+    else:
+        kind, params = "embed", {"model": args.model, "name": args.embedding, "batch_size": args.batch_size}
+    line = ProgressLine(f"embed {args.name}", unit="images")
+    record = jobs.run_inline(
+        ws, kind, dataset=args.name, params=params,
+        observer=lambda p: line(p.done, p.total, p.rate, p.eta_seconds),
+    )
+    if record.state != "done":
+        raise CliError(record.error or f"embedding {record.state}")
+    if args.json:
+        print_json(record.result)
+    else:
+        result = record.result or {}
+        print(f"stored embedding set {result.get('embedding')!r}: {result.get('count'):,} x {result.get('dim')}")
+    return 0
+
+
+def cmd_add_embeddings(args: argparse.Namespace) -> int:
+    from shoal.embeddings_io import add_embeddings
+
+    ds = workspace(args).open(args.name)
+    info = add_embeddings(ds, args.file, name=args.embedding, ids_file=args.ids)
+    if ds.meta.get("default_embedding") is None:
+        ds.update_meta(default_embedding=info.name)
+    if args.json:
+        print_json(info.to_dict())
+    else:
+        print(f"stored embedding set {info.name!r} on {args.name!r}: {info.count:,} x {info.dim}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from shoal.embeddings_io import export_embeddings
+
+    out = export_embeddings(workspace(args).open(args.name), args.out, embedding=args.embedding)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    ws = workspace(args)
+    described = [ws.open(name).describe() for name in ws.list_datasets()]
+    if args.json:
+        print_json(described)
+        return 0
+    if not described:
+        print(f"no datasets in {ws.root}; create one with `shoal import SOURCE --dataset NAME`")
+    for item in described:
+        embeddings = ", ".join(e["name"] for e in item["embeddings"]) or "no embeddings"
+        print(f"{item['name']}\t{item['samples']:,} samples\t{embeddings}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    ds = workspace(args).open(args.name)
+    info = ds.describe()
+    if args.json:
+        info["import_report"] = ds.import_report()
+        print_json(info)
+        return 0
+    print(f"dataset {info['name']} (created {info['created_at']})")
+    print(f"  samples: {info['samples']:,}" + ("" if info["has_images"] else " (no images: embeddings + metadata)"))
+    for key in ("splits", "labels"):
+        if info[key]:
+            print(f"  {key}: " + ", ".join(f"{k} {v:,}" for k, v in list(info[key].items())[:20]))
+    if info["objects"] is not None:
+        print(f"  objects: {info['objects']:,}")
+    print(f"  columns: {', '.join(info['columns'])}")
+    if not info["embeddings"]:
+        print(f"  embeddings: none yet (run `shoal embed {info['name']}`)")
+    for e in info["embeddings"]:
+        print(f"  embedding {e['name']}: {e['count']:,} x {e['dim']} ({e['model']}, {e['level']}, {e['created_at']})")
+    if info["rejected"]:
+        print(f"  rejected at import: {info['rejected']:,} file(s) (see `shoal info {info['name']} --json`)")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    workspace(args).delete(args.name)
+    print(f"deleted dataset {args.name!r}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    ws = workspace(args)
+    if args.cancel:
+        record = jobs.cancel(ws, args.cancel)
+        print(f"job {record.id}: {record.state}")
+        return 0
+    records = jobs.list_jobs(ws, dataset=args.dataset)
+    if args.json:
+        print_json([r.to_dict() for r in records])
+        return 0
+    for r in records:
+        detail = r.error if r.state == "failed" else f"{r.progress.done:,}/{r.progress.total:,}"
+        print(f"{r.id}\t{r.kind}\t{r.dataset}\t{r.state}\t{detail}")
+    return 0
+
+
+def app_path() -> Path:
+    path = Path(__file__).resolve().parents[2] / "app.py"
+    if not path.exists():
+        raise CliError(f"the web app is not installed beside the package (looked for {path}); run from a checkout")
+    return path
+
+
+def serve(ws_root: Path, *, port: int, address: str) -> int:
+    app = app_path()
+    env = dict(os.environ, SHOAL_WORKSPACE=str(ws_root))
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.port", str(port), "--server.address", address, "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]
+    print(f"Shoal on http://{address}:{port}  (workspace {ws_root})", flush=True)
+    return subprocess.call(command, env=env, cwd=app.parent)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return serve(workspace(args).root, port=args.port, address=args.address)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from shoal.demo import ensure_sample_dataset
+
+    ws = workspace(args)
+    line = ProgressLine("embed sample", unit="images")
+    name = ensure_sample_dataset(ws, progress=lambda p: line(p.done, p.total, p.rate, p.eta_seconds))
+    print(f"sample dataset {name!r} ready in {ws.root}")
+    if args.no_serve:
+        return 0
+    return serve(ws.root, port=args.port, address=args.address)
+
+

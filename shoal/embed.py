@@ -1,0 +1,65 @@
+"""Embed a stored dataset's images with a registered model, resumably.
+
+The per-batch checkpoints live in the dataset's ``embeddings/.partial-<name>/``; a killed run
+continues from the last finished batch. The set is published only when every image is embedded.
+
+Example:
+    >>> embed_dataset(Workspace().open("pets"))                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from shoal.store import Dataset, EmbeddingInfo, StoreError
+
+DEFAULT_EMBEDDING_MODEL = "efficientnet_lite0"
+
+
+def default_embedding_name(model: str) -> str:
+    return model.replace("/", "-")
+
+
+def embed_dataset(
+    dataset: Dataset,
+    *,
+    model: str = DEFAULT_EMBEDDING_MODEL,
+    name: str | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    precision: str = "auto",
+    progress: Callable[[Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EmbeddingInfo:
+    """Embed every image of ``dataset`` and store the set as ``name`` (default: the model name)."""
+    from embedding import create_model, embed_paths
+
+    if not dataset.has_images:
+        raise StoreError(
+            f"dataset {dataset.name!r} has no images to embed; add embeddings with `shoal add-embeddings`"
+        )
+    name = name or default_embedding_name(model)
+    samples = dataset.samples()
+    paths = [dataset.image_file(p) for p in samples["path"]]
+    embedder = create_model(model)
+    vectors = embed_paths(
+        paths,
+        embedder,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        precision=precision,
+        checkpoint_dir=dataset.partial_dir(name),
+        progress=progress,
+        should_stop=should_stop,
+    )
+    info = dataset.save_embeddings(
+        name,
+        vectors,
+        samples["sample_id"].astype(str).to_numpy(),
+        model=model,
+        preprocessing=dict(getattr(embedder, "data_config", {}) or {}),
+    )
+    if dataset.meta.get("default_embedding") is None:
+        dataset.update_meta(default_embedding=name)
+    return info

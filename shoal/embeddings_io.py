@@ -1,0 +1,289 @@
+"""Embeddings made elsewhere, in and out: .npy, .parquet and .csv, validated strictly.
+
+Nothing here unpickles: ``np.load(allow_pickle=False)`` only. A file is refused as a whole with a
+message naming the offending row or id; a partial embedding set would silently skew every analysis.
+
+Example:
+    >>> add_embeddings(ws.open("pets"), "clip.parquet", name="clip")        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shoal.importers import ID_COLUMNS, ImportReport, read_table
+from shoal.store import Dataset, EmbeddingInfo, StoreError, Workspace, validate_name
+
+USER_MODEL = "user-provided"
+PathLike = str | os.PathLike[str]
+
+
+class EmbeddingFileError(StoreError):
+    """An embeddings file is malformed; the message says where and what to do."""
+
+
+def read_embeddings_file(path: PathLike, *, ids_file: PathLike | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """Read ``(ids or None, vectors (n, dim) float32)`` from .npy, .parquet or .csv.
+
+    An .npy file carries no ids: rows are in manifest order unless ``ids_file`` (one id per line,
+    or a one-column CSV/.npy) names them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EmbeddingFileError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        ids, vectors = None, _read_npy(path)
+    elif suffix in (".parquet", ".pq"):
+        ids, vectors = _read_parquet(path)
+    elif suffix == ".csv":
+        ids, vectors = _read_csv(path)
+    else:
+        raise EmbeddingFileError(f"{path.name}: unsupported embeddings format; use .npy, .parquet or .csv")
+    if ids_file is not None:
+        ids = read_ids_file(Path(ids_file))
+        if len(ids) != len(vectors):
+            raise EmbeddingFileError(f"{Path(ids_file).name} has {len(ids)} ids but {path.name} has {len(vectors)} rows")
+    _check_finite(vectors, ids, path.name)
+    return ids, vectors
+
+
+def read_ids_file(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        try:
+            ids = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            raise EmbeddingFileError(f"{path.name}: ids must be a plain string or integer array ({error})") from error
+        return ids.astype(str).ravel()
+    if path.suffix.lower() in (".csv", ".parquet"):
+        table = read_table(path)
+        return table.iloc[:, 0].astype(str).to_numpy()
+    return np.asarray([line.strip() for line in path.read_text().splitlines() if line.strip()], dtype=str)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        vectors = np.load(path, allow_pickle=False, mmap_mode="r")
+    except ValueError as error:
+        raise EmbeddingFileError(
+            f"{path.name}: cannot load without unpickling ({error}); save a plain numeric array with np.save"
+        ) from error
+    return _as_matrix(vectors, path.name)
+
+
+def _as_matrix(vectors: np.ndarray, file_name: str) -> np.ndarray:
+    if vectors.dtype.kind not in "fiu":
+        raise EmbeddingFileError(f"{file_name}: embeddings must be numeric, got dtype {vectors.dtype}")
+    if vectors.ndim != 2:
+        raise EmbeddingFileError(f"{file_name}: expected a 2-D (rows, dim) matrix, got shape {vectors.shape}")
+    if vectors.shape[0] == 0 or vectors.shape[1] == 0:
+        raise EmbeddingFileError(f"{file_name}: empty embeddings matrix {vectors.shape}")
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # noqa: BLE001
+        raise EmbeddingFileError(f"cannot read {path.name}: {error}") from error
+    id_column = _id_column(table.column_names, path.name)
+    list_columns = [
+        f.name for f in table.schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
+        or pa.types.is_large_list(f.type)
+    ]
+    ids = np.asarray(table.column(id_column).to_pylist()).astype(str)
+    if list_columns:
+        column = "embedding" if "embedding" in list_columns else list_columns[0]
+        values = table.column(column).combine_chunks()
+        value_type = values.type.value_type
+        if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
+            raise EmbeddingFileError(f"{path.name}: column {column!r} holds {value_type}, not numbers")
+        lengths = np.asarray(values.value_lengths() if hasattr(values, "value_lengths") else
+                             pa.compute.list_value_length(values))
+        if values.null_count:
+            row = int(np.flatnonzero(np.asarray(values.is_null()))[0])
+            raise EmbeddingFileError(f"{path.name}: row {row} (id {str(ids[row])!r}) has no embedding")
+        if len(set(lengths.tolist())) > 1:
+            expected = int(np.bincount(lengths).argmax())
+            row = int(np.flatnonzero(lengths != expected)[0])
+            raise EmbeddingFileError(
+                f"{path.name}: row {row} (id {str(ids[row])!r}) has dimension {lengths[row]}, expected {expected}"
+            )
+        flat = np.asarray(values.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
+        vectors = flat.reshape(len(ids), -1)
+        return ids, _as_matrix(vectors.astype(np.float32), path.name)
+    frame = table.to_pandas()
+    return ids, _numeric_columns(frame.drop(columns=[id_column]), path.name)
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    frame = read_table(path)
+    id_column = _id_column(list(frame.columns), path.name)
+    return frame[id_column].astype(str).to_numpy(), _numeric_columns(frame.drop(columns=[id_column]), path.name)
+
+
+def _numeric_columns(frame: pd.DataFrame, file_name: str) -> np.ndarray:
+    bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if bad:
+        column = bad[0]
+        converted = pd.to_numeric(frame[column], errors="coerce")
+        row = int(np.flatnonzero(converted.isna() & frame[column].notna())[0]) if converted.isna().any() else 0
+        raise EmbeddingFileError(
+            f"{file_name}: column {column!r} is not numeric (row {row + 1}: {frame[column].iloc[row]!r}); "
+            "an embeddings table holds an id column and numeric columns only"
+        )
+    return _as_matrix(frame.to_numpy(dtype=np.float64).astype(np.float32), file_name)
+
+
+def _id_column(columns: list[str], file_name: str) -> str:
+    lowered = {str(c).lower(): c for c in columns}
+    for candidate in ID_COLUMNS:
+        if candidate in lowered:
+            return str(lowered[candidate])
+    raise EmbeddingFileError(
+        f"{file_name}: no id column; name one of {', '.join(ID_COLUMNS)} (columns found: {', '.join(map(str, columns[:8]))})"
+    )
+
+
+def _check_finite(vectors: np.ndarray, ids: np.ndarray | None, file_name: str) -> None:
+    finite = np.isfinite(vectors)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        column = int(np.flatnonzero(~finite[row])[0])
+        where = f"row {row}" + (f" (id {str(ids[row])!r})" if ids is not None else "")
+        raise EmbeddingFileError(
+            f"{file_name}: {where} has a non-finite value ({vectors[row, column]}) in column {column}; "
+            "every embedding value must be a finite number"
+        )
+
+
+def align_to_ids(
+    ids: np.ndarray | None, vectors: np.ndarray, known_ids: np.ndarray, file_name: str, *, expected_dim: int | None = None
+) -> np.ndarray:
+    """Return vectors reordered to ``known_ids``; refuse duplicates, unknown and missing ids."""
+    if expected_dim is not None and vectors.shape[1] != expected_dim:
+        raise EmbeddingFileError(
+            f"{file_name}: dimension {vectors.shape[1]} does not match this embedding set's {expected_dim}"
+        )
+    if ids is None:
+        if len(vectors) != len(known_ids):
+            raise EmbeddingFileError(
+                f"{file_name}: {len(vectors)} rows but the dataset has {len(known_ids)} samples; rows of an .npy "
+                "file must follow the samples table order, or pass --ids FILE"
+            )
+        return vectors
+    series = pd.Series(ids)
+    duplicated = series[series.duplicated()]
+    if len(duplicated):
+        raise EmbeddingFileError(f"{file_name}: duplicate id {str(duplicated.iloc[0])!r} (row {duplicated.index[0]})")
+    position = pd.Index(ids)
+    unknown = ~pd.Index(ids).isin(known_ids)
+    if unknown.any():
+        row = int(np.flatnonzero(unknown)[0])
+        raise EmbeddingFileError(
+            f"{file_name}: unknown id {str(ids[row])!r} at row {row} ({int(unknown.sum())} unknown ids); "
+            "ids must match the dataset's sample_id column"
+        )
+    order = position.get_indexer(known_ids)
+    if (order < 0).any():
+        missing = known_ids[order < 0]
+        raise EmbeddingFileError(
+            f"{file_name}: no embedding for {len(missing)} sample(s), e.g. {str(missing[0])!r}; give one row per sample"
+        )
+    return vectors[order]
+
+
+def add_embeddings(
+    dataset: Dataset,
+    file: PathLike,
+    *,
+    name: str = "user",
+    ids_file: PathLike | None = None,
+    model: str = USER_MODEL,
+) -> EmbeddingInfo:
+    """Validate an embeddings file against the dataset's samples and store it as ``name``."""
+    validate_name(name, what="embedding")
+    ids, vectors = read_embeddings_file(file, ids_file=ids_file)
+    known = dataset.samples()["sample_id"].astype(str).to_numpy()
+    expected_dim = dataset.embedding_info(name).dim if name in dataset.embedding_names() else None
+    aligned = align_to_ids(ids, vectors, known, Path(file).name, expected_dim=expected_dim)
+    return dataset.save_embeddings(name, aligned, known, model=model, preprocessing={"source_file": Path(file).name})
+
+
+def create_from_embeddings(
+    workspace: Workspace,
+    dataset: str,
+    embeddings_file: PathLike,
+    *,
+    metadata_file: PathLike | None = None,
+    ids_file: PathLike | None = None,
+    name: str = "user",
+) -> ImportReport:
+    """A dataset with no images: embeddings plus (optionally) a metadata table keyed by id."""
+    validate_name(dataset)
+    if workspace.exists(dataset):
+        raise StoreError(f"dataset {dataset!r} already exists; choose another name or `shoal delete {dataset}`")
+    ids, vectors = read_embeddings_file(embeddings_file, ids_file=ids_file)
+    if metadata_file is not None:
+        metadata = read_table(Path(metadata_file))
+        id_column = _id_column(list(metadata.columns), Path(metadata_file).name)
+        metadata = metadata.rename(columns={id_column: "sample_id"})
+        metadata["sample_id"] = metadata["sample_id"].astype(str)
+        if ids is None:
+            if len(metadata) != len(vectors):
+                raise EmbeddingFileError(
+                    f"{Path(embeddings_file).name} has {len(vectors)} rows but {Path(metadata_file).name} has "
+                    f"{len(metadata)}; rows must match one to one, or give ids"
+                )
+            ids = metadata["sample_id"].to_numpy()
+        duplicated = metadata["sample_id"][metadata["sample_id"].duplicated()]
+        if len(duplicated):
+            raise EmbeddingFileError(f"{Path(metadata_file).name}: duplicate id {str(duplicated.iloc[0])!r}")
+    else:
+        if ids is None:
+            ids = np.asarray([f"row-{i}" for i in range(len(vectors))])
+        metadata = pd.DataFrame({"sample_id": ids})
+    known = metadata["sample_id"].to_numpy().astype(str)
+    aligned = align_to_ids(ids, vectors, known, Path(embeddings_file).name)
+    samples = metadata.copy()
+    samples["source"] = samples.get("source", samples["sample_id"])
+    samples["path"] = None
+    for column in ("split", "label"):
+        if column not in samples:
+            samples[column] = None
+        else:
+            samples[column] = samples[column].map(lambda v: None if pd.isna(v) else str(v))
+    staging = workspace.staging_dir(dataset)
+    staged = Dataset(staging)
+    staged.save_embeddings(name, aligned, known, model=USER_MODEL, preprocessing={"source_file": Path(embeddings_file).name})
+    report = ImportReport(dataset=dataset, source=Path(embeddings_file).name, imported=len(samples))
+    report.splits = {str(k): int(v) for k, v in samples["split"].dropna().value_counts().sort_index().items()}
+    report.labels = {str(k): int(v) for k, v in samples["label"].dropna().value_counts().sort_index().items()}
+    staged.write_import_report(report.to_dict())
+    workspace.create(dataset, samples, has_images=False, staged=staging)
+    return report
+
+
+def export_embeddings(dataset: Dataset, out: PathLike, *, embedding: str | None = None) -> Path:
+    """Write ``sample_id``, ``embedding`` (fixed-size list of float32) and the samples' metadata."""
+    embedded = dataset.load_embeddings(embedding)
+    samples = dataset.samples().set_index("sample_id").reindex(embedded.ids).reset_index()
+    dim = embedded.info.dim
+    flat = pa.array(np.asarray(embedded.vectors, dtype=np.float32).ravel(), type=pa.float32())
+    column = pa.FixedSizeListArray.from_arrays(flat, dim)
+    metadata = pa.Table.from_pandas(samples.drop(columns=["sample_id"]), preserve_index=False)
+    table = pa.table({"sample_id": pa.array(embedded.ids.astype(str)), "embedding": column})
+    for name in metadata.column_names:
+        table = table.append_column(name, metadata.column(name))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,452 @@
+"""Get a user's data into the store: folders, zips, manifests, embeddings made elsewhere.
+
+Every importer validates each file on its own; a bad file is listed in the import report with the
+reason and what to do, and the good files are imported. The dataset appears in the workspace in
+one rename once everything is in place, so a failed or killed import leaves nothing half-built.
+
+Example:
+    >>> report = import_source(Workspace(), "photos.zip", dataset="pets")   # doctest: +SKIP
+    >>> report.imported, [r.reason for r in report.rejected]                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from shoal.store import Dataset, StoreError, Workspace, utc_now, validate_name
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+PIL_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"}
+SPLIT_FOLDERS = {"train", "training", "val", "valid", "validation", "test", "testing"}
+PATH_COLUMNS = ("path", "image", "image_path", "filepath", "file", "filename", "file_name")
+ID_COLUMNS = ("sample_id", "id", "image_id")
+RESERVED_COLUMNS = {"sample_id", "source", "path"}
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class ImportError_(StoreError):
+    """The import as a whole cannot proceed (not a single bad file: those go to the report)."""
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """Caps that protect the server from hostile or broken uploads."""
+
+    max_image_pixels: int = 100_000_000
+    max_zip_total_bytes: int = 20 * 1024**3
+    max_zip_entries: int = 2_000_000
+    max_zip_ratio: float = 250.0  # uncompressed / compressed for one entry larger than 1 MiB
+
+
+@dataclass(frozen=True)
+class Rejection:
+    file: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    dataset: str
+    source: str
+    imported: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+    created_at: str = field(default_factory=utc_now)
+
+    def reject(self, file: str, reason: str) -> None:
+        self.rejected.append(Rejection(file, reason))
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["rejected"] = [asdict(r) for r in self.rejected]
+        return payload
+
+
+# --------------------------------------------------------------------------- image validation
+
+
+def check_image(path: Path, limits: ImportLimits = ImportLimits()) -> str | None:
+    """Return None if ``path`` is a readable image within the caps, else the reason it is not."""
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        return f"cannot read file: {error.strerror or error}"
+    if size == 0:
+        return "empty file (0 bytes)"
+    pil_cap = Image.MAX_IMAGE_PIXELS
+    try:
+        # Our cap is the authority; PIL's own (warning at 89 Mpx, error at 2x) would override it.
+        Image.MAX_IMAGE_PIXELS = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.format not in PIL_FORMATS:
+                    return f"unsupported image format {image.format}; use JPEG, PNG, WebP, BMP or TIFF"
+                width, height = image.size
+                if width * height > limits.max_image_pixels:
+                    return (
+                        f"image is {width}x{height} = {width * height:,} pixels, over the cap of "
+                        f"{limits.max_image_pixels:,} (possible decompression bomb); downscale it"
+                    )
+                image.load()  # decodes fully: catches truncated and corrupt data
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        return f"decompression bomb: {error}"
+    except Image.UnidentifiedImageError:
+        return "not an image (content does not match any image format), though its extension says so"
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"truncated or corrupt image: {error}"
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_cap
+    return None
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def import_source(
+    workspace: Workspace,
+    source: str | os.PathLike[str],
+    *,
+    dataset: str,
+    split: str | None = None,
+    limits: ImportLimits = ImportLimits(),
+    progress: ProgressCallback | None = None,
+    display_name: str | None = None,
+) -> ImportReport:
+    """Import a folder, a .zip, or a CSV/Parquet manifest as a new dataset."""
+    validate_name(dataset)
+    if workspace.exists(dataset):
+        raise StoreError(f"dataset {dataset!r} already exists; choose another name or `shoal delete {dataset}`")
+    path = Path(source)
+    if not path.exists():
+        raise ImportError_(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        return import_folder(workspace, path, dataset=dataset, split=split, limits=limits, progress=progress)
+    if suffix == ".zip":
+        return import_zip(
+            workspace, path, dataset=dataset, split=split, limits=limits, progress=progress,
+            display_name=display_name,
+        )
+    if suffix in (".csv", ".parquet", ".pq"):
+        return import_manifest(workspace, path, dataset=dataset, split=split, limits=limits, progress=progress)
+    raise ImportError_(
+        f"don't know how to import {path.name}: give a folder of images, a .zip, or a .csv/.parquet manifest"
+    )
+
+
+def import_folder(
+    workspace: Workspace,
+    folder: Path,
+    *,
+    dataset: str,
+    split: str | None = None,
+    limits: ImportLimits = ImportLimits(),
+    progress: ProgressCallback | None = None,
+    source_label: str | None = None,
+    report: ImportReport | None = None,
+) -> ImportReport:
+    """Images under ``folder``; class from the first sub-folder, split from a top-level train/val/test."""
+    folder = Path(folder)
+    report = report or ImportReport(dataset=dataset, source=source_label or str(folder))
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
+    root = _strip_wrapper(folder, files)
+    entries = []
+    for file in files:
+        relative = file.relative_to(root)
+        if file.suffix.lower() not in IMAGE_SUFFIXES:
+            report.reject(relative.as_posix(), f"not an image file extension ({file.suffix or 'none'}); skipped")
+            continue
+        file_split, label = _split_and_label(relative)
+        entries.append((file, relative.as_posix(), split or file_split, label, {}))
+    return _store_entries(workspace, dataset, entries, report, limits=limits, progress=progress)
+
+
+def import_zip(
+    workspace: Workspace,
+    archive: Path,
+    *,
+    dataset: str,
+    split: str | None = None,
+    limits: ImportLimits = ImportLimits(),
+    progress: ProgressCallback | None = None,
+    display_name: str | None = None,
+) -> ImportReport:
+    """Extract a zip safely (no zip-slip, no bombs) and import it as a folder."""
+    report = ImportReport(dataset=dataset, source=display_name or Path(archive).name)
+    scratch = Path(tempfile.mkdtemp(prefix="unzip-", dir=_scratch_root(workspace)))
+    try:
+        safe_extract(Path(archive), scratch, report, limits=limits)
+        return import_folder(
+            workspace, scratch, dataset=dataset, split=split, limits=limits, progress=progress, report=report
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def safe_extract(archive: Path, target: Path, report: ImportReport, *, limits: ImportLimits) -> None:
+    """Extract the entries that are safe; list every refused entry with its reason in ``report``."""
+    try:
+        bundle = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as error:
+        raise ImportError_(f"{archive.name} is not a valid zip file ({error})") from error
+    with bundle:
+        infos = bundle.infolist()
+        if len(infos) > limits.max_zip_entries:
+            raise ImportError_(f"{archive.name} has {len(infos):,} entries, over the cap of {limits.max_zip_entries:,}")
+        total = 0
+        for info in infos:
+            name = info.filename
+            if info.is_dir():
+                continue
+            reason = _unsafe_entry(info, limits)
+            if reason:
+                report.reject(name, reason)
+                continue
+            if total + info.file_size > limits.max_zip_total_bytes:
+                report.reject(
+                    name,
+                    f"zip would expand past the cap of {limits.max_zip_total_bytes:,} bytes (possible zip bomb); "
+                    "split the archive",
+                )
+                continue
+            destination = target.joinpath(*PurePosixPath(name.replace("\\", "/")).parts)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            written = 0
+            try:
+                with bundle.open(info) as src, open(destination, "wb") as dst:
+                    # Header sizes can lie: count the bytes actually produced.
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        written += len(chunk)
+                        if written > info.file_size or total + written > limits.max_zip_total_bytes:
+                            raise _Bomb()
+                        dst.write(chunk)
+            except _Bomb:
+                destination.unlink(missing_ok=True)
+                report.reject(name, "entry expands beyond its declared size (zip bomb); skipped")
+                continue
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+                destination.unlink(missing_ok=True)
+                report.reject(name, f"corrupt zip entry: {error}")
+                continue
+            total += written
+
+
+class _Bomb(Exception):
+    pass
+
+
+def _unsafe_entry(info: zipfile.ZipInfo, limits: ImportLimits) -> str | None:
+    name = info.filename.replace("\\", "/")
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "absolute path in zip entry (zip-slip); skipped"
+    if ".." in parts:
+        return "'..' in zip entry path (zip-slip); skipped"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "symbolic link in zip; skipped"
+    if info.file_size > (1 << 20) and info.compress_size > 0:
+        ratio = info.file_size / info.compress_size
+        if ratio > limits.max_zip_ratio:
+            return f"compression ratio {ratio:,.0f}:1 is over {limits.max_zip_ratio:.0f}:1 (zip bomb); skipped"
+    if info.file_size > limits.max_zip_total_bytes:
+        return f"entry declares {info.file_size:,} bytes, over the cap (zip bomb); skipped"
+    return None
+
+
+def import_manifest(
+    workspace: Workspace,
+    manifest: Path,
+    *,
+    dataset: str,
+    split: str | None = None,
+    limits: ImportLimits = ImportLimits(),
+    progress: ProgressCallback | None = None,
+) -> ImportReport:
+    """One row per image: a path column (relative to the manifest) and any metadata columns."""
+    manifest = Path(manifest)
+    table = read_table(manifest)
+    path_column = _find_column(table, PATH_COLUMNS)
+    if path_column is None:
+        raise ImportError_(
+            f"{manifest.name} has no image path column; name one of {', '.join(PATH_COLUMNS)} "
+            f"(columns found: {', '.join(map(str, table.columns))})"
+        )
+    id_column = _find_column(table, ID_COLUMNS)
+    if id_column is not None:
+        _check_unique_ids(table[id_column].astype(str), manifest.name, id_column)
+    report = ImportReport(dataset=dataset, source=manifest.name)
+    entries = []
+    for row_number, row in enumerate(table.to_dict("records"), start=2 if manifest.suffix == ".csv" else 1):
+        raw = row.get(path_column)
+        where = f"row {row_number}" + (f" ({raw})" if isinstance(raw, str) else "")
+        if not isinstance(raw, str) or not raw.strip():
+            report.reject(where, f"empty '{path_column}' value; fill it in or drop the row")
+            continue
+        file = Path(raw)
+        file = file if file.is_absolute() else manifest.parent / file
+        if not file.is_file():
+            report.reject(where, f"image file not found at {file}; paths are relative to the manifest's folder")
+            continue
+        metadata = {k: v for k, v in row.items() if k not in (path_column, id_column)}
+        for column in RESERVED_COLUMNS & set(metadata):
+            metadata.pop(column)
+        if split and not _present(metadata.get("split")):
+            metadata["split"] = split
+        sample_id = str(row[id_column]) if id_column is not None else None
+        entries.append((file, raw, metadata.pop("split", None), metadata.pop("label", None), metadata, sample_id))
+    return _store_entries(workspace, dataset, entries, report, limits=limits, progress=progress)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet table with an error that names the file."""
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path)
+        return pd.read_parquet(path)
+    except Exception as error:  # noqa: BLE001 - any parser error becomes one clear message
+        raise ImportError_(f"cannot read {path.name}: {error}") from error
+
+
+# --------------------------------------------------------------------------- storing
+
+
+def _store_entries(
+    workspace: Workspace,
+    dataset: str,
+    entries: list,
+    report: ImportReport,
+    *,
+    limits: ImportLimits,
+    progress: ProgressCallback | None,
+) -> ImportReport:
+    staging = workspace.staging_dir(dataset)
+    staged = Dataset(staging)
+    rows = []
+    try:
+        for done, entry in enumerate(entries, start=1):
+            file, source, file_split, label, metadata = entry[:5]
+            explicit_id = entry[5] if len(entry) > 5 else None
+            reason = check_image(file, limits)
+            if reason:
+                report.reject(source, reason)
+            else:
+                rows.append(
+                    {
+                        "sample_id": explicit_id or stable_id(source),
+                        "source": source,
+                        "path": staged.store_image(file, _normal_suffix(file)),
+                        "split": _text_or_none(file_split),
+                        "label": _text_or_none(label),
+                        **metadata,
+                    }
+                )
+            if progress:
+                progress(done, len(entries))
+        if not rows:
+            raise ImportError_(_nothing_imported(report))
+        samples = pd.DataFrame(rows)
+        report.imported = len(samples)
+        report.splits = _value_counts(samples["split"])
+        report.labels = _value_counts(samples["label"])
+        staged.write_import_report(report.to_dict())
+        workspace.create(dataset, samples, has_images=True, staged=staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def _nothing_imported(report: ImportReport) -> str:
+    if not report.rejected:
+        return f"no images found in {report.source}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}"
+    head = "; ".join(f"{r.file}: {r.reason}" for r in report.rejected[:3])
+    more = f" (and {len(report.rejected) - 3} more)" if len(report.rejected) > 3 else ""
+    return f"no valid image in {report.source}: {head}{more}"
+
+
+def stable_id(source: str) -> str:
+    """A short id that is the same every time the same relative path is imported."""
+    return hashlib.sha1(source.encode()).hexdigest()[:12]
+
+
+def _split_and_label(relative: Path) -> tuple[str | None, str | None]:
+    folders = list(relative.parts[:-1])
+    file_split = None
+    if folders and folders[0].lower() in SPLIT_FOLDERS:
+        file_split = folders.pop(0)
+    return file_split, (folders[0] if folders else None)
+
+
+def _strip_wrapper(folder: Path, files: list[Path]) -> Path:
+    """A zip of ``mydata/`` holds everything under one folder: look inside it for splits and classes."""
+    root = folder
+    while True:
+        children = {f.relative_to(root).parts[0] for f in files}
+        only = next(iter(children)) if len(children) == 1 else None
+        if only is None or not (root / only).is_dir() or only.lower() in SPLIT_FOLDERS:
+            return root
+        inner = {f.relative_to(root / only).parts[0] for f in files}
+        # One level down must itself be folders (classes or splits), not just the images.
+        if all((root / only / child).is_dir() for child in inner):
+            root = root / only
+        else:
+            return root
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
+
+
+def _normal_suffix(file: Path) -> str:
+    suffix = file.suffix.lower()
+    return ".jpg" if suffix == ".jpeg" else ".tif" if suffix == ".tiff" else suffix
+
+
+def _scratch_root(workspace: Workspace) -> Path:
+    root = workspace.root / ".staging"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _find_column(table: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
+    lowered = {str(c).lower(): c for c in table.columns}
+    return next((lowered[c] for c in candidates if c in lowered), None)
+
+
+def _check_unique_ids(ids: pd.Series, file_name: str, column: str) -> None:
+    duplicated = ids[ids.duplicated()]
+    if len(duplicated):
+        rows = ids.index[ids == duplicated.iloc[0]].tolist()
+        raise ImportError_(
+            f"{file_name}: duplicate {column} {duplicated.iloc[0]!r} (rows {', '.join(str(r + 2) for r in rows[:5])}); "
+            "ids must be unique"
+        )
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and value != ""
+
+
+def _text_or_none(value: Any) -> str | None:
+    return str(value) if _present(value) else None
+
+
+def _value_counts(column: pd.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in column.dropna().value_counts().sort_index().items()}

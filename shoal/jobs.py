@@ -1,0 +1,337 @@
+"""One runner for every long task: a detached worker process per job, state in the workspace.
+
+A job record (``jobs/<id>.json``) holds state, progress, error and result. The worker rewrites it
+atomically as it goes, so a page refresh, a second tab, a teammate or the CLI all read the same
+truth. A job is cancelled by a flag file the task polls between batches; a worker that died is
+noticed from its pid and reported as failed (resumable tasks continue when run again).
+
+Example:
+    >>> job_id = submit(Workspace(), "embed", dataset="pets", params={})     # doctest: +SKIP
+    >>> get(Workspace(), job_id).state                                      # doctest: +SKIP
+    'running'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from shoal.store import StoreError, Workspace, read_json, utc_now, write_json
+
+ACTIVE_STATES = ("queued", "running")
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+class JobCancelled(Exception):
+    """Raised inside a task when the user asked to stop it."""
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    done: int = 0
+    total: int = 0
+    rate: float | None = None  # items per second
+    eta_seconds: float | None = None
+    unit: str = "items"
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    kind: str
+    dataset: str | None
+    params: dict[str, Any]
+    state: str = "queued"
+    progress: JobProgress = field(default_factory=JobProgress)
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    created_at: str = field(default_factory=utc_now)
+    started_at: str | None = None
+    finished_at: str | None = None
+    pid: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> JobRecord:
+        payload = dict(payload)
+        payload["progress"] = JobProgress(**payload.get("progress") or {})
+        return cls(**payload)
+
+
+class JobContext:
+    """What a task sees: its parameters, a progress reporter and a cancellation check."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        record: JobRecord,
+        *,
+        min_interval: float = 0.5,
+        observer: Callable[[JobProgress], None] | None = None,
+    ):
+        self.workspace = workspace
+        self.record = record
+        self.observer = observer
+        self._min_interval = min_interval
+        self._last_write = 0.0
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.record.params
+
+    def cancelled(self) -> bool:
+        return _cancel_flag(self.workspace, self.record.id).exists()
+
+    def check_cancelled(self) -> None:
+        if self.cancelled():
+            raise JobCancelled()
+
+    def report(
+        self,
+        done: int,
+        total: int,
+        *,
+        rate: float | None = None,
+        eta_seconds: float | None = None,
+        unit: str = "items",
+        message: str = "",
+        force: bool = False,
+    ) -> None:
+        progress = JobProgress(done, total, rate, eta_seconds, unit, message)
+        if self.observer is not None:
+            self.observer(progress)
+        now = time.monotonic()
+        if not force and done < total and now - self._last_write < self._min_interval:
+            return
+        self._last_write = now
+        self.record = replace(self.record, progress=progress)
+        _save(self.workspace, self.record)
+
+
+TaskFunction = Callable[[JobContext], dict[str, Any] | None]
+TASKS: dict[str, TaskFunction] = {}
+
+
+def task(kind: str) -> Callable[[TaskFunction], TaskFunction]:
+    """Register a function as the body of jobs of this kind."""
+
+    def register(function: TaskFunction) -> TaskFunction:
+        TASKS[kind] = function
+        return function
+
+    return register
+
+
+def _load_tasks() -> None:
+    import shoal.tasks  # noqa: F401 - registers the built-in tasks
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _record_path(workspace: Workspace, job_id: str) -> Path:
+    if not job_id.isalnum():
+        raise StoreError(f"invalid job id {job_id!r}")
+    return workspace.jobs_dir / f"{job_id}.json"
+
+
+def _cancel_flag(workspace: Workspace, job_id: str) -> Path:
+    return workspace.jobs_dir / f"{job_id}.cancel"
+
+
+def log_path(workspace: Workspace, job_id: str) -> Path:
+    return workspace.jobs_dir / f"{job_id}.log"
+
+
+def _save(workspace: Workspace, record: JobRecord) -> None:
+    write_json(_record_path(workspace, record.id), record.to_dict())
+
+
+def get(workspace: Workspace, job_id: str) -> JobRecord:
+    path = _record_path(workspace, job_id)
+    if not path.exists():
+        raise StoreError(f"no job {job_id!r} in workspace {workspace.root}")
+    record = JobRecord.from_dict(read_json(path))
+    if record.state == "running" and record.pid and not _alive(record.pid):
+        # Re-read: the worker may have finished between our read and the liveness check.
+        record = JobRecord.from_dict(read_json(path))
+        if record.state == "running":
+            record = replace(
+                record,
+                state="failed",
+                finished_at=utc_now(),
+                error="the worker process stopped unexpectedly (killed or out of memory); "
+                "start the job again — embedding resumes from the last finished batch",
+            )
+            _save(workspace, record)
+    return record
+
+
+def list_jobs(workspace: Workspace, *, dataset: str | None = None, kind: str | None = None) -> list[JobRecord]:
+    if not workspace.jobs_dir.exists():
+        return []
+    records = []
+    for path in workspace.jobs_dir.glob("*.json"):
+        try:
+            record = get(workspace, path.stem)
+        except (StoreError, json.JSONDecodeError, TypeError):
+            continue
+        if (dataset is None or record.dataset == dataset) and (kind is None or record.kind == kind):
+            records.append(record)
+    return sorted(records, key=lambda r: r.created_at, reverse=True)
+
+
+def find_active(workspace: Workspace, kind: str, *, dataset: str | None, params: dict[str, Any]) -> JobRecord | None:
+    for record in list_jobs(workspace, dataset=dataset, kind=kind):
+        if record.active and record.params == params:
+            return record
+    return None
+
+
+# --------------------------------------------------------------------------- running
+
+
+def submit(
+    workspace: Workspace, kind: str, *, dataset: str | None = None, params: dict[str, Any] | None = None
+) -> str:
+    """Start a job in a detached worker process and return its id; an identical active job is reused."""
+    _load_tasks()
+    if kind not in TASKS:
+        raise StoreError(f"unknown job kind {kind!r}; known: {', '.join(sorted(TASKS))}")
+    params = json.loads(json.dumps(params or {}))
+    existing = find_active(workspace, kind, dataset=dataset, params=params)
+    if existing is not None:
+        return existing.id
+    job_id = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:8]
+    record = JobRecord(id=job_id, kind=kind, dataset=dataset, params=params)
+    workspace.jobs_dir.mkdir(parents=True, exist_ok=True)
+    _save(workspace, record)
+    with open(log_path(workspace, job_id), "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shoal.jobs", str(workspace.root), job_id],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the Streamlit session that started it
+            close_fds=True,
+        )
+    # Reap the worker when it exits, so a long-lived server does not collect zombies.
+    threading.Thread(target=process.wait, daemon=True).start()
+    _save(workspace, replace(record, pid=process.pid))
+    return job_id
+
+
+def run(
+    workspace: Workspace, job_id: str, *, observer: Callable[[JobProgress], None] | None = None
+) -> JobRecord:
+    """Run a job in this process (the worker's entry point; also usable inline from the CLI)."""
+    _load_tasks()
+    record = replace(get(workspace, job_id), state="running", started_at=utc_now(), pid=os.getpid())
+    _save(workspace, record)
+    context = JobContext(workspace, record, observer=observer)
+    try:
+        if context.cancelled():
+            raise JobCancelled()
+        result = TASKS[record.kind](context)
+        final = replace(context.record, state="done", result=result or {}, finished_at=utc_now())
+    except JobCancelled:
+        final = replace(context.record, state="cancelled", finished_at=utc_now())
+    except Exception as error:  # noqa: BLE001 - every failure is recorded for the user
+        if not isinstance(error, StoreError):
+            traceback.print_exc()
+        message = str(error) or type(error).__name__
+        final = replace(context.record, state="failed", error=message, finished_at=utc_now())
+    _save(workspace, final)
+    return final
+
+
+def run_inline(
+    workspace: Workspace,
+    kind: str,
+    *,
+    dataset: str | None = None,
+    params: dict[str, Any] | None = None,
+    observer: Callable[[JobProgress], None] | None = None,
+) -> JobRecord:
+    """Run a job in this process, recorded like any other so the app shows it too (the CLI's path)."""
+    _load_tasks()
+    if kind not in TASKS:
+        raise StoreError(f"unknown job kind {kind!r}; known: {', '.join(sorted(TASKS))}")
+    job_id = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:8]
+    record = JobRecord(id=job_id, kind=kind, dataset=dataset, params=json.loads(json.dumps(params or {})))
+    workspace.jobs_dir.mkdir(parents=True, exist_ok=True)
+    _save(workspace, replace(record, pid=os.getpid()))
+    return run(workspace, job_id, observer=observer)
+
+
+def cancel(workspace: Workspace, job_id: str, *, grace_seconds: float = 10.0) -> JobRecord:
+    """Ask a job to stop; it stops at its next checkpoint (its finished work is kept)."""
+    record = get(workspace, job_id)
+    if not record.active:
+        return record
+    _cancel_flag(workspace, job_id).touch()
+    if record.state == "queued" and record.pid is None:
+        record = replace(record, state="cancelled", finished_at=utc_now())
+        _save(workspace, record)
+        return record
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        record = get(workspace, job_id)
+        if not record.active:
+            return record
+        time.sleep(0.2)
+    if record.pid and _alive(record.pid):
+        os.killpg(record.pid, signal.SIGTERM)
+    record = replace(get(workspace, job_id), state="cancelled", finished_at=utc_now())
+    _save(workspace, record)
+    return record
+
+
+def wait(workspace: Workspace, job_id: str, *, timeout: float = 3600.0, poll: float = 0.5) -> JobRecord:
+    deadline = time.monotonic() + timeout
+    while True:
+        record = get(workspace, job_id)
+        if not record.active or time.monotonic() > deadline:
+            return record
+        time.sleep(poll)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (finished child not yet reaped) is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+if __name__ == "__main__":
+    run(Workspace(sys.argv[1]), sys.argv[2])

@@ -1,0 +1,41 @@
+"""The built-in job kinds. Each is a thin wrapper: read params, call a library function, report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal.jobs import JobCancelled, JobContext, task
+from shoal.store import Workspace
+
+
+def _dataset(context: JobContext):
+    return Workspace(context.workspace.root).open(str(context.record.dataset))
+
+
+@task("embed")
+def embed_task(context: JobContext) -> dict[str, Any]:
+    from shoal.embed import DEFAULT_EMBEDDING_MODEL, embed_dataset
+
+    params = context.params
+
+    def progress(update: Any) -> None:
+        context.report(
+            update.done,
+            update.total,
+            rate=update.images_per_second,
+            eta_seconds=update.eta_seconds,
+            unit="images",
+        )
+        context.check_cancelled()
+
+    info = embed_dataset(
+        _dataset(context),
+        model=params.get("model", DEFAULT_EMBEDDING_MODEL),
+        name=params.get("name"),
+        batch_size=int(params.get("batch_size", 32)),
+        progress=progress,
+        should_stop=context.cancelled,
+    )
+    if context.cancelled():
+        raise JobCancelled()
+    return {"embedding": info.name, "count": info.count, "dim": info.dim}

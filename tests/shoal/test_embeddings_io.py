@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shoal.embeddings_io import (
+    EmbeddingFileError,
+    add_embeddings,
+    create_from_embeddings,
+    export_embeddings,
+    read_embeddings_file,
+)
+from shoal.store import Dataset, Workspace
+
+
+@pytest.fixture
+def dataset(workspace: Workspace) -> Dataset:
+    samples = pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c"],
+            "source": ["a.jpg", "b.jpg", "c.jpg"],
+            "path": [None] * 3,
+            "split": ["train", "train", "test"],
+            "label": ["x", "y", "x"],
+        }
+    )
+    return workspace.create("d", samples, has_images=False)
+
+
+def _parquet(path: Path, ids: list[str], vectors: list[list[float]], *, fixed: bool = True) -> Path:
+    if fixed:
+        flat = pa.array(np.asarray(vectors, dtype=np.float32).ravel())
+        column = pa.FixedSizeListArray.from_arrays(flat, len(vectors[0]))
+    else:
+        column = pa.array(vectors, type=pa.list_(pa.float32()))
+    pq.write_table(pa.table({"sample_id": ids, "embedding": column}), path)
+    return path
+
+
+def test_parquet_rows_are_aligned_to_samples(dataset: Dataset, tmp_path: Path) -> None:
+    file = _parquet(tmp_path / "e.parquet", ["c", "a", "b"], [[3, 3], [1, 1], [2, 2]])
+    info = add_embeddings(dataset, file, name="mine")
+    loaded = dataset.load_embeddings("mine")
+    assert loaded.vectors[:, 0].tolist() == [1, 2, 3] and info.dim == 2
+    assert info.model == "user-provided"
+
+
+def test_variable_length_list_column(dataset: Dataset, tmp_path: Path) -> None:
+    file = _parquet(tmp_path / "e.parquet", ["a", "b", "c"], [[1, 1], [2, 2, 2], [3, 3]], fixed=False)
+    with pytest.raises(EmbeddingFileError, match=r"row 1 \(id 'b'\) has dimension 3, expected 2"):
+        add_embeddings(dataset, file)
+
+
+def test_csv_and_npy_with_ids(dataset: Dataset, tmp_path: Path) -> None:
+    pd.DataFrame({"id": ["b", "a", "c"], "f0": [2.0, 1.0, 3.0], "f1": [0, 0, 0]}).to_csv(tmp_path / "e.csv", index=False)
+    add_embeddings(dataset, tmp_path / "e.csv", name="csv")
+    np.save(tmp_path / "e.npy", np.array([[2.0], [1.0], [3.0]], dtype=np.float32))
+    (tmp_path / "ids.txt").write_text("b\na\nc\n")
+    add_embeddings(dataset, tmp_path / "e.npy", name="npy", ids_file=tmp_path / "ids.txt")
+    assert dataset.load_embeddings("csv").vectors[:, 0].tolist() == [1, 2, 3]
+    assert dataset.load_embeddings("npy").vectors[:, 0].tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("ids", "vectors", "message"),
+    [
+        (["a", "b", "c"], [[1, 1], [np.nan, 1], [1, 1]], r"row 1 \(id 'b'\) has a non-finite value \(nan\)"),
+        (["a", "b", "c"], [[1, 1], [1, np.inf], [1, 1]], r"row 1 \(id 'b'\) has a non-finite value \(inf\)"),
+        (["a", "b", "zz"], [[1, 1], [1, 1], [1, 1]], r"unknown id 'zz' at row 2"),
+        (["a", "b", "b"], [[1, 1], [1, 1], [1, 1]], r"duplicate id 'b' \(row 2\)"),
+        (["a", "b"], [[1, 1], [1, 1]], r"no embedding for 1 sample\(s\), e.g. 'c'"),
+    ],
+)
+def test_strict_validation_names_row_or_id(
+    dataset: Dataset, tmp_path: Path, ids: list[str], vectors: list[list[float]], message: str
+) -> None:
+    with pytest.raises(EmbeddingFileError, match=message):
+        add_embeddings(dataset, _parquet(tmp_path / "e.parquet", ids, vectors))
+    assert dataset.embedding_names() == []
+
+
+def test_wrong_dimension_for_existing_set(dataset: Dataset, tmp_path: Path) -> None:
+    add_embeddings(dataset, _parquet(tmp_path / "e.parquet", ["a", "b", "c"], [[1, 1]] * 3), name="m")
+    with pytest.raises(EmbeddingFileError, match="dimension 3 does not match this embedding set's 2"):
+        add_embeddings(dataset, _parquet(tmp_path / "f.parquet", ["a", "b", "c"], [[1, 1, 1]] * 3), name="m")
+
+
+def test_non_numeric_csv_column(dataset: Dataset, tmp_path: Path) -> None:
+    (tmp_path / "e.csv").write_text("sample_id,f0\na,1\nb,oops\nc,2\n")
+    with pytest.raises(EmbeddingFileError, match=r"column 'f0' is not numeric \(row 2: 'oops'\)"):
+        add_embeddings(dataset, tmp_path / "e.csv")
+
+
+def test_pickled_npy_is_never_loaded(dataset: Dataset, tmp_path: Path) -> None:
+    np.save(tmp_path / "evil.npy", np.array([{"x": 1}, {"y": 2}, {"z": 3}], dtype=object), allow_pickle=True)
+    with pytest.raises(EmbeddingFileError, match="without unpickling"):
+        add_embeddings(dataset, tmp_path / "evil.npy")
+
+
+def test_npy_row_count_must_match_without_ids(dataset: Dataset, tmp_path: Path) -> None:
+    np.save(tmp_path / "e.npy", np.zeros((2, 4), dtype=np.float32))
+    with pytest.raises(EmbeddingFileError, match="2 rows but the dataset has 3 samples"):
+        add_embeddings(dataset, tmp_path / "e.npy")
+
+
+def test_dataset_from_embeddings_and_metadata_only(workspace: Workspace, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "audio.npy", rng.normal(size=(5, 8)).astype(np.float32))
+    pd.DataFrame({"id": [f"clip{i}" for i in range(5)], "label": list("aabbb"), "speaker": list("xyzxy")}).to_csv(
+        tmp_path / "meta.csv", index=False
+    )
+    report = create_from_embeddings(workspace, "audio", tmp_path / "audio.npy", metadata_file=tmp_path / "meta.csv")
+    ds = workspace.open("audio")
+    assert report.imported == 5 and not ds.has_images
+    assert ds.samples()["speaker"].tolist() == list("xyzxy")
+    assert ds.load_embeddings().vectors.shape == (5, 8)
+
+
+def test_export_round_trips(dataset: Dataset, tmp_path: Path) -> None:
+    add_embeddings(dataset, _parquet(tmp_path / "e.parquet", ["a", "b", "c"], [[1, 2], [3, 4], [5, 6]]))
+    out = export_embeddings(dataset, tmp_path / "out" / "export.parquet")
+    table = pq.read_table(out)
+    assert table.column_names[:2] == ["sample_id", "embedding"] and "label" in table.column_names
+    assert pa.types.is_fixed_size_list(table.schema.field("embedding").type)
+    ids, vectors = read_embeddings_file(out)
+    assert ids.tolist() == ["a", "b", "c"] and vectors.tolist() == [[1, 2], [3, 4], [5, 6]]

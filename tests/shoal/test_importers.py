@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from shoal.importers import ImportError_, ImportLimits, check_image, import_source
+from shoal.store import Workspace
+
+
+def _real_images(sample_images: Path, n: int) -> list[Path]:
+    return sorted(sample_images.glob("train/*/*.jpg"))[:n]
+
+
+def _folder_with_bad_files(sample_images: Path, root: Path) -> Path:
+    for split, label in (("train", "mammals"), ("test", "food")):
+        for image in sorted(sample_images.glob(f"{split}/{label}/*.jpg"))[:3]:
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, root / split / label / image.name)
+    good = sorted(sample_images.glob("train/birds/*.jpg"))[0].read_bytes()
+    bad = root / "train" / "birds"
+    bad.mkdir(parents=True)
+    (bad / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "notes.jpg").write_text("this is a text file with an image extension")
+    (bad / "readme.txt").write_text("not an image")
+    return root
+
+
+def test_folder_import_keeps_good_files_and_reports_each_bad_one(
+    workspace: Workspace, sample_images: Path, tmp_path: Path
+) -> None:
+    folder = _folder_with_bad_files(sample_images, tmp_path / "upload")
+    report = import_source(workspace, folder, dataset="pets")
+    assert report.imported == 6
+    reasons = {r.file: r.reason for r in report.rejected}
+    assert set(reasons) == {"train/birds/truncated.jpg", "train/birds/empty.png", "train/birds/notes.jpg",
+                            "train/birds/readme.txt"}
+    assert "truncated or corrupt" in reasons["train/birds/truncated.jpg"]
+    assert "empty file" in reasons["train/birds/empty.png"]
+    assert "not an image" in reasons["train/birds/notes.jpg"]
+    samples = workspace.open("pets").samples()
+    assert sorted(samples["split"].unique()) == ["test", "train"]
+    assert dict(samples.groupby("split")["label"].first()) == {"test": "food", "train": "mammals"}
+    ds = workspace.open("pets")
+    assert ds.import_report()["rejected"][0]["reason"]
+    for path in samples["path"]:  # copied in: the upload location can go away
+        assert ds.image_file(path).is_file()
+
+
+def test_import_does_not_depend_on_upload_location(workspace: Workspace, sample_images: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "up" / "cats"
+    folder.mkdir(parents=True)
+    for image in _real_images(sample_images, 3):
+        shutil.copy(image, folder / image.name)
+    import_source(workspace, tmp_path / "up", dataset="cats", split="val")
+    shutil.rmtree(tmp_path / "up")
+    samples = workspace.open("cats").samples()
+    assert set(samples["split"]) == {"val"} and set(samples["label"]) == {"cats"}
+    assert all(Image.open(workspace.open("cats").image_file(p)).size for p in samples["path"])
+
+
+def test_sample_ids_are_stable_across_imports(workspace: Workspace, sample_images: Path) -> None:
+    first = import_source(workspace, sample_images, dataset="a")
+    import_source(workspace, sample_images, dataset="b")
+    ids_a = workspace.open("a").samples().set_index("source")["sample_id"]
+    ids_b = workspace.open("b").samples().set_index("source")["sample_id"]
+    assert first.imported == 355
+    assert ids_a.equals(ids_b.loc[ids_a.index])
+
+
+def test_decompression_bomb_is_rejected(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (12_000, 12_000)).save(bomb)  # 144 Mpx in a few hundred KB
+    assert bomb.stat().st_size < 2_000_000
+    reason = check_image(bomb)
+    assert reason is not None and "pixels" in reason
+    assert check_image(bomb, ImportLimits(max_image_pixels=200_000_000)) is None
+
+
+def _zip(entries: dict[str, bytes], path: Path) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_zip_slip_entries_are_refused_and_nothing_escapes(
+    workspace: Workspace, sample_images: Path, tmp_path: Path
+) -> None:
+    image = _real_images(sample_images, 1)[0].read_bytes()
+    archive = _zip(
+        {
+            "data/cats/ok.jpg": image,
+            "data/cats/../../../evil.jpg": image,
+            "/etc/evil.jpg": image,
+            "data\\..\\..\\evil2.jpg": image,
+        },
+        tmp_path / "upload.zip",
+    )
+    report = import_source(workspace, archive, dataset="z")
+    assert report.imported == 1
+    reasons = [r.reason for r in report.rejected]
+    assert len(reasons) == 3 and all("zip-slip" in r for r in reasons)
+    assert not list(tmp_path.rglob("evil*.jpg")) and not list(workspace.root.parent.rglob("evil*.jpg"))
+    assert workspace.open("z").samples()["label"].tolist() == ["cats"]
+
+
+def test_zip_bomb_is_refused(workspace: Workspace, sample_images: Path, tmp_path: Path) -> None:
+    image = _real_images(sample_images, 1)[0].read_bytes()
+    archive = _zip({"a/ok.jpg": image, "a/bomb.jpg": b"\0" * (64 << 20)}, tmp_path / "bomb.zip")
+    assert archive.stat().st_size < 1_000_000
+    report = import_source(workspace, archive, dataset="z")
+    assert report.imported == 1
+    assert "zip bomb" in report.rejected[0].reason
+
+
+def test_zip_total_size_cap(workspace: Workspace, sample_images: Path, tmp_path: Path) -> None:
+    images = _real_images(sample_images, 4)
+    archive = _zip({f"x/{i}.jpg": p.read_bytes() for i, p in enumerate(images)}, tmp_path / "many.zip")
+    cap = sum(p.stat().st_size for p in images[:2])
+    report = import_source(workspace, archive, dataset="z", limits=ImportLimits(max_zip_total_bytes=cap))
+    assert report.imported == 2
+    assert sum("zip bomb" in r.reason for r in report.rejected) == 2
+
+
+def test_corrupt_zip_is_one_clear_error(workspace: Workspace, tmp_path: Path) -> None:
+    archive = tmp_path / "broken.zip"
+    archive.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(ImportError_, match="broken.zip is not a valid zip"):
+        import_source(workspace, archive, dataset="z")
+    assert workspace.list_datasets() == []
+
+
+def test_manifest_with_metadata_and_missing_rows(workspace: Workspace, sample_images: Path, tmp_path: Path) -> None:
+    images = _real_images(sample_images, 3)
+    for image in images:
+        shutil.copy(image, tmp_path / image.name)
+    manifest = pd.DataFrame(
+        {
+            "image": [p.name for p in images] + ["missing.jpg"],
+            "label": ["a", "b", "a", "b"],
+            "split": ["train", "test", "train", "test"],
+            "prediction": ["a", "a", "a", "b"],
+            "confidence": [0.9, 0.4, 0.8, 0.7],
+            "camera": ["x", "y", "x", "y"],
+        }
+    )
+    manifest.to_parquet(tmp_path / "manifest.parquet")
+    report = import_source(workspace, tmp_path / "manifest.parquet", dataset="m")
+    assert report.imported == 3
+    assert report.rejected[0].file.startswith("row 4") and "not found" in report.rejected[0].reason
+    samples = workspace.open("m").samples()
+    assert {"prediction", "confidence", "camera"} <= set(samples.columns)
+    assert samples["confidence"].tolist() == [0.9, 0.4, 0.8]
+
+
+def test_manifest_without_path_column_names_the_columns(workspace: Workspace, tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("name,label\na.jpg,x\n")
+    with pytest.raises(ImportError_, match="no image path column.*columns found: name, label"):
+        import_source(workspace, tmp_path / "m.csv", dataset="m")
+
+
+def test_nothing_valid_is_an_error_and_leaves_no_dataset(workspace: Workspace, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.jpg").write_bytes(b"")
+    with pytest.raises(ImportError_, match="x.jpg: empty file"):
+        import_source(workspace, tmp_path / "in", dataset="none")
+    assert workspace.list_datasets() == []
+    assert not any((workspace.root / ".staging").iterdir())
+
+
+def test_image_formats(tmp_path: Path) -> None:
+    image = Image.new("RGB", (20, 10), (200, 10, 10))
+    for fmt, suffix in (("PNG", "png"), ("WEBP", "webp"), ("BMP", "bmp"), ("TIFF", "tif"), ("JPEG", "jpg")):
+        buffer = io.BytesIO()
+        image.save(buffer, fmt)
+        (tmp_path / f"a.{suffix}").write_bytes(buffer.getvalue())
+        assert check_image(tmp_path / f"a.{suffix}") is None, fmt

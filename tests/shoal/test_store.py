@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shoal.store import (
+    DatasetNotFoundError,
+    InvalidNameError,
+    StoreError,
+    Workspace,
+    artefact_key,
+    atomic_path,
+    validate_name,
+)
+
+
+def _samples(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(n)],
+            "source": [f"img{i}.jpg" for i in range(n)],
+            "path": [None] * n,
+            "split": ["train"] * n,
+            "label": ["a"] * n,
+        }
+    )
+
+
+def test_create_list_describe_delete(workspace: Workspace) -> None:
+    ds = workspace.create("cats", _samples(3), has_images=False)
+    assert workspace.list_datasets() == ["cats"]
+    assert ds.describe()["samples"] == 3
+    workspace.delete("cats")
+    assert workspace.list_datasets() == []
+    with pytest.raises(DatasetNotFoundError, match="no dataset 'cats'"):
+        workspace.open("cats")
+
+
+def test_workspace_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOAL_WORKSPACE", str(tmp_path / "team"))
+    assert Workspace().root == (tmp_path / "team").resolve()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".hidden", "", "a" * 65, "a\\b", "x..y", "con:"])
+def test_bad_names_are_refused(workspace: Workspace, name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        workspace.create(name, _samples(1), has_images=False)
+
+
+@given(st.text(max_size=80))
+def test_valid_names_stay_inside_one_directory(name: str) -> None:
+    try:
+        validate_name(name)
+    except InvalidNameError:
+        return
+    assert "/" not in name and "\\" not in name and ".." not in name
+    assert Path(name).name == name and len(name) <= 64
+
+
+def test_duplicate_sample_ids_are_refused(workspace: Workspace) -> None:
+    samples = _samples(3)
+    samples.loc[2, "sample_id"] = "s0"
+    with pytest.raises(StoreError, match="duplicate sample_id 's0'"):
+        workspace.create("dup", samples, has_images=False)
+
+
+def test_embeddings_round_trip_memory_mapped(workspace: Workspace) -> None:
+    ds = workspace.create("emb", _samples(4), has_images=False)
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    info = ds.save_embeddings("m", vectors, [f"s{i}" for i in range(4)], model="test", preprocessing={"size": 8})
+    loaded = ds.load_embeddings("m")
+    assert isinstance(loaded.vectors, np.memmap)
+    np.testing.assert_array_equal(loaded.vectors, vectors)
+    assert list(loaded.ids) == ["s0", "s1", "s2", "s3"]
+    assert loaded.info == info and info.dim == 3 and info.preprocessing == {"size": 8}
+    assert ds.default_embedding() == "m"
+
+
+def test_new_version_replaces_old_files(workspace: Workspace) -> None:
+    ds = workspace.create("emb", _samples(2), has_images=False)
+    ids = ["s0", "s1"]
+    ds.save_embeddings("m", np.zeros((2, 3)), ids, model="t")
+    ds.save_embeddings("m", np.ones((2, 3)), ids, model="t")
+    assert len(list((ds.root / "embeddings").glob("m-*.npy"))) == 2  # vectors + ids of one version
+    assert ds.load_embeddings("m").vectors.sum() == 6
+
+
+def test_nonfinite_embeddings_are_refused(workspace: Workspace) -> None:
+    ds = workspace.create("emb", _samples(2), has_images=False)
+    with pytest.raises(StoreError, match="NaN or inf"):
+        ds.save_embeddings("m", np.array([[1.0, np.nan], [0, 0]]), ["s0", "s1"], model="t")
+
+
+def test_failed_write_leaves_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "file.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash in the middle")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_artefacts_keyed_by_version_and_params(workspace: Workspace) -> None:
+    ds = workspace.create("emb", _samples(2), has_images=False)
+    info = ds.save_embeddings("m", np.zeros((2, 3)), ["s0", "s1"], model="t")
+    key = artefact_key(info, n_neighbors=15)
+    assert key != artefact_key(info, n_neighbors=10)
+    assert ds.load_artefact("knn", key) is None
+    ds.save_artefact("knn", key, {"indices": np.array([[1], [0]])}, {"n_neighbors": 15})
+    arrays, meta = ds.load_artefact("knn", key)
+    assert arrays["indices"].tolist() == [[1], [0]] and meta["n_neighbors"] == 15
+    newer = ds.save_embeddings("m", np.ones((2, 3)), ["s0", "s1"], model="t")
+    assert artefact_key(newer, n_neighbors=15) != key
+
+
+def _writer(root: str, rounds: int) -> None:
+    ds = Workspace(root).open("race")
+    ids = [f"s{i}" for i in range(500)]
+    for version in range(rounds):
+        ds.save_embeddings("m", np.full((500, 256), version, dtype=np.float32), ids, model="t")
+
+
+def test_reader_never_sees_a_torn_embedding_set(workspace: Workspace) -> None:
+    ds = workspace.create("race", _samples(500), has_images=False)
+    ds.save_embeddings("m", np.full((500, 256), -1, dtype=np.float32), [f"s{i}" for i in range(500)], model="t")
+    writer = multiprocessing.get_context("spawn").Process(target=_writer, args=(str(workspace.root), 40))
+    writer.start()
+    reads = 0
+    deadline = time.monotonic() + 60
+    while writer.is_alive() and time.monotonic() < deadline:
+        loaded = ds.load_embeddings("m")
+        values = np.unique(loaded.vectors)
+        assert len(values) == 1 and loaded.vectors.shape == (500, 256) and len(loaded.ids) == 500
+        reads += 1
+    writer.join()
+    assert writer.exitcode == 0 and reads > 0
