@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -148,6 +149,19 @@ def _load_tasks() -> None:
     import shoal.tasks  # noqa: F401 - registers the built-in tasks
 
 
+def _task_function(kind: str) -> TaskFunction:
+    """A registered kind, or ``package.module:function`` for tasks that live outside Shoal."""
+    if kind in TASKS:
+        return TASKS[kind]
+    if ":" in kind:
+        module_name, _, attribute = kind.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as error:
+            raise StoreError(f"cannot load job task {kind!r}: {error}") from error
+    raise StoreError(f"unknown job kind {kind!r}; known: {', '.join(sorted(TASKS))}")
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -218,8 +232,7 @@ def submit(
 ) -> str:
     """Start a job in a detached worker process and return its id; an identical active job is reused."""
     _load_tasks()
-    if kind not in TASKS:
-        raise StoreError(f"unknown job kind {kind!r}; known: {', '.join(sorted(TASKS))}")
+    _task_function(kind)
     params = json.loads(json.dumps(params or {}))
     existing = find_active(workspace, kind, dataset=dataset, params=params)
     if existing is not None:
@@ -254,7 +267,7 @@ def run(
     try:
         if context.cancelled():
             raise JobCancelled()
-        result = TASKS[record.kind](context)
+        result = _task_function(record.kind)(context)
         final = replace(context.record, state="done", result=result or {}, finished_at=utc_now())
     except JobCancelled:
         final = replace(context.record, state="cancelled", finished_at=utc_now())
@@ -277,8 +290,7 @@ def run_inline(
 ) -> JobRecord:
     """Run a job in this process, recorded like any other so the app shows it too (the CLI's path)."""
     _load_tasks()
-    if kind not in TASKS:
-        raise StoreError(f"unknown job kind {kind!r}; known: {', '.join(sorted(TASKS))}")
+    _task_function(kind)
     job_id = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:8]
     record = JobRecord(id=job_id, kind=kind, dataset=dataset, params=json.loads(json.dumps(params or {})))
     workspace.jobs_dir.mkdir(parents=True, exist_ok=True)
