@@ -58,7 +58,7 @@ def embed_dataset(
         vectors,
         samples["sample_id"].astype(str).to_numpy(),
         model=model,
-        preprocessing=dict(getattr(embedder, "data_config", {}) or {}),
+        preprocessing=embedder.data_config.to_dict(),
     )
     if dataset.meta.get("default_embedding") is None:
         dataset.update_meta(default_embedding=name)

@@ -257,7 +257,11 @@ def submit(
 
 
 def run(
-    workspace: Workspace, job_id: str, *, observer: Callable[[JobProgress], None] | None = None
+    workspace: Workspace,
+    job_id: str,
+    *,
+    observer: Callable[[JobProgress], None] | None = None,
+    log_traceback: bool = True,
 ) -> JobRecord:
     """Run a job in this process (the worker's entry point; also usable inline from the CLI)."""
     _load_tasks()
@@ -272,8 +276,8 @@ def run(
     except JobCancelled:
         final = replace(context.record, state="cancelled", finished_at=utc_now())
     except Exception as error:  # noqa: BLE001 - every failure is recorded for the user
-        if not isinstance(error, StoreError):
-            traceback.print_exc()
+        if log_traceback and not isinstance(error, StoreError):
+            traceback.print_exc()  # into the job's log file, for whoever debugs the worker
         message = str(error) or type(error).__name__
         final = replace(context.record, state="failed", error=message, finished_at=utc_now())
     _save(workspace, final)
@@ -295,7 +299,7 @@ def run_inline(
     record = JobRecord(id=job_id, kind=kind, dataset=dataset, params=json.loads(json.dumps(params or {})))
     workspace.jobs_dir.mkdir(parents=True, exist_ok=True)
     _save(workspace, replace(record, pid=os.getpid()))
-    return run(workspace, job_id, observer=observer)
+    return run(workspace, job_id, observer=observer, log_traceback=False)
 
 
 def cancel(workspace: Workspace, job_id: str, *, grace_seconds: float = 10.0) -> JobRecord:

@@ -28,14 +28,17 @@ def embed_task(context: JobContext) -> dict[str, Any]:
         )
         context.check_cancelled()
 
-    info = embed_dataset(
-        _dataset(context),
-        model=params.get("model", DEFAULT_EMBEDDING_MODEL),
-        name=params.get("name"),
-        batch_size=int(params.get("batch_size", 32)),
-        progress=progress,
-        should_stop=context.cancelled,
-    )
-    if context.cancelled():
-        raise JobCancelled()
+    from embedding import EmbeddingCancelled
+
+    try:
+        info = embed_dataset(
+            _dataset(context),
+            model=params.get("model") or DEFAULT_EMBEDDING_MODEL,
+            name=params.get("name"),
+            batch_size=int(params.get("batch_size") or 32),
+            progress=progress,
+            should_stop=context.cancelled,
+        )
+    except EmbeddingCancelled as stopped:
+        raise JobCancelled() from stopped
     return {"embedding": info.name, "count": info.count, "dim": info.dim}

@@ -21,3 +21,13 @@ def workspace(tmp_path: Path) -> Workspace:
 @pytest.fixture(scope="session")
 def sample_images() -> Path:
     return SAMPLE_IMAGES
+
+
+@pytest.fixture(scope="session")
+def embedded_sample(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A workspace holding the bundled sample dataset with real EfficientNet-Lite0 embeddings."""
+    from shoal.demo import ensure_sample_dataset
+
+    workspace = Workspace(tmp_path_factory.mktemp("sample-ws"))
+    ensure_sample_dataset(workspace)
+    return workspace
