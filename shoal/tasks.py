@@ -42,3 +42,5 @@ def embed_task(context: JobContext) -> dict[str, Any]:
     except EmbeddingCancelled as stopped:
         raise JobCancelled() from stopped
     return {"embedding": info.name, "count": info.count, "dim": info.dim}
+import shoal.app_tasks  # noqa: E402,F401 - registers the web app job kinds (analyse, compare)
+import shoal.object_tasks  # noqa: E402,F401 - registers the detection job kind (embed-objects)

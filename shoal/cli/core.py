@@ -32,7 +32,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="dataset")
     p.add_argument("--model", default="efficientnet_lite0", help="registered model name (default: %(default)s)")
     p.add_argument("--embedding", help="name of the embedding set (default: the model name)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 32, or 8 with --objects)")
     p.add_argument("--objects", action="store_true", help="embed each labelled/predicted box (detection datasets)")
     p.add_argument("--json", action="store_true")
 
@@ -109,10 +109,9 @@ def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
 def cmd_embed(args: argparse.Namespace) -> int:
     ws = workspace(args)
     ws.open(args.name)
-    if args.objects:
-        kind, params = "embed-objects", {"model": args.model, "name": args.embedding, "batch_size": args.batch_size}
-    else:
-        kind, params = "embed", {"model": args.model, "name": args.embedding, "batch_size": args.batch_size}
+    kind = "embed-objects" if args.objects else "embed"
+    batch_size = args.batch_size or (8 if args.objects else 32)
+    params = {"model": args.model, "name": args.embedding, "batch_size": batch_size}
     line = ProgressLine(f"embed {args.name}", unit="images")
     record = jobs.run_inline(
         ws, kind, dataset=args.name, params=params,
