@@ -1,0 +1,51 @@
+"""Bring your own model: embeddings from any layer of a user's PyTorch network.
+
+Load a Python factory (``path/to/module.py:build_model``) or a TorchScript file with its
+preprocessing, then extract one vector per image from a named layer, or from the task's default:
+the pre-logits for classification, the bottleneck for segmentation, and for two-stage detectors
+per-image, per-detection and per-label-box vectors.
+
+>>> from embedding.extract import load_user_model, extract_embeddings
+>>> user = load_user_model("models/net.py:build_model")                 # doctest: +SKIP
+>>> extract_embeddings(user, ["a.jpg", "b.jpg"], task="classification").shape  # doctest: +SKIP
+(2, 2048)
+"""
+
+from embedding.extract.detection import BoxEmbeddings, DetectionEmbeddings
+from embedding.extract.extraction import (
+    DEFAULT_MAX_ELEMENTS,
+    TASKS,
+    Task,
+    default_device,
+    extract_detection,
+    extract_embeddings,
+    resolve_layer,
+)
+from embedding.extract.layers import LayerNotFoundError, LayerRecord, list_layers
+from embedding.extract.loading import ModelLoadError, UserModel, load_user_model
+from embedding.extract.pooling import SpatialPlan, plan_spatial_pool, pool_activations
+from embedding.extract.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+__all__ = [
+    "DEFAULT_MAX_ELEMENTS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TASKS",
+    "BoxEmbeddings",
+    "DetectionEmbeddings",
+    "LayerNotFoundError",
+    "LayerRecord",
+    "ModelLoadError",
+    "Preprocessing",
+    "SpatialPlan",
+    "Task",
+    "UserModel",
+    "default_device",
+    "extract_detection",
+    "extract_embeddings",
+    "list_layers",
+    "load_user_model",
+    "plan_spatial_pool",
+    "pool_activations",
+    "resolve_layer",
+]

@@ -1,0 +1,439 @@
+"""Batched extraction of one layer's activations from a user's model, one vector per image.
+
+Tasks choose the default layer and how a spatial map is pooled:
+
+- ``classification``: the input of the last fully connected layer to run (the pre-logits, e.g.
+  ResNet-50's pooled 2048-d vector); a spatial layer is globally average-pooled.
+- ``segmentation``: torchvision DeepLabV3 / FCN / LRASPP use their backbone's last stage; any
+  other encoder-decoder uses its bottleneck, the most compact spatial map (see
+  :func:`embedding.extract.layers.bottleneck_layer`). The map is average-pooled, channels kept,
+  halving height and width until it has at most ``max_elements`` values, then flattened.
+- ``detection``: the pooled backbone maps the RPN runs on (see
+  :mod:`embedding.extract.detection`); :func:`extract_detection` also gives per-box vectors.
+
+Deterministic: eval mode, inference mode, float32, fixed pooling plan for the whole run.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedding.extract.detection import (
+    BOX_LAYER,
+    BoxEmbeddings,
+    DetectionEmbeddings,
+    ImageDetections,
+    as_label_boxes,
+    check_two_stage_detector,
+    detect_batch,
+    image_tensor,
+)
+from embedding.extract.layers import (
+    OUTPUT,
+    LayerRef,
+    as_tensor,
+    bottleneck_layer,
+    capture,
+    classifier_input_layer,
+    is_torchscript,
+    parse_layer,
+    probe_layers,
+    segmentation_backbone_layer,
+    torchscript_methods,
+)
+from embedding.extract.loading import UserModel
+from embedding.extract.pooling import SpatialPlan, TokenPooling, plan_spatial_pool, pool_activations
+from embedding.extract.preprocessing import ImageInput, Preprocess, Preprocessing, preprocess_images
+from embedding.pipeline import EmbeddingCancelled, Progress
+
+Task = Literal["classification", "detection", "segmentation"]
+TASKS: tuple[str, ...] = ("classification", "detection", "segmentation")
+DEFAULT_MAX_ELEMENTS = 10_000
+TORCHSCRIPT_DEFAULT_METHOD = "embed"
+
+
+_DEFAULT_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _unwrap(
+    model: UserModel | nn.Module, preprocessing: Preprocessing | Preprocess | None
+) -> tuple[nn.Module, Preprocess]:
+    if isinstance(model, UserModel):
+        return model.module, preprocessing if preprocessing is not None else model.transform()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a UserModel or torch.nn.Module, got {type(model).__name__}")
+    return model, preprocessing if preprocessing is not None else Preprocessing()
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+@contextmanager
+def _inference(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """Eval mode on ``device`` under ``torch.inference_mode``; the train flag is restored after."""
+    was_training = module.training
+    module.eval()
+    module.to(device)
+    try:
+        with torch.inference_mode():
+            yield module
+    finally:
+        module.train(was_training)
+
+
+class _Reporter:
+    def __init__(
+        self,
+        total: int,
+        progress: Callable[[Progress], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        self.total = total
+        self.done = 0
+        self.progress = progress
+        self.should_stop = should_stop
+        self.started = time.perf_counter()
+        if progress is not None:
+            progress(Progress(0, total, 0.0, None if total else 0.0))
+
+    def check(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise EmbeddingCancelled(f"stopped after {self.done} of {self.total} images")
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.progress is None:
+            return
+        speed = self.done / max(time.perf_counter() - self.started, 1e-9)
+        self.progress(Progress(self.done, self.total, speed, (self.total - self.done) / speed))
+
+
+def _spans(total: int, batch_size: int) -> list[tuple[int, int]]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return [(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
+
+
+def _example_batch(
+    images: Sequence[ImageInput] | None, preprocess: Preprocess, device: torch.device
+) -> torch.Tensor:
+    if images:
+        tensors, _ = preprocess_images(images[:1], preprocess)
+        return tensors[0][None].to(device)
+    size = getattr(preprocess, "size", (224, 224))
+    channels = len(getattr(preprocess, "mean", (0, 0, 0)))
+    return torch.zeros(1, channels, *size, device=device)
+
+
+def resolve_layer(
+    model: UserModel | nn.Module,
+    *,
+    task: Task = "classification",
+    layer: str | None = None,
+    images: Sequence[ImageInput] | None = None,
+    preprocessing: Preprocessing | Preprocess | None = None,
+    device: str | torch.device | None = None,
+) -> str:
+    """The layer name :func:`extract_embeddings` uses: ``layer`` checked, or the task's default.
+
+    Defaults need one probe forward pass, on the first of ``images`` when given (else a blank
+    input of the preprocessing size). For detection the default is the RPN feature maps,
+    reported as ``"backbone"``. TorchScript modules default to their ``embed`` method when they
+    export one, else to their output. Raises LayerNotFoundError listing the valid names.
+
+    >>> resolve_layer(torchvision.models.resnet50())                    # doctest: +SKIP
+    'fc:input'
+    """
+    _check_task(task)
+    module, preprocess = _unwrap(model, preprocessing)
+    if layer is not None:
+        return parse_layer(module, layer).name
+    if is_torchscript(module):
+        return (
+            TORCHSCRIPT_DEFAULT_METHOD
+            if TORCHSCRIPT_DEFAULT_METHOD in torchscript_methods(module)
+            else OUTPUT
+        )
+    if task == "detection":
+        check_two_stage_detector(module)
+        return "backbone"
+    if task == "segmentation":
+        named = segmentation_backbone_layer(module)
+        if named is not None:
+            return named
+    target = torch.device(device) if device is not None else default_device()
+    with _inference(module, target):
+        example = _example_batch(images, preprocess, target)
+        # The choice depends on the architecture and the input shape only, not on pixel values.
+        key = (task, tuple(example.shape))
+        cached = _DEFAULT_LAYERS.setdefault(module, {})
+        if key not in cached:
+            records, output = probe_layers(module, example)
+            if task == "classification":
+                cached[key] = classifier_input_layer(module, records)
+            else:
+                cached[key] = bottleneck_layer(module, records, output, batch_size=example.shape[0])
+    return cached[key]
+
+
+def extract_embeddings(
+    model: UserModel | nn.Module,
+    images: Sequence[ImageInput],
+    *,
+    task: Task = "classification",
+    layer: str | None = None,
+    preprocessing: Preprocessing | Preprocess | None = None,
+    batch_size: int = 16,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    token_pooling: TokenPooling = "mean",
+    feature_level: str | None = None,
+    device: str | torch.device | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """(n_images, dim) float32 vectors: one pooled layer activation per image, in input order.
+
+    model: a :class:`UserModel` (its preprocessing applies) or a plain ``nn.Module``.
+    images: PIL images, image file paths or uint8 arrays.
+    layer: a name from :func:`list_layers` (``"avgpool"``, ``"fc:input"``, ``"encoder.bottleneck"``),
+        or None for the task's default (:func:`resolve_layer`).
+    preprocessing: overrides the model's; ImageNet 224 px for a bare module. Not used for
+        detection, where the detector's own transform normalises and resizes.
+    max_elements: segmentation only, the most values per vector after pooling.
+    token_pooling: (batch, tokens, channels) layers: ``"mean"`` of tokens or ``"cls"`` (token 0).
+    feature_level: detection only, one backbone level (``"0"``, ``"pool"``); None concatenates all.
+    device: default CUDA when available, else CPU; the model is moved there.
+    progress: called with :class:`embedding.pipeline.Progress` after each batch.
+    should_stop: polled before each batch; True raises ``EmbeddingCancelled``.
+
+    >>> user = load_user_model("net.py:build_model")                     # doctest: +SKIP
+    >>> extract_embeddings(user, ["a.jpg", "b.jpg"]).shape                # doctest: +SKIP
+    (2, 2048)
+    """
+    _check_task(task)
+    module, preprocess = _unwrap(model, preprocessing)
+    target = torch.device(device) if device is not None else default_device()
+    if task == "detection" and layer in (None, "backbone") and not is_torchscript(module):
+        return extract_detection(
+            module,
+            images,
+            batch_size=batch_size,
+            feature_level=feature_level,
+            device=target,
+            progress=progress,
+            should_stop=should_stop,
+            with_detections=False,
+        ).image_vectors
+    name = resolve_layer(
+        module, task=task, layer=layer, images=images, preprocessing=preprocess, device=target
+    )
+    ref = parse_layer(module, name)
+    total = len(images)
+    reporter = _Reporter(total, progress, should_stop)
+    outputs: list[np.ndarray] = []
+    plan: SpatialPlan | None = None
+
+    def pool(activations: torch.Tensor) -> torch.Tensor:
+        nonlocal plan
+        if task == "segmentation" and activations.ndim == 4 and plan is None:
+            # Planned once, on the first batch, so every image gets the same length.
+            plan = plan_spatial_pool(*activations.shape[1:], max_elements=max_elements)
+        return pool_activations(
+            activations, plan=plan if task == "segmentation" else None, token_pooling=token_pooling
+        )
+
+    with _inference(module, target):
+        for start, end in _spans(total, batch_size):
+            reporter.check()
+            if task == "detection":
+                tensors = [image_tensor(image) for image in images[start:end]]
+            else:
+                tensors, _ = preprocess_images(images[start:end], preprocess)
+            vectors = _pooled_batch(
+                module, ref, tensors, target, pool=pool, as_list=task == "detection"
+            )
+            outputs.append(vectors.cpu().numpy())
+            reporter.advance(end - start)
+    if not outputs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(outputs), dtype=np.float32)
+
+
+def _pooled_batch(
+    module: nn.Module,
+    ref: LayerRef,
+    tensors: list[torch.Tensor],
+    device: torch.device,
+    *,
+    pool: Callable[[torch.Tensor], torch.Tensor],
+    as_list: bool = False,
+) -> torch.Tensor:
+    """(batch, dim) pooled activations. Images of different sizes (``resize='none'``, detectors)
+    run in groups of one size, so no image is padded or resized for another's sake.
+    ``as_list`` passes a list of (C, H, W) tensors, as torchvision detectors take."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        groups.setdefault(tuple(tensor.shape), []).append(index)
+    rows: dict[int, torch.Tensor] = {}
+    for indices in groups.values():
+        group = [tensors[i].to(device) for i in indices]
+        activations = as_tensor(
+            capture(module, ref, group if as_list else torch.stack(group)), ref.name
+        )
+        if activations.shape[0] != len(indices):
+            raise ValueError(
+                f"layer {ref.name!r} gives {activations.shape[0]} rows for {len(indices)} images "
+                f"(a per-box layer?); use extract_detection for per-box vectors ({BOX_LAYER})"
+            )
+        rows.update(zip(indices, pool(activations), strict=True))
+    lengths = {row.shape for row in rows.values()}
+    if len(lengths) > 1:
+        raise ValueError(
+            f"layer {ref.name!r} gives vectors of lengths {sorted(lengths)} for images of "
+            "different sizes; use a resize policy other than 'none'"
+        )
+    return torch.stack([rows[i] for i in range(len(tensors))])
+
+
+def extract_detection(
+    model: UserModel | nn.Module,
+    images: Sequence[ImageInput],
+    *,
+    label_boxes: Sequence[Any] | None = None,
+    batch_size: int = 4,
+    feature_level: str | None = None,
+    device: str | torch.device | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    with_detections: bool = True,
+) -> DetectionEmbeddings:
+    """Per-image, per-detection and per-label vectors from a torchvision two-stage detector.
+
+    images: PIL images, paths or uint8 arrays (fed at their own size as [0, 1] RGB).
+    label_boxes: one (n_boxes, 4) x1, y1, x2, y2 array per image, in original pixels, or None.
+    feature_level: one backbone level (``"0"`` finest ... ``"pool"`` coarsest for an FPN); None
+        concatenates every level's pooled vector (FPN: 5 x 256 = 1280-d for ResNet-50).
+    with_detections: False skips the RPN and ROI heads (image vectors and labels only).
+    Detections are exactly those of ``model([image])``: tune them with the model's own settings
+    (``model.roi_heads.score_thresh``, ``nms_thresh``, ``detections_per_img``). Within a batch,
+    images of one size run together and other sizes run apart, because the detector pads a batch
+    to its largest image and padding changes every vector of backbones that pool globally
+    (squeeze-excitation); so an image's vectors do not depend on its batch-mates.
+
+    >>> result = extract_detection(model, ["street.jpg"])                # doctest: +SKIP
+    >>> result.inferences.vectors.shape, result.inferences.boxes.shape   # doctest: +SKIP
+    ((12, 1024), (12, 4))
+    """
+    module, _ = _unwrap(model, None)
+    check_two_stage_detector(module)
+    target = torch.device(device) if device is not None else default_device()
+    if label_boxes is not None and len(label_boxes) != len(images):
+        raise ValueError(
+            f"label_boxes has {len(label_boxes)} entries for {len(images)} images; give one "
+            "(n_boxes, 4) array per image"
+        )
+    labels = (
+        [as_label_boxes(b, i) for i, b in enumerate(label_boxes)]
+        if label_boxes is not None
+        else None
+    )
+    total = len(images)
+    reporter = _Reporter(total, progress, should_stop)
+    results: list[ImageDetections] = []
+    with _inference(module, target):
+        for start, end in _spans(total, batch_size):
+            reporter.check()
+            tensors = [image_tensor(image).to(target) for image in images[start:end]]
+            by_size: dict[tuple[int, ...], list[int]] = {}
+            for offset, tensor in enumerate(tensors):
+                by_size.setdefault(tuple(tensor.shape), []).append(offset)
+            span: dict[int, ImageDetections] = {}
+            for offsets in by_size.values():
+                group_labels = (
+                    [torch.from_numpy(labels[start + o]).to(target) for o in offsets]
+                    if labels is not None
+                    else None
+                )
+                group = detect_batch(
+                    module,
+                    [tensors[o] for o in offsets],
+                    label_boxes=group_labels,
+                    feature_level=feature_level,
+                    with_detections=with_detections,
+                )
+                span.update(zip(offsets, group, strict=True))
+            results.extend(span[offset] for offset in range(end - start))
+            reporter.advance(end - start)
+    return _assemble(results, labels, feature_level)
+
+
+def _numpy(tensor: torch.Tensor | None, dtype: Any = np.float32) -> np.ndarray:
+    assert tensor is not None
+    return tensor.detach().cpu().numpy().astype(dtype, copy=False)
+
+
+def _assemble(
+    results: list[ImageDetections], labels: list[np.ndarray] | None, feature_level: str | None
+) -> DetectionEmbeddings:
+    detected = [r for r in results if r.vectors is not None]
+    box_dims = [r.vectors.shape[1] for r in detected if r.vectors is not None]
+    box_dims += [r.label_vectors.shape[1] for r in results if r.label_vectors is not None]
+    box_dim = box_dims[0] if box_dims else 0
+    image_dim = results[0].image_vector.shape[0] if results else 0
+    inferences = BoxEmbeddings(
+        image_index=_concat(
+            [
+                np.full(len(r.vectors), i, dtype=np.int64)
+                for i, r in enumerate(results)
+                if r.vectors is not None
+            ],
+            (0,),
+            np.int64,
+        ),
+        boxes=_concat([_numpy(r.boxes) for r in detected], (0, 4)),
+        vectors=_concat([_numpy(r.vectors) for r in detected], (0, box_dim)),
+        scores=_concat([_numpy(r.scores) for r in detected], (0,)),
+        categories=_concat([_numpy(r.categories, np.int64) for r in detected], (0,), np.int64),
+    )
+    label_embeddings = None
+    if labels is not None:
+        label_embeddings = BoxEmbeddings(
+            image_index=np.repeat(np.arange(len(labels), dtype=np.int64), [len(b) for b in labels]),
+            boxes=_concat(labels, (0, 4)),
+            vectors=_concat(
+                [_numpy(r.label_vectors) for r in results if r.label_vectors is not None],
+                (0, box_dim),
+            ),
+        )
+    return DetectionEmbeddings(
+        image_vectors=_concat([_numpy(r.image_vector)[None] for r in results], (0, image_dim)),
+        inferences=inferences,
+        labels=label_embeddings,
+        image_layer="backbone" if feature_level is None else f"backbone[{feature_level}]",
+    )
+
+
+def _concat(
+    parts: list[np.ndarray], empty_shape: tuple[int, ...], dtype: Any = np.float32
+) -> np.ndarray:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return np.zeros(empty_shape, dtype=dtype)
+    return np.ascontiguousarray(np.concatenate(parts), dtype=dtype)
