@@ -42,5 +42,35 @@ def embed_task(context: JobContext) -> dict[str, Any]:
     except EmbeddingCancelled as stopped:
         raise JobCancelled() from stopped
     return {"embedding": info.name, "count": info.count, "dim": info.dim}
+@task("extract")
+def extract_task(context: JobContext) -> dict[str, Any]:
+    from embedding import EmbeddingCancelled
+    from shoal.extract import extract_dataset
+
+    params = context.params
+
+    def progress(update: Any) -> None:
+        context.report(update.done, update.total, rate=update.images_per_second, eta_seconds=update.eta_seconds,
+                       unit="images")
+        context.check_cancelled()
+
+    try:
+        written = extract_dataset(
+            _dataset(context),
+            params["model"],
+            task=params.get("task") or "classification",
+            layer=params.get("layer"),
+            name=params.get("name"),
+            weights=params.get("weights"),
+            batch_size=int(params.get("batch_size") or 16),
+            max_elements=int(params.get("max_elements") or 10_000),
+            progress=progress,
+            should_stop=context.cancelled,
+        )
+    except EmbeddingCancelled as stopped:
+        raise JobCancelled() from stopped
+    return {"embeddings": [info.to_dict() for info in written]}
+
+
 import shoal.app_tasks  # noqa: E402,F401 - registers the web app job kinds (analyse, compare)
 import shoal.object_tasks  # noqa: E402,F401 - registers the detection job kind (embed-objects)

@@ -36,6 +36,17 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--objects", action="store_true", help="embed each labelled/predicted box (detection datasets)")
     p.add_argument("--json", action="store_true")
 
+    p = add("extract", "Embed a dataset with your own model (a factory file or TorchScript) at a chosen layer.", cmd_extract)
+    p.add_argument("name", help="dataset")
+    p.add_argument("--model", required=True, help="module.py:build_model, package.module:factory, or a TorchScript file")
+    p.add_argument("--layer", help="layer name (default: chosen for the task; a wrong name lists the valid ones)")
+    p.add_argument("--task", choices=("classification", "detection", "segmentation"), default="classification")
+    p.add_argument("--embedding", help="name of the embedding set (default: the model file's name)")
+    p.add_argument("--weights", help="state_dict file loaded with weights_only=True")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-elements", type=int, default=10_000, help="pool spatial layers down to this many values")
+    p.add_argument("--json", action="store_true")
+
     p = add("add-embeddings", "Attach embeddings made by your own model (.npy, .parquet or .csv).", cmd_add_embeddings)
     p.add_argument("name", help="dataset")
     p.add_argument("file", help="embeddings file")
@@ -124,6 +135,28 @@ def cmd_embed(args: argparse.Namespace) -> int:
     else:
         result = record.result or {}
         print(f"stored embedding set {result.get('embedding')!r}: {result.get('count'):,} x {result.get('dim')}")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    ws = workspace(args)
+    ws.open(args.name)
+    params = {
+        "model": args.model, "layer": args.layer, "task": args.task, "name": args.embedding,
+        "weights": args.weights, "batch_size": args.batch_size, "max_elements": args.max_elements,
+    }
+    line = ProgressLine(f"extract {args.name}", unit="images")
+    record = jobs.run_inline(
+        ws, "extract", dataset=args.name, params=params,
+        observer=lambda p: line(p.done, p.total, p.rate, p.eta_seconds),
+    )
+    if record.state != "done":
+        raise CliError(record.error or f"extraction {record.state}")
+    written = (record.result or {}).get("embeddings", [])
+    if args.json:
+        print_json(written)
+    for info in [] if args.json else written:
+        print(f"stored embedding set {info['name']!r} ({info['level']}): {info['count']:,} x {info['dim']}, layer {info['preprocessing'].get('layer')}")
     return 0
 
 
