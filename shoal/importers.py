@@ -166,7 +166,8 @@ def import_folder(
     folder = Path(folder)
     report = report or ImportReport(dataset=dataset, source=source_label or str(folder))
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
-    root = _strip_wrapper(folder, files)
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    root = _strip_wrapper(folder, images) if images else folder
     entries = []
     for file in files:
         relative = file.relative_to(root)

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -319,7 +320,8 @@ def cancel(workspace: Workspace, job_id: str, *, grace_seconds: float = 10.0) ->
             return record
         time.sleep(0.2)
     if record.pid and _alive(record.pid):
-        os.killpg(record.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may exit between the check and the kill
+            os.killpg(record.pid, signal.SIGTERM)
     record = replace(get(workspace, job_id), state="cancelled", finished_at=utc_now())
     _save(workspace, record)
     return record
@@ -350,4 +352,7 @@ def _alive(pid: int) -> bool:
 
 
 if __name__ == "__main__":
-    run(Workspace(sys.argv[1]), sys.argv[2])
+    # Run through the imported module, not this __main__ copy: tasks register into shoal.jobs.TASKS.
+    from shoal import jobs as _jobs
+
+    _jobs.run(Workspace(sys.argv[1]), sys.argv[2])

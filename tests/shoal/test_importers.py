@@ -182,3 +182,14 @@ def test_image_formats(tmp_path: Path) -> None:
         image.save(buffer, fmt)
         (tmp_path / f"a.{suffix}").write_bytes(buffer.getvalue())
         assert check_image(tmp_path / f"a.{suffix}") is None, fmt
+
+
+def test_zip_wrapper_folder_with_a_stray_text_file(workspace: Workspace, sample_images: Path, tmp_path: Path) -> None:
+    """Regression: a notes file beside the class folders made every image labelled with the wrapper's name."""
+    images = _real_images(sample_images, 2)
+    entries = {f"pets/cats/{p.name}": p.read_bytes() for p in images[:1]}
+    entries |= {f"pets/dogs/{p.name}": p.read_bytes() for p in images[1:]}
+    entries["pets/notes.txt"] = b"collected in May"
+    report = import_source(workspace, _zip(entries, tmp_path / "pets.zip"), dataset="pets")
+    assert report.labels == {"cats": 1, "dogs": 1}
+    assert [r.file for r in report.rejected] == ["notes.txt"]
