@@ -1,0 +1,91 @@
+"""Shoal web app: the entrypoint owns navigation, the shared sidebar, access and the URL.
+
+Pages live in ``pages/`` but are declared here with ``st.navigation`` (so Streamlit does not
+auto-discover the folder); each page reads widgets, calls cached wrappers and renders.
+Start it with ``shoal serve`` (or ``shoal demo``), which sets SHOAL_WORKSPACE.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _common as ui
+from shoal import jobs
+
+st.set_page_config(
+    page_title="Shoal", page_icon="🐟", layout="wide", initial_sidebar_state="expanded"
+)
+ui.init_session()
+
+PAGES = {
+    "Data": [
+        st.Page("pages/datasets.py", title="Datasets", icon=":material/folder:", default=True),
+        st.Page("pages/jobs.py", title="Jobs", icon=":material/schedule:"),
+    ],
+    "Explore": [
+        st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
+        st.Page("pages/outliers.py", title="Outliers", icon=":material/crisis_alert:"),
+        st.Page("pages/similar.py", title="Similar", icon=":material/image_search:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    ],
+}
+
+if not ui.access_gate():
+    st.stop()
+
+page = st.navigation(PAGES)
+st.set_page_config(page_title=f"{page.title} · Shoal")
+if st.session_state.setdefault("_url_initial_page", page.url_path) != page.url_path:
+    st.session_state[
+        "_url_initial"
+    ] = {}  # the link's page-specific values were meant for its own page
+
+
+def _pick_dataset() -> None:
+    st.session_state["dataset"] = st.session_state["_dataset_picker"]
+    st.session_state["embedding"] = None
+
+
+def _pick_embedding() -> None:
+    st.session_state["embedding"] = st.session_state["_embedding_picker"]
+
+
+with st.sidebar:
+    names = ui.dataset_names()
+    if st.session_state["dataset"] not in names:
+        if st.session_state["dataset"]:
+            st.warning(f"Dataset {st.session_state['dataset']!r} is not in this workspace.")
+        st.session_state["dataset"] = names[0] if names else None
+    if names:
+        st.session_state["_dataset_picker"] = st.session_state["dataset"]
+        st.selectbox("Dataset", names, key="_dataset_picker", on_change=_pick_dataset)
+        dataset = ui.workspace().open(st.session_state["dataset"])
+        embeddings = dataset.embedding_names()
+        if len(embeddings) > 1:
+            st.session_state["_embedding_picker"] = ui.embedding_choice(dataset)
+            st.selectbox(
+                "Embedding set", embeddings, key="_embedding_picker", on_change=_pick_embedding
+            )
+    else:
+        st.caption("No datasets yet.")
+    job_id = st.session_state.get("job_id")
+    if job_id and page.url_path not in ("", "jobs"):
+        try:
+            if jobs.get(ui.workspace(), job_id).active:
+                ui.job_panel(job_id, key="sidebar")
+        except Exception:  # noqa: BLE001 - a stale job id in a link is not an error
+            st.session_state["job_id"] = None
+    share_slot = st.empty()
+
+try:
+    with ui.entrypoint_run():
+        page.run()
+except ui.PageDone:
+    pass
+finally:
+    ui.write_url()
+    with share_slot.container(), st.expander("Share this view", icon=":material/link:"):
+        st.caption(
+            "Anyone with access who opens this link sees the same dataset, page, colouring, selection and query."
+        )
+        st.code(ui.share_link(page.url_path), language=None, wrap_lines=True)

@@ -1,0 +1,245 @@
+"""Compare: is the current set distributed like the reference, and where does it differ?"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from analysis.compare import FilterError, available_tests, parse_filter
+from pages import _common as ui
+from shoal import jobs, view
+from shoal.store import StoreError
+
+ui.ensure_entrypoint()
+
+CUSTOM = "custom filter…"
+REST = "everything else"
+MAP_COLOURS = ("side", "novelty", "cluster")
+
+st.title("Compare")
+ds = ui.current_dataset()
+if ds is None:
+    ui.stop()
+embedding = ui.embedding_choice(ds)
+if embedding is None:
+    ui.no_embeddings_notice(ds)
+    ui.stop()
+root, stamp, version = (
+    str(ui.workspace().root),
+    ui.dataset_stamp(ds),
+    ui.embedding_version(ds, embedding),
+)
+samples = ui.aligned_samples(root, ds.name, stamp, embedding)
+
+presets = []
+for column in ("split", "label"):
+    if column in samples and 2 <= samples[column].nunique() <= 50:
+        presets += [
+            f"{column}={value}" for value in sorted(samples[column].dropna().astype(str).unique())
+        ]
+if "split" in samples and samples["split"].nunique() >= 2:
+    splits = samples["split"].dropna().astype(str)
+    default_reference = (
+        "split=train" if "train" in set(splits) else f"split={splits.value_counts().index[0]}"
+    )
+else:
+    default_reference = presets[0] if presets else ""
+reference_expr = ui.url_state("ref", "compare_ref", default_reference)
+current_expr = ui.url_state("cur", "compare_cur", "")
+method = ui.url_state("method", "compare_method", "auto")
+methods = ["auto", *available_tests()]
+if method not in methods:
+    st.session_state["compare_method"] = method = "auto"
+
+st.caption(
+    "Pick two disjoint subsets, by split or by any column filter such as `label=cat,dog & split=test` or "
+    "`confidence<0.5`. The test asks whether they come from the same distribution; the rest shows where they differ."
+)
+left, right, far = st.columns([2, 2, 1])
+with left:
+    options = [*presets, CUSTOM]
+    choice = st.selectbox(
+        "Reference",
+        options,
+        index=options.index(reference_expr) if reference_expr in presets else len(options) - 1,
+        key="compare_ref_choice",
+    )
+    if choice == CUSTOM:
+        reference_expr = st.text_input(
+            "Reference filter", value=reference_expr, key="compare_ref_text"
+        )
+    else:
+        reference_expr = choice
+with right:
+    options = [REST, *presets, CUSTOM]
+    index = (
+        0
+        if not current_expr
+        else options.index(current_expr)
+        if current_expr in presets
+        else len(options) - 1
+    )
+    choice = st.selectbox("Current", options, index=index, key="compare_cur_choice")
+    if choice == CUSTOM:
+        current_expr = st.text_input("Current filter", value=current_expr, key="compare_cur_text")
+    else:
+        current_expr = "" if choice == REST else choice
+with far:
+    method = st.selectbox(
+        "Test",
+        methods,
+        key="compare_method",
+        persist_state="session",
+        help="auto: MMD; classifier: a domain classifier's AUC",
+    )
+st.session_state["compare_ref"], st.session_state["compare_cur"] = reference_expr, current_expr
+
+if not reference_expr.strip():
+    st.info("Give a reference subset (e.g. `split=train`).")
+    ui.stop()
+try:
+    reference_mask = parse_filter(reference_expr, samples)
+    current_mask = ~reference_mask if not current_expr else parse_filter(current_expr, samples)
+except FilterError as error:
+    st.error(str(error))
+    ui.stop()
+n_pooled = int(reference_mask.sum() + current_mask.sum())
+
+if n_pooled > ui.INLINE_MAX_SAMPLES * 4:
+    params = {
+        "embedding": embedding,
+        "reference": reference_expr,
+        "current": current_expr or None,
+        "method": method,
+    }
+    done = [
+        r
+        for r in jobs.list_jobs(ui.workspace(), dataset=ds.name, kind="compare")
+        if r.state == "done" and r.params == params and (r.result or {}).get("version") == version
+    ]
+    if not done:
+        active = jobs.find_active(ui.workspace(), "compare", dataset=ds.name, params=params)
+        if active is not None:
+            ui.job_panel(active.id, key="compare")
+        elif st.button(
+            f"Compare {n_pooled:,} samples in the background", type="primary", key="compare_submit"
+        ):
+            st.session_state["job_id"] = jobs.submit(
+                ui.workspace(), "compare", dataset=ds.name, params=params
+            )
+            st.rerun()
+        ui.stop()
+
+try:
+    result = ui.comparison(
+        root, ds.name, embedding, version, reference_expr, current_expr or None, method
+    )
+except (FilterError, StoreError, ValueError) as error:
+    st.error(str(error))
+    ui.stop()
+
+verdict = result.verdict()
+(st.warning if result.significant else st.success)(verdict)
+cols = st.columns(4)
+cols[0].metric(
+    "p-value",
+    f"{result.p_value:.3g}",
+    help=f"{result.n_permutations} permutations; alpha = {result.alpha:g}",
+)
+cols[1].metric(result.effect_name, f"{result.effect_size:.3g}")
+cols[2].metric("Reference / current", f"{result.n_reference:,} / {result.n_current:,}")
+cols[3].metric("Novel current samples", f"{int(result.novelty_flags.sum()):,}")
+
+row_of = {sample_id: i for i, sample_id in enumerate(samples["sample_id"].astype(str))}
+current_rows = np.array([row_of[i] for i in result.current_ids], dtype=np.int64)
+reference_rows = np.array([row_of[i] for i in result.reference_ids], dtype=np.int64)
+
+st.subheader("Not covered by the reference")
+order = np.argsort(-result.novelty, kind="stable")
+shown = order[: max(int(result.novelty_flags.sum()), 24)]
+st.caption(
+    "Current samples ranked by novelty: the share of reference samples that sit closer to their own "
+    "neighbours than this sample sits to the reference (1.0 = farther than every one). Flagged ones "
+    "(conformal p-value below the novelty level) are marked *novel*."
+)
+novelty_table = result.novelty_frame()
+extra = samples.set_index(samples["sample_id"].astype(str)).drop(
+    columns=[c for c in ("sample_id", "path") if c in samples]
+)
+novelty_table = novelty_table.join(extra, on="sample_id").sort_values("novelty", ascending=False)
+ui.download_csv(
+    "Export novelty CSV",
+    novelty_table,
+    file_name=f"{ds.name}-novelty.csv",
+    key="compare_novelty_export",
+)
+ui.gallery(
+    ds,
+    samples,
+    current_rows[shown],
+    key="compare_novel",
+    captions=[
+        ("novel · " if result.novelty_flags[i] else "")
+        + f"novelty {result.novelty[i]:.2f} · p {result.novelty_p_values[i]:.3f}"
+        for i in shown
+    ],
+)
+
+st.subheader("Clusters that changed share")
+clusters = result.clusters_frame()
+st.dataframe(
+    clusters.assign(
+        reference_fraction=clusters["reference_fraction"].round(3),
+        current_fraction=clusters["current_fraction"].round(3),
+        ratio=clusters["ratio"].round(2),
+    ),
+    hide_index=True,
+    width="stretch",
+)
+ui.download_csv(
+    "Export clusters CSV",
+    clusters,
+    file_name=f"{ds.name}-clusters.csv",
+    key="compare_clusters_export",
+)
+
+st.subheader("On the map")
+if not ui.analysis_ready(ds, embedding, len(samples)):
+    st.caption(
+        "The map of this large dataset has not been computed yet (open the Map page to start it)."
+    )
+    ui.stop()
+colour = st.segmented_control(
+    "Colour by", MAP_COLOURS, key="compare_colour", default="side", required=True
+)
+coords = ui.projection(root, ds.name, embedding, version)["coords"]
+if colour == "side":
+    sides = np.full(len(samples), "(not compared)", dtype=object)
+    sides[reference_rows] = "reference"
+    sides[current_rows] = np.where(result.novelty_flags, "current · novel", "current")
+    colouring = view.Colouring.categorical(
+        "side",
+        sides,
+        colours={
+            "reference": "#9DB4C8",
+            "current": "#F58518",
+            "current · novel": "#D62728",
+            "(not compared)": "#E4E4E4",
+        },
+    )
+elif colour == "novelty":
+    values = np.full(len(samples), np.nan, dtype=np.float32)
+    values[current_rows] = result.novelty
+    colouring = view.Colouring.continuous("novelty", values)
+else:
+    clusters_of = np.full(len(samples), None, dtype=object)
+    clusters_of[reference_rows] = [f"cluster {c}" for c in result.reference_clusters]
+    clusters_of[current_rows] = [f"cluster {c}" for c in result.current_clusters]
+    colouring = view.Colouring.categorical("cluster", clusters_of)
+hover_text, hover_prefix = view.hover_for(samples)
+payload = view.build_scatter(
+    coords, colouring, hover_text=hover_text, hover_prefix=hover_prefix, height=520
+)
+st.plotly_chart(payload.figure, key="compare_chart", config={"displaylogo": False})
+if payload.thinned:
+    st.caption(f"Drawing {payload.drawn:,} of {payload.n_points:,} points.")

@@ -1,0 +1,284 @@
+"""Datasets: create one by drag-and-drop, read its import report, embed it, describe or delete it."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from pages import _common as ui
+from shoal import jobs, view
+from shoal.store import StoreError
+
+ui.ensure_entrypoint()
+
+ws = ui.workspace()
+st.session_state.setdefault("datasets_upload_round", 0)
+
+st.title("Datasets")
+
+
+# --------------------------------------------------------------------------- add data
+
+
+def run_import(
+    files, *, mode: str, dataset: str, split: str | None, embedding_name: str, embed_now: bool
+) -> None:
+    """Write the uploads to disk, import them, remember the report, start embedding."""
+    folder = view.upload_dir(ws)
+    bar = st.progress(0.0, text="Saving the upload…")
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] > 0.25:
+            last[0] = now
+            bar.progress(done / max(total, 1), text=f"Checking images: {done:,} / {total:,}")
+
+    try:
+        written, refused = view.save_uploads(files, folder)
+        outcome = view.import_uploads(
+            ws,
+            folder,
+            written,
+            mode=mode,
+            dataset=dataset,
+            split=split or None,
+            embedding_name=embedding_name,
+            refused=refused,
+            progress=progress,
+        )
+    except (StoreError, ValueError) as error:
+        bar.empty()
+        st.session_state["datasets_report"] = {"dataset": dataset, "error": str(error)}
+        return
+    finally:
+        view.discard_upload(folder)
+    st.session_state["datasets_report"] = outcome.report
+    st.session_state["dataset"] = outcome.dataset
+    st.session_state["embedding"] = None
+    st.session_state["datasets_upload_round"] += 1  # a fresh uploader: Streamlit frees the files
+    ds = ws.open(outcome.dataset)
+    if embed_now and ds.has_images and outcome.embedding is None:
+        st.session_state["job_id"] = jobs.submit(ws, "embed", dataset=outcome.dataset, params={})
+    st.rerun()
+
+
+with st.container(border=True):
+    st.subheader("Add data")
+    mode = st.radio(
+        "What are you uploading?",
+        list(view.IMPORT_MODES),
+        format_func=view.IMPORT_MODES.get,
+        key="datasets_mode",
+        persist_state="session",
+    )
+    folder_pick = False
+    if mode in ("images", "manifest"):
+        folder_pick = st.toggle(
+            "Pick a whole folder (keeps sub-folders: class names, train/val/test)",
+            key="datasets_folder",
+            persist_state="session",
+        )
+    hints = {
+        "images": "Drop image files (JPEG, PNG, WebP, BMP, TIFF) or one .zip. In a zip or folder, "
+        "`train/cat/1.jpg` means split train, label cat.",
+        "manifest": "Drop one .csv/.parquet with a `path` column (relative to the manifest) plus "
+        "any metadata columns (label, split, prediction, …), and the images it names.",
+        "embeddings": "Drop one .npy/.parquet/.csv of vectors for an existing dataset: rows keyed by "
+        "`sample_id` (or an .npy in sample order, optionally with an ids file).",
+        "embeddings_only": "Drop one embeddings file (.npy/.parquet/.csv) and optionally a metadata "
+        "table keyed by `sample_id`. The dataset has no images; galleries show metadata instead.",
+    }
+    st.caption(hints[mode])
+    files = st.file_uploader(
+        "Drag and drop files here",
+        accept_multiple_files="directory" if folder_pick else True,
+        key=f"datasets_upload_{st.session_state['datasets_upload_round']}",
+    )
+    names = ui.dataset_names()
+    left, middle, right = st.columns(3)
+    if mode == "embeddings":
+        if not names:
+            st.warning("No dataset to add embeddings to yet.")
+        target = (
+            left.selectbox(
+                "Dataset",
+                names,
+                index=names.index(st.session_state["dataset"])
+                if st.session_state["dataset"] in names
+                else 0,
+                key="datasets_target",
+            )
+            if names
+            else None
+        )
+        embedding_name = middle.text_input(
+            "Embedding set name", value="user", key="datasets_embedding_name"
+        )
+        split, embed_now = None, False
+    else:
+        suggested = view.suggest_dataset_name(
+            [f.name for f in files] if files else ["dataset"], names
+        )
+        target = left.text_input(
+            "New dataset name", value=suggested, key=f"datasets_name_{suggested}"
+        )
+        split = (
+            middle.text_input(
+                "Split for files outside train/val/test folders", value="", key="datasets_split"
+            )
+            if mode != "embeddings_only"
+            else None
+        )
+        embedding_name = (
+            middle.text_input("Embedding set name", value="user", key="datasets_embedding_name")
+            if mode == "embeddings_only"
+            else "user"
+        )
+        embed_now = (
+            right.checkbox("Generate embeddings right away", value=True, key="datasets_embed_now")
+            if mode != "embeddings_only"
+            else False
+        )
+    if st.button("Import", type="primary", disabled=not files or not target, key="datasets_import"):
+        run_import(
+            files,
+            mode=mode,
+            dataset=str(target),
+            split=split,
+            embedding_name=embedding_name,
+            embed_now=embed_now,
+        )
+
+report = st.session_state.get("datasets_report")
+if report:
+    with st.container(border=True):
+        if report.get("error"):
+            st.error(f"Import into {report.get('dataset')!r} failed: {report['error']}")
+        else:
+            rejected = report.get("rejected") or []
+            st.success(
+                f"Imported {report.get('imported', 0):,} samples into **{report['dataset']}** from {report.get('source', 'the upload')}."
+            )
+            cols = st.columns(3)
+            cols[0].metric("Imported", f"{report.get('imported', 0):,}")
+            cols[1].metric("Rejected", f"{len(rejected):,}")
+            cols[2].metric("Classes", f"{len(report.get('labels') or {}):,}")
+            if report.get("splits"):
+                st.caption(
+                    "Splits: " + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items())
+                )
+            if rejected:
+                st.warning(f"{len(rejected):,} file(s) were not imported:")
+                st.dataframe(
+                    pd.DataFrame(rejected, columns=["file", "reason"]),
+                    hide_index=True,
+                    width="stretch",
+                )
+        if st.button("Dismiss", key="datasets_dismiss"):
+            st.session_state.pop("datasets_report", None)
+            st.rerun()
+
+
+# --------------------------------------------------------------------------- the workspace's datasets
+
+
+@st.cache_data(show_spinner=False)
+def describe(root: str, name: str, stamp: str) -> dict:
+    return ui.workspace().open(name).describe()
+
+
+names = ui.dataset_names()
+st.subheader("Datasets in this workspace")
+if not names:
+    st.info(
+        "This workspace has no datasets yet: drop some images above, or run `shoal demo` for a sample."
+    )
+    ui.stop()
+
+rows = []
+for name in names:
+    info = describe(str(ws.root), name, ui.dataset_stamp(ws.open(name)))
+    rows.append(
+        {
+            "dataset": name,
+            "samples": info["samples"],
+            "images": "yes" if info["has_images"] else "no (embeddings only)",
+            "embeddings": ", ".join(f"{e['name']} ({e['dim']}-d)" for e in info["embeddings"])
+            or "none yet",
+            "splits": ", ".join(f"{k} {v:,}" for k, v in info["splits"].items()),
+            "classes": len(info["labels"]),
+            "rejected at import": info["rejected"],
+            "created": info["created_at"],
+        }
+    )
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+ds = ui.current_dataset()
+if ds is None:
+    ui.stop()
+info = describe(str(ws.root), ds.name, ui.dataset_stamp(ds))
+st.subheader(ds.name)
+cols = st.columns(4)
+cols[0].metric("Samples", f"{info['samples']:,}")
+cols[1].metric("Classes", f"{len(info['labels']):,}")
+cols[2].metric("Embedding sets", len(info["embeddings"]))
+cols[3].metric("Rejected at import", f"{info['rejected']:,}")
+if info["labels"]:
+    st.caption("Labels: " + ", ".join(f"{k} {v:,}" for k, v in list(info["labels"].items())[:30]))
+st.caption("Columns: " + ", ".join(info["columns"]))
+for embedding in info["embeddings"]:
+    st.caption(
+        f"Embedding set **{embedding['name']}**: {embedding['count']:,} × {embedding['dim']} from {embedding['model']}, {embedding['created_at']}"
+    )
+
+job_id = st.session_state.get("job_id")
+watched = None
+if job_id:
+    try:
+        watched = jobs.get(ws, job_id)
+    except StoreError:
+        st.session_state["job_id"] = None
+if watched is not None and watched.dataset == ds.name:
+    ui.job_panel(watched.id, key="datasets")
+
+if not info["embeddings"]:
+    if ds.has_images:
+        active = jobs.find_active(ws, "embed", dataset=ds.name, params={})
+        if active is None:
+            st.info(
+                "This dataset has no embeddings yet: the map, outliers, similarity and comparison need them."
+            )
+            if st.button(
+                "Generate embeddings", type="primary", key="datasets_embed", icon=":material/bolt:"
+            ):
+                st.session_state["job_id"] = jobs.submit(ws, "embed", dataset=ds.name, params={})
+                st.rerun()
+    else:
+        st.info("This dataset has no images and no embeddings: add an embeddings file above.")
+
+stored = ds.import_report() or {}
+if stored.get("rejected"):
+    with st.expander(f"Files rejected at import ({len(stored['rejected']):,})"):
+        st.dataframe(
+            pd.DataFrame(stored["rejected"], columns=["file", "reason"]),
+            hide_index=True,
+            width="stretch",
+        )
+
+with st.popover("Delete this dataset…", icon=":material/delete:"):
+    st.write(
+        f"This deletes **{ds.name}**, its images, embeddings and every result computed from it."
+    )
+    typed = st.text_input("Type the dataset's name to confirm", key=f"datasets_confirm_{ds.name}")
+    if st.button(
+        "Delete for good", type="primary", disabled=typed != ds.name, key="datasets_delete"
+    ):
+        ws.delete(ds.name)
+        st.session_state["dataset"] = None
+        st.session_state["embedding"] = None
+        st.session_state.pop("datasets_report", None)
+        st.toast(f"Deleted {ds.name}.")
+        st.rerun()

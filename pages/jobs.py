@@ -1,0 +1,58 @@
+"""Jobs: every background task of the workspace, live progress for the running ones, errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from pages import _common as ui
+from shoal import jobs, view
+
+ui.ensure_entrypoint()
+
+st.title("Jobs")
+st.caption(
+    "Embedding and large analyses run in background workers: closing or refreshing the page does not stop them."
+)
+
+records = jobs.list_jobs(ui.workspace())
+if not records:
+    st.info(
+        "No jobs yet. Importing images starts one (embedding), and so does analysing a large dataset."
+    )
+    ui.stop()
+
+active = [r for r in records if r.active]
+watched = st.session_state.get("job_id")
+for record in active:
+    with st.container(border=True):
+        ui.job_panel(record.id, key="jobs")
+if watched and watched not in {r.id for r in active}:
+    with st.container(border=True):
+        ui.job_panel(watched, key="jobs")
+
+table = pd.DataFrame(
+    [
+        {
+            "job": r.id,
+            "kind": r.kind,
+            "dataset": r.dataset,
+            "state": r.state,
+            "progress": view.progress_caption(
+                r.progress.done, r.progress.total, r.progress.rate, None, r.progress.unit
+            )
+            if r.progress.total
+            else "",
+            "error": r.error or "",
+            "created": r.created_at,
+            "finished": r.finished_at or "",
+        }
+        for r in records
+    ]
+)
+st.dataframe(table, hide_index=True, width="stretch")
+failed = [r for r in records if r.state == "failed"]
+for record in failed[:5]:
+    with st.expander(f"Failed: {record.kind} on {record.dataset} ({record.created_at})"):
+        st.error(record.error)
+        st.caption(f"The worker's log is in the workspace: jobs/{record.id}.log")

@@ -1,0 +1,192 @@
+"""Map: the UMAP projection as a WebGL scatter, coloured by any column; select to see the images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import streamlit as st
+
+from pages import _common as ui
+from shoal import view
+
+ui.ensure_entrypoint()
+
+st.title("Map")
+ds = ui.current_dataset()
+if ds is None:
+    ui.stop()
+embedding = ui.embedding_choice(ds)
+if embedding is None:
+    ui.no_embeddings_notice(ds)
+    ui.stop()
+
+root, stamp, version = (
+    str(ui.workspace().root),
+    ui.dataset_stamp(ds),
+    ui.embedding_version(ds, embedding),
+)
+samples = ui.aligned_samples(root, ds.name, stamp, embedding)
+n_samples = len(samples)
+if not ui.request_analysis(ds, embedding, n_samples, what="map"):
+    ui.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def colour_names(root: str, name: str, stamp: str, embedding: str) -> list[str]:
+    table = ui.aligned_samples(root, name, stamp, embedding)
+    names = list(view.metadata_colourings(table))
+    extra = ["outlier score", "projection trust"]
+    if default_comparison(table) is not None:
+        extra += ["novelty", "cluster"]
+    return ["none", *names, *extra]
+
+
+def default_comparison(table) -> tuple[str, str | None] | None:
+    """Reference 'split=train' (or the largest split) against the rest, when there are splits."""
+    if "split" not in table or table["split"].nunique() < 2:
+        return None
+    splits = table["split"].dropna().astype(str)
+    reference = "train" if "train" in set(splits) else splits.value_counts().index[0]
+    return f"split={reference}", None
+
+
+def colouring_for(name: str) -> view.Colouring | None:
+    if name == "none":
+        return None
+    metadata = view.metadata_colourings(samples)
+    if name in metadata:
+        return metadata[name]
+    if name == "outlier score":
+        result = ui.outliers(root, ds.name, embedding, version)
+        return view.Colouring.continuous(
+            name, result.scores, description=f"{result.method}, higher = more unusual"
+        )
+    if name == "projection trust":
+        preservation = ui.projection(root, ds.name, embedding, version)["preservation"]
+        return view.Colouring.continuous(
+            name, preservation, description="share of true neighbours kept on the map"
+        )
+    if name in ("novelty", "cluster"):
+        reference, current = default_comparison(samples)  # type: ignore[misc]
+        result = ui.comparison(root, ds.name, embedding, version, reference, current, "auto")
+        rows = {sample_id: i for i, sample_id in enumerate(samples["sample_id"])}
+        current_rows = np.array([rows[i] for i in result.current_ids])
+        reference_rows = np.array([rows[i] for i in result.reference_ids])
+        if name == "novelty":
+            values = np.full(n_samples, np.nan, dtype=np.float32)
+            values[current_rows] = result.novelty
+            return view.Colouring.continuous(
+                "novelty", values, description=f"current vs {reference}: higher = less covered"
+            )
+        clusters = np.full(n_samples, None, dtype=object)
+        clusters[current_rows] = [f"cluster {c}" for c in result.current_clusters]
+        clusters[reference_rows] = [f"cluster {c}" for c in result.reference_clusters]
+        return view.Colouring.categorical("cluster", clusters)
+    return None
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def hover(root: str, name: str, stamp: str, embedding: str) -> tuple[np.ndarray, str]:
+    return view.hover_for(ui.aligned_samples(root, name, stamp, embedding))
+
+
+options = colour_names(root, ds.name, stamp, embedding)
+default_colour = "label" if "label" in options else "none"
+if ui.url_state("color", "view_color", default_colour) not in options:
+    st.session_state["view_color"] = default_colour
+token = ui.url_state("sel", "view_sel", None)
+
+controls = st.columns([2, 3])
+colour = controls[0].selectbox("Colour by", options, key="view_color", persist_state="session")
+projection = ui.projection(root, ds.name, embedding, version)
+coords = projection["coords"]
+controls[1].caption(
+    f"{n_samples:,} samples · {projection['method'].upper()} of **{embedding}** · trustworthiness "
+    f"{projection['trustworthiness']:.2f} (1 = every map neighbour is a true neighbour). Drag a box "
+    "(or pick lasso in the chart's toolbar) to select; click a point to pick one."
+)
+
+selection = None
+selected_rows = np.empty(0, dtype=np.int64)
+if token:
+    try:
+        selection = view.Selection.from_token(token)
+        selected_rows = selection.resolve(coords, n_rows=n_samples)
+    except view.SelectionError as error:
+        st.warning(str(error))
+        st.session_state["view_sel"] = None
+        token = None
+
+colouring = colouring_for(colour)
+hover_text, hover_prefix = hover(root, ds.name, stamp, embedding)
+payload = view.build_scatter(
+    coords,
+    colouring,
+    hover_text=hover_text,
+    hover_prefix=hover_prefix,
+    selected_rows=selected_rows if len(selected_rows) else None,
+)
+if payload.thinned:
+    st.warning(
+        f"Drawing {payload.drawn:,} of {payload.n_points:,} points (a fixed random subset, plus the selection). "
+        "Box and lasso selections are resolved against all points."
+    )
+chart_identity = hashlib.sha1(
+    json.dumps([ds.name, version, colour, token or ""]).encode()
+).hexdigest()
+event = st.plotly_chart(
+    payload.figure,
+    key="view_chart",
+    on_select="rerun",
+    selection_mode=("box", "lasso", "points"),
+    config={"displaylogo": False, "scrollZoom": True, "modeBarButtonsToRemove": ["toImage"]},
+)
+selection_now = event.get("selection", {}) if event else {}
+signature = json.dumps(
+    [selection_now.get("box"), selection_now.get("lasso"), selection_now.get("point_indices")],
+    default=str,
+)
+previous = st.session_state.get("_view_last_event")
+st.session_state["_view_last_event"] = (chart_identity, signature)
+if previous is not None and previous[0] == chart_identity and previous[1] != signature:
+    # The user drew or cleared a selection on this very chart (a redrawn chart starts afresh).
+    picked = view.selection_from_event(event, payload.trace_rows)
+    picked_token = picked.to_token() if picked is not None else None
+    if picked_token != token:
+        st.session_state["view_sel"] = picked_token
+        st.rerun()
+
+if colouring is not None and colouring.description:
+    st.caption(f"Colour: {colouring.name} — {colouring.description}")
+
+st.divider()
+if selection is None or not len(selected_rows):
+    st.caption("No selection. Drag on the map to select samples; their images appear here.")
+    ui.stop()
+
+st.subheader(f"{len(selected_rows):,} selected")
+extra = {"map_x": coords[selected_rows, 0], "map_y": coords[selected_rows, 1]}
+if colouring is not None and colouring.kind == "continuous":
+    extra[colouring.name.replace(" ", "_")] = colouring.values[selected_rows]  # type: ignore[index]
+table = view.rows_table(samples, selected_rows, **extra)
+with st.container(horizontal=True):
+    if st.button("Find similar", icon=":material/image_search:", key="view_similar"):
+        st.session_state["similar_mode"] = "selection"
+        st.session_state["similar_sel"] = token
+        st.switch_page("pages/similar.py")
+    ui.download_csv(
+        "Export selection (CSV)", table, file_name=f"{ds.name}-selection.csv", key="view_export"
+    )
+    if st.button("Clear selection", icon=":material/close:", key="view_clear"):
+        st.session_state["view_sel"] = None
+        st.rerun()
+if len(token or "") > view.MAX_TOKEN_CHARS:
+    st.caption("This selection is too large to fit in a link; the link shares the map without it.")
+    st.session_state["_url_bound"].pop("sel", None)
+
+captions = None
+if colouring is not None and colouring.kind == "continuous":
+    captions = [f"{colouring.name}: {v:.3g}" for v in colouring.values[selected_rows]]  # type: ignore[index]
+ui.gallery(ds, samples, selected_rows, key="view_gallery", captions=captions)

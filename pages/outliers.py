@@ -1,0 +1,266 @@
+"""Outliers, near-duplicates (and split leakage), mislabel candidates: ranked, explained, exportable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from analysis.outliers import SCORERS
+from pages import _common as ui
+from shoal import view
+
+ui.ensure_entrypoint()
+
+SECTIONS = {
+    "outliers": "Outliers",
+    "duplicates": "Near-duplicates & leakage",
+    "mislabels": "Mislabel candidates",
+}
+ITEMS_PER_PAGE = 8
+NEIGHBOURS_SHOWN = 5
+
+st.title("Outliers & issues")
+ds = ui.current_dataset()
+if ds is None:
+    ui.stop()
+embedding = ui.embedding_choice(ds)
+if embedding is None:
+    ui.no_embeddings_notice(ds)
+    ui.stop()
+root, stamp, version = (
+    str(ui.workspace().root),
+    ui.dataset_stamp(ds),
+    ui.embedding_version(ds, embedding),
+)
+samples = ui.aligned_samples(root, ds.name, stamp, embedding)
+if not ui.request_analysis(ds, embedding, len(samples), what="issue scan"):
+    ui.stop()
+
+if ui.url_state("show", "outliers_section", "outliers") not in SECTIONS:
+    st.session_state["outliers_section"] = "outliers"
+section = st.segmented_control(
+    "Show",
+    list(SECTIONS),
+    format_func=SECTIONS.get,
+    key="outliers_section",
+    persist_state="session",
+    required=True,
+)
+sample_ids = samples["sample_id"].astype(str).to_numpy()
+
+
+def show_on_map(rows: np.ndarray, key: str) -> None:
+    if st.button(
+        "Show these on the map", icon=":material/scatter_plot:", key=key, disabled=not len(rows)
+    ):
+        st.session_state["view_sel"] = view.Selection.from_rows(
+            rows, n_rows=len(samples)
+        ).to_token()
+        st.switch_page("pages/map.py")
+
+
+def paged(items: int, key: str) -> range:
+    pages = max(1, -(-items // ITEMS_PER_PAGE))
+    page = st.pagination(pages, key=key, max_visible_pages=9) if pages > 1 else 1
+    start = (int(page) - 1) * ITEMS_PER_PAGE
+    return range(start, min(items, start + ITEMS_PER_PAGE))
+
+
+def evidence_row(
+    row: int, caption: str, neighbour_rows: np.ndarray, neighbour_captions: list[str]
+) -> None:
+    """The sample, then its nearest neighbours: why it was flagged."""
+    with st.container(border=True):
+        columns = st.columns([1.3] + [1] * NEIGHBOURS_SHOWN)
+        with columns[0]:
+            ui.sample_tile(ds, samples, row, caption=caption)
+        for column, neighbour, text in zip(
+            columns[1:], neighbour_rows[:NEIGHBOURS_SHOWN], neighbour_captions, strict=False
+        ):
+            with column:
+                ui.sample_tile(ds, samples, int(neighbour), caption=text, lines=2)
+
+
+if section == "outliers":
+    methods = sorted(SCORERS)
+    if ui.url_state("method", "outliers_method", "knn") not in methods:
+        st.session_state["outliers_method"] = "knn"
+    method = st.selectbox(
+        "Scorer",
+        methods,
+        key="outliers_method",
+        persist_state="session",
+        format_func=lambda m: f"{m} — {SCORERS[m].description}" if SCORERS[m].description else m,
+    )
+    result = ui.outliers(root, ds.name, embedding, version, method)
+    indices, distances = ui.neighbours(root, ds.name, embedding, version)
+    order = np.argsort(-result.scores, kind="stable")
+    flagged = int(result.n_flagged)
+    st.caption(
+        f"**{flagged:,}** of {len(samples):,} samples flagged (score > {result.threshold:.3g}; "
+        f"{result.params.get('rule', 'user threshold')}). Scores: {result.score_range}, higher = more unusual. "
+        "Each row shows the sample, then its nearest neighbours: a true outlier's neighbours are far and unlike it."
+    )
+    shown = order[: max(flagged, ITEMS_PER_PAGE)] if flagged else order[: ITEMS_PER_PAGE * 3]
+    if not flagged:
+        st.info("Nothing crosses the threshold; showing the highest-scoring samples anyway.")
+    table = view.rows_table(
+        samples,
+        shown,
+        outlier_score=result.scores[shown],
+        flagged=result.flagged[shown],
+        neighbours=[" ".join(sample_ids[indices[r, :NEIGHBOURS_SHOWN]]) for r in shown],
+        neighbour_distances=[
+            " ".join(f"{d:.3f}" for d in distances[r, :NEIGHBOURS_SHOWN]) for r in shown
+        ],
+    )
+    actions = st.container(horizontal=True)
+    with actions:
+        ui.download_csv(
+            "Export CSV",
+            view.rows_table(
+                samples, order, outlier_score=result.scores[order], flagged=result.flagged[order]
+            ),
+            file_name=f"{ds.name}-outliers-{method}.csv",
+            key="outliers_export",
+        )
+    with actions:
+        show_on_map(np.flatnonzero(result.flagged), "outliers_map")
+    for i in paged(len(shown), "outliers_page"):
+        row = int(shown[i])
+        evidence_row(
+            row,
+            f"#{i + 1} · score {result.scores[row]:.3g}"
+            + (" · flagged" if result.flagged[row] else ""),
+            indices[row],
+            [f"d = {d:.3f}" for d in distances[row]],
+        )
+
+elif section == "duplicates":
+    manual = ui.url_state("dup", "outliers_dup", None, cast=float)
+    automatic = ui.duplicates(root, ds.name, embedding, version, None)
+    threshold = None
+    if not st.toggle(
+        "Automatic threshold",
+        value=manual is None,
+        key="outliers_dup_auto",
+        help="Set from this dataset's own nearest-neighbour distances: pairs far closer than usual.",
+    ):
+        threshold = st.slider(
+            "Near-duplicate if cosine distance ≤",
+            0.0,
+            0.3,
+            float(manual if manual is not None else min(automatic.threshold, 0.3)),
+            step=0.001,
+            format="%.3f",
+            key="outliers_dup_slider",
+            help="0 = identical direction.",
+        )
+    st.session_state["outliers_dup"] = threshold
+    result = (
+        automatic
+        if threshold is None
+        else ui.duplicates(root, ds.name, embedding, version, threshold)
+    )
+    st.caption(
+        f"Near-duplicate: cosine distance ≤ {result.threshold:.4f}"
+        + (" (automatic)" if threshold is None else "")
+        + "."
+    )
+    groups = result.groups()
+    leaks = int(result.cross_split.sum())
+    cols = st.columns(3)
+    cols[0].metric("Pairs", f"{len(result.pairs):,}")
+    cols[1].metric("Groups", f"{len(groups):,}")
+    cols[2].metric("Pairs across splits (leakage)", f"{leaks:,}")
+    only_leaks = st.toggle(
+        "Only groups that leak across splits", key="outliers_only_leaks", value=leaks > 0
+    )
+    if only_leaks:
+        leaked = set(result.leaked_samples().tolist())
+        groups = [g for g in groups if leaked.intersection(g.tolist())]
+    pairs = pd.DataFrame(
+        {
+            "sample_a": sample_ids[result.pairs[:, 0]] if len(result.pairs) else [],
+            "sample_b": sample_ids[result.pairs[:, 1]] if len(result.pairs) else [],
+            "distance": result.distances,
+            "cross_split": result.cross_split,
+        }
+    )
+    for column in ("split", "label"):
+        if column in samples and len(result.pairs):
+            pairs[f"{column}_a"] = samples[column].to_numpy()[result.pairs[:, 0]]
+            pairs[f"{column}_b"] = samples[column].to_numpy()[result.pairs[:, 1]]
+    actions = st.container(horizontal=True)
+    with actions:
+        ui.download_csv(
+            "Export pairs CSV",
+            pairs,
+            file_name=f"{ds.name}-duplicates.csv",
+            key="duplicates_export",
+        )
+    with actions:
+        show_on_map(
+            np.unique(result.pairs.ravel()) if len(result.pairs) else np.empty(0, int),
+            "duplicates_map",
+        )
+    if not groups:
+        st.info(
+            "No near-duplicates at this threshold."
+            if not only_leaks
+            else "No duplicate crosses a split boundary."
+        )
+    for i in paged(len(groups), "duplicates_page"):
+        group = groups[i]
+        group_splits = (
+            sorted({str(s) for s in samples["split"].to_numpy()[group]})
+            if "split" in samples
+            else []
+        )
+        with st.container(border=True):
+            st.caption(
+                f"Group {i + 1}: {len(group)} samples"
+                + (f" · splits: {', '.join(group_splits)}" if len(group_splits) > 1 else "")
+            )
+            ui.gallery(ds, samples, group, key=f"duplicates_group_{i}", per_page=12, min_width=120)
+
+else:
+    if "label" not in samples or samples["label"].isna().all():
+        st.info("This dataset has no labels, so there is nothing to check them against.")
+        ui.stop()
+    result = ui.mislabels(root, ds.name, embedding, version)
+    st.caption(
+        f"**{result.n_flagged:,}** of {len(samples):,} samples flagged: their neighbours mostly carry another label "
+        "(score = 1 − neighbours' support for the given label, higher = more likely wrong)."
+    )
+    flagged = result.flagged_indices
+    table = view.rows_table(
+        samples,
+        flagged,
+        mislabel_score=result.scores[flagged],
+        suggested_label=result.suggested_labels[flagged],
+        suggested_support=result.suggested_posterior[flagged],
+    )
+    actions = st.container(horizontal=True)
+    with actions:
+        ui.download_csv(
+            "Export CSV", table, file_name=f"{ds.name}-mislabels.csv", key="mislabels_export"
+        )
+    with actions:
+        show_on_map(flagged, "mislabels_map")
+    if not len(flagged):
+        st.success("No label disagrees with its neighbourhood.")
+    for i in paged(len(flagged), "mislabels_page"):
+        row = int(flagged[i])
+        evidence_row(
+            row,
+            f"labelled {samples['label'].iloc[row]} → {result.suggested_labels[row]}? (score {result.scores[row]:.2f})",
+            result.neighbor_indices[i],
+            [
+                f"{label} · d = {d:.3f}"
+                for label, d in zip(
+                    result.neighbor_labels[i], result.neighbor_distances[i], strict=False
+                )
+            ],
+        )

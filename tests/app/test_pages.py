@@ -1,0 +1,477 @@
+"""Every page under Streamlit's AppTest: the real sample dataset, an empty workspace, and the
+interactions that matter (upload import path, job progress, links restoring the view)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from shoal import jobs, view
+from shoal.store import Workspace
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+PAGES = (
+    "pages/datasets.py",
+    "pages/jobs.py",
+    "pages/map.py",
+    "pages/outliers.py",
+    "pages/similar.py",
+    "pages/compare.py",
+)
+TITLES = {
+    "pages/datasets.py": "Datasets",
+    "pages/jobs.py": "Jobs",
+    "pages/map.py": "Map",
+    "pages/outliers.py": "Outliers & issues",
+    "pages/similar.py": "Similar",
+    "pages/compare.py": "Compare",
+}
+
+
+def open_app(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, *, page: str | None = None, **params: str
+) -> AppTest:
+    """The app on ``workspace``, on ``page``, opened with the query ``params`` (not run yet)."""
+    monkeypatch.setenv("SHOAL_WORKSPACE", str(workspace.root))
+    monkeypatch.delenv("SHOAL_ACCESS_TOKEN", raising=False)
+    at = AppTest.from_file(APP, default_timeout=240)
+    for key, value in params.items():
+        at.query_params[key] = value
+    if page is not None:
+        at.switch_page(page)
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+@pytest.fixture(scope="module")
+def sample_ws(embedded_sample: Workspace) -> Workspace:
+    return embedded_sample
+
+
+# --------------------------------------------------------------------------- smoke
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_on_sample_dataset(
+    sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch, page: str
+) -> None:
+    at = open_app(sample_ws, monkeypatch, page=page).run()
+    assert_clean(at)
+    assert [t.value for t in at.title] == [TITLES[page]]
+    assert at.query_params["ds"] == "sample"
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("section", ["outliers", "duplicates", "mislabels"])
+def test_issue_sections_render(
+    sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch, section: str
+) -> None:
+    at = open_app(sample_ws, monkeypatch, page="pages/outliers.py", show=section).run()
+    assert_clean(at)
+    assert at.segmented_control(key="outliers_section").value == section
+    assert any(b.label.startswith("Export") for b in at.download_button)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_on_empty_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page: str
+) -> None:
+    at = open_app(Workspace(tmp_path / "empty"), monkeypatch, page=page).run()
+    assert_clean(at)
+    assert [t.value for t in at.title] == [TITLES[page]]
+    assert at.info, "an empty workspace should say what to do next"
+
+
+# --------------------------------------------------------------------------- links
+
+
+@pytest.mark.slow
+def test_link_restores_map_colouring_and_selection(
+    sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [3, 10, 42, 100]
+    token = view.Selection.from_rows(rows, n_rows=355).to_token()
+    at = open_app(
+        sample_ws, monkeypatch, page="pages/map.py", ds="sample", color="split", sel=token
+    ).run()
+    assert_clean(at)
+    assert at.selectbox(key="view_color").value == "split"
+    assert at.session_state["view_sel"] == token
+    assert [h.value for h in at.subheader][0] == f"{len(rows)} selected"
+    assert len(at.image) == len(rows)  # a thumbnail per selected sample
+    assert at.query_params["color"] == "split" and at.query_params["sel"] == token
+    share = [c.value for c in at.sidebar.code]
+    assert share and "color=split" in share[0] and "sel=" in share[0]
+
+
+@pytest.mark.slow
+def test_link_restores_box_selection_against_all_points(
+    sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = sample_ws.open("sample")
+    import analysis.workspace as aw
+
+    coords = aw.project(ds).result.coords
+    x0, x1 = np.quantile(coords[:, 0], [0.1, 0.6])
+    y0, y1 = np.quantile(coords[:, 1], [0.2, 0.9])
+    selection = view.Selection(kind="box", boxes=((float(x0), float(x1), float(y0), float(y1)),))
+    expected = len(view.Selection.from_token(selection.to_token()).resolve(coords))
+    at = open_app(sample_ws, monkeypatch, page="pages/map.py", sel=selection.to_token()).run()
+    assert_clean(at)
+    assert expected > 0
+    assert [h.value for h in at.subheader][0] == f"{expected} selected"
+
+
+@pytest.mark.slow
+def test_link_restores_comparison_and_similar_query(
+    sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = open_app(
+        sample_ws,
+        monkeypatch,
+        page="pages/compare.py",
+        ref="split=test",
+        cur="split=train",
+        method="mmd",
+    ).run()
+    assert_clean(at)
+    assert at.selectbox(key="compare_ref_choice").value == "split=test"
+    assert at.selectbox(key="compare_cur_choice").value == "split=train"
+    assert at.selectbox(key="compare_method").value == "mmd"
+    assert "Reference / current" in [m.label for m in at.metric]
+    assert [m.value for m in at.metric if m.label == "Reference / current"] == ["116 / 239"]
+
+    first_id = sample_ws.open("sample").samples()["sample_id"].iloc[0]
+    at = open_app(sample_ws, monkeypatch, page="pages/similar.py", q=first_id, k="12").run()
+    assert_clean(at)
+    assert at.text_input(key="similar_q").value == first_id
+    assert at.select_slider(key="similar_k").value == 12
+    assert [h.value for h in at.subheader] == ["12 nearest"]
+
+
+def test_bad_selection_in_link_is_a_warning_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = Workspace(tmp_path / "ws")
+    vectors = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    _embeddings_only_dataset(workspace, tmp_path, vectors)
+    at = open_app(
+        workspace, monkeypatch, page="pages/map.py", ds="vectors", sel="r:%%%not-a-token"
+    ).run()
+    assert_clean(at)
+    assert any("cannot read the selection" in w.value for w in at.warning)
+    assert "sel" not in at.query_params
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def _record(workspace: Workspace, **changes) -> str:
+    """A finished job's record, as the runner writes it (no process behind it)."""
+    job_id = "20260101000000" + os.urandom(4).hex()
+    record = jobs.JobRecord(id=job_id, kind="embed", dataset="vectors", params={}, **changes)
+    workspace.jobs_dir.mkdir(parents=True, exist_ok=True)
+    jobs._save(workspace, record)
+    return job_id
+
+
+def test_running_job_shows_progress_and_cancels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = Workspace(tmp_path / "ws")
+    _embeddings_only_dataset(
+        workspace, tmp_path, np.ones((5, 4), np.float32) + np.eye(5, 4, dtype=np.float32)
+    )
+    job_id = jobs.submit(
+        workspace,
+        "tests.app.app_job_tasks:count",
+        dataset="vectors",
+        params={"total": 400, "delay": 0.05},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while jobs.get(workspace, job_id).progress.done < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        at = open_app(workspace, monkeypatch, job=job_id).run()  # the job id travels in the link
+        assert_clean(at)
+        bars = at.get("progress")
+        assert bars, "a running job shows a progress bar"
+        assert re.search(r"\d+ / 400 steps · 20\.0 steps/s · ETA \d+s", bars[0].text), bars[0].text
+        assert 0 < bars[0].value < 100
+        cancel = [b for b in at.button if b.label == "Cancel"]
+        assert cancel
+        cancel[0].click().run(timeout=60)
+        assert jobs.get(workspace, job_id).state == "cancelled"
+    finally:
+        jobs.cancel(workspace, job_id, grace_seconds=10)
+
+
+def test_failed_job_shows_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace = Workspace(tmp_path / "ws")
+    _embeddings_only_dataset(workspace, tmp_path, np.eye(6, 4, dtype=np.float32) + 1)
+    job_id = _record(workspace, state="failed", error="image 7 is truncated: re-export it")
+    at = open_app(workspace, monkeypatch, page="pages/jobs.py", job=job_id).run()
+    assert_clean(at)
+    assert any("image 7 is truncated" in e.value for e in at.error)
+    at = open_app(workspace, monkeypatch, job=job_id).run()
+    assert any("image 7 is truncated" in e.value for e in at.error)
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+class FakeUpload:
+    """What st.file_uploader hands the page: a name and the bytes."""
+
+    def __init__(self, name: str, data: bytes):
+        self.name = name
+        self._data = data
+
+    def getbuffer(self) -> memoryview:
+        return memoryview(self._data)
+
+
+def test_upload_zip_through_the_page_import_path(tmp_path: Path, sample_images: Path) -> None:
+    workspace = Workspace(tmp_path / "ws")
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for image in sorted((sample_images / "train" / "birds").iterdir())[:4]:
+            bundle.write(image, f"pets/train/birds/{image.name}")
+        bundle.writestr("pets/train/birds/broken.jpg", b"not an image at all")
+        bundle.writestr("pets/train/birds/notes.txt", b"hello")
+    uploads = [FakeUpload("pets.zip", archive.read_bytes()), FakeUpload("../escape.png", b"x")]
+    folder = view.upload_dir(workspace)
+    written, refused = view.save_uploads(uploads, folder)
+    assert [p.name for p in written] == ["pets.zip"] and written[
+        0
+    ].read_bytes() == archive.read_bytes()
+    assert refused and refused[0][0] == "../escape.png"
+    assert not (folder.parent / "escape.png").exists()
+    outcome = view.import_uploads(
+        workspace, folder, written, mode="images", dataset="pets", refused=refused
+    )
+    view.discard_upload(folder)
+    assert not folder.exists()
+    assert outcome.report["imported"] == 4
+    reasons = {r["file"]: r["reason"] for r in outcome.report["rejected"]}
+    assert set(reasons) == {"../escape.png", "train/birds/broken.jpg", "train/birds/notes.txt"}
+    assert workspace.open("pets").samples()["label"].unique().tolist() == ["birds"]
+    assert len(workspace.open("pets").import_report()["rejected"]) == 3
+
+
+def test_upload_loose_images_with_manifest_and_embeddings(
+    tmp_path: Path, sample_images: Path
+) -> None:
+    workspace = Workspace(tmp_path / "ws")
+    images = sorted((sample_images / "train" / "food").iterdir())[:3]
+    manifest = "path,label,camera\n" + "".join(
+        f"{p.name},food,cam{i}\n" for i, p in enumerate(images)
+    )
+    folder = view.upload_dir(workspace)
+    written, _ = view.save_uploads(
+        [
+            FakeUpload("list.csv", manifest.encode()),
+            *(FakeUpload(p.name, p.read_bytes()) for p in images),
+        ],
+        folder,
+    )
+    outcome = view.import_uploads(workspace, folder, written, mode="manifest", dataset="food")
+    assert outcome.report["imported"] == 3
+    samples = workspace.open("food").samples()
+    assert sorted(samples["camera"]) == ["cam0", "cam1", "cam2"]
+
+    vectors = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
+    table = "sample_id," + ",".join(f"e{i}" for i in range(16)) + "\n"
+    table += "".join(
+        sid + "," + ",".join(map(str, row)) + "\n"
+        for sid, row in zip(samples["sample_id"], vectors, strict=True)
+    )
+    folder = view.upload_dir(workspace)
+    written, _ = view.save_uploads([FakeUpload("clip.csv", table.encode())], folder)
+    outcome = view.import_uploads(
+        workspace, folder, written, mode="embeddings", dataset="food", embedding_name="clip"
+    )
+    assert outcome.embedding == "clip"
+    stored = workspace.open("food").load_embeddings("clip")
+    np.testing.assert_allclose(stored.vectors, vectors, rtol=1e-6)
+
+
+def test_import_report_lists_every_rejected_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = Workspace(tmp_path / "ws")
+    _embeddings_only_dataset(workspace, tmp_path, np.eye(6, 4, dtype=np.float32) + 1)
+    rejected = [{"file": f"bad{i}.jpg", "reason": "truncated or corrupt image"} for i in range(30)]
+    at = open_app(workspace, monkeypatch)
+    at.session_state["datasets_report"] = {
+        "dataset": "vectors",
+        "source": "x.zip",
+        "imported": 6,
+        "rejected": rejected,
+        "labels": {},
+    }
+    at.run()
+    assert_clean(at)
+    tables = [d.value for d in at.dataframe]
+    assert any(len(t) == 30 and list(t.columns) == ["file", "reason"] for t in tables)
+    assert {m.label: m.value for m in at.metric}["Rejected"] == "30"
+
+
+def _embeddings_only_dataset(workspace: Workspace, tmp_path: Path, vectors: np.ndarray) -> None:
+    from shoal.embeddings_io import create_from_embeddings
+
+    path = tmp_path / "vectors.npy"
+    np.save(path, vectors)
+    meta = tmp_path / "meta.csv"
+    meta.write_text(
+        "sample_id,label,split\n"
+        + "".join(
+            f"s{i},{'ab'[i % 2]},{'train' if i % 3 else 'test'}\n" for i in range(len(vectors))
+        )
+    )
+    create_from_embeddings(workspace, "vectors", path, metadata_file=meta)
+    workspace.open("vectors").update_meta(default_embedding="user")
+
+
+def test_embeddings_only_dataset_shows_metadata_cards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = Workspace(tmp_path / "ws")
+    vectors = np.random.default_rng(3).normal(size=(60, 12)).astype(np.float32)
+    _embeddings_only_dataset(workspace, tmp_path, vectors)
+    at = open_app(
+        workspace,
+        monkeypatch,
+        page="pages/map.py",
+        sel=view.Selection.from_rows([0, 1], n_rows=60).to_token(),
+    ).run()
+    assert_clean(at)
+    assert not at.image
+    cards = " ".join(m.value for m in at.markdown)
+    assert "`sample_id: s0`" in cards and "`label: a`" in cards
+
+
+def test_access_token_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_app(Workspace(tmp_path / "ws"), monkeypatch)
+    monkeypatch.setenv("SHOAL_ACCESS_TOKEN", "s3cret")
+    at.run()
+    assert_clean(at)
+    assert [t.value for t in at.title] == ["Shoal"] and not at.sidebar.selectbox
+    at.text_input[0].input("wrong")
+    at.button[0].click().run()
+    assert at.error and at.error[0].value == "That token is not right."
+    at.text_input[0].input("s3cret")
+    at.button[0].click().run()
+    assert_clean(at)
+    assert [t.value for t in at.title] == ["Datasets"]
+
+
+# --------------------------------------------------------------------------- background work
+
+
+@pytest.mark.slow
+def test_query_by_new_image_from_a_link(
+    sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch, sample_images: Path
+) -> None:
+    """A dropped-in query image is kept by content hash, so the link re-runs the same query."""
+    image = sorted((sample_images / "test" / "space").iterdir())[0]
+    key = hashlib.sha256(image.read_bytes()).hexdigest()[:16]
+    stored = sample_ws.root / ".cache" / "queries" / f"{key}{image.suffix.lower()}"
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(image.read_bytes())
+    at = open_app(sample_ws, monkeypatch, page="pages/similar.py", mode="image", img=key).run()
+    assert_clean(at)
+    assert at.segmented_control(key="similar_mode").value == "image"
+    assert [h.value for h in at.subheader] == ["24 nearest"]
+    assert at.query_params["img"] == key and at.query_params["mode"] == "image"
+
+
+@pytest.mark.slow
+def test_large_dataset_asks_for_a_background_analysis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the inline limit the map waits for an 'analyse' job; once it has run, the map opens."""
+    import sys
+
+    sys.path.insert(0, str(Path(APP).parent))
+    import pages._common as common
+
+    monkeypatch.setattr(common, "INLINE_MAX_SAMPLES", 10)
+    workspace = Workspace(tmp_path / "ws")
+    rng = np.random.default_rng(4)
+    vectors = np.concatenate([rng.normal(size=(40, 16)), rng.normal(size=(40, 16)) + 4]).astype(
+        np.float32
+    )
+    _embeddings_only_dataset(workspace, tmp_path, vectors)
+    at = open_app(workspace, monkeypatch, page="pages/map.py").run()
+    assert_clean(at)
+    assert [b.label for b in at.button] == ["Compute the map"]
+    record = jobs.run_inline(workspace, "analyse", dataset="vectors", params={"embedding": "user"})
+    assert record.state == "done", record.error
+    assert record.result["steps"].split(", ") == [
+        "knn_graph",
+        "project",
+        "outliers",
+        "duplicates",
+        "mislabels",
+    ]
+    at = open_app(workspace, monkeypatch, page="pages/map.py").run()
+    assert_clean(at)
+    assert not [b for b in at.button if b.label == "Compute the map"]
+    assert "80 samples" in " ".join(c.value for c in at.caption)
+
+
+@pytest.mark.slow
+def test_generate_embeddings_button_runs_the_embed_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample_images: Path
+) -> None:
+    from shoal.importers import import_source
+
+    workspace = Workspace(tmp_path / "ws")
+    folder = tmp_path / "few" / "train" / "food"
+    folder.mkdir(parents=True)
+    for image in sorted((sample_images / "train" / "food").iterdir())[:4]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    import_source(workspace, tmp_path / "few", dataset="few")
+    at = open_app(workspace, monkeypatch).run()
+    assert_clean(at)
+    at.button(key="datasets_embed").click().run()
+    job_id = at.session_state["job_id"]
+    assert at.query_params["job"] == job_id
+    record = jobs.wait(workspace, job_id, timeout=240)
+    assert record.state == "done", record.error
+    at.run()
+    assert_clean(at)
+    assert any("finished" in s.value for s in at.success)
+    assert workspace.open("few").embedding_names() == ["efficientnet_lite0"]
+
+
+def test_link_chooses_the_embedding_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace = Workspace(tmp_path / "ws")
+    rng = np.random.default_rng(5)
+    _embeddings_only_dataset(workspace, tmp_path, rng.normal(size=(30, 8)).astype(np.float32))
+    ds = workspace.open("vectors")
+    ds.save_embeddings(
+        "clip", rng.normal(size=(30, 4)), ds.samples()["sample_id"], model="user-provided"
+    )
+    at = open_app(workspace, monkeypatch, page="pages/similar.py", emb="clip", q="s0", k="12").run()
+    assert_clean(at)
+    assert at.sidebar.selectbox(key="_embedding_picker").value == "clip"
+    assert [h.value for h in at.subheader] == ["12 nearest"]
+    assert at.query_params["emb"] == "clip"
+    at.sidebar.selectbox(key="_embedding_picker").select("user").run()
+    assert_clean(at)
+    assert "emb" not in at.query_params or at.query_params["emb"] == "user"
