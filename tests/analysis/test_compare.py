@@ -1,0 +1,482 @@
+"""analysis.compare on small synthetic data: exactness of the tests, the result record, filters,
+the per-cluster table and the dataset orchestrator. Real-embedding checks live in
+test_compare_real.py."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from analysis.compare import (
+    COMPARISON_TESTS,
+    ClusterShift,
+    ComparisonResult,
+    FilterError,
+    PermutationStatistic,
+    available_tests,
+    cluster_shifts,
+    compare,
+    compare_dataset,
+    parse_filter,
+    permutation_labels,
+    permutation_p_value,
+    register_test,
+    two_sample_test,
+)
+
+
+def _gaussians(
+    n_reference: int, n_current: int, *, shift: float = 0.0, dim: int = 32, seed: int = 0
+):
+    rng = np.random.default_rng(seed)
+    # An offset keeps the cloud away from the origin, so L2 normalisation does not erase it.
+    offset = np.full(dim, 3.0)
+    reference = rng.normal(size=(n_reference, dim)) + offset
+    current = rng.normal(size=(n_current, dim)) + offset
+    current[:, 0] += shift
+    return reference.astype(np.float32), current.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- permutation machinery
+
+
+def test_permutation_labels_keep_the_observed_column_and_the_counts():
+    is_current = np.r_[np.zeros(7, bool), np.ones(3, bool)]
+    labels = permutation_labels(is_current, 50, np.random.default_rng(0))
+    assert labels.shape == (10, 51)
+    np.testing.assert_array_equal(labels[:, 0], is_current)
+    np.testing.assert_array_equal(labels.sum(axis=0), 3)
+    assert len({tuple(c) for c in labels.T}) > 40  # the shuffles really differ
+
+
+def test_permutation_p_value_counts_ties_and_adds_one():
+    assert permutation_p_value(np.array([2.0, 1.0, 2.0, 3.0])) == pytest.approx(3 / 4)
+    assert permutation_p_value(np.array([9.0, 1.0, 2.0, 3.0])) == pytest.approx(1 / 4)
+
+
+@pytest.mark.parametrize("method", ["mmd", "classifier"])
+def test_p_values_are_uniform_under_exchangeability(method):
+    # Exact permutation tests: P(p <= a) <= a for every a. 150 small null draws; a calibrated
+    # test exceeds 0.05 + 3 standard errors (0.103) with probability below 0.2 %.
+    p_values = []
+    for seed in range(150):
+        reference, current = _gaussians(40, 25, seed=seed, dim=8)
+        p_values.append(
+            two_sample_test(
+                reference, current, method=method, n_permutations=99, random_state=seed
+            ).p_value
+        )
+    p_values = np.array(p_values)
+    assert np.mean(p_values <= 0.05) <= 0.103
+    assert np.mean(p_values <= 0.5) <= 0.5 + 3 * np.sqrt(0.25 / 150)
+    assert p_values.min() >= 1 / 100
+
+
+@pytest.mark.parametrize("method", ["mmd", "classifier"])
+def test_a_clear_shift_gives_the_smallest_p_value(method):
+    reference, current = _gaussians(200, 150, shift=1.0)
+    outcome = two_sample_test(reference, current, method=method, n_permutations=199)
+    assert outcome.p_value == pytest.approx(1 / 200)
+    assert outcome.effect_size > 0
+    assert outcome.null_statistics.shape == (199,)
+
+
+def test_mmd_statistic_matches_a_direct_unbiased_estimate():
+    from analysis.compare import mmd_test
+
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(30, 5))
+    is_current = np.r_[np.zeros(18, bool), np.ones(12, bool)]
+    outcome = mmd_test(features, permutation_labels(is_current, 5, rng), rng=rng)
+    squared = ((features[:, None, :] - features[None, :, :]) ** 2).sum(-1)
+    bandwidth = np.median(squared[~np.eye(30, dtype=bool)])
+    kernel = np.exp(-squared / bandwidth)
+    x, y = ~is_current, is_current
+    k_xx, k_yy, k_xy = kernel[np.ix_(x, x)], kernel[np.ix_(y, y)], kernel[np.ix_(x, y)]
+    expected = (k_xx.sum() - 18) / (18 * 17) + (k_yy.sum() - 12) / (12 * 11) - 2 * k_xy.mean()
+    # The bandwidth's median is taken in float32 (memory), hence not 1e-12.
+    assert outcome.values[0] == pytest.approx(expected, rel=1e-6)
+    assert outcome.effect_size == outcome.values[0]
+
+
+def test_classifier_auc_matches_a_refitted_out_of_fold_oracle():
+    # The closed form must equal fitting ridge per fold and scoring the held-out fold.
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import roc_auc_score
+
+    from analysis import compare as module
+
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(60, 4))
+    features[30:, 0] += 0.8
+    is_current = np.r_[np.zeros(30, bool), np.ones(30, bool)]
+    labels = permutation_labels(is_current, 3, np.random.default_rng(0))
+    outcome = module.classifier_test(features, labels, rng=np.random.default_rng(9))
+    # The same folds: the test draws them first from the generator it is given.
+    folds = np.random.default_rng(9).permutation(np.arange(60) % module.CLASSIFIER_FOLDS)
+    centred = features - features.mean(0)
+    mean_variance = (centred**2).sum() / (60 * 4)
+    scores = np.empty(60)
+    for fold in range(module.CLASSIFIER_FOLDS):
+        test_rows = folds == fold
+        train_rows = ~test_rows
+        penalty = module.CLASSIFIER_SHRINKAGE * mean_variance * train_rows.sum()
+        model = Ridge(alpha=penalty).fit(features[train_rows], is_current[train_rows].astype(float))
+        scores[test_rows] = model.predict(features[test_rows])
+    assert outcome.values[0] == pytest.approx(roc_auc_score(is_current, scores), abs=1e-9)
+    assert outcome.values.shape == (4,)
+
+
+def test_registry_accepts_a_new_test_and_refuses_a_clash():
+    @register_test("test-registry-demo")
+    def demo(features, labels, *, rng):
+        stats = np.abs(features[:, 0] @ (labels - labels.mean(0)))
+        return PermutationStatistic(stats, float(stats[0]), "abs")
+
+    try:
+        assert "test-registry-demo" in available_tests()
+        reference, current = _gaussians(50, 50, shift=2.0)
+        result = compare(reference, current, method="test-registry-demo", n_permutations=49)
+        assert result.method == "test-registry-demo"
+        with pytest.raises(ValueError, match="already registered"):
+            register_test("mmd")(demo)
+
+        @register_test("test-registry-broken")
+        def broken(features, labels, *, rng):
+            return PermutationStatistic(np.zeros(3), 0.0, "none")
+
+        with pytest.raises(ValueError, match="returned \\(3,\\) values for 50 label columns"):
+            compare(reference, current, method="test-registry-broken", n_permutations=49)
+    finally:
+        COMPARISON_TESTS.pop("test-registry-demo", None)
+        COMPARISON_TESTS.pop("test-registry-broken", None)
+
+
+def test_unknown_method_and_bad_shapes_raise_clear_errors():
+    reference, current = _gaussians(20, 20)
+    with pytest.raises(ValueError, match="unknown comparison method 'nope'"):
+        compare(reference, current, method="nope")
+    with pytest.raises(ValueError, match="dim 32 but current has dim 31"):
+        compare(reference, current[:, :31])
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        compare(reference, current[:1])
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def test_large_unequal_sets_are_subsampled_and_say_so():
+    reference, current = _gaussians(30_000, 200, dim=16)
+    outcome = two_sample_test(reference, current, max_samples=2000, n_permutations=99)
+    assert (outcome.n_used_reference, outcome.n_used_current) == (1800, 200)
+    assert outcome.n_used == 2000
+
+
+def test_compare_reports_sizes_and_scores_every_current_sample():
+    reference, current = _gaussians(300, 120, shift=0.0, dim=16)
+    result = compare(reference, current, n_permutations=99, max_samples=200)
+    assert (result.n_reference, result.n_current) == (300, 120)
+    assert (result.n_used_reference, result.n_used_current, result.n_used) == (100, 100, 200)
+    assert "a random subsample of 300 vs 120" in result.verdict()
+    assert (
+        result.novelty.shape
+        == result.novelty_p_values.shape
+        == result.novelty_flags.shape
+        == (120,)
+    )
+    assert result.reference_clusters.shape == (300,) and result.current_clusters.shape == (120,)
+    assert ((result.novelty >= 0) & (result.novelty <= 1)).all()
+    assert ((result.novelty_p_values > 0) & (result.novelty_p_values <= 1)).all()
+
+
+def test_same_seed_same_result_and_float16_memmap_input(tmp_path):
+    reference, current = _gaussians(150, 100, shift=0.3, dim=16)
+    path = tmp_path / "reference.npy"
+    np.save(path, reference.astype(np.float16))
+    mapped = np.load(path, mmap_mode="r")
+    first = compare(mapped, current, n_permutations=99, random_state=5)
+    second = compare(mapped, current, n_permutations=99, random_state=5)
+    assert first.p_value == second.p_value and first.statistic == second.statistic
+    np.testing.assert_array_equal(first.novelty, second.novelty)
+    np.testing.assert_array_equal(first.current_clusters, second.current_clusters)
+
+
+# --------------------------------------------------------------------------- novelty
+
+
+def test_novelty_ranks_planted_far_points_first():
+    reference, current = _gaussians(400, 200, dim=16)
+    rng = np.random.default_rng(1)
+    far = rng.normal(size=(10, 16)).astype(np.float32) * 3 - 3.0  # the opposite side of the origin
+    result = compare(reference, np.vstack([current, far]), n_permutations=49)
+    assert result.novelty_flags[-10:].all()
+    assert result.novelty[-10:].min() == 1.0
+    assert result.novelty_p_values[-10:].max() == pytest.approx(1 / 401)
+    # Drawn like the reference: about novelty_alpha (1 %) flagged; 200 draws, allow up to 5 %.
+    assert result.novelty_flags[:200].mean() <= 0.05
+
+
+def test_a_current_sample_that_duplicates_a_reference_sample_is_not_novel():
+    reference, current = _gaussians(200, 50, dim=16)
+    result = compare(reference, np.vstack([current, reference[:3]]), n_permutations=49)
+    assert (result.nearest_reference[-3:] == [0, 1, 2]).all()
+    assert result.novelty_distance[-3:].max() < np.median(result.novelty_distance)
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def test_cluster_shifts_against_scipy_fisher_and_bh():
+    from scipy.stats import false_discovery_control, fisher_exact
+
+    reference = np.repeat([0, 1, 2, 3], [100, 100, 100, 100])
+    current = np.repeat([0, 1, 2, 3], [160, 90, 80, 70])
+    shifts = cluster_shifts(reference, current, alpha=0.05)
+    expected_p = [
+        fisher_exact([[c, r], [400 - c, 400 - r]]).pvalue
+        for r, c in zip([100] * 4, [160, 90, 80, 70], strict=True)
+    ]
+    np.testing.assert_allclose([s.p_value for s in shifts], expected_p)
+    np.testing.assert_allclose([s.q_value for s in shifts], false_discovery_control(expected_p))
+    first = shifts[0]
+    assert (first.direction, first.n_current, first.n_reference, first.significant) == (
+        "over",
+        160,
+        100,
+        True,
+    )
+    assert first.ratio == pytest.approx((160.5 / 400) / (100.5 / 400))
+    assert [s.direction for s in shifts[1:]] == ["under"] * 3
+
+
+def test_cluster_present_on_one_side_only_has_a_finite_ratio():
+    shifts = cluster_shifts(np.array([0] * 40), np.array([0] * 30 + [1] * 10))
+    lonely = shifts[1]
+    assert (lonely.n_reference, lonely.n_current, lonely.direction) == (0, 10, "over")
+    assert np.isfinite(lonely.ratio) and lonely.ratio > 10
+
+
+def test_a_planted_mode_is_found_by_the_cluster_table():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 24)) * 4 + 6
+    reference = np.vstack([c + rng.normal(size=(100, 24)) for c in centres])
+    counts = [250, 70, 70, 70, 70, 70]  # mode 0 over-represented in current
+    current = np.vstack(
+        [c + rng.normal(size=(n, 24)) for c, n in zip(centres, counts, strict=True)]
+    )
+    result = compare(reference, current, n_permutations=99, n_clusters=6)
+    over = [c for c in result.shifted_clusters if c.direction == "over"]
+    assert len(over) == 1
+    assert over[0].n_current == 250 and over[0].n_reference == 100
+    assert result.significant
+
+
+# --------------------------------------------------------------------------- the result record
+
+
+def test_result_to_dict_is_json_and_round_trips_through_an_artefact():
+    reference, current = _gaussians(120, 80, shift=0.5, dim=16)
+    result = compare(reference, current, n_permutations=49)
+    payload = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert payload["n_current"] == 80 and len(payload["novelty"]) == 80
+    assert payload["verdict"].startswith(("The current set differs", "No difference"))
+    assert isinstance(payload["clusters"][0], dict)
+
+    arrays, meta = result.to_arrays(), result.to_meta()
+    json.dumps(meta, allow_nan=False)
+    again = ComparisonResult.from_arrays(arrays, meta)
+    assert again.p_value == result.p_value and again.clusters == result.clusters
+    np.testing.assert_array_equal(again.novelty_flags, result.novelty_flags)
+    assert isinstance(again.clusters[0], ClusterShift)
+
+
+def test_frames_have_one_row_per_cluster_and_per_current_sample():
+    reference, current = _gaussians(120, 80, dim=16)
+    result = compare(reference, current, n_permutations=49, n_clusters=4)
+    clusters = result.clusters_frame()
+    assert len(clusters) == 4 and {"ratio", "q_value", "direction"} <= set(clusters.columns)
+    assert clusters["q_value"].is_monotonic_increasing
+    novelty = result.novelty_frame()
+    assert len(novelty) == 80 and "sample_id" not in novelty.columns
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@pytest.fixture
+def samples() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(8)],
+            "split": ["train"] * 5 + ["test"] * 3,
+            "label": ["cat", "dog", "cat", "bird", None, "dog", "cat", "bird"],
+            "confidence": [0.9, 0.4, 0.7, np.nan, 0.2, 0.55, 0.95, 0.1],
+            "class_id": [0, 1, 0, 2, 3, 1, 0, 2],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("split=train", [1, 1, 1, 1, 1, 0, 0, 0]),
+        ("split == test", [0, 0, 0, 0, 0, 1, 1, 1]),
+        ("label=cat,dog", [1, 1, 1, 0, 0, 1, 1, 0]),
+        ("label!=cat", [0, 1, 0, 1, 0, 1, 0, 1]),  # a missing label matches neither = nor !=
+        ("confidence<0.5", [0, 1, 0, 0, 1, 0, 0, 1]),
+        ("confidence>=0.7", [1, 0, 1, 0, 0, 0, 1, 0]),
+        ("split=train & confidence>0.5", [1, 0, 1, 0, 0, 0, 0, 0]),
+        ("class_id=0,2", [1, 0, 1, 1, 0, 0, 1, 1]),
+        ("label='cat'", [1, 0, 1, 0, 0, 0, 1, 0]),
+        ("*", [1] * 8),
+    ],
+)
+def test_parse_filter_selects_the_right_rows(samples, expr, expected):
+    np.testing.assert_array_equal(parse_filter(expr, samples), np.array(expected, bool))
+
+
+def test_parse_filter_accepts_a_mapping(samples):
+    mask = parse_filter({"split": "test", "label": ["cat", "bird"]}, samples)
+    np.testing.assert_array_equal(mask, [0, 0, 0, 0, 0, 0, 1, 1])
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("splt=train", "unknown column 'splt'; columns are: sample_id, split"),
+        ("label=cta", "no sample has label='cta'; values of 'label': bird, cat, dog"),
+        ("label<3", "column 'label' is not numeric"),
+        ("confidence<high", "'high' is not a number"),
+        ("split", "cannot read filter clause 'split'"),
+        ("", "empty filter"),
+        ("label=", "empty value"),
+        ("label='cat", "unclosed quote"),
+    ],
+)
+def test_parse_filter_errors_name_the_culprit(samples, expr, message):
+    with pytest.raises(FilterError, match=re.escape(message)):
+        parse_filter(expr, samples)
+
+
+_VALUE = (
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-. ", min_size=1, max_size=8)
+    .map(str.strip)
+    .filter(bool)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(_VALUE, min_size=1, max_size=12),
+    picks=st.lists(st.integers(0, 11), min_size=1, max_size=3),
+)
+def test_parse_filter_equality_matches_isin(values, picks):
+    frame = pd.DataFrame({"tag": pd.Series(values, dtype=object)})
+    chosen = sorted({values[i % len(values)] for i in picks})
+    expr = "tag=" + ",".join(f"'{v}'" for v in chosen)
+    np.testing.assert_array_equal(parse_filter(expr, frame), frame["tag"].isin(chosen).to_numpy())
+    np.testing.assert_array_equal(
+        parse_filter(expr.replace("=", "!=", 1), frame), ~frame["tag"].isin(chosen).to_numpy()
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    numbers=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=20),
+    threshold=st.floats(-1e6, 1e6, allow_nan=False),
+    op=st.sampled_from(["<", "<=", ">", ">="]),
+)
+def test_parse_filter_comparisons_match_numpy(numbers, threshold, op):
+    frame = pd.DataFrame({"score": numbers})
+    expected = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}[op](
+        np.array(numbers), float(repr(threshold))
+    )
+    np.testing.assert_array_equal(parse_filter(f"score{op}{threshold!r}", frame), expected)
+
+
+# --------------------------------------------------------------------------- the orchestrator
+
+
+def _dataset_with_embeddings(workspace, *, shift: float):
+    reference, current = _gaussians(150, 100, shift=shift, dim=16)
+    vectors = np.vstack([reference, current])
+    samples = pd.DataFrame(
+        {
+            "sample_id": [f"img{i:04d}" for i in range(250)],
+            "source": "synthetic",
+            "path": None,
+            "split": ["train"] * 150 + ["test"] * 100,
+            "label": np.where(np.arange(250) % 2, "cat", "dog"),
+        }
+    )
+    ds = workspace.create("shifted", samples, has_images=False)
+    # Store rows in reverse order: the orchestrator must align by sample id, not position.
+    ds.save_embeddings(
+        "demo", vectors[::-1], samples["sample_id"][::-1].tolist(), model="synthetic"
+    )
+    return ds, reference, current
+
+
+def test_compare_dataset_selects_by_filter_aligns_ids_and_caches(workspace):
+    ds, reference, current = _dataset_with_embeddings(workspace, shift=1.0)
+    result = compare_dataset(ds, reference="split=train", current="split=test", n_permutations=99)
+    direct = compare(reference, current, n_permutations=99)
+    assert result.p_value == direct.p_value and result.statistic == pytest.approx(direct.statistic)
+    np.testing.assert_allclose(result.novelty, direct.novelty)
+    assert result.current_ids[0] == "img0150" and len(result.reference_ids) == 150
+    assert result.params["reference"] == "split=train" and result.params["embedding"] == "demo"
+    frame = result.novelty_frame()
+    assert (
+        frame["sample_id"].iloc[0] == "img0150"
+        and frame["nearest_reference_id"].str.startswith("img").all()
+    )
+
+    (artefact,) = (ds.root / "artefacts" / "compare").glob("*.npz")
+    cached = compare_dataset(ds, reference="split=train", current="split=test", n_permutations=99)
+    assert cached.p_value == result.p_value
+    np.testing.assert_array_equal(cached.current_ids, result.current_ids)
+    assert len(list((ds.root / "artefacts" / "compare").glob("*.npz"))) == 1
+    # Another selection (or the same one spelled differently) is another artefact.
+    rest = compare_dataset(ds, reference="split=train", current=None, n_permutations=99)
+    assert rest.params["current"] == "not (split=train)" and rest.p_value == result.p_value
+    compare_dataset(
+        ds, reference="split=train", current="label=cat & split=test", n_permutations=99
+    )
+    assert len(list((ds.root / "artefacts" / "compare").glob("*.npz"))) == 3
+    assert artefact.exists()
+    fresh = compare_dataset(
+        ds, reference="split=train", current="split=test", n_permutations=99, recompute=True
+    )
+    assert fresh.p_value == result.p_value
+
+
+def test_compare_dataset_refuses_overlap_and_tiny_subsets(workspace):
+    ds, _, _ = _dataset_with_embeddings(workspace, shift=0.0)
+    with pytest.raises(FilterError, match="share 75 samples"):
+        compare_dataset(ds, reference="split=train", current="label=cat")
+    with pytest.raises(FilterError, match="selects 0 samples"):
+        compare_dataset(ds, reference="split=train", current="label=cat & label=dog")
+    with pytest.raises(FilterError, match="unknown column 'spilt'"):
+        compare_dataset(ds, reference="spilt=train", current="split=test")
+
+
+def test_verdict_states_the_decision_the_numbers_and_the_where():
+    reference, current = _gaussians(200, 200, shift=1.5, dim=16)
+    shifted = compare(reference, current, n_permutations=99)
+    text = shifted.verdict()
+    assert text.startswith("The current set differs from the reference (MMD permutation test")
+    assert "p = 0.01 <= alpha = 0.05" in text and "MMD² = " in text
+    assert "200 reference vs 200 current samples" in text
+    assert "of 200 current samples" in text
+
+    reference, current = _gaussians(200, 200, shift=0.0, dim=16, seed=3)
+    same = compare(reference, current, n_permutations=99, method="classifier")
+    assert not same.significant
+    assert same.verdict().startswith("No difference between the current set and the reference")
+    assert "domain-classifier permutation test" in same.verdict() and "AUC - 0.5" in same.verdict()
