@@ -1,0 +1,40 @@
+"""Shoal's analysis engine: pure kernels (arrays in, frozen result records out).
+
+One kNN graph per embedding set (:mod:`analysis.knn`) feeds the projection
+(:mod:`analysis.projection`), outlier scores (:mod:`analysis.outliers`), near-duplicates
+(:mod:`analysis.duplicates`) and label checks (:mod:`analysis.mislabels`); similarity search
+(:mod:`analysis.similar`) reuses the same exact index. :mod:`analysis.workspace` runs them on a
+stored dataset and caches the results as workspace artefacts.
+
+>>> import numpy as np
+>>> from analysis import build_knn_graph, score_outliers
+>>> x = np.random.default_rng(0).normal(size=(100, 8))
+>>> score_outliers(x, graph=build_knn_graph(x)).scores.shape
+(100,)
+"""
+
+from analysis.duplicates import DuplicateResult, find_duplicates
+from analysis.knn import KnnGraph, NeighborIndex, build_knn_graph, normalize
+from analysis.mislabels import MislabelResult, score_mislabels
+from analysis.outliers import SCORERS, OutlierResult, register_scorer, score_outliers
+from analysis.projection import Projection, project
+from analysis.similar import SimilarResult, search_similar
+
+__all__ = [
+    "SCORERS",
+    "DuplicateResult",
+    "KnnGraph",
+    "MislabelResult",
+    "NeighborIndex",
+    "OutlierResult",
+    "Projection",
+    "SimilarResult",
+    "build_knn_graph",
+    "find_duplicates",
+    "normalize",
+    "project",
+    "register_scorer",
+    "score_mislabels",
+    "score_outliers",
+    "search_similar",
+]

@@ -1,0 +1,500 @@
+"""2-D (or 3-D) maps of an embedding set with UMAP, fed by the shared kNN graph.
+
+UMAP's own first step is a nearest-neighbour search over the raw vectors; here the graph built
+once by :func:`analysis.knn.build_knn_graph` is handed to it (``precomputed_knn``), and UMAP only
+sees a PCA-reduced copy of the data, so the search is not paid twice.
+
+The layout starts from the PCA coordinates instead of UMAP's spectral initialisation: an
+informative start that preserves global structure as well (Kobak & Linderman, Nature
+Biotechnology 2021), without the sparse eigensolver, which on clustered real embeddings (a graph
+of several components) can take longer than the whole optimisation. From that start half of
+UMAP's default epochs suffice (:data:`DEFAULT_EPOCHS_SMALL` / :data:`DEFAULT_EPOCHS_LARGE`);
+benchmarks/bench_analysis.py checks trustworthiness against a default UMAP run.
+
+Above ``max_fit_samples`` the map is fitted on a random sample and the other points are placed
+into it with UMAP's transform step; every such point is flagged in ``transformed_mask``.
+
+Example:
+    >>> import numpy as np
+    >>> from analysis.knn import build_knn_graph
+    >>> x = np.random.default_rng(0).normal(size=(300, 16)).astype("float32")
+    >>> result = project(x, graph=build_knn_graph(x))                     # doctest: +SKIP
+    >>> result.coords.shape                                                # doctest: +SKIP
+    (300, 2)
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.knn import (
+    BLOCK_ROWS,
+    KnnGraph,
+    NeighborIndex,
+    build_knn_graph,
+    drop_self_matches,
+    fit_pca,
+    normalize,
+)
+from analysis.results import ids_or_rows as _ids
+from analysis.results import jsonable
+
+#: Fit UMAP on at most this many samples; place the rest with UMAP's transform.
+MAX_FIT_SAMPLES = 200_000
+#: Global trustworthiness is computed on a random sample of this size (it needs all pairwise
+#: distances of the sample); the result says when it was sampled.
+TRUSTWORTHINESS_SAMPLE = 5_000
+#: Neighbours used by trustworthiness (as in umap-learn's own trustworthiness tests).
+TRUSTWORTHINESS_NEIGHBORS = 10
+#: PCA fits its axes on at most this many rows (plenty for 50 axes), then projects every row.
+PCA_FIT_ROWS = 20_000
+#: Below this many samples UMAP's graph layout is not meaningful; a PCA map is returned instead.
+MIN_UMAP_SAMPLES = 16
+#: Optimisation epochs when ``n_epochs=None``: half of umap-learn's defaults (500 up to 10,000
+#: samples, 200 above), since the layout starts from PCA rather than a random-ish start.
+DEFAULT_EPOCHS_SMALL = 250
+DEFAULT_EPOCHS_LARGE = 100
+
+
+def _umap() -> Any:
+    try:
+        import umap
+    except ImportError as error:
+        raise ImportError("Shoal's projection needs UMAP: pip install umap-learn") from error
+    return umap
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A low-dimensional map of an embedding set and how faithful it is.
+
+    coords: (n_samples, n_components) float32.
+    trustworthiness: sklearn's trustworthiness in [0, 1], higher = fewer false neighbours in the
+    map; computed on ``trustworthiness_sample_size`` random samples when that is below n_samples.
+    neighborhood_preservation: (n_samples,) float32 in [0, 1] per point, the share of its
+    high-dimensional graph neighbours that are also among its nearest neighbours in the map;
+    higher = better preserved.
+    transformed_mask: (n_samples,) bool, True for points placed by UMAP's transform instead of
+    being in the fitted sample (only when n_samples > max_fit_samples).
+    """
+
+    coords: np.ndarray
+    trustworthiness: float
+    trustworthiness_sample_size: int
+    neighborhood_preservation: np.ndarray
+    transformed_mask: np.ndarray
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trustworthiness_sampled(self) -> bool:
+        return self.trustworthiness_sample_size < len(self.coords)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "coords": self.coords,
+            "neighborhood_preservation": self.neighborhood_preservation,
+            "transformed_mask": self.transformed_mask,
+        }
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "trustworthiness": self.trustworthiness,
+            "trustworthiness_sample_size": self.trustworthiness_sample_size,
+            "method": self.method,
+            "params": self.params,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Projection:
+        return cls(
+            coords=np.asarray(arrays["coords"], dtype=np.float32),
+            neighborhood_preservation=np.asarray(arrays["neighborhood_preservation"], np.float32),
+            transformed_mask=np.asarray(arrays["transformed_mask"], dtype=bool),
+            trustworthiness=float(meta["trustworthiness"]),
+            trustworthiness_sample_size=int(meta["trustworthiness_sample_size"]),
+            method=str(meta["method"]),
+            params=dict(meta.get("params", {})),
+        )
+
+    def to_dict(self, *, sample_ids: np.ndarray | None = None) -> dict[str, Any]:
+        """JSON-able summary plus per-point values (lists)."""
+        return jsonable(
+            {
+                **self.to_meta(),
+                "n_samples": len(self.coords),
+                "n_transformed": int(self.transformed_mask.sum()),
+                "mean_neighborhood_preservation": float(np.mean(self.neighborhood_preservation))
+                if len(self.coords)
+                else float("nan"),
+                "sample_ids": None if sample_ids is None else [str(s) for s in sample_ids],
+                "coords": self.coords,
+                "neighborhood_preservation": self.neighborhood_preservation,
+                "transformed": self.transformed_mask,
+            }
+        )
+
+    def to_frame(self, *, sample_ids: np.ndarray | None = None) -> pd.DataFrame:
+        """One row per sample: sample_id (or row), x, y[, z], neighborhood_preservation, transformed."""
+        frame = pd.DataFrame(self.coords, columns=["x", "y", "z"][: self.coords.shape[1]])
+        frame.insert(0, "sample_id", _ids(sample_ids, len(self.coords)))
+        frame["neighborhood_preservation"] = self.neighborhood_preservation
+        frame["transformed"] = self.transformed_mask
+        return frame
+
+
+def pca_reduce(
+    embeddings: np.ndarray,
+    *,
+    n_components: int = 50,
+    metric: str = "cosine",
+    random_state: int = 0,
+) -> np.ndarray:
+    """(n_samples, n_components) float32 PCA scores, streamed in blocks (memory maps welcome).
+
+    With ``metric="cosine"`` rows are L2-normalised first, so Euclidean geometry of the scores
+    follows cosine geometry of the input. Axes are fitted on at most ``PCA_FIT_ROWS`` rows.
+    """
+    n_samples, dim = embeddings.shape
+    n_components = max(1, min(n_components, dim, n_samples))
+
+    def prepared(rows: slice | np.ndarray) -> np.ndarray:
+        block = np.asarray(embeddings[rows])
+        return normalize(block) if metric == "cosine" else block.astype(np.float32)
+
+    rng = np.random.default_rng(random_state)
+    fit_rows = (
+        np.sort(rng.choice(n_samples, PCA_FIT_ROWS, replace=False))
+        if n_samples > PCA_FIT_ROWS
+        else np.arange(n_samples)
+    )
+    mean, axes = fit_pca(prepared(fit_rows), n_components, random_state=random_state)
+    scores = np.empty((n_samples, n_components), dtype=np.float32)
+    for start in range(0, n_samples, BLOCK_ROWS):
+        block = slice(start, min(n_samples, start + BLOCK_ROWS))
+        scores[block] = (prepared(block) - mean) @ axes
+    return scores
+
+
+def project(
+    embeddings: np.ndarray,
+    *,
+    graph: KnnGraph | None = None,
+    n_components: int = 2,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    pca_components: int = 50,
+    n_epochs: int | None = None,
+    max_fit_samples: int = MAX_FIT_SAMPLES,
+    trustworthiness_sample: int = TRUSTWORTHINESS_SAMPLE,
+    metric: str = "cosine",
+    random_state: int = 0,
+) -> Projection:
+    """UMAP map of (n_samples, dim) embeddings, reusing ``graph`` (built here when None).
+
+    ``n_neighbors`` counts UMAP-style (the point itself included), so a 15-neighbour map needs a
+    graph with at least 14 neighbours. Fixed ``random_state`` makes the layout reproducible.
+    ``n_epochs=None`` picks :data:`DEFAULT_EPOCHS_SMALL` up to 10,000 fitted samples, else
+    :data:`DEFAULT_EPOCHS_LARGE`.
+    """
+    if n_components not in (2, 3):
+        raise ValueError(f"n_components must be 2 or 3, got {n_components}")
+    n_samples = len(embeddings)
+    if graph is None:
+        graph = build_knn_graph(
+            embeddings,
+            n_neighbors=max(1, n_neighbors - 1),
+            metric=metric,
+            random_state=random_state,
+        )
+    if graph.n_samples != n_samples:
+        raise ValueError(f"graph has {graph.n_samples} samples, embeddings have {n_samples}")
+    if graph.metric != metric:
+        raise ValueError(f"graph metric {graph.metric!r} differs from metric {metric!r}")
+    if n_epochs is None:
+        n_epochs = (
+            DEFAULT_EPOCHS_SMALL
+            if min(n_samples, max_fit_samples) <= 10_000
+            else DEFAULT_EPOCHS_LARGE
+        )
+    params: dict[str, Any] = {
+        "n_components": n_components,
+        "n_neighbors": n_neighbors,
+        "min_dist": min_dist,
+        "pca_components": pca_components,
+        "n_epochs": n_epochs,
+        "max_fit_samples": max_fit_samples,
+        "metric": metric,
+        "random_state": random_state,
+        "graph_method": graph.method,
+    }
+    started = time.perf_counter()
+    reduced = pca_reduce(
+        embeddings, n_components=pca_components, metric=metric, random_state=random_state
+    )
+    transformed = np.zeros(n_samples, dtype=bool)
+    if n_samples < MIN_UMAP_SAMPLES or graph.n_neighbors < 2:
+        coords = _pca_coords(reduced, n_components)
+        method = "pca"
+    elif n_samples <= max_fit_samples:
+        coords = _fit_umap(
+            reduced, graph, n_components, n_neighbors, min_dist, n_epochs, metric, random_state
+        )[0]
+        method = "umap"
+    else:
+        coords, transformed = _fit_sample_transform_rest(
+            embeddings,
+            reduced,
+            n_components=n_components,
+            n_neighbors=n_neighbors,
+            min_dist=min_dist,
+            n_epochs=n_epochs,
+            max_fit_samples=max_fit_samples,
+            metric=metric,
+            random_state=random_state,
+        )
+        method = "umap+transform"
+    laid_out = time.perf_counter()
+    trust, trust_size = trustworthiness_score(
+        embeddings,
+        coords,
+        metric=metric,
+        sample_size=trustworthiness_sample,
+        random_state=random_state,
+    )
+    preservation = neighborhood_preservation(graph, coords)
+    # Seconds for the map itself (PCA + UMAP, graph given) and for its quality measures.
+    params["seconds_layout"] = round(laid_out - started, 3)
+    params["seconds_quality"] = round(time.perf_counter() - laid_out, 3)
+    return Projection(
+        coords=coords.astype(np.float32),
+        trustworthiness=trust,
+        trustworthiness_sample_size=trust_size,
+        neighborhood_preservation=preservation,
+        transformed_mask=transformed,
+        method=method,
+        params=params,
+    )
+
+
+def _pca_coords(reduced: np.ndarray, n_components: int) -> np.ndarray:
+    coords = np.zeros((len(reduced), n_components), dtype=np.float32)
+    width = min(n_components, reduced.shape[1])
+    coords[:, :width] = reduced[:, :width]
+    return coords
+
+
+def _umap_knn(graph: KnnGraph, n_neighbors: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """UMAP wants each row's own index first at distance 0, then its neighbours.
+
+    Exactly ``n_neighbors`` columns: umap-learn 0.5.12 only trims a wider precomputed graph when
+    it has 4,096 rows or more, so smaller sets must not be handed extra columns.
+    """
+    k = min(n_neighbors - 1, graph.n_neighbors)
+    rows = np.arange(graph.n_samples, dtype=np.int64)[:, None]
+    indices = np.hstack([rows, graph.indices[:, :k]])
+    distances = np.hstack([np.zeros((graph.n_samples, 1), np.float32), graph.distances[:, :k]])
+    # An unreachable neighbour (inf) would poison UMAP's bandwidth search; UMAP marks it -1.
+    unreachable = ~np.isfinite(distances)
+    indices[unreachable] = -1
+    distances[unreachable] = np.inf
+    return indices, distances.astype(np.float32), k + 1
+
+
+def _fit_umap(
+    reduced: np.ndarray,
+    graph: KnnGraph,
+    n_components: int,
+    n_neighbors: int,
+    min_dist: float,
+    n_epochs: int | None,
+    metric: str,
+    random_state: int,
+) -> tuple[np.ndarray, Any]:
+    umap = _umap()
+    indices, distances, k = _umap_knn(graph, n_neighbors)
+    model = umap.UMAP(
+        n_neighbors=k,
+        n_components=n_components,
+        min_dist=min_dist,
+        n_epochs=n_epochs,
+        # The PCA scores of normalised vectors are compared with Euclidean distance; the graph
+        # distances (cosine) are what UMAP's fuzzy set is built from.
+        metric="euclidean",
+        precomputed_knn=(indices, distances),
+        # PCA start needs as many input axes as map axes; tiny inputs fall back to spectral.
+        init="pca" if reduced.shape[1] >= n_components else "spectral",
+        random_state=random_state,
+        low_memory=True,
+        verbose=False,
+    )
+    with warnings.catch_warnings():
+        # "no NNDescent search index" and "random_state overrides n_jobs": both expected here.
+        warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
+        warnings.filterwarnings("ignore", message=".*n_jobs.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="umap")
+        coords = model.fit_transform(reduced)
+    return np.asarray(coords, dtype=np.float32), model
+
+
+def _fit_sample_transform_rest(
+    embeddings: np.ndarray,
+    reduced: np.ndarray,
+    *,
+    n_components: int,
+    n_neighbors: int,
+    min_dist: float,
+    n_epochs: int | None,
+    max_fit_samples: int,
+    metric: str,
+    random_state: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fit on a random sample with its own kNN graph; place every other point by transform."""
+    n_samples = len(embeddings)
+    rng = np.random.default_rng(random_state)
+    fit_rows = np.sort(rng.choice(n_samples, max_fit_samples, replace=False))
+    transformed = np.ones(n_samples, dtype=bool)
+    transformed[fit_rows] = False
+    rest_rows = np.flatnonzero(transformed)
+
+    sample = _take_rows(embeddings, fit_rows)
+    index = NeighborIndex(sample, metric=metric, method="hnsw")
+    k = n_neighbors - 1
+    self_exclude = [[i] for i in range(len(fit_rows))]
+    sample_idx, sample_dist = index.search(sample, k, exclude=self_exclude)
+    sample_graph = KnnGraph(sample_idx, sample_dist, metric, "hnsw", k)
+    fitted, model = _fit_umap(
+        reduced[fit_rows],
+        sample_graph,
+        n_components,
+        n_neighbors,
+        min_dist,
+        n_epochs,
+        metric,
+        random_state,
+    )
+    coords = np.empty((n_samples, n_components), dtype=np.float32)
+    coords[fit_rows] = fitted
+    for start in range(0, len(rest_rows), 100_000):
+        rows = rest_rows[start : start + 100_000]
+        rest_idx, rest_dist = index.search(_take_rows(embeddings, rows), n_neighbors)
+        coords[rows] = _transform(model, fitted, rest_idx, rest_dist, random_state + start)
+    return coords, transformed
+
+
+def _take_rows(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    out = np.empty((len(rows), embeddings.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), BLOCK_ROWS):
+        out[start : start + BLOCK_ROWS] = embeddings[rows[start : start + BLOCK_ROWS]]
+    return out
+
+
+def _transform(
+    model: Any, fitted: np.ndarray, indices: np.ndarray, distances: np.ndarray, seed: int
+) -> np.ndarray:
+    """UMAP's ``transform`` (umap-learn 0.5.12) for new points whose neighbours in the fitted
+    sample are already known; the fitted points stay where they are."""
+    import scipy.sparse
+    from umap.layouts import optimize_layout_euclidean
+    from umap.umap_ import compute_membership_strengths, make_epochs_per_sample, smooth_knn_dist
+
+    n_new, k = indices.shape
+    distances = np.ascontiguousarray(distances, dtype=np.float32)
+    local_connectivity = max(0.0, model.local_connectivity - 1.0)
+    sigmas, rhos = smooth_knn_dist(
+        distances, float(k), local_connectivity=float(local_connectivity)
+    )
+    rows, cols, vals, _ = compute_membership_strengths(
+        indices, distances, sigmas, rhos, bipartite=True
+    )
+    graph = scipy.sparse.coo_matrix((vals, (rows, cols)), shape=(n_new, len(fitted)))
+    csr = graph.tocsr()
+    csr.eliminate_zeros()
+    weights_sum = np.asarray(csr.sum(axis=1)).ravel()
+    # Membership-weighted mean of the neighbours' positions, as umap's init_graph_transform.
+    embedding = (csr @ fitted) / np.where(weights_sum > 0, weights_sum, 1.0)[:, None]
+    embedding[weights_sum == 0] = fitted[indices[weights_sum == 0, 0]]
+    embedding = embedding.astype(np.float32)
+    n_epochs = 30 if model.n_epochs is None else int(model.n_epochs // 3)
+    graph.data[graph.data < graph.data.max() / float(n_epochs)] = 0.0
+    graph.eliminate_zeros()
+    epochs_per_sample = make_epochs_per_sample(graph.data, n_epochs)
+    rng_state = (
+        np.random.RandomState(seed)
+        .randint(np.iinfo(np.int32).min, np.iinfo(np.int32).max, 3)
+        .astype(np.int64)
+    )
+    return optimize_layout_euclidean(
+        embedding,
+        fitted.astype(np.float32, copy=True),
+        graph.row,
+        graph.col,
+        n_epochs,
+        graph.shape[1],
+        epochs_per_sample,
+        model._a,
+        model._b,
+        rng_state,
+        model.repulsion_strength,
+        model._initial_alpha / 4.0,
+        model.negative_sample_rate,
+        False,
+        verbose=False,
+    )
+
+
+def trustworthiness_score(
+    embeddings: np.ndarray,
+    coords: np.ndarray,
+    *,
+    metric: str = "cosine",
+    n_neighbors: int = TRUSTWORTHINESS_NEIGHBORS,
+    sample_size: int = TRUSTWORTHINESS_SAMPLE,
+    random_state: int = 0,
+) -> tuple[float, int]:
+    """(trustworthiness in [0, 1], number of samples it was computed on).
+
+    Higher = the map invents fewer neighbours. Above ``sample_size`` samples it is computed on a
+    random subset (neighbourhoods within the subset), which is what the second value reports.
+    """
+    n_samples = len(coords)
+    if n_samples < 4:
+        return float("nan"), n_samples
+    rows = np.arange(n_samples)
+    if n_samples > sample_size:
+        rows = np.sort(
+            np.random.default_rng(random_state).choice(n_samples, sample_size, replace=False)
+        )
+    from sklearn.manifold import trustworthiness
+
+    high = _take_rows(embeddings, rows)
+    # sklearn requires n_neighbors < n_samples / 2.
+    neighbours = max(1, min(n_neighbors, (len(rows) - 1) // 2))
+    value = trustworthiness(high, coords[rows], n_neighbors=neighbours, metric=metric)
+    return float(value), len(rows)
+
+
+def neighborhood_preservation(graph: KnnGraph, coords: np.ndarray) -> np.ndarray:
+    """(n_samples,) float32 in [0, 1]: share of each point's graph neighbours that are also among
+    its ``graph.n_neighbors`` nearest points in the map. Higher = better preserved."""
+    n_samples, k = graph.indices.shape
+    if k == 0:
+        return np.ones(n_samples, dtype=np.float32)
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(np.asarray(coords, dtype=np.float64))
+    _, found = tree.query(coords, k=min(k + 1, n_samples))
+    found = np.asarray(found, dtype=np.int64).reshape(n_samples, -1)
+    map_neighbours, _ = drop_self_matches(
+        found, np.zeros(found.shape, np.float32), np.arange(n_samples), k
+    )
+    shared = np.zeros(n_samples, dtype=np.float32)
+    for column in range(k):
+        shared += (map_neighbours == graph.indices[:, column][:, None]).any(axis=1)
+    return shared / k

@@ -1,0 +1,273 @@
+"""Analysis commands: project, outliers, duplicates, mislabels, similar.
+
+Each reads the dataset's embedding set, reuses (or builds once) its shared kNN graph and cached
+results through :mod:`analysis.workspace`, prints a short summary (or JSON with ``--json``), and
+with ``--out FILE`` writes the full per-sample table as CSV or Parquet.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shoal.cli._util import CliError, print_json, workspace
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    from analysis.outliers import SCORERS
+
+    def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+        parser = subparsers.add_parser(
+            name, help=help_text, description=help_text, parents=[common]
+        )
+        parser.set_defaults(func=func)
+        parser.add_argument("name", help="dataset")
+        parser.add_argument("--embedding", help="embedding set (default: the dataset's default)")
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
+        parser.add_argument("--out", metavar="FILE", help="write the full table (.csv or .parquet)")
+        parser.add_argument("--recompute", action="store_true", help="ignore cached results")
+        return parser
+
+    p = add(
+        "project",
+        "2-D (or 3-D) UMAP map of a dataset's embeddings, from the shared kNN graph.",
+        cmd_project,
+    )
+    p.add_argument("--components", type=int, choices=(2, 3), default=2)
+    p.add_argument(
+        "--neighbors", type=int, default=15, help="UMAP n_neighbors (default: %(default)s)"
+    )
+    p.add_argument("--min-dist", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add(
+        "outliers", "Score and flag unusual samples (higher score = more anomalous).", cmd_outliers
+    )
+    p.add_argument(
+        "--method", choices=sorted(SCORERS), default="knn", help="scorer (default: %(default)s)"
+    )
+    p.add_argument(
+        "--threshold", type=float, help="flag scores above this instead of the robust rule"
+    )
+    p.add_argument(
+        "--z",
+        type=float,
+        default=3.5,
+        help="robust z cut-off of the default rule (default: %(default)s)",
+    )
+    p.add_argument(
+        "--top", type=int, default=20, help="flagged samples to list (default: %(default)s)"
+    )
+
+    p = add(
+        "duplicates",
+        "Find near-duplicate pairs, their groups, and copies that leak across splits.",
+        cmd_duplicates,
+    )
+    p.add_argument(
+        "--threshold", type=float, help="cosine distance (default: data-relative, see docs)"
+    )
+    p.add_argument("--top", type=int, default=20, help="pairs to list (default: %(default)s)")
+
+    p = add(
+        "mislabels", "Rank samples whose label disagrees with their neighbours'.", cmd_mislabels
+    )
+    p.add_argument("--label-column", default="label")
+    p.add_argument(
+        "--top", type=int, default=20, help="flagged samples to list (default: %(default)s)"
+    )
+
+    p = add("similar", "Samples most similar to given samples or to an image file.", cmd_similar)
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument(
+        "--sample-id", action="append", dest="sample_ids", metavar="ID", help="repeat for several"
+    )
+    query.add_argument(
+        "--image", metavar="FILE", help="embed this image with the embedding set's model"
+    )
+    p.add_argument("-k", type=int, default=10, help="results (default: %(default)s)")
+
+
+def _write_table(frame: pd.DataFrame, out: str | None) -> None:
+    if not out:
+        return
+    path = Path(out)
+    if path.suffix.lower() == ".parquet":
+        frame.to_parquet(path, index=False)
+    elif path.suffix.lower() == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        raise CliError(f"--out must end in .csv or .parquet, got {out!r}")
+    print(f"wrote {len(frame):,} rows to {path}")
+
+
+def _cached_note(computed: Any) -> str:
+    return " (cached)" if computed.cached else ""
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from analysis import workspace as analysis
+
+    ds = workspace(args).open(args.name)
+    computed = analysis.project(
+        ds,
+        args.embedding,
+        n_components=args.components,
+        n_neighbors=args.neighbors,
+        min_dist=args.min_dist,
+        random_state=args.seed,
+        recompute=args.recompute,
+    )
+    result = computed.result
+    if args.json:
+        summary = computed.to_dict()
+        for key in ("coords", "neighborhood_preservation", "transformed", "sample_ids"):
+            summary.pop(key, None)
+        print_json(summary)
+    else:
+        sampled = (
+            f" on a {result.trustworthiness_sample_size:,}-sample subset"
+            if result.trustworthiness_sampled
+            else ""
+        )
+        print(
+            f"projected {len(result.coords):,} samples of {args.name!r} ({computed.embedding}) "
+            f"with {result.method}{_cached_note(computed)}"
+        )
+        print(f"  trustworthiness {result.trustworthiness:.3f}{sampled}")
+        print(f"  mean neighbourhood preservation {result.neighborhood_preservation.mean():.3f}")
+        if result.transformed_mask.any():
+            print(
+                f"  {int(result.transformed_mask.sum()):,} samples placed by transform (not in the fitted sample)"
+            )
+    _write_table(computed.to_frame(), args.out)
+    return 0
+
+
+def cmd_outliers(args: argparse.Namespace) -> int:
+    from analysis import workspace as analysis
+
+    ds = workspace(args).open(args.name)
+    computed = analysis.outliers(
+        ds,
+        args.embedding,
+        method=args.method,
+        threshold=args.threshold,
+        z_threshold=args.z,
+        recompute=args.recompute,
+    )
+    result = computed.result
+    if args.json:
+        payload = computed.to_dict()
+        payload.pop("scores", None)
+        payload["flagged"] = payload["flagged"][: args.top]
+        print_json(payload)
+    else:
+        print(
+            f"{result.n_flagged:,} of {len(result.scores):,} samples flagged as outliers "
+            f"({result.method}, score > {result.threshold:.4g}){_cached_note(computed)}"
+        )
+        for position, row in enumerate(result.flagged_indices[: args.top]):
+            neighbours = ", ".join(
+                str(computed.sample_ids[j]) for j in result.neighbor_indices[position][:3]
+            )
+            print(
+                f"  {computed.sample_ids[row]}\tscore {result.scores[row]:.4g}\tnearest: {neighbours}"
+            )
+    _write_table(computed.to_frame(), args.out)
+    return 0
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    from analysis import workspace as analysis
+
+    ds = workspace(args).open(args.name)
+    computed = analysis.duplicates(
+        ds, args.embedding, threshold=args.threshold, recompute=args.recompute
+    )
+    result = computed.result
+    if args.json:
+        payload = computed.to_dict()
+        payload["pairs"] = payload["pairs"][: max(args.top, int(result.cross_split.sum()))]
+        print_json(payload)
+    else:
+        print(
+            f"{len(result.pairs):,} near-duplicate pairs in {result.n_groups:,} groups "
+            f"(distance <= {result.threshold:.4g}){_cached_note(computed)}"
+        )
+        leaks = int(result.cross_split.sum())
+        if leaks:
+            print(f"  {leaks:,} pairs cross splits (leakage)")
+        frame = computed.to_frame()
+        for item in frame.head(args.top).itertuples(index=False):
+            flag = "  LEAK" if item.cross_split else ""
+            print(f"  {item.a}\t{item.b}\t{item.distance:.4f}{flag}")
+    _write_table(computed.to_frame(), args.out)
+    return 0
+
+
+def cmd_mislabels(args: argparse.Namespace) -> int:
+    from analysis import workspace as analysis
+
+    ds = workspace(args).open(args.name)
+    computed = analysis.mislabels(
+        ds, args.embedding, label_column=args.label_column, recompute=args.recompute
+    )
+    result = computed.result
+    if args.json:
+        payload = computed.to_dict()
+        payload.pop("scores", None)
+        payload["flagged"] = payload["flagged"][: args.top]
+        print_json(payload)
+    else:
+        print(
+            f"{result.n_flagged:,} of {int(result.params.get('n_labelled', 0)):,} labelled samples "
+            f"look mislabelled{_cached_note(computed)}"
+        )
+        for row in result.flagged_indices[: args.top]:
+            print(
+                f"  {computed.sample_ids[row]}\tscore {result.scores[row]:.3f}\t"
+                f"suggested {result.suggested_labels[row]!r} ({result.suggested_posterior[row]:.2f})"
+            )
+    _write_table(computed.to_frame(), args.out)
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from analysis import workspace as analysis
+
+    ds = workspace(args).open(args.name)
+    vector = None
+    if args.image:
+        vector = _embed_image(ds, args.embedding, Path(args.image))
+    computed = analysis.similar(
+        ds, args.embedding, sample_ids=args.sample_ids, vector=vector, k=args.k
+    )
+    frame = computed.to_frame()
+    if args.json:
+        print_json(computed.to_dict())
+    else:
+        query = args.image or ", ".join(args.sample_ids)
+        print(f"{len(frame)} samples most similar to {query}:")
+        for item in frame.itertuples(index=False):
+            print(f"  {item.rank:>3}  {item.sample_id}\tdistance {item.distance:.4f}")
+    _write_table(frame, args.out)
+    return 0
+
+
+def _embed_image(ds: Any, embedding: str | None, path: Path) -> Any:
+    if not path.exists():
+        raise CliError(f"image {path} does not exist")
+    info = ds.load_embeddings(embedding).info
+    try:
+        from embedding import create_model, embed_paths
+
+        model = create_model(info.model)
+    except Exception as error:  # a user's own embedding set has no model here to embed with
+        raise CliError(
+            f"cannot embed {path.name} with model {info.model!r} of embedding set {info.name!r}: {error}"
+        ) from error
+    return embed_paths([path], model)[0]

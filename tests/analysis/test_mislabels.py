@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from analysis.knn import build_knn_graph
+from analysis.mislabels import MislabelResult, encode_labels, score_mislabels
+from tests.analysis.synthetic import clustered_embeddings
+
+
+def flip_labels(labels: np.ndarray, share: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels with ``share`` of them changed to a different random class, and the flip mask."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    flipped = np.zeros(len(labels), dtype=bool)
+    flipped[rng.choice(len(labels), int(round(share * len(labels))), replace=False)] = True
+    noisy = labels.copy()
+    for row in np.flatnonzero(flipped):
+        noisy[row] = rng.choice(classes[classes != labels[row]])
+    return noisy, flipped
+
+
+def test_flipped_fashion_mnist_labels_are_found(real: dict[str, np.ndarray]) -> None:
+    clean = real["fmnist_labels"]
+    noisy, flipped = flip_labels(clean, 0.05, seed=0)
+    graph = build_knn_graph(real["fmnist"], n_neighbors=15)
+    result = score_mislabels(noisy, graph=graph)
+    auroc = roc_auc_score(flipped, result.scores)
+    print(f"label-flip AUROC {auroc:.4f}, flagged {result.n_flagged}")
+    assert auroc >= 0.9
+    # Most flips are flagged, and the suggestion restores the true label for most of those.
+    caught = result.flagged & flipped
+    assert caught.sum() >= 0.6 * flipped.sum()
+    restored = result.suggested_labels[caught] == clean[caught].astype(str)
+    assert restored.mean() >= 0.8
+    # Evidence: the flagged samples' neighbours and their labels.
+    np.testing.assert_array_equal(result.neighbor_indices, graph.indices[result.flagged_indices])
+    np.testing.assert_array_equal(
+        result.neighbor_labels, noisy[result.neighbor_indices].astype(str)
+    )
+
+
+def test_scores_range_and_unlabelled_samples() -> None:
+    x, clusters = clustered_embeddings(400, dim=16, n_clusters=4, seed=1)
+    labels = np.array([f"class-{c}" for c in clusters], dtype=object)
+    labels[:10] = None
+    labels[10:20] = ""
+    result = score_mislabels(labels, embeddings=x)
+    assert np.isnan(result.scores[:20]).all() and not result.flagged[:20].any()
+    rest = result.scores[20:]
+    assert (rest >= 0).all() and (rest < 1).all()
+    assert set(result.classes) == {f"class-{c}" for c in range(4)}
+    again = MislabelResult.from_arrays(result.to_arrays(), result.to_meta())
+    np.testing.assert_array_equal(again.suggested_labels, result.suggested_labels)
+
+
+def test_encode_labels_mixed_types() -> None:
+    codes, classes = encode_labels([3, "3", None, np.nan, "cat", ""])
+    assert classes.tolist() == ["3", "cat"]
+    assert codes.tolist() == [0, 0, -1, -1, 1, -1]
+
+
+def test_neighbours_without_labels_give_the_prior() -> None:
+    x = np.random.default_rng(2).normal(size=(30, 4))
+    labels = np.array(["a"] * 10 + [None] * 20, dtype=object)
+    result = score_mislabels(labels, embeddings=x, n_neighbors=3)
+    assert not result.flagged.any()
+
+
+def test_mismatched_length() -> None:
+    graph = build_knn_graph(np.eye(6), n_neighbors=2)
+    with pytest.raises(ValueError, match="labels"):
+        score_mislabels(["a"] * 5, graph=graph)

@@ -1,0 +1,36 @@
+"""Heavy dependencies load lazily and fail with an install hint."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+
+def test_importing_analysis_does_not_import_umap_or_sklearn_estimators() -> None:
+    import subprocess
+
+    code = (
+        "import sys, analysis, analysis.workspace; "
+        "print('umap' in sys.modules, 'sklearn.ensemble' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_missing_umap_gives_install_hint(monkeypatch) -> None:
+    from analysis.projection import project
+
+    monkeypatch.setitem(sys.modules, "umap", None)
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    with pytest.raises(ImportError, match="pip install umap-learn"):
+        project(x)
+
+
+def test_missing_faiss_gives_install_hint(monkeypatch) -> None:
+    from analysis.knn import build_knn_graph
+
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ImportError, match="pip install faiss-cpu"):
+        build_knn_graph(np.eye(4))

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.knn import build_knn_graph
+from analysis.projection import (
+    Projection,
+    neighborhood_preservation,
+    pca_reduce,
+    project,
+    trustworthiness_score,
+)
+from tests.analysis.synthetic import clustered_embeddings
+
+
+@pytest.mark.slow
+def test_trustworthiness_on_real_fashion_mnist(real: dict[str, np.ndarray]) -> None:
+    x = real["fmnist"]
+    graph = build_knn_graph(x, n_neighbors=15)
+    result = project(x, graph=graph)
+    assert result.method == "umap"
+    assert result.coords.shape == (5000, 2) and result.coords.dtype == np.float32
+    assert result.trustworthiness >= 0.9
+    assert result.trustworthiness_sample_size == 5000 and not result.trustworthiness_sampled
+    assert not result.transformed_mask.any()
+    assert (
+        0.0
+        <= result.neighborhood_preservation.min()
+        <= result.neighborhood_preservation.max()
+        <= 1.0
+    )
+
+
+def test_small_projection_is_reproducible_and_faithful() -> None:
+    x, _ = clustered_embeddings(600, dim=32, n_clusters=5, seed=0)
+    graph = build_knn_graph(x, n_neighbors=15)
+    first = project(x, graph=graph, random_state=3)
+    second = project(x, graph=graph, random_state=3)
+    np.testing.assert_array_equal(first.coords, second.coords)
+    assert first.trustworthiness >= 0.85
+    assert first.params["n_neighbors"] == 15 and first.params["graph_method"] == "exact"
+
+
+def test_three_components() -> None:
+    x, _ = clustered_embeddings(300, dim=16, seed=1)
+    result = project(x, n_components=3)
+    assert result.coords.shape == (300, 3)
+    assert list(result.to_frame().columns[:4]) == ["sample_id", "x", "y", "z"]
+
+
+def test_fit_on_sample_flags_every_transformed_point() -> None:
+    x, clusters = clustered_embeddings(1500, dim=32, n_clusters=4, seed=2)
+    result = project(x, max_fit_samples=600, random_state=0)
+    assert result.method == "umap+transform"
+    assert result.transformed_mask.sum() == 900
+    assert np.isfinite(result.coords).all()
+    # Transformed points land among their own cluster: their nearest fitted point in the map
+    # belongs to the same cluster.
+    fitted = np.flatnonzero(~result.transformed_mask)
+    moved = np.flatnonzero(result.transformed_mask)
+    gaps = np.linalg.norm(result.coords[moved, None] - result.coords[None, fitted], axis=2)
+    nearest_fitted = fitted[gaps.argmin(axis=1)]
+    assert (clusters[nearest_fitted] == clusters[moved]).mean() >= 0.95
+    assert result.trustworthiness >= 0.8
+
+
+@pytest.mark.parametrize("n_samples", [2, 10, 20])
+def test_tiny_sets(n_samples: int) -> None:
+    x = np.random.default_rng(0).normal(size=(n_samples, 8)).astype(np.float32)
+    result = project(x)
+    assert result.coords.shape == (n_samples, 2)
+    assert np.isfinite(result.coords).all()
+    assert result.method == ("pca" if n_samples < 16 else "umap")
+
+
+def test_neighborhood_preservation_oracle() -> None:
+    x = np.random.default_rng(1).normal(size=(200, 2))
+    graph = build_knn_graph(x, n_neighbors=5, metric="euclidean")
+    np.testing.assert_array_equal(neighborhood_preservation(graph, x), np.ones(200))
+    shuffled = x[np.random.default_rng(2).permutation(200)]
+    assert neighborhood_preservation(graph, shuffled).mean() < 0.2
+
+
+def test_trustworthiness_sampled_above_limit() -> None:
+    x, _ = clustered_embeddings(700, dim=8, seed=3)
+    value, size = trustworthiness_score(x, x[:, :2], sample_size=300)
+    assert size == 300 and 0.0 <= value <= 1.0
+
+
+def test_pca_reduce_matches_sklearn() -> None:
+    from sklearn.decomposition import PCA
+
+    from analysis.knn import normalize
+
+    x, _ = clustered_embeddings(500, dim=24, seed=4)
+    ours = pca_reduce(x, n_components=5)
+    reference = PCA(n_components=5).fit_transform(normalize(x))
+    # Same subspace up to each axis' sign.
+    for column in range(5):
+        correlation = np.corrcoef(ours[:, column], reference[:, column])[0, 1]
+        assert abs(correlation) > 0.999
+
+
+def test_round_trip() -> None:
+    x, _ = clustered_embeddings(100, dim=8, seed=5)
+    result = project(x)
+    again = Projection.from_arrays(result.to_arrays(), result.to_meta())
+    np.testing.assert_array_equal(again.coords, result.coords)
+    assert again.trustworthiness == result.trustworthiness
