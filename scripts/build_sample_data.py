@@ -2,8 +2,8 @@
 
 Source: Debian's tuxpaint-stamps-default (GPL-2), cut-out photos and drawings in category folders.
 Each stamp is flattened onto white and shrunk to at most 192 px, saved as JPEG. The test split
-holds 30% of every training class plus a class that training never saw ("space"), so the compare
-page has real novelty to find. Deterministic: the same package gives the same files.
+plays production: 60% of the birds and mammals but 15% of every other class, plus a class that
+training never saw ("space"), so the compare page has a real shift and real novelty to find. Deterministic: the same package gives the same files.
 
     python scripts/build_sample_data.py [--stamps /usr/share/tuxpaint/stamps] [--out sample_data/tuxpaint]
 """
@@ -27,7 +27,9 @@ CLASSES = {
     "town": "town",
 }
 TEST_ONLY = {"space": "space"}
-TEST_SHARE = 0.3
+# The test split is "production": animals are over-represented, and space was never seen in training.
+TEST_SHARE = {"birds": 0.6, "mammals": 0.6}
+DEFAULT_TEST_SHARE = 0.15
 MAX_SIDE = 192
 
 
@@ -52,7 +54,8 @@ def build(stamps: Path, out: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for label, folder in {**CLASSES, **TEST_ONLY}.items():
         files = sorted((stamps / folder).rglob("*.png"), key=_order)
-        n_test = len(files) if label in TEST_ONLY else round(len(files) * TEST_SHARE)
+        share = TEST_SHARE.get(label, DEFAULT_TEST_SHARE)
+        n_test = len(files) if label in TEST_ONLY else round(len(files) * share)
         for index, file in enumerate(files):
             split = "test" if index < n_test else "train"
             _save(file, out / split / label / f"{file.stem}.jpg")

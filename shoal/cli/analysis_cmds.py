@@ -83,12 +83,25 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = add("similar", "Samples most similar to given samples or to an image file.", cmd_similar)
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument(
-        "--sample-id", action="append", dest="sample_ids", metavar="ID", help="repeat for several"
+        "--sample", "--sample-id", action="extend", nargs="+", dest="sample_ids", metavar="ID",
+        help="one or several sample ids (their mean direction is the query)",
     )
     query.add_argument(
         "--image", metavar="FILE", help="embed this image with the embedding set's model"
     )
-    p.add_argument("-k", type=int, default=10, help="results (default: %(default)s)")
+    p.add_argument("-k", "--k", type=int, default=10, help="results (default: %(default)s)")
+
+    p = add(
+        "compare",
+        "Do two subsets differ (calibrated permutation test), and where: novel samples, shifted clusters.",
+        cmd_compare,
+    )
+    p.add_argument("--reference", required=True, help='filter, e.g. "split=train" or "label=cat,dog"')
+    p.add_argument("--current", help='filter for the current set (default: everything not in reference)')
+    p.add_argument("--method", default="auto", help="two-sample test: auto (mmd), mmd, classifier")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--permutations", type=int, default=500)
+    p.add_argument("--top", type=int, default=20, help="most novel current samples to list")
 
 
 def _write_table(frame: pd.DataFrame, out: str | None) -> None:
@@ -271,3 +284,41 @@ def _embed_image(ds: Any, embedding: str | None, path: Path) -> Any:
             f"cannot embed {path.name} with model {info.model!r} of embedding set {info.name!r}: {error}"
         ) from error
     return embed_paths([path], model)[0]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from analysis.compare import FilterError, compare_dataset
+
+    ds = workspace(args).open(args.name)
+    try:
+        result = compare_dataset(
+            ds,
+            reference=args.reference,
+            current=args.current,
+            embedding=args.embedding,
+            method=args.method,
+            alpha=args.alpha,
+            n_permutations=args.permutations,
+            recompute=args.recompute,
+        )
+    except (FilterError, ValueError) as error:
+        raise CliError(str(error)) from error
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print(result.verdict())
+        print(
+            f"  {result.method}: p = {result.p_value:.4g}, {result.effect_name} = {result.effect_size:.4g}, "
+            f"reference {result.n_reference:,}, current {result.n_current:,}"
+        )
+        novelty = result.novelty_frame().sort_values("novelty", ascending=False)
+        print(f"  {int(result.novelty_flags.sum()):,} current samples are novel (not covered by the reference)")
+        for row in novelty.head(min(args.top, int(result.novelty_flags.sum()))).itertuples():
+            print(f"    {row.sample_id}\tnovelty {row.novelty:.3f}")
+        for shift in result.shifted_clusters:
+            print(
+                f"  cluster {shift.cluster}: {shift.direction}-represented in current "
+                f"({shift.current_fraction:.1%} vs {shift.reference_fraction:.1%}, q = {shift.q_value:.3g})"
+            )
+    _write_table(result.novelty_frame(), args.out)
+    return 0

@@ -152,7 +152,9 @@ def test_link_restores_comparison_and_similar_query(
     assert at.selectbox(key="compare_cur_choice").value == "split=train"
     assert at.selectbox(key="compare_method").value == "mmd"
     assert "Reference / current" in [m.label for m in at.metric]
-    assert [m.value for m in at.metric if m.label == "Reference / current"] == ["116 / 239"]
+    counts = sample_ws.open("sample").samples()["split"].value_counts()
+    expected = f"{counts['test']} / {counts['train']}"
+    assert [m.value for m in at.metric if m.label == "Reference / current"] == [expected]
 
     first_id = sample_ws.open("sample").samples()["sample_id"].iloc[0]
     at = open_app(sample_ws, monkeypatch, page="pages/similar.py", q=first_id, k="12").run()
