@@ -82,8 +82,9 @@ ProgressCallback = Callable[[Progress], None]
 # --------------------------------------------------------------------------- geometry
 
 
-def resized_size(width: int, height: int, *, short_side: int = ROI_SHORT_SIDE,
-                 max_side: int = ROI_MAX_SIDE) -> tuple[int, int]:
+def resized_size(
+    width: int, height: int, *, short_side: int = ROI_SHORT_SIDE, max_side: int = ROI_MAX_SIDE
+) -> tuple[int, int]:
     """(width, height) after scaling the shorter side to ``short_side``, the longer one capped.
 
     >>> resized_size(500, 375)
@@ -112,8 +113,13 @@ def _mean_colour(config: DataConfig) -> tuple[int, int, int]:
     return tuple(int(round(255 * m)) for m in config.mean)  # type: ignore[return-value]
 
 
-def square_crop(image: Image.Image, box: Sequence[float], *, margin: float = CROP_MARGIN,
-                fill: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+def square_crop(
+    image: Image.Image,
+    box: Sequence[float],
+    *,
+    margin: float = CROP_MARGIN,
+    fill: tuple[int, int, int] = (0, 0, 0),
+) -> Image.Image:
     """The square around ``box`` (xyxy) with ``margin`` x its longer side added on each side.
 
     Parts outside the image are filled with ``fill``.
@@ -123,7 +129,12 @@ def square_crop(image: Image.Image, box: Sequence[float], *, margin: float = CRO
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     left, top = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
     size = max(1, int(round(side)))
-    inside = (max(left, 0), max(top, 0), min(left + size, image.width), min(top + size, image.height))
+    inside = (
+        max(left, 0),
+        max(top, 0),
+        min(left + size, image.width),
+        min(top + size, image.height),
+    )
     canvas = Image.new("RGB", (size, size), fill)
     if inside[2] > inside[0] and inside[3] > inside[1]:
         canvas.paste(image.crop(inside), (inside[0] - left, inside[1] - top))
@@ -137,8 +148,13 @@ class _ResizedImages(TorchDataset):
     """Item i: (i, (padded_h, padded_w, 3) uint8 for the boxes, (H, W, 3) uint8 at the model's
     input with the normal preprocessing, why decoding failed or None)."""
 
-    def __init__(self, paths: Sequence[str], sizes: Sequence[tuple[int, int]], stride: int,
-                 config: DataConfig) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        sizes: Sequence[tuple[int, int]],
+        stride: int,
+        config: DataConfig,
+    ) -> None:
         self.paths = paths
         self.sizes = sizes
         self.stride = stride
@@ -149,11 +165,15 @@ class _ResizedImages(TorchDataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor, str | None]:
         width, height = self.sizes[index]
-        canvas = np.empty((_padded(height, self.stride), _padded(width, self.stride), 3), dtype=np.uint8)
+        canvas = np.empty(
+            (_padded(height, self.stride), _padded(width, self.stride), 3), dtype=np.uint8
+        )
         canvas[:] = _mean_colour(self.config)
         whole = np.zeros((*self.config.image_size, 3), dtype=np.uint8)
         try:
-            image = load_image(self.paths[index], min_short_side=max(min(width, height), scale_size(self.config)))
+            image = load_image(
+                self.paths[index], min_short_side=max(min(width, height), scale_size(self.config))
+            )
             whole = resize_crop(image, self.config)
             image = image.resize((width, height), _RESAMPLE[self.config.interpolation])
             canvas[:height, :width] = np.asarray(image, dtype=np.uint8)
@@ -165,8 +185,9 @@ class _ResizedImages(TorchDataset):
 class _Crops(TorchDataset):
     """Item i: (i, (n_boxes, H, W, 3) crops, (H, W, 3) whole image, why decoding failed or None)."""
 
-    def __init__(self, paths: Sequence[str], boxes: Sequence[np.ndarray], config: DataConfig,
-                 margin: float) -> None:
+    def __init__(
+        self, paths: Sequence[str], boxes: Sequence[np.ndarray], config: DataConfig, margin: float
+    ) -> None:
         self.paths = paths
         self.boxes = boxes
         self.config = config
@@ -220,7 +241,9 @@ class _Reporter:
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16
+    )
 
 
 def _check_boxes(boxes_per_image: Sequence[Any], n_images: int) -> list[np.ndarray]:
@@ -228,7 +251,11 @@ def _check_boxes(boxes_per_image: Sequence[Any], n_images: int) -> list[np.ndarr
         raise ValueError(f"{n_images} images but boxes for {len(boxes_per_image)}")
     checked = []
     for index, boxes in enumerate(boxes_per_image):
-        array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) if len(boxes) else np.empty((0, 4), np.float32)
+        array = (
+            np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+            if len(boxes)
+            else np.empty((0, 4), np.float32)
+        )
         if not np.isfinite(array).all():
             raise ValueError(f"image {index}: box coordinates must be finite")
         checked.append(array)
@@ -274,31 +301,62 @@ def embed_objects(
     workers = default_num_workers(model.device) if num_workers is None else num_workers
     reporter = _Reporter(len(paths), progress)
     if method == "crop":
-        return _embed_crops(paths, boxes, model, batch_size=batch_size, workers=workers, precision=precision,
-                            margin=margin, reporter=reporter, should_stop=should_stop)
+        return _embed_crops(
+            paths,
+            boxes,
+            model,
+            batch_size=batch_size,
+            workers=workers,
+            precision=precision,
+            margin=margin,
+            reporter=reporter,
+            should_stop=should_stop,
+        )
     originals = [_upright_size(p) for p in paths]
     sizes = [resized_size(w, h, short_side=short_side, max_side=max_side) for w, h in originals]
     scaled = [
         image_boxes * np.array([w / ow, h / oh, w / ow, h / oh], dtype=np.float32)
         for image_boxes, (w, h), (ow, oh) in zip(boxes, sizes, originals, strict=True)
     ]
-    return _embed_roi_align(paths, scaled, sizes, model, batch_size=batch_size, workers=workers,
-                            precision=precision, reporter=reporter, should_stop=should_stop)
+    return _embed_roi_align(
+        paths,
+        scaled,
+        sizes,
+        model,
+        batch_size=batch_size,
+        workers=workers,
+        precision=precision,
+        reporter=reporter,
+        should_stop=should_stop,
+    )
 
 
-def _loader(dataset: TorchDataset, batches: list[list[int]], workers: int, device: torch.device,
-            collate: Callable[[list[Any]], Any]) -> DataLoader:
+def _loader(
+    dataset: TorchDataset,
+    batches: list[list[int]],
+    workers: int,
+    device: torch.device,
+    collate: Callable[[list[Any]], Any],
+) -> DataLoader:
     return DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", prefetch_factor=2 if workers > 0 else None,
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=2 if workers > 0 else None,
     )
 
 
 def _stack(
     items: list[tuple[int, torch.Tensor, torch.Tensor, str | None]],
 ) -> tuple[list[int], torch.Tensor, torch.Tensor, list[str | None]]:
-    return ([i for i, _, _, _ in items], torch.stack([p for _, p, _, _ in items]),
-            torch.stack([w for _, _, w, _ in items]), [e for _, _, _, e in items])
+    return (
+        [i for i, _, _, _ in items],
+        torch.stack([p for _, p, _, _ in items]),
+        torch.stack([w for _, _, w, _ in items]),
+        [e for _, _, _, e in items],
+    )
 
 
 def _offsets(boxes: list[np.ndarray]) -> np.ndarray:
@@ -306,8 +364,16 @@ def _offsets(boxes: list[np.ndarray]) -> np.ndarray:
 
 
 def _embed_roi_align(
-    paths: list[str], boxes: list[np.ndarray], sizes: list[tuple[int, int]], model: EmbeddingModel, *,
-    batch_size: int, workers: int, precision: str, reporter: _Reporter, should_stop: Callable[[], bool] | None,
+    paths: list[str],
+    boxes: list[np.ndarray],
+    sizes: list[tuple[int, int]],
+    model: EmbeddingModel,
+    *,
+    batch_size: int,
+    workers: int,
+    precision: str,
+    reporter: _Reporter,
+    should_stop: Callable[[], bool] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """boxes: per image, xyxy in pixels of the image resized to ``sizes``."""
     device = model.device
@@ -315,7 +381,11 @@ def _embed_roi_align(
     groups: dict[tuple[int, int], list[int]] = {}
     for index, (width, height) in enumerate(sizes):
         groups.setdefault((_padded(height, stride), _padded(width, stride)), []).append(index)
-    batches = [members[i:i + batch_size] for members in groups.values() for i in range(0, len(members), batch_size)]
+    batches = [
+        members[i : i + batch_size]
+        for members in groups.values()
+        for i in range(0, len(members), batch_size)
+    ]
 
     offsets = _offsets(boxes)
     object_vectors = np.empty((int(offsets[-1]), model.dim), dtype=np.float32)
@@ -336,8 +406,10 @@ def _embed_roi_align(
             counts = [len(boxes[i]) for i in indices]
             if sum(counts):
                 vectors = _pool_boxes(model, pixels, [boxes[i] for i in indices], precision)
-                for index, chunk in zip(indices, np.split(vectors, np.cumsum(counts)[:-1]), strict=True):
-                    object_vectors[offsets[index]:offsets[index + 1]] = chunk
+                for index, chunk in zip(
+                    indices, np.split(vectors, np.cumsum(counts)[:-1]), strict=True
+                ):
+                    object_vectors[offsets[index] : offsets[index + 1]] = chunk
             reporter.advance(len(indices))
     finally:
         shutdown = getattr(iterator, "_shutdown_workers", None)
@@ -346,7 +418,9 @@ def _embed_roi_align(
     return object_vectors, image_vectors
 
 
-def _pool_boxes(model: EmbeddingModel, pixels: torch.Tensor, boxes: list[np.ndarray], precision: str) -> np.ndarray:
+def _pool_boxes(
+    model: EmbeddingModel, pixels: torch.Tensor, boxes: list[np.ndarray], precision: str
+) -> np.ndarray:
     """(batch, H, W, 3) uint8 padded images and their boxes in those pixels -> (n_boxes, dim) float32."""
     from torchvision.ops import roi_align
 
@@ -356,7 +430,9 @@ def _pool_boxes(model: EmbeddingModel, pixels: torch.Tensor, boxes: list[np.ndar
     rois = []
     for position, image_boxes in enumerate(boxes):
         if len(image_boxes):
-            corners = torch.from_numpy(np.ascontiguousarray(image_boxes, dtype=np.float32)).to(device)
+            corners = torch.from_numpy(np.ascontiguousarray(image_boxes, dtype=np.float32)).to(
+                device
+            )
             batch_column = torch.full((len(corners), 1), float(position), device=device)
             rois.append(torch.cat([batch_column, corners], dim=1))
     with torch.inference_mode():
@@ -365,21 +441,38 @@ def _pool_boxes(model: EmbeddingModel, pixels: torch.Tensor, boxes: list[np.ndar
         # Padded sizes are multiples of the stride, so one scale serves x and y.
         spatial_scale = fmap.shape[-1] / inputs.shape[-1]
         pooled = roi_align(
-            fmap.float(), torch.cat(rois), output_size=ROI_OUTPUT_SIZE, spatial_scale=spatial_scale,
-            sampling_ratio=ROI_SAMPLING_RATIO, aligned=True,
+            fmap.float(),
+            torch.cat(rois),
+            output_size=ROI_OUTPUT_SIZE,
+            spatial_scale=spatial_scale,
+            sampling_ratio=ROI_SAMPLING_RATIO,
+            aligned=True,
         )
         return model.pool(pooled).float().cpu().numpy()
 
 
 def _embed_crops(
-    paths: list[str], boxes: list[np.ndarray], model: EmbeddingModel, *, batch_size: int, workers: int,
-    precision: str, margin: float, reporter: _Reporter, should_stop: Callable[[], bool] | None,
+    paths: list[str],
+    boxes: list[np.ndarray],
+    model: EmbeddingModel,
+    *,
+    batch_size: int,
+    workers: int,
+    precision: str,
+    margin: float,
+    reporter: _Reporter,
+    should_stop: Callable[[], bool] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     offsets = _offsets(boxes)
     object_vectors = np.empty((int(offsets[-1]), model.dim), dtype=np.float32)
     image_vectors = np.empty((len(paths), model.dim), dtype=np.float32)
-    loader = _loader(_Crops(paths, boxes, model.data_config, margin), [[i] for i in range(len(paths))],
-                     workers, model.device, _first)
+    loader = _loader(
+        _Crops(paths, boxes, model.data_config, margin),
+        [[i] for i in range(len(paths))],
+        workers,
+        model.device,
+        _first,
+    )
     # Crops and whole images wait here until a full batch is ready: (destination, rows, pixels).
     pending: list[tuple[np.ndarray, int, torch.Tensor]] = []
     waiting = 0
@@ -389,10 +482,12 @@ def _embed_crops(
         nonlocal waiting
         if not pending:
             return
-        vectors = embed_batch(model, torch.cat([pixels for _, _, pixels in pending]), precision=precision)
+        vectors = embed_batch(
+            model, torch.cat([pixels for _, _, pixels in pending]), precision=precision
+        )
         row = 0
         for destination, first, pixels in pending:
-            destination[first:first + len(pixels)] = vectors[row:row + len(pixels)]
+            destination[first : first + len(pixels)] = vectors[row : row + len(pixels)]
             row += len(pixels)
         pending.clear()
         waiting = 0
@@ -408,7 +503,7 @@ def _embed_crops(
             pending.append((image_vectors, index, whole[None]))
             waiting += 1
             for start in range(0, len(crops), batch_size):
-                chunk = crops[start:start + batch_size]
+                chunk = crops[start : start + batch_size]
                 pending.append((object_vectors, int(offsets[index]) + start, chunk))
                 waiting += len(chunk)
                 if waiting >= batch_size:
@@ -473,7 +568,9 @@ def embed_dataset_objects(
     rows_of = objects.groupby(objects["sample_id"].astype(str), sort=False).indices
     unknown = sorted(set(rows_of) - set(sample_ids))
     if unknown:
-        raise StoreError(f"objects refer to {len(unknown)} sample id(s) not in the samples table, e.g. {unknown[0]!r}")
+        raise StoreError(
+            f"objects refer to {len(unknown)} sample id(s) not in the samples table, e.g. {unknown[0]!r}"
+        )
     corners = objects[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float32)
     rows = [np.asarray(rows_of.get(s, []), dtype=np.int64) for s in sample_ids]
     embedder = create_model(model)
@@ -490,20 +587,38 @@ def embed_dataset_objects(
     )
     aligned = np.empty_like(object_vectors)
     aligned[np.concatenate(rows)] = object_vectors
-    settings: dict[str, Any] = {"method": method, "precision": resolve_precision(precision, embedder.device)}
+    settings: dict[str, Any] = {
+        "method": method,
+        "precision": resolve_precision(precision, embedder.device),
+    }
     if method == "roi_align":
-        settings.update(short_side=ROI_SHORT_SIDE, max_side=ROI_MAX_SIDE, output_size=ROI_OUTPUT_SIZE,
-                        sampling_ratio=ROI_SAMPLING_RATIO, aligned=True, stride=int(embedder.feature_stride))
+        settings.update(
+            short_side=ROI_SHORT_SIDE,
+            max_side=ROI_MAX_SIDE,
+            output_size=ROI_OUTPUT_SIZE,
+            sampling_ratio=ROI_SAMPLING_RATIO,
+            aligned=True,
+            stride=int(embedder.feature_stride),
+        )
     else:
         settings.update(margin=CROP_MARGIN, shape="square around the box")
     info = ds.save_embeddings(
-        name, aligned, objects["object_id"].astype(str).to_numpy(), model=model,
-        preprocessing={**embedder.data_config.to_dict(), "objects": settings}, level="object",
+        name,
+        aligned,
+        objects["object_id"].astype(str).to_numpy(),
+        model=model,
+        preprocessing={**embedder.data_config.to_dict(), "objects": settings},
+        level="object",
     )
     if ds.default_embedding(level="sample") is None:
         image_name = model.replace("/", "-")
-        ds.save_embeddings(image_name, image_vectors, sample_ids, model=model,
-                           preprocessing=embedder.data_config.to_dict())
+        ds.save_embeddings(
+            image_name,
+            image_vectors,
+            sample_ids,
+            model=model,
+            preprocessing=embedder.data_config.to_dict(),
+        )
         if ds.meta.get("default_embedding") is None:
             ds.update_meta(default_embedding=image_name)
     return info

@@ -1,0 +1,552 @@
+"""Batched, resumable embedding of image files or in-memory images.
+
+Worker processes decode and resize (uint8), the main process normalises and runs the model, so
+decoding overlaps with inference. :func:`embed_batch` is the pure per-batch step; a distributed
+engine can map it over batches and write the same output.
+
+>>> from embedding import create_model
+>>> model = create_model("efficientnet_lite0")                         # doctest: +SKIP
+>>> vectors = embed_paths(["a.jpg", "b.png"], model)                   # doctest: +SKIP
+>>> vectors.shape                                                      # doctest: +SKIP
+(2, 1280)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from embedding.models import DataConfig, EmbeddingModel
+from embedding.preprocess import ImageDecodeError, load_image, resize_crop, scale_size
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CHECKPOINT_FORMAT = 1
+_MANIFEST = "manifest.json"
+_READ_AHEAD = 2  # batches of raw file bytes read ahead by the in-process decoder
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Images finished (resumed ones included) out of ``total``; speed counts this run only.
+
+    eta_seconds is None until the first batch of this run finishes.
+    """
+
+    done: int
+    total: int
+    images_per_second: float
+    eta_seconds: float | None
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint directory belongs to a different run (model, precision, paths or batches)."""
+
+
+class EmbeddingCancelled(RuntimeError):
+    """``should_stop`` asked the run to stop; finished batches stay checkpointed."""
+
+
+# --------------------------------------------------------------------------- per-batch kernel
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> ``fp16`` on CUDA, ``bf16`` on a CPU with native bf16, else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    kind = torch.device(device).type
+    if precision == "auto":
+        if kind == "cuda":
+            return "fp16"
+        return "bf16" if kind == "cpu" and cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and kind == "cpu":
+        raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
+    return precision
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def normalise(batch: torch.Tensor, config: DataConfig) -> torch.Tensor:
+    """(batch, H, W, 3) uint8 -> (batch, 3, H, W) float32 normalised, channels-last in memory."""
+    mean = torch.tensor(config.mean, dtype=torch.float32, device=batch.device)
+    std = torch.tensor(config.std, dtype=torch.float32, device=batch.device)
+    scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
+    shift = (-mean / std).view(1, 3, 1, 1)
+    return batch.permute(0, 3, 1, 2).float().mul_(scale).add_(shift)
+
+
+def embed_batch(
+    model: EmbeddingModel, batch: torch.Tensor, *, precision: str = "auto"
+) -> np.ndarray:
+    """Pre-logits vectors of one batch: (batch, dim) float32.
+
+    batch: (batch, H, W, 3) uint8 RGB at the model's input size (see ``preprocess.resize_crop``),
+    or (batch, 3, H, W) float already normalised with ``model.data_config``. The output depends
+    on nothing but the model, the batch and the precision; the first call readies the model in
+    place (``prepare_for_inference``).
+
+    >>> embed_batch(model, torch.zeros(2, 224, 224, 3, dtype=torch.uint8)).shape  # doctest: +SKIP
+    (2, 1280)
+    """
+    device = model.device
+    precision = resolve_precision(precision, device)
+    prepare_for_inference(model)
+    batch = batch.to(device, non_blocking=True)
+    if batch.dtype == torch.uint8:
+        inputs = normalise(batch, model.data_config)
+    else:
+        inputs = batch.float().contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), _autocast(device, precision):
+        vectors = model(inputs)
+    return vectors.float().cpu().numpy()
+
+
+def prepare_for_inference(model: EmbeddingModel) -> EmbeddingModel:
+    """Ready ``model`` for fast inference, in place: eval mode, BatchNorm folded into the
+    convolutions before it (timm EfficientNet family; same outputs up to float rounding),
+    ``model.full_precision`` submodules pinned to float32, channels-last weights. Idempotent."""
+    if not model.channels_last:
+        model.eval()
+        fold_batchnorm(model)
+        for name in model.full_precision:
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            setattr(parent, attr, _Float32(getattr(parent, attr)))
+        model.to(memory_format=torch.channels_last)
+        model.channels_last = True
+    return model
+
+
+class _Float32(nn.Module):
+    """Runs ``module`` in float32 even inside a reduced-precision autocast region."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.module(x.float())
+
+
+# (block type, [(conv, batchnorm), ...]) in timm's EfficientNet family, where each conv feeds the
+# batchnorm directly in ``forward``; only these exact pairs are folded.
+_FOLDABLE = {
+    "EfficientNet": [("conv_stem", "bn1"), ("conv_head", "bn2")],
+    "EfficientNetFeatures": [("conv_stem", "bn1")],
+    "ConvBnAct": [("conv", "bn1")],
+    "DepthwiseSeparableConv": [("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")],
+    "InvertedResidual": [
+        ("conv_s2d", "bn_s2d"),
+        ("conv_pw", "bn1"),
+        ("conv_dw", "bn2"),
+        ("conv_pwl", "bn3"),
+    ],
+    "EdgeResidual": [("conv_exp", "bn1"), ("conv_pwl", "bn2")],
+}
+
+
+@torch.no_grad()
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold eval-mode BatchNorm into the preceding convolution of known timm blocks; in place.
+
+    Returns how many pairs were folded. The BatchNorm is replaced by its dropout and activation.
+    """
+    try:
+        from timm.layers.norm_act import BatchNormAct2d
+    except ImportError:  # pragma: no cover - timm is a core dependency
+        return 0
+    folded = 0
+    for block in list(module.modules()):
+        if not type(block).__module__.startswith("timm."):
+            continue
+        for conv_name, bn_name in _FOLDABLE.get(type(block).__name__, []):
+            conv, bn = getattr(block, conv_name, None), getattr(block, bn_name, None)
+            if not isinstance(bn, nn.BatchNorm2d) or not isinstance(conv, nn.Conv2d):
+                continue
+            if type(bn) not in (BatchNormAct2d, nn.BatchNorm2d):  # subclasses may differ
+                continue
+            if bn.training or not bn.track_running_stats or bn.num_features != conv.out_channels:
+                continue
+            assert bn.running_var is not None and bn.running_mean is not None
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias
+            if conv.bias is not None:
+                shift = shift + conv.bias * scale
+            conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
+            conv.bias = nn.Parameter(shift, requires_grad=False)
+            after = (
+                nn.Sequential(bn.drop, bn.act) if isinstance(bn, BatchNormAct2d) else nn.Identity()
+            )
+            setattr(block, bn_name, after)
+            folded += 1
+    return folded
+
+
+# --------------------------------------------------------------------------- decoding workers
+
+
+class _DecodedFiles(Dataset):
+    """Item i: (i, (H, W, 3) uint8 pixels, why decoding failed or None)."""
+
+    def __init__(self, paths: Sequence[str], config: DataConfig) -> None:
+        self.paths = paths
+        self.config = config
+        self.short_side = scale_size(config)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, str | None]:
+        return self.decode(index, None)
+
+    def decode(self, index: int, data: bytes | None) -> tuple[int, torch.Tensor, str | None]:
+        try:
+            image = load_image(self.paths[index], data=data, min_short_side=self.short_side)
+            pixels = resize_crop(image, self.config)
+            return index, torch.from_numpy(pixels), None
+        except ImageDecodeError as error:
+            height, width = self.config.image_size
+            return index, torch.zeros((height, width, 3), dtype=torch.uint8), error.reason
+
+
+def _collate(
+    items: list[tuple[int, torch.Tensor, str | None]],
+) -> tuple[list[int], torch.Tensor, list[str | None]]:
+    return [i for i, _, _ in items], torch.stack([p for _, p, _ in items]), [e for _, _, e in items]
+
+
+_Batch = tuple[list[int], torch.Tensor, list[str | None]]
+
+
+def _decoded_batches(
+    names: Sequence[str],
+    config: DataConfig,
+    spans: list[tuple[int, int]],
+    workers: int,
+    pin_memory: bool,
+) -> Generator[_Batch, None, None]:
+    """Decoded (indices, (batch, H, W, 3) uint8, errors) per span, in order.
+
+    With ``workers`` > 0, worker processes decode ahead of the model (two batches each). With 0,
+    a thread reads the next batches' file bytes ahead, and each batch is decoded when asked by a
+    thread pool as wide as torch's intra-op pool (Pillow releases the GIL while decoding and
+    resizing), so decoding and the model take turns on all cores instead of competing for them.
+    """
+    files = _DecodedFiles(names, config)
+    if workers > 0:
+        loader = DataLoader(
+            files,
+            batch_sampler=[list(range(start, end)) for start, end in spans],
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=pin_memory,
+            prefetch_factor=2,
+        )
+        iterator = iter(loader)
+        try:
+            yield from iterator
+        finally:
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+        return
+
+    def read(span: tuple[int, int]) -> list[bytes | None]:
+        contents: list[bytes | None] = []
+        for index in range(*span):
+            try:
+                contents.append(Path(names[index]).read_bytes())
+            except OSError:
+                contents.append(None)  # decode() reopens the path and reports the error
+        return contents
+
+    # One thread reads the next batches' bytes while the model runs (I/O overlaps, CPU does not).
+    with (
+        ThreadPoolExecutor(1) as reader,
+        ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool,
+    ):
+        ahead = deque(reader.submit(read, span) for span in spans[:_READ_AHEAD])
+        for position, (start, end) in enumerate(spans):
+            contents = ahead.popleft().result()
+            if position + _READ_AHEAD < len(spans):
+                ahead.append(reader.submit(read, spans[position + _READ_AHEAD]))
+            batch = _collate(list(pool.map(files.decode, range(start, end), contents)))
+            yield (batch[0], batch[1].pin_memory() if pin_memory else batch[1], batch[2])
+
+
+def default_num_workers(device: torch.device | str = "cpu") -> int:
+    """Decoding processes: on a GPU, up to 8 feed it while it computes; on the CPU none.
+
+    On the CPU the model already uses every core, and a decoding process beside it preempts one
+    of its OpenMP threads, which stalls the others: on 2 cores, paired runs gave in-process
+    decoding (threads, between batches) 1.25x the throughput of one worker process
+    (benchmarks/bench_embed.py).
+    """
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    if torch.device(device).type == "cuda":
+        return max(1, min(8, cores - 1))
+    return 0
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _paths_digest(paths: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _atomic_write(target: Path, write: Callable[[Any], None]) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+class _Checkpoints:
+    """One ``.npy`` per finished batch plus a manifest that pins what the batches mean."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / _MANIFEST
+        if path.exists():
+            stored = json.loads(path.read_text())
+            differing = [key for key in manifest if stored.get(key) != manifest[key]]
+            if differing:
+                details = "; ".join(
+                    f"{key}: checkpoint has {stored.get(key)!r}, this run has {manifest[key]!r}"
+                    for key in differing
+                )
+                raise CheckpointMismatchError(
+                    f"checkpoint directory {str(directory)!r} belongs to a different run ({details}). "
+                    "Rerun with the same settings to resume, or delete the directory to start over."
+                )
+        else:
+            text = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            _atomic_write(path, lambda handle: handle.write(text))
+        for stale in directory.glob(".*.tmp"):  # left by a killed run
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
+    def _file(self, start: int, end: int) -> Path:
+        return self.directory / f"batch-{start:010d}-{end:010d}.npy"
+
+    def load(self, start: int, end: int, dim: int) -> np.ndarray | None:
+        path = self._file(start, end)
+        if not path.exists():
+            return None
+        vectors = np.load(path, allow_pickle=False)
+        if vectors.shape != (end - start, dim) or vectors.dtype != np.float32:
+            return None
+        return vectors
+
+    def save(self, start: int, end: int, vectors: np.ndarray) -> None:
+        _atomic_write(
+            self._file(start, end), lambda handle: np.save(handle, vectors, allow_pickle=False)
+        )
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+class _Reporter:
+    def __init__(self, total: int, done: int, progress: Callable[[Progress], None] | None) -> None:
+        self.total = total
+        self.done = done
+        self.computed = 0
+        self.progress = progress
+        self.started = time.perf_counter()
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        if self.progress is not None:
+            self.progress(
+                Progress(self.done, self.total, 0.0, None if self.done < self.total else 0.0)
+            )
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        self.computed += count
+        if self.progress is None:
+            return
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        speed = self.computed / elapsed
+        self.progress(Progress(self.done, self.total, speed, (self.total - self.done) / speed))
+
+
+def _batches(total: int, batch_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
+
+
+def embed_paths(
+    paths: Sequence[str | os.PathLike[str]],
+    model: EmbeddingModel,
+    *,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    precision: str = "auto",
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Embed image files: (n_paths, model.dim) float32 pre-logits vectors, in ``paths`` order.
+
+    ``num_workers``: decoding processes that work ahead of the model; 0 decodes in this process
+    with threads between batches (reading files ahead); None picks per device
+    (``default_num_workers``). ``precision``: "auto" (fp16 on CUDA, bf16 on a CPU with native
+    bf16, else fp32), "fp32", "bf16" or "fp16" (CUDA only).
+    With ``checkpoint_dir`` every finished batch is saved atomically, and a rerun with the same
+    directory, paths, model, precision and batch size skips them (CheckpointMismatchError
+    otherwise); the caller deletes the directory once the result is stored.
+    ``out`` may be a preallocated (n_paths, dim) float32 array (e.g. a memmap).
+    Raises ImageDecodeError naming the first file that cannot be decoded, EmbeddingCancelled
+    when ``should_stop()`` turns true.
+
+    >>> vectors = embed_paths(paths, create_model(), checkpoint_dir="partial/")  # doctest: +SKIP
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    names = [os.fspath(p) for p in paths]
+    device = model.device
+    precision = resolve_precision(precision, device)
+    prepare_for_inference(model)
+    total = len(names)
+    vectors = _output(out, total, model.dim)
+    spans = _batches(total, batch_size)
+
+    checkpoints = None
+    pending = spans
+    if checkpoint_dir is not None:
+        manifest = {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.name,
+            "model_source": model.source,
+            "dim": model.dim,
+            "precision": precision,
+            "data_config": model.data_config.to_dict(),
+            "count": total,
+            "batch_size": batch_size,
+            "paths_sha256": _paths_digest(names),
+        }
+        checkpoints = _Checkpoints(Path(checkpoint_dir), manifest)
+        pending = []
+        for start, end in spans:
+            stored = checkpoints.load(start, end, model.dim)
+            if stored is None:
+                pending.append((start, end))
+            else:
+                vectors[start:end] = stored
+
+    reporter = _Reporter(total, total - sum(end - start for start, end in pending), progress)
+    reporter.start()
+    if not pending:
+        return vectors
+
+    workers = default_num_workers(device) if num_workers is None else num_workers
+    batches = _decoded_batches(names, model.data_config, pending, workers, device.type == "cuda")
+    with contextlib.closing(batches):
+        for start, end in pending:
+            if should_stop is not None and should_stop():
+                raise EmbeddingCancelled(f"stopped after {reporter.done} of {total} images")
+            indices, pixels, errors = next(batches)
+            if indices[0] != start or len(indices) != end - start:  # pragma: no cover - invariant
+                raise RuntimeError("decoding returned batches out of order")
+            for index, reason in zip(indices, errors, strict=True):
+                if reason is not None:
+                    raise ImageDecodeError(names[index], reason)
+            result = embed_batch(model, pixels, precision=precision)
+            if checkpoints is not None:
+                checkpoints.save(start, end, result)
+            vectors[start:end] = result
+            reporter.advance(end - start)
+    return vectors
+
+
+def embed_images(
+    images: Sequence[Image.Image | np.ndarray],
+    model: EmbeddingModel,
+    *,
+    batch_size: int = 32,
+    precision: str = "auto",
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Embed in-memory images: (n_images, model.dim) float32 pre-logits vectors.
+
+    images: PIL images or uint8 arrays, (H, W) grey or (H, W, 3|4) RGB(A); float arrays in [0, 1]
+    are scaled to 0-255. Transparent areas are composited on white.
+
+    >>> from skimage.data import chelsea                                # doctest: +SKIP
+    >>> embed_images([chelsea()], create_model()).shape                 # doctest: +SKIP
+    (1, 1280)
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    precision = resolve_precision(precision, model.device)
+    prepare_for_inference(model)
+    total = len(images)
+    vectors = np.empty((total, model.dim), dtype=np.float32)
+    reporter = _Reporter(total, 0, progress)
+    reporter.start()
+    for start, end in _batches(total, batch_size):
+        if should_stop is not None and should_stop():
+            raise EmbeddingCancelled(f"stopped after {reporter.done} of {total} images")
+        pixels = np.stack([resize_crop(images[i], model.data_config) for i in range(start, end)])
+        vectors[start:end] = embed_batch(model, torch.from_numpy(pixels), precision=precision)
+        reporter.advance(end - start)
+    return vectors
+
+
+def _output(out: np.ndarray | None, total: int, dim: int) -> np.ndarray:
+    if out is None:
+        return np.empty((total, dim), dtype=np.float32)
+    if out.shape != (total, dim) or out.dtype != np.float32:
+        raise ValueError(
+            f"out must be a ({total}, {dim}) float32 array, got {out.shape} {out.dtype}"
+        )
+    return out
