@@ -83,7 +83,9 @@ MAX_NOVELTY_CALIBRATION = 20_000
 MAX_CLUSTER_FIT = 20_000
 #: Clusters at most when ``n_clusters=None``; and the target samples of the smaller side per cluster.
 MAX_AUTO_CLUSTERS = 30
-SAMPLES_PER_CLUSTER = 20  # an exact (Fisher) test per cluster stays meaningful at ~20 of the smaller side
+SAMPLES_PER_CLUSTER = (
+    20  # an exact (Fisher) test per cluster stays meaningful at ~20 of the smaller side
+)
 #: Folds of the cross-fitted domain classifier, and its ridge penalty as a multiple of the mean
 #: feature variance times the training size (strong shrinkage towards the mean-difference
 #: direction, which is where a shift of class mixture shows).

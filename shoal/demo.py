@@ -14,7 +14,10 @@ SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data" / "tuxpaint"
 
 
 def ensure_sample_dataset(
-    workspace: Workspace, *, progress: Callable[[Any], None] | None = None, source: Path = SAMPLE_DIR
+    workspace: Workspace,
+    *,
+    progress: Callable[[Any], None] | None = None,
+    source: Path = SAMPLE_DIR,
 ) -> str:
     """Import ``sample_data/tuxpaint`` as ``sample`` and embed it, unless that is already done."""
     from shoal.importers import import_source
@@ -25,7 +28,9 @@ def ensure_sample_dataset(
         import_source(workspace, source, dataset=SAMPLE_DATASET)
     dataset = workspace.open(SAMPLE_DATASET)
     if dataset.default_embedding() is None:
-        record = jobs.run_inline(workspace, "embed", dataset=SAMPLE_DATASET, params={}, observer=progress)
+        record = jobs.run_inline(
+            workspace, "embed", dataset=SAMPLE_DATASET, params={}, observer=progress
+        )
         if record.state != "done":
             raise StoreError(f"embedding the sample dataset failed: {record.error}")
     return SAMPLE_DATASET

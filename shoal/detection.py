@@ -71,8 +71,19 @@ DEFAULT_LIMITS = ImportLimits()
 KINDS = ("label", "inference")
 STATUSES = ("tp", "fp", "fn")
 OBJECT_COLUMNS = (
-    "object_id", "sample_id", "kind", "category", "x0", "y0", "x1", "y1",
-    "score", "status", "match_id", "iou", "origin",
+    "object_id",
+    "sample_id",
+    "kind",
+    "category",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "score",
+    "status",
+    "match_id",
+    "iou",
+    "origin",
 )
 
 ProgressCallback = Callable[[int, int], None]
@@ -164,7 +175,9 @@ def match_objects(
     inference_iou = np.zeros(len(inferences))
 
     coords = ["x0", "y0", "x1", "y1"]
-    label_groups = labels.groupby(["sample_id", "category"], sort=False).indices if len(labels) else {}
+    label_groups = (
+        labels.groupby(["sample_id", "category"], sort=False).indices if len(labels) else {}
+    )
     inference_groups = (
         inferences.groupby(["sample_id", "category"], sort=False).indices if len(inferences) else {}
     )
@@ -195,7 +208,9 @@ def match_objects(
             inference_iou[inference_row] = label_iou[label_row] = iou[i, best]
 
     labels = labels.assign(status=label_status, match_id=label_match, iou=label_iou)
-    inferences = inferences.assign(status=inference_status, match_id=inference_match, iou=inference_iou)
+    inferences = inferences.assign(
+        status=inference_status, match_id=inference_match, iou=inference_iou
+    )
     frames = [f for f in (labels, inferences) if len(f)]
     if not frames:
         return labels.iloc[:0]
@@ -250,8 +265,12 @@ def clip_box(
     Raises _BadBox when nothing of the box lies inside the image.
     """
     x0, y0, x1, y1 = box
-    clipped = (min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width),
-               min(max(y1, 0.0), height))
+    clipped = (
+        min(max(x0, 0.0), width),
+        min(max(y0, 0.0), height),
+        min(max(x1, 0.0), width),
+        min(max(y1, 0.0), height),
+    )
     if clipped[2] - clipped[0] <= 0 or clipped[3] - clipped[1] <= 0:
         raise _BadBox(
             f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies entirely outside the {width}x{height} image"
@@ -292,14 +311,23 @@ class _Image:
 
 
 def _raw_box(
-    origin: str, category: str, box: tuple[float, float, float, float], kind: str, score: float = math.nan
+    origin: str,
+    category: str,
+    box: tuple[float, float, float, float],
+    kind: str,
+    score: float = math.nan,
 ) -> dict[str, Any]:
     return {"origin": origin, "category": category, "box": box, "kind": kind, "score": score}
 
 
 def _safe_relative(name: str) -> PurePosixPath | None:
     path = PurePosixPath(str(name).replace("\\", "/"))
-    if not str(name) or path.is_absolute() or ".." in path.parts or (len(str(name)) > 1 and str(name)[1] == ":"):
+    if (
+        not str(name)
+        or path.is_absolute()
+        or ".." in path.parts
+        or (len(str(name)) > 1 and str(name)[1] == ":")
+    ):
         return None
     return path
 
@@ -354,14 +382,19 @@ def _publish(
                     "object_id": stable_id(f"{image.source}#{raw['kind']}#{raw['origin']}"),
                     "sample_id": sample_id,
                     "category": raw["category"],
-                    "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3],
+                    "x0": box[0],
+                    "y0": box[1],
+                    "x1": box[2],
+                    "y1": box[3],
                     "score": raw["score"],
                     "origin": raw["origin"],
                 }
                 if raw["kind"] == "label":
                     labels.append(row)
                     counts[raw["category"]] += 1
-                    areas[raw["category"]] = areas.get(raw["category"], 0.0) + (box[2] - box[0]) * (box[3] - box[1])
+                    areas[raw["category"]] = areas.get(raw["category"], 0.0) + (box[2] - box[0]) * (
+                        box[3] - box[1]
+                    )
                 else:
                     inferences.append(row)
                     n_inferences += 1
@@ -385,7 +418,9 @@ def _publish(
             head = "; ".join(f"{r.file}: {r.reason}" for r in report.rejected[:3])
             raise ImportError_(f"no valid image in {report.source}" + (f": {head}" if head else ""))
 
-        objects = _objects_table(labels, inferences, has_predictions=has_predictions, iou_threshold=iou_threshold)
+        objects = _objects_table(
+            labels, inferences, has_predictions=has_predictions, iou_threshold=iou_threshold
+        )
         samples_frame = pd.DataFrame(samples)
         report.imported = len(samples_frame)
         report.splits = _value_counts(samples_frame["split"])
@@ -403,7 +438,9 @@ def _publish(
     return report
 
 
-def _store_image(staged: Dataset, image: _Image, report: DetectionImportReport, limits: ImportLimits) -> str | None:
+def _store_image(
+    staged: Dataset, image: _Image, report: DetectionImportReport, limits: ImportLimits
+) -> str | None:
     skipped = f"; its {len(image.boxes)} box(es) skipped" if image.boxes else ""
     if image.file is None:
         report.reject(image.source, f"image file not found{skipped}")
@@ -425,7 +462,11 @@ def _store_image(staged: Dataset, image: _Image, report: DetectionImportReport, 
 
 
 def _objects_table(
-    labels: list[dict[str, Any]], inferences: list[dict[str, Any]], *, has_predictions: bool, iou_threshold: float
+    labels: list[dict[str, Any]],
+    inferences: list[dict[str, Any]],
+    *,
+    has_predictions: bool,
+    iou_threshold: float,
 ) -> pd.DataFrame:
     columns = [c for c in OBJECT_COLUMNS if c not in ("kind", "status", "match_id", "iou")]
     label_frame = pd.DataFrame(labels, columns=columns)
@@ -439,7 +480,9 @@ def _objects_table(
     duplicated = objects["object_id"][objects["object_id"].duplicated()]
     if len(duplicated):  # pragma: no cover - origins are unique per file
         raise StoreError(f"duplicate object id {duplicated.iloc[0]!r}")
-    return objects.astype({"x0": float, "y0": float, "x1": float, "y1": float, "score": float, "iou": float})
+    return objects.astype(
+        {"x0": float, "y0": float, "x1": float, "y1": float, "score": float, "iou": float}
+    )
 
 
 def _dominant(counts: Counter[str], areas: dict[str, float]) -> str | None:
@@ -456,7 +499,9 @@ def _value_counts(column: pd.Series) -> dict[str, int]:
 def _check_new_dataset(workspace: Workspace, dataset: str) -> None:
     validate_name(dataset)
     if workspace.exists(dataset):
-        raise StoreError(f"dataset {dataset!r} already exists; choose another name or `shoal delete {dataset}`")
+        raise StoreError(
+            f"dataset {dataset!r} already exists; choose another name or `shoal delete {dataset}`"
+        )
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -540,7 +585,9 @@ def import_coco(
     payload = _read_json(annotations_path, "annotations")
     name = annotations_path.name
     if not isinstance(payload, dict) or not isinstance(payload.get("images"), list):
-        raise ImportError_(f"{name} is not a COCO file: it needs an 'images' list (and 'annotations', 'categories')")
+        raise ImportError_(
+            f"{name} is not a COCO file: it needs an 'images' list (and 'annotations', 'categories')"
+        )
     folder = Path(images)
     if not folder.is_dir():
         raise ImportError_(f"images folder {folder} does not exist")
@@ -548,8 +595,14 @@ def import_coco(
 
     categories: dict[str, str] = {}
     for number, category in enumerate(payload.get("categories") or []):
-        if not isinstance(category, dict) or "id" not in category or not str(category.get("name", "")).strip():
-            report.reject(f"{name} category {number}", "category needs an 'id' and a 'name'; skipped")
+        if (
+            not isinstance(category, dict)
+            or "id" not in category
+            or not str(category.get("name", "")).strip()
+        ):
+            report.reject(
+                f"{name} category {number}", "category needs an 'id' and a 'name'; skipped"
+            )
             continue
         categories[str(category["id"])] = str(category["name"]).strip()
 
@@ -557,7 +610,11 @@ def import_coco(
     seen_files: set[str] = set()
     for number, entry in enumerate(payload["images"]):
         where = f"{name} image {entry.get('id', number) if isinstance(entry, dict) else number}"
-        if not isinstance(entry, dict) or "id" not in entry or not isinstance(entry.get("file_name"), str):
+        if (
+            not isinstance(entry, dict)
+            or "id" not in entry
+            or not isinstance(entry.get("file_name"), str)
+        ):
             report.reject(where, "image entry needs an 'id' and a 'file_name'; skipped")
             continue
         key, file_name = str(entry["id"]), entry["file_name"]
@@ -569,18 +626,26 @@ def import_coco(
             continue
         seen_files.add(file_name)
         if _safe_relative(file_name) is None:
-            report.reject(file_name, "file_name must be a relative path inside the images folder; skipped")
+            report.reject(
+                file_name, "file_name must be a relative path inside the images folder; skipped"
+            )
             continue
         declared = None
         if isinstance(entry.get("width"), int) and isinstance(entry.get("height"), int):
             declared = (entry["width"], entry["height"])
         entries[key] = _Image(
-            key=key, source=file_name, file=_find_image_file(folder, file_name), split=split,
-            extra={"image_id": key}, declared_size=declared,
+            key=key,
+            source=file_name,
+            file=_find_image_file(folder, file_name),
+            split=split,
+            extra={"image_id": key},
+            declared_size=declared,
         )
 
     for number, annotation in enumerate(payload.get("annotations") or []):
-        ann_id = annotation.get("id", f"#{number}") if isinstance(annotation, dict) else f"#{number}"
+        ann_id = (
+            annotation.get("id", f"#{number}") if isinstance(annotation, dict) else f"#{number}"
+        )
         origin = f"annotation {ann_id}"
         try:
             if not isinstance(annotation, dict):
@@ -598,6 +663,7 @@ def import_coco(
         image.boxes.append(_raw_box(f"{name} {origin}", category, box, "label"))
 
     if predictions is not None:
+
         def category_of(record: dict[str, Any]) -> str:
             if "category_id" in record:
                 found = categories.get(str(record["category_id"]))
@@ -608,11 +674,19 @@ def import_coco(
                 return record["category"].strip()
             raise _BadBox("needs a category_id (or a category name)")
 
-        _add_predictions(_read_predictions(predictions), entries, category_of, report, Path(predictions).name)
+        _add_predictions(
+            _read_predictions(predictions), entries, category_of, report, Path(predictions).name
+        )
 
     return _publish(
-        workspace, dataset, list(entries.values()), report, has_predictions=predictions is not None,
-        iou_threshold=iou_threshold, limits=limits, progress=progress,
+        workspace,
+        dataset,
+        list(entries.values()),
+        report,
+        has_predictions=predictions is not None,
+        iou_threshold=iou_threshold,
+        limits=limits,
+        progress=progress,
     )
 
 
@@ -625,7 +699,11 @@ def _voc_layout(folder: Path) -> list[tuple[Path, Path]]:
     if annotations.is_dir():
         image_root = folder / "JPEGImages" if (folder / "JPEGImages").is_dir() else folder
         return [(xml, image_root) for xml in sorted(annotations.rglob("*.xml"))]
-    return [(xml, xml.parent) for xml in sorted(folder.rglob("*.xml")) if not _hidden(xml.relative_to(folder))]
+    return [
+        (xml, xml.parent)
+        for xml in sorted(folder.rglob("*.xml"))
+        if not _hidden(xml.relative_to(folder))
+    ]
 
 
 def _hidden(relative: Path) -> bool:
@@ -688,7 +766,9 @@ def import_voc(
         raise ImportError_(f"{folder} is not a folder of VOC annotations")
     layout = _voc_layout(folder)
     if not layout:
-        raise ImportError_(f"no VOC .xml annotation files under {folder} (looked in Annotations/ and beside images)")
+        raise ImportError_(
+            f"no VOC .xml annotation files under {folder} (looked in Annotations/ and beside images)"
+        )
     splits = _voc_splits(folder)
     report = DetectionImportReport(dataset=dataset, source=folder.name)
     entries: dict[str, _Image] = {}
@@ -706,17 +786,30 @@ def import_voc(
             report.reject(where, f"root element is <{annotation.tag}>, not <annotation>; skipped")
             continue
         file = _voc_image_file(xml, root, _text(annotation, "filename"))
-        source = file.relative_to(folder).as_posix() if file is not None else (_text(annotation, "filename") or where)
-        key = (file.stem if file is not None else xml.stem)
+        source = (
+            file.relative_to(folder).as_posix()
+            if file is not None
+            else (_text(annotation, "filename") or where)
+        )
+        key = file.stem if file is not None else xml.stem
         if key in entries:
             report.reject(where, f"a second annotation file for image {key!r}; skipped")
             continue
         size = annotation.find("size")
         width, height = _text(size, "width"), _text(size, "height")
         declared = None
-        if width and height and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0:
+        if (
+            width
+            and height
+            and width.isdigit()
+            and height.isdigit()
+            and int(width) > 0
+            and int(height) > 0
+        ):
             declared = (int(width), int(height))
-        image = _Image(key=key, source=source, file=file, split=splits.get(key, split), declared_size=declared)
+        image = _Image(
+            key=key, source=source, file=file, split=splits.get(key, split), declared_size=declared
+        )
         for number, obj in enumerate(annotation.findall("object"), start=1):
             origin = f"{where} object {number}"
             try:
@@ -726,10 +819,14 @@ def import_voc(
                 bndbox = obj.find("bndbox")
                 if bndbox is None:
                     raise _BadBox("object has no <bndbox>")
-                xmin, ymin, xmax, ymax = (_number(_text(bndbox, t)) for t in ("xmin", "ymin", "xmax", "ymax"))
+                xmin, ymin, xmax, ymax = (
+                    _number(_text(bndbox, t)) for t in ("xmin", "ymin", "xmax", "ymax")
+                )
                 if xmax <= xmin - 1 or ymax <= ymin - 1:
-                    raise _BadBox(f"box has zero or negative size (xmin {xmin:g}, xmax {xmax:g}, "
-                                  f"ymin {ymin:g}, ymax {ymax:g})")
+                    raise _BadBox(
+                        f"box has zero or negative size (xmin {xmin:g}, xmax {xmax:g}, "
+                        f"ymin {ymin:g}, ymax {ymax:g})"
+                    )
             except _BadBox as error:
                 report.reject(origin, f"{error}; skipped")
                 continue
@@ -737,6 +834,7 @@ def import_voc(
         entries[key] = image
 
     if predictions is not None:
+
         def category_of(record: dict[str, Any]) -> str:
             for name_key in ("category", "category_id"):
                 value = record.get(name_key)
@@ -745,15 +843,24 @@ def import_voc(
             raise _BadBox("needs a category name ('category')")
 
         stems = dict(entries)
-        stems.update({Path(e.source).name: e for e in entries.values()})  # "x.jpg" works as well as "x"
-        _add_predictions(_read_predictions(predictions), stems, category_of, report, Path(predictions).name)
+        stems.update(
+            {Path(e.source).name: e for e in entries.values()}
+        )  # "x.jpg" works as well as "x"
+        _add_predictions(
+            _read_predictions(predictions), stems, category_of, report, Path(predictions).name
+        )
 
     def halfway(done: int, total: int) -> None:
         if progress:
             progress(len(layout) + done * len(layout) // max(total, 1), len(layout) * 2)
 
     return _publish(
-        workspace, dataset, list(entries.values()), report, has_predictions=predictions is not None,
-        iou_threshold=iou_threshold, limits=limits, progress=halfway if progress else None,
+        workspace,
+        dataset,
+        list(entries.values()),
+        report,
+        has_predictions=predictions is not None,
+        iou_threshold=iou_threshold,
+        limits=limits,
+        progress=halfway if progress else None,
     )
-

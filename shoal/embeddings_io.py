@@ -28,7 +28,9 @@ class EmbeddingFileError(StoreError):
     """An embeddings file is malformed; the message says where and what to do."""
 
 
-def read_embeddings_file(path: PathLike, *, ids_file: PathLike | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+def read_embeddings_file(
+    path: PathLike, *, ids_file: PathLike | None = None
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Read ``(ids or None, vectors (n, dim) float32)`` from .npy, .parquet or .csv.
 
     An .npy file carries no ids: rows are in manifest order unless ``ids_file`` (one id per line,
@@ -45,11 +47,15 @@ def read_embeddings_file(path: PathLike, *, ids_file: PathLike | None = None) ->
     elif suffix == ".csv":
         ids, vectors = _read_csv(path)
     else:
-        raise EmbeddingFileError(f"{path.name}: unsupported embeddings format; use .npy, .parquet or .csv")
+        raise EmbeddingFileError(
+            f"{path.name}: unsupported embeddings format; use .npy, .parquet or .csv"
+        )
     if ids_file is not None:
         ids = read_ids_file(Path(ids_file))
         if len(ids) != len(vectors):
-            raise EmbeddingFileError(f"{Path(ids_file).name} has {len(ids)} ids but {path.name} has {len(vectors)} rows")
+            raise EmbeddingFileError(
+                f"{Path(ids_file).name} has {len(ids)} ids but {path.name} has {len(vectors)} rows"
+            )
     _check_finite(vectors, ids, path.name)
     return ids, vectors
 
@@ -59,12 +65,16 @@ def read_ids_file(path: Path) -> np.ndarray:
         try:
             ids = np.load(path, allow_pickle=False)
         except ValueError as error:
-            raise EmbeddingFileError(f"{path.name}: ids must be a plain string or integer array ({error})") from error
+            raise EmbeddingFileError(
+                f"{path.name}: ids must be a plain string or integer array ({error})"
+            ) from error
         return ids.astype(str).ravel()
     if path.suffix.lower() in (".csv", ".parquet"):
         table = read_table(path)
         return table.iloc[:, 0].astype(str).to_numpy()
-    return np.asarray([line.strip() for line in path.read_text().splitlines() if line.strip()], dtype=str)
+    return np.asarray(
+        [line.strip() for line in path.read_text().splitlines() if line.strip()], dtype=str
+    )
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -79,9 +89,13 @@ def _read_npy(path: Path) -> np.ndarray:
 
 def _as_matrix(vectors: np.ndarray, file_name: str) -> np.ndarray:
     if vectors.dtype.kind not in "fiu":
-        raise EmbeddingFileError(f"{file_name}: embeddings must be numeric, got dtype {vectors.dtype}")
+        raise EmbeddingFileError(
+            f"{file_name}: embeddings must be numeric, got dtype {vectors.dtype}"
+        )
     if vectors.ndim != 2:
-        raise EmbeddingFileError(f"{file_name}: expected a 2-D (rows, dim) matrix, got shape {vectors.shape}")
+        raise EmbeddingFileError(
+            f"{file_name}: expected a 2-D (rows, dim) matrix, got shape {vectors.shape}"
+        )
     if vectors.shape[0] == 0 or vectors.shape[1] == 0:
         raise EmbeddingFileError(f"{file_name}: empty embeddings matrix {vectors.shape}")
     return np.asarray(vectors, dtype=np.float32)
@@ -94,7 +108,10 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise EmbeddingFileError(f"cannot read {path.name}: {error}") from error
     id_column = _id_column(table.column_names, path.name)
     list_columns = [
-        f.name for f in table.schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
+        f.name
+        for f in table.schema
+        if pa.types.is_list(f.type)
+        or pa.types.is_fixed_size_list(f.type)
         or pa.types.is_large_list(f.type)
     ]
     ids = np.asarray(table.column(id_column).to_pylist()).astype(str)
@@ -103,12 +120,19 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
         values = table.column(column).combine_chunks()
         value_type = values.type.value_type
         if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
-            raise EmbeddingFileError(f"{path.name}: column {column!r} holds {value_type}, not numbers")
-        lengths = np.asarray(values.value_lengths() if hasattr(values, "value_lengths") else
-                             pa.compute.list_value_length(values))
+            raise EmbeddingFileError(
+                f"{path.name}: column {column!r} holds {value_type}, not numbers"
+            )
+        lengths = np.asarray(
+            values.value_lengths()
+            if hasattr(values, "value_lengths")
+            else pa.compute.list_value_length(values)
+        )
         if values.null_count:
             row = int(np.flatnonzero(np.asarray(values.is_null()))[0])
-            raise EmbeddingFileError(f"{path.name}: row {row} (id {str(ids[row])!r}) has no embedding")
+            raise EmbeddingFileError(
+                f"{path.name}: row {row} (id {str(ids[row])!r}) has no embedding"
+            )
         if len(set(lengths.tolist())) > 1:
             expected = int(np.bincount(lengths).argmax())
             row = int(np.flatnonzero(lengths != expected)[0])
@@ -125,7 +149,9 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     frame = read_table(path)
     id_column = _id_column(list(frame.columns), path.name)
-    return frame[id_column].astype(str).to_numpy(), _numeric_columns(frame.drop(columns=[id_column]), path.name)
+    return frame[id_column].astype(str).to_numpy(), _numeric_columns(
+        frame.drop(columns=[id_column]), path.name
+    )
 
 
 def _numeric_columns(frame: pd.DataFrame, file_name: str) -> np.ndarray:
@@ -133,7 +159,11 @@ def _numeric_columns(frame: pd.DataFrame, file_name: str) -> np.ndarray:
     if bad:
         column = bad[0]
         converted = pd.to_numeric(frame[column], errors="coerce")
-        row = int(np.flatnonzero(converted.isna() & frame[column].notna())[0]) if converted.isna().any() else 0
+        row = (
+            int(np.flatnonzero(converted.isna() & frame[column].notna())[0])
+            if converted.isna().any()
+            else 0
+        )
         raise EmbeddingFileError(
             f"{file_name}: column {column!r} is not numeric (row {row + 1}: {frame[column].iloc[row]!r}); "
             "an embeddings table holds an id column and numeric columns only"
@@ -164,7 +194,12 @@ def _check_finite(vectors: np.ndarray, ids: np.ndarray | None, file_name: str) -
 
 
 def align_to_ids(
-    ids: np.ndarray | None, vectors: np.ndarray, known_ids: np.ndarray, file_name: str, *, expected_dim: int | None = None
+    ids: np.ndarray | None,
+    vectors: np.ndarray,
+    known_ids: np.ndarray,
+    file_name: str,
+    *,
+    expected_dim: int | None = None,
 ) -> np.ndarray:
     """Return vectors reordered to ``known_ids``; refuse duplicates, unknown and missing ids."""
     if expected_dim is not None and vectors.shape[1] != expected_dim:
@@ -181,7 +216,9 @@ def align_to_ids(
     series = pd.Series(ids)
     duplicated = series[series.duplicated()]
     if len(duplicated):
-        raise EmbeddingFileError(f"{file_name}: duplicate id {str(duplicated.iloc[0])!r} (row {duplicated.index[0]})")
+        raise EmbeddingFileError(
+            f"{file_name}: duplicate id {str(duplicated.iloc[0])!r} (row {duplicated.index[0]})"
+        )
     position = pd.Index(ids)
     unknown = ~pd.Index(ids).isin(known_ids)
     if unknown.any():
@@ -213,7 +250,9 @@ def add_embeddings(
     known = dataset.samples()["sample_id"].astype(str).to_numpy()
     expected_dim = dataset.embedding_info(name).dim if name in dataset.embedding_names() else None
     aligned = align_to_ids(ids, vectors, known, Path(file).name, expected_dim=expected_dim)
-    return dataset.save_embeddings(name, aligned, known, model=model, preprocessing={"source_file": Path(file).name})
+    return dataset.save_embeddings(
+        name, aligned, known, model=model, preprocessing={"source_file": Path(file).name}
+    )
 
 
 def create_from_embeddings(
@@ -228,7 +267,9 @@ def create_from_embeddings(
     """A dataset with no images: embeddings plus (optionally) a metadata table keyed by id."""
     validate_name(dataset)
     if workspace.exists(dataset):
-        raise StoreError(f"dataset {dataset!r} already exists; choose another name or `shoal delete {dataset}`")
+        raise StoreError(
+            f"dataset {dataset!r} already exists; choose another name or `shoal delete {dataset}`"
+        )
     ids, vectors = read_embeddings_file(embeddings_file, ids_file=ids_file)
     if metadata_file is not None:
         metadata = read_table(Path(metadata_file))
@@ -244,7 +285,9 @@ def create_from_embeddings(
             ids = metadata["sample_id"].to_numpy()
         duplicated = metadata["sample_id"][metadata["sample_id"].duplicated()]
         if len(duplicated):
-            raise EmbeddingFileError(f"{Path(metadata_file).name}: duplicate id {str(duplicated.iloc[0])!r}")
+            raise EmbeddingFileError(
+                f"{Path(metadata_file).name}: duplicate id {str(duplicated.iloc[0])!r}"
+            )
     else:
         if ids is None:
             ids = np.asarray([f"row-{i}" for i in range(len(vectors))])
@@ -261,10 +304,20 @@ def create_from_embeddings(
             samples[column] = samples[column].map(lambda v: None if pd.isna(v) else str(v))
     staging = workspace.staging_dir(dataset)
     staged = Dataset(staging)
-    staged.save_embeddings(name, aligned, known, model=USER_MODEL, preprocessing={"source_file": Path(embeddings_file).name})
+    staged.save_embeddings(
+        name,
+        aligned,
+        known,
+        model=USER_MODEL,
+        preprocessing={"source_file": Path(embeddings_file).name},
+    )
     report = ImportReport(dataset=dataset, source=Path(embeddings_file).name, imported=len(samples))
-    report.splits = {str(k): int(v) for k, v in samples["split"].dropna().value_counts().sort_index().items()}
-    report.labels = {str(k): int(v) for k, v in samples["label"].dropna().value_counts().sort_index().items()}
+    report.splits = {
+        str(k): int(v) for k, v in samples["split"].dropna().value_counts().sort_index().items()
+    }
+    report.labels = {
+        str(k): int(v) for k, v in samples["label"].dropna().value_counts().sort_index().items()
+    }
     staged.write_import_report(report.to_dict())
     workspace.create(dataset, samples, has_images=False, staged=staging)
     return report

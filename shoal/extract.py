@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -34,7 +34,12 @@ def extract_dataset(
     should_stop: Callable[[], bool] | None = None,
 ) -> list[EmbeddingInfo]:
     """Store the user's model's embeddings of every image; returns the sets written."""
-    from embedding.extract import extract_detection, extract_embeddings, load_user_model, resolve_layer
+    from embedding.extract import (
+        extract_detection,
+        extract_embeddings,
+        load_user_model,
+        resolve_layer,
+    )
 
     if not dataset.has_images:
         raise StoreError(f"dataset {dataset.name!r} has no images to run a model on")
@@ -42,39 +47,70 @@ def extract_dataset(
     samples = dataset.samples()
     paths = [dataset.image_file(p) for p in samples["path"]]
     sample_ids = samples["sample_id"].astype(str).to_numpy()
+    task_name = cast(Any, task)  # validated by embedding.extract against its Literal of tasks
     name = name or Path(model_spec.split(":")[0]).stem.replace(".", "-")
     metadata = {**user_model.describe(), "task": task}
 
     if task != "detection":
-        chosen = resolve_layer(user_model, task=task, layer=layer, images=paths[:1])
+        chosen = resolve_layer(user_model, task=task_name, layer=layer, images=paths[:1])
         vectors = extract_embeddings(
-            user_model, paths, task=task, layer=chosen, batch_size=batch_size,
-            max_elements=max_elements, progress=progress, should_stop=should_stop,
+            user_model,
+            paths,
+            task=task_name,
+            layer=chosen,
+            batch_size=batch_size,
+            max_elements=max_elements,
+            progress=progress,
+            should_stop=should_stop,
         )
         metadata.update(layer=chosen, max_elements=max_elements)
-        return [dataset.save_embeddings(name, vectors, sample_ids, model=model_spec, preprocessing=metadata)]
+        return [
+            dataset.save_embeddings(
+                name, vectors, sample_ids, model=model_spec, preprocessing=metadata
+            )
+        ]
 
     objects = dataset.objects()
     label_boxes = None
     if objects is not None and len(objects):
         by_sample = {sid: group for sid, group in objects.groupby("sample_id", sort=False)}
         label_boxes = [
-            np.array(by_sample[sid][["x0", "y0", "x1", "y1"]], dtype=np.float32) if sid in by_sample else np.zeros((0, 4), np.float32)
+            np.array(by_sample[sid][["x0", "y0", "x1", "y1"]], dtype=np.float32)
+            if sid in by_sample
+            else np.zeros((0, 4), np.float32)
             for sid in sample_ids
         ]
     result = extract_detection(
-        user_model, paths, label_boxes=label_boxes, batch_size=max(1, min(batch_size, 4)),
-        progress=progress, should_stop=should_stop, with_detections=False,
+        user_model,
+        paths,
+        label_boxes=label_boxes,
+        batch_size=max(1, min(batch_size, 4)),
+        progress=progress,
+        should_stop=should_stop,
+        with_detections=False,
     )
     metadata.update(layer=result.image_layer, box_layer=result.box_layer)
-    written = [dataset.save_embeddings(name, result.image_vectors, sample_ids, model=model_spec, preprocessing=metadata)]
-    if label_boxes is not None and result.labels is not None:
-        order = np.concatenate([np.flatnonzero(objects["sample_id"].astype(str).to_numpy() == sid) for sid in sample_ids])
+    written = [
+        dataset.save_embeddings(
+            name, result.image_vectors, sample_ids, model=model_spec, preprocessing=metadata
+        )
+    ]
+    if objects is not None and label_boxes is not None and result.labels is not None:
+        order = np.concatenate(
+            [
+                np.flatnonzero(objects["sample_id"].astype(str).to_numpy() == sid)
+                for sid in sample_ids
+            ]
+        )
         object_ids = objects["object_id"].astype(str).to_numpy()[order]
         written.append(
             dataset.save_embeddings(
-                f"{name}-objects", result.labels.vectors, object_ids, model=model_spec,
-                preprocessing=metadata, level="object",
+                f"{name}-objects",
+                result.labels.vectors,
+                object_ids,
+                model=model_spec,
+                preprocessing=metadata,
+                level="object",
             )
         )
     return written

@@ -97,7 +97,9 @@ def check_image(path: Path, limits: ImportLimits = ImportLimits()) -> str | None
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if image.format not in PIL_FORMATS:
-                    return f"unsupported image format {image.format}; use JPEG, PNG, WebP, BMP or TIFF"
+                    return (
+                        f"unsupported image format {image.format}; use JPEG, PNG, WebP, BMP or TIFF"
+                    )
                 width, height = image.size
                 if width * height > limits.max_image_pixels:
                     return (
@@ -108,7 +110,9 @@ def check_image(path: Path, limits: ImportLimits = ImportLimits()) -> str | None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         return f"decompression bomb: {error}"
     except Image.UnidentifiedImageError:
-        return "not an image (content does not match any image format), though its extension says so"
+        return (
+            "not an image (content does not match any image format), though its extension says so"
+        )
     except (OSError, SyntaxError, ValueError) as error:
         return f"truncated or corrupt image: {error}"
     finally:
@@ -132,20 +136,31 @@ def import_source(
     """Import a folder, a .zip, or a CSV/Parquet manifest as a new dataset."""
     validate_name(dataset)
     if workspace.exists(dataset):
-        raise StoreError(f"dataset {dataset!r} already exists; choose another name or `shoal delete {dataset}`")
+        raise StoreError(
+            f"dataset {dataset!r} already exists; choose another name or `shoal delete {dataset}`"
+        )
     path = Path(source)
     if not path.exists():
         raise ImportError_(f"{path} does not exist")
     suffix = path.suffix.lower()
     if path.is_dir():
-        return import_folder(workspace, path, dataset=dataset, split=split, limits=limits, progress=progress)
+        return import_folder(
+            workspace, path, dataset=dataset, split=split, limits=limits, progress=progress
+        )
     if suffix == ".zip":
         return import_zip(
-            workspace, path, dataset=dataset, split=split, limits=limits, progress=progress,
+            workspace,
+            path,
+            dataset=dataset,
+            split=split,
+            limits=limits,
+            progress=progress,
             display_name=display_name,
         )
     if suffix in (".csv", ".parquet", ".pq"):
-        return import_manifest(workspace, path, dataset=dataset, split=split, limits=limits, progress=progress)
+        return import_manifest(
+            workspace, path, dataset=dataset, split=split, limits=limits, progress=progress
+        )
     raise ImportError_(
         f"don't know how to import {path.name}: give a folder of images, a .zip, or a .csv/.parquet manifest"
     )
@@ -165,14 +180,19 @@ def import_folder(
     """Images under ``folder``; class from the first sub-folder, split from a top-level train/val/test."""
     folder = Path(folder)
     report = report or ImportReport(dataset=dataset, source=source_label or str(folder))
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder))
+    )
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     root = _strip_wrapper(folder, images) if images else folder
-    entries = []
+    entries: list[tuple[Any, ...]] = []
     for file in files:
         relative = file.relative_to(root)
         if file.suffix.lower() not in IMAGE_SUFFIXES:
-            report.reject(relative.as_posix(), f"not an image file extension ({file.suffix or 'none'}); skipped")
+            report.reject(
+                relative.as_posix(),
+                f"not an image file extension ({file.suffix or 'none'}); skipped",
+            )
             continue
         file_split, label = _split_and_label(relative)
         entries.append((file, relative.as_posix(), split or file_split, label, {}))
@@ -195,13 +215,21 @@ def import_zip(
     try:
         safe_extract(Path(archive), scratch, report, limits=limits)
         return import_folder(
-            workspace, scratch, dataset=dataset, split=split, limits=limits, progress=progress, report=report
+            workspace,
+            scratch,
+            dataset=dataset,
+            split=split,
+            limits=limits,
+            progress=progress,
+            report=report,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def safe_extract(archive: Path, target: Path, report: ImportReport, *, limits: ImportLimits) -> None:
+def safe_extract(
+    archive: Path, target: Path, report: ImportReport, *, limits: ImportLimits
+) -> None:
     """Extract the entries that are safe; list every refused entry with its reason in ``report``."""
     try:
         bundle = zipfile.ZipFile(archive)
@@ -210,7 +238,9 @@ def safe_extract(archive: Path, target: Path, report: ImportReport, *, limits: I
     with bundle:
         infos = bundle.infolist()
         if len(infos) > limits.max_zip_entries:
-            raise ImportError_(f"{archive.name} has {len(infos):,} entries, over the cap of {limits.max_zip_entries:,}")
+            raise ImportError_(
+                f"{archive.name} has {len(infos):,} entries, over the cap of {limits.max_zip_entries:,}"
+            )
         total = 0
         for info in infos:
             name = info.filename
@@ -293,8 +323,10 @@ def import_manifest(
     if id_column is not None:
         _check_unique_ids(table[id_column].astype(str), manifest.name, id_column)
     report = ImportReport(dataset=dataset, source=manifest.name)
-    entries = []
-    for row_number, row in enumerate(table.to_dict("records"), start=2 if manifest.suffix == ".csv" else 1):
+    entries: list[tuple[Any, ...]] = []
+    for row_number, row in enumerate(
+        table.to_dict("records"), start=2 if manifest.suffix == ".csv" else 1
+    ):
         raw = row.get(path_column)
         where = f"row {row_number}" + (f" ({raw})" if isinstance(raw, str) else "")
         if not isinstance(raw, str) or not raw.strip():
@@ -303,7 +335,10 @@ def import_manifest(
         file = Path(raw)
         file = file if file.is_absolute() else manifest.parent / file
         if not file.is_file():
-            report.reject(where, f"image file not found at {file}; paths are relative to the manifest's folder")
+            report.reject(
+                where,
+                f"image file not found at {file}; paths are relative to the manifest's folder",
+            )
             continue
         metadata = {k: v for k, v in row.items() if k not in (path_column, id_column)}
         for column in RESERVED_COLUMNS & set(metadata):
@@ -311,7 +346,16 @@ def import_manifest(
         if split and not _present(metadata.get("split")):
             metadata["split"] = split
         sample_id = str(row[id_column]) if id_column is not None else None
-        entries.append((file, raw, metadata.pop("split", None), metadata.pop("label", None), metadata, sample_id))
+        entries.append(
+            (
+                file,
+                raw,
+                metadata.pop("split", None),
+                metadata.pop("label", None),
+                metadata,
+                sample_id,
+            )
+        )
     return _store_entries(workspace, dataset, entries, report, limits=limits, progress=progress)
 
 

@@ -204,7 +204,9 @@ def get(workspace: Workspace, job_id: str) -> JobRecord:
     return record
 
 
-def list_jobs(workspace: Workspace, *, dataset: str | None = None, kind: str | None = None) -> list[JobRecord]:
+def list_jobs(
+    workspace: Workspace, *, dataset: str | None = None, kind: str | None = None
+) -> list[JobRecord]:
     if not workspace.jobs_dir.exists():
         return []
     records = []
@@ -218,7 +220,9 @@ def list_jobs(workspace: Workspace, *, dataset: str | None = None, kind: str | N
     return sorted(records, key=lambda r: r.created_at, reverse=True)
 
 
-def find_active(workspace: Workspace, kind: str, *, dataset: str | None, params: dict[str, Any]) -> JobRecord | None:
+def find_active(
+    workspace: Workspace, kind: str, *, dataset: str | None, params: dict[str, Any]
+) -> JobRecord | None:
     for record in list_jobs(workspace, dataset=dataset, kind=kind):
         if record.active and record.params == params:
             return record
@@ -229,7 +233,11 @@ def find_active(workspace: Workspace, kind: str, *, dataset: str | None, params:
 
 
 def submit(
-    workspace: Workspace, kind: str, *, dataset: str | None = None, params: dict[str, Any] | None = None
+    workspace: Workspace,
+    kind: str,
+    *,
+    dataset: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> str:
     """Start a job in a detached worker process and return its id; an identical active job is reused."""
     _load_tasks()
@@ -297,7 +305,9 @@ def run_inline(
     _load_tasks()
     _task_function(kind)
     job_id = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:8]
-    record = JobRecord(id=job_id, kind=kind, dataset=dataset, params=json.loads(json.dumps(params or {})))
+    record = JobRecord(
+        id=job_id, kind=kind, dataset=dataset, params=json.loads(json.dumps(params or {}))
+    )
     workspace.jobs_dir.mkdir(parents=True, exist_ok=True)
     _save(workspace, replace(record, pid=os.getpid()))
     return run(workspace, job_id, observer=observer, log_traceback=False)
@@ -327,7 +337,9 @@ def cancel(workspace: Workspace, job_id: str, *, grace_seconds: float = 10.0) ->
     return record
 
 
-def wait(workspace: Workspace, job_id: str, *, timeout: float = 3600.0, poll: float = 0.5) -> JobRecord:
+def wait(
+    workspace: Workspace, job_id: str, *, timeout: float = 3600.0, poll: float = 0.5
+) -> JobRecord:
     deadline = time.monotonic() + timeout
     while True:
         record = get(workspace, job_id)

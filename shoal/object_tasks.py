@@ -53,7 +53,12 @@ def embed_objects_task(context: JobContext) -> dict[str, Any]:
         )
     except EmbeddingCancelled as stopped:
         raise JobCancelled() from stopped
-    result: dict[str, Any] = {"embedding": info.name, "count": info.count, "dim": info.dim, "level": info.level}
+    result: dict[str, Any] = {
+        "embedding": info.name,
+        "count": info.count,
+        "dim": info.dim,
+        "level": info.level,
+    }
     if not had_image_set:
         result["image_embedding"] = ds.default_embedding(level="sample")
     return result

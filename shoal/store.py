@@ -69,7 +69,9 @@ def validate_name(name: str, *, what: str = "dataset") -> str:
     if not isinstance(name, str) or not name:
         raise InvalidNameError(f"{what} name must be a non-empty string")
     if len(name) > MAX_NAME_LENGTH:
-        raise InvalidNameError(f"{what} name {name[:20]!r}... is longer than {MAX_NAME_LENGTH} characters")
+        raise InvalidNameError(
+            f"{what} name {name[:20]!r}... is longer than {MAX_NAME_LENGTH} characters"
+        )
     if name in (".", "..") or not _NAME_PATTERN.match(name) or ".." in name:
         raise InvalidNameError(
             f"{what} name {name!r} is not allowed: use letters, digits, '.', '_' and '-', "
@@ -208,7 +210,11 @@ class Dataset:
 
     def image_file(self, stored_path: str) -> Path:
         """Absolute path of a stored image, given the samples table's ``path`` value."""
-        if not stored_path or stored_path.startswith(("/", "\\")) or ".." in Path(stored_path).parts:
+        if (
+            not stored_path
+            or stored_path.startswith(("/", "\\"))
+            or ".." in Path(stored_path).parts
+        ):
             raise StoreError(f"invalid stored image path {stored_path!r}")
         return self.root / stored_path
 
@@ -246,7 +252,9 @@ class Dataset:
     def embedding_names(self) -> list[str]:
         if not self._embeddings_dir.exists():
             return []
-        return sorted(p.stem for p in self._embeddings_dir.glob("*.json") if not p.name.startswith("."))
+        return sorted(
+            p.stem for p in self._embeddings_dir.glob("*.json") if not p.name.startswith(".")
+        )
 
     def default_embedding(self, *, level: str = "sample") -> str | None:
         names = [n for n in self.embedding_names() if self.embedding_info(n).level == level]
@@ -278,13 +286,17 @@ class Dataset:
             )
         return default
 
-    def load_embeddings(self, name: str | None = None, *, mmap: bool = True, level: str = "sample") -> EmbeddingSet:
+    def load_embeddings(
+        self, name: str | None = None, *, mmap: bool = True, level: str = "sample"
+    ) -> EmbeddingSet:
         resolved = self.resolve_embedding(name, level=level)
         for attempt in range(5):
             info = self.embedding_info(resolved)
             base = self._embeddings_dir / f"{info.name}-{info.version}"
             try:
-                vectors = np.load(f"{base}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+                vectors = np.load(
+                    f"{base}.npy", mmap_mode="r" if mmap else None, allow_pickle=False
+                )
                 ids = np.load(f"{base}.ids.npy", allow_pickle=False)
             except FileNotFoundError:
                 # A writer published a newer version and removed this one between our two reads.
@@ -354,14 +366,18 @@ class Dataset:
         validate_name(key, what="artefact key")
         return self.root / "artefacts" / kind / key
 
-    def save_artefact(self, kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    def save_artefact(
+        self, kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]
+    ) -> None:
         """Store arrays (npz, no pickles) and JSON metadata; the JSON is written last and marks completion."""
         base = self._artefact_base(kind, key)
         with atomic_path(base.with_suffix(".npz")) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         write_json(base.with_suffix(".json"), {"saved_at": utc_now(), **meta})
 
-    def load_artefact(self, kind: str, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    def load_artefact(
+        self, kind: str, key: str
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         base = self._artefact_base(kind, key)
         meta_path, data_path = base.with_suffix(".json"), base.with_suffix(".npz")
         if not meta_path.exists() or not data_path.exists():
@@ -392,7 +408,9 @@ class Dataset:
 
 def _version_of(file_name: str, name: str) -> bool:
     rest = file_name[len(name) + 1 :]
-    return file_name.startswith(f"{name}-") and bool(re.match(r"^\d+[0-9a-f]{6}(\.ids)?\.npy$", rest))
+    return file_name.startswith(f"{name}-") and bool(
+        re.match(r"^\d+[0-9a-f]{6}(\.ids)?\.npy$", rest)
+    )
 
 
 def _counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
@@ -416,7 +434,9 @@ def _check_samples(frame: pd.DataFrame) -> pd.DataFrame:
     ids = frame["sample_id"].astype(str)
     duplicated = ids[ids.duplicated()]
     if len(duplicated):
-        raise StoreError(f"duplicate sample_id {duplicated.iloc[0]!r} ({len(duplicated)} duplicates)")
+        raise StoreError(
+            f"duplicate sample_id {duplicated.iloc[0]!r} ({len(duplicated)} duplicates)"
+        )
     frame = frame.copy()
     frame["sample_id"] = ids
     return frame.reset_index(drop=True)
@@ -429,7 +449,9 @@ class Workspace:
     """A directory of datasets. ``root=None`` uses $SHOAL_WORKSPACE, else ./shoal-workspace."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None):
-        self.root = Path(root or os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE).expanduser().resolve()
+        self.root = (
+            Path(root or os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE).expanduser().resolve()
+        )
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -469,12 +491,17 @@ class Workspace:
         """
         validate_name(name)
         if self.exists(name):
-            raise StoreError(f"dataset {name!r} already exists; choose another name or `shoal delete {name}`")
+            raise StoreError(
+                f"dataset {name!r} already exists; choose another name or `shoal delete {name}`"
+            )
         target = self.datasets_dir / name
         staging = Path(staged) if staged is not None else self.staging_dir(name)
         staging_ds = Dataset(staging)
         staging_ds.write_samples(samples)
-        write_json(staging / "dataset.json", {"name": name, "created_at": utc_now(), "has_images": has_images})
+        write_json(
+            staging / "dataset.json",
+            {"name": name, "created_at": utc_now(), "has_images": has_images},
+        )
         if target.exists():  # leftover without dataset.json: a crashed earlier attempt
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,8 @@ def embed_task(context: JobContext) -> dict[str, Any]:
     except EmbeddingCancelled as stopped:
         raise JobCancelled() from stopped
     return {"embedding": info.name, "count": info.count, "dim": info.dim}
+
+
 @task("extract")
 def extract_task(context: JobContext) -> dict[str, Any]:
     from embedding import EmbeddingCancelled
@@ -50,8 +52,13 @@ def extract_task(context: JobContext) -> dict[str, Any]:
     params = context.params
 
     def progress(update: Any) -> None:
-        context.report(update.done, update.total, rate=update.images_per_second, eta_seconds=update.eta_seconds,
-                       unit="images")
+        context.report(
+            update.done,
+            update.total,
+            rate=update.images_per_second,
+            eta_seconds=update.eta_seconds,
+            unit="images",
+        )
         context.check_cancelled()
 
     try:

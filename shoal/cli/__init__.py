@@ -53,7 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"shoal: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("shoal: interrupted; finished work is kept (embedding resumes where it stopped)", file=sys.stderr)
+        print(
+            "shoal: interrupted; finished work is kept (embedding resumes where it stopped)",
+            file=sys.stderr,
+        )
         return 130
 
 

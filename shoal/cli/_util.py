@@ -34,7 +34,9 @@ class ProgressLine:
         self._last = 0.0
         self._tty = sys.stderr.isatty()
 
-    def __call__(self, done: int, total: int, rate: float | None = None, eta: float | None = None) -> None:
+    def __call__(
+        self, done: int, total: int, rate: float | None = None, eta: float | None = None
+    ) -> None:
         now = time.monotonic()
         final = done >= total
         if not final and now - self._last < (0.2 if self._tty else self.every):

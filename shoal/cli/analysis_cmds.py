@@ -83,7 +83,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = add("similar", "Samples most similar to given samples or to an image file.", cmd_similar)
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument(
-        "--sample", "--sample-id", action="extend", nargs="+", dest="sample_ids", metavar="ID",
+        "--sample",
+        "--sample-id",
+        action="extend",
+        nargs="+",
+        dest="sample_ids",
+        metavar="ID",
         help="one or several sample ids (their mean direction is the query)",
     )
     query.add_argument(
@@ -96,8 +101,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "Do two subsets differ (calibrated permutation test), and where: novel samples, shifted clusters.",
         cmd_compare,
     )
-    p.add_argument("--reference", required=True, help='filter, e.g. "split=train" or "label=cat,dog"')
-    p.add_argument("--current", help='filter for the current set (default: everything not in reference)')
+    p.add_argument(
+        "--reference", required=True, help='filter, e.g. "split=train" or "label=cat,dog"'
+    )
+    p.add_argument(
+        "--current", help="filter for the current set (default: everything not in reference)"
+    )
     p.add_argument("--method", default="auto", help="two-sample test: auto (mmd), mmd, classifier")
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--permutations", type=int, default=500)
@@ -312,7 +321,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"reference {result.n_reference:,}, current {result.n_current:,}"
         )
         novelty = result.novelty_frame().sort_values("novelty", ascending=False)
-        print(f"  {int(result.novelty_flags.sum()):,} current samples are novel (not covered by the reference)")
+        print(
+            f"  {int(result.novelty_flags.sum()):,} current samples are novel (not covered by the reference)"
+        )
         for row in novelty.head(min(args.top, int(result.novelty_flags.sum()))).itertuples():
             print(f"    {row.sample_id}\tnovelty {row.novelty:.3f}")
         for shift in result.shifted_clusters:

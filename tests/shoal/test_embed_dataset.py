@@ -48,7 +48,9 @@ def test_killed_embed_resumes_where_it_stopped(sample_images: Path, tmp_path: Pa
     partial = dataset.partial_dir("efficientnet_lite0")
     args = _shoal("embed", "resume", "--batch-size", "8", "--workspace", str(workspace.root))
 
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 240
     while len(list(partial.glob("batch-*.npy"))) < 3:
         assert process.poll() is None, "embed finished before it could be killed"
@@ -61,15 +63,28 @@ def test_killed_embed_resumes_where_it_stopped(sample_images: Path, tmp_path: Pa
 
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    first_progress = next(line for line in resumed.stderr.splitlines() if line.startswith("embed resume:"))
-    assert not first_progress.startswith("embed resume: 0/"), first_progress  # started past the finished batches
+    first_progress = next(
+        line for line in resumed.stderr.splitlines() if line.startswith("embed resume:")
+    )
+    assert not first_progress.startswith("embed resume: 0/"), (
+        first_progress
+    )  # started past the finished batches
     resumed_vectors = np.array(dataset.load_embeddings().vectors)
     assert not partial.exists()
 
     # The stitched result equals an uninterrupted run.
     fresh = Workspace(tmp_path / "ws2")
     import_source(fresh, upload, dataset="resume")
-    assert subprocess.run(_shoal("embed", "resume", "--batch-size", "8", "--workspace", str(fresh.root))).returncode == 0
+    assert (
+        subprocess.run(
+            _shoal("embed", "resume", "--batch-size", "8", "--workspace", str(fresh.root))
+        ).returncode
+        == 0
+    )
     reference = np.array(fresh.open("resume").load_embeddings().vectors)
-    cosine = (resumed_vectors * reference).sum(1) / np.linalg.norm(resumed_vectors, axis=1) / np.linalg.norm(reference, axis=1)
+    cosine = (
+        (resumed_vectors * reference).sum(1)
+        / np.linalg.norm(resumed_vectors, axis=1)
+        / np.linalg.norm(reference, axis=1)
+    )
     assert resumed_vectors.shape == (80, 1280) and cosine.min() > 0.9999

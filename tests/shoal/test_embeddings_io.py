@@ -51,13 +51,17 @@ def test_parquet_rows_are_aligned_to_samples(dataset: Dataset, tmp_path: Path) -
 
 
 def test_variable_length_list_column(dataset: Dataset, tmp_path: Path) -> None:
-    file = _parquet(tmp_path / "e.parquet", ["a", "b", "c"], [[1, 1], [2, 2, 2], [3, 3]], fixed=False)
+    file = _parquet(
+        tmp_path / "e.parquet", ["a", "b", "c"], [[1, 1], [2, 2, 2], [3, 3]], fixed=False
+    )
     with pytest.raises(EmbeddingFileError, match=r"row 1 \(id 'b'\) has dimension 3, expected 2"):
         add_embeddings(dataset, file)
 
 
 def test_csv_and_npy_with_ids(dataset: Dataset, tmp_path: Path) -> None:
-    pd.DataFrame({"id": ["b", "a", "c"], "f0": [2.0, 1.0, 3.0], "f1": [0, 0, 0]}).to_csv(tmp_path / "e.csv", index=False)
+    pd.DataFrame({"id": ["b", "a", "c"], "f0": [2.0, 1.0, 3.0], "f1": [0, 0, 0]}).to_csv(
+        tmp_path / "e.csv", index=False
+    )
     add_embeddings(dataset, tmp_path / "e.csv", name="csv")
     np.save(tmp_path / "e.npy", np.array([[2.0], [1.0], [3.0]], dtype=np.float32))
     (tmp_path / "ids.txt").write_text("b\na\nc\n")
@@ -69,8 +73,16 @@ def test_csv_and_npy_with_ids(dataset: Dataset, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("ids", "vectors", "message"),
     [
-        (["a", "b", "c"], [[1, 1], [np.nan, 1], [1, 1]], r"row 1 \(id 'b'\) has a non-finite value \(nan\)"),
-        (["a", "b", "c"], [[1, 1], [1, np.inf], [1, 1]], r"row 1 \(id 'b'\) has a non-finite value \(inf\)"),
+        (
+            ["a", "b", "c"],
+            [[1, 1], [np.nan, 1], [1, 1]],
+            r"row 1 \(id 'b'\) has a non-finite value \(nan\)",
+        ),
+        (
+            ["a", "b", "c"],
+            [[1, 1], [1, np.inf], [1, 1]],
+            r"row 1 \(id 'b'\) has a non-finite value \(inf\)",
+        ),
         (["a", "b", "zz"], [[1, 1], [1, 1], [1, 1]], r"unknown id 'zz' at row 2"),
         (["a", "b", "b"], [[1, 1], [1, 1], [1, 1]], r"duplicate id 'b' \(row 2\)"),
         (["a", "b"], [[1, 1], [1, 1]], r"no embedding for 1 sample\(s\), e.g. 'c'"),
@@ -85,9 +97,15 @@ def test_strict_validation_names_row_or_id(
 
 
 def test_wrong_dimension_for_existing_set(dataset: Dataset, tmp_path: Path) -> None:
-    add_embeddings(dataset, _parquet(tmp_path / "e.parquet", ["a", "b", "c"], [[1, 1]] * 3), name="m")
-    with pytest.raises(EmbeddingFileError, match="dimension 3 does not match this embedding set's 2"):
-        add_embeddings(dataset, _parquet(tmp_path / "f.parquet", ["a", "b", "c"], [[1, 1, 1]] * 3), name="m")
+    add_embeddings(
+        dataset, _parquet(tmp_path / "e.parquet", ["a", "b", "c"], [[1, 1]] * 3), name="m"
+    )
+    with pytest.raises(
+        EmbeddingFileError, match="dimension 3 does not match this embedding set's 2"
+    ):
+        add_embeddings(
+            dataset, _parquet(tmp_path / "f.parquet", ["a", "b", "c"], [[1, 1, 1]] * 3), name="m"
+        )
 
 
 def test_non_numeric_csv_column(dataset: Dataset, tmp_path: Path) -> None:
@@ -97,7 +115,11 @@ def test_non_numeric_csv_column(dataset: Dataset, tmp_path: Path) -> None:
 
 
 def test_pickled_npy_is_never_loaded(dataset: Dataset, tmp_path: Path) -> None:
-    np.save(tmp_path / "evil.npy", np.array([{"x": 1}, {"y": 2}, {"z": 3}], dtype=object), allow_pickle=True)
+    np.save(
+        tmp_path / "evil.npy",
+        np.array([{"x": 1}, {"y": 2}, {"z": 3}], dtype=object),
+        allow_pickle=True,
+    )
     with pytest.raises(EmbeddingFileError, match="without unpickling"):
         add_embeddings(dataset, tmp_path / "evil.npy")
 
@@ -111,10 +133,12 @@ def test_npy_row_count_must_match_without_ids(dataset: Dataset, tmp_path: Path) 
 def test_dataset_from_embeddings_and_metadata_only(workspace: Workspace, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     np.save(tmp_path / "audio.npy", rng.normal(size=(5, 8)).astype(np.float32))
-    pd.DataFrame({"id": [f"clip{i}" for i in range(5)], "label": list("aabbb"), "speaker": list("xyzxy")}).to_csv(
-        tmp_path / "meta.csv", index=False
+    pd.DataFrame(
+        {"id": [f"clip{i}" for i in range(5)], "label": list("aabbb"), "speaker": list("xyzxy")}
+    ).to_csv(tmp_path / "meta.csv", index=False)
+    report = create_from_embeddings(
+        workspace, "audio", tmp_path / "audio.npy", metadata_file=tmp_path / "meta.csv"
     )
-    report = create_from_embeddings(workspace, "audio", tmp_path / "audio.npy", metadata_file=tmp_path / "meta.csv")
     ds = workspace.open("audio")
     assert report.imported == 5 and not ds.has_images
     assert ds.samples()["speaker"].tolist() == list("xyzxy")
@@ -122,7 +146,9 @@ def test_dataset_from_embeddings_and_metadata_only(workspace: Workspace, tmp_pat
 
 
 def test_export_round_trips(dataset: Dataset, tmp_path: Path) -> None:
-    add_embeddings(dataset, _parquet(tmp_path / "e.parquet", ["a", "b", "c"], [[1, 2], [3, 4], [5, 6]]))
+    add_embeddings(
+        dataset, _parquet(tmp_path / "e.parquet", ["a", "b", "c"], [[1, 2], [3, 4], [5, 6]])
+    )
     out = export_embeddings(dataset, tmp_path / "out" / "export.parquet")
     table = pq.read_table(out)
     assert table.column_names[:2] == ["sample_id", "embedding"] and "label" in table.column_names

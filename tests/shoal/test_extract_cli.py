@@ -13,7 +13,7 @@ from shoal.cli import main
 from shoal.importers import import_source
 from shoal.store import Workspace
 
-FACTORY = '''
+FACTORY = """
 import torch, torchvision
 
 def build_model():
@@ -21,7 +21,7 @@ def build_model():
     return torchvision.models.resnet18(weights=None, num_classes=10)
 
 PREPROCESSING = {"size": 112, "resize": "stretch"}
-'''
+"""
 
 
 @pytest.fixture
@@ -36,57 +36,122 @@ def dataset(sample_images: Path, tmp_path: Path) -> Workspace:
     return workspace
 
 
-def test_extract_with_a_factory_file(dataset: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_extract_with_a_factory_file(
+    dataset: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = f"{tmp_path / 'my_model.py'}:build_model"
     ws = str(dataset.root)
-    assert main(["extract", "mine", "--model", spec, "--embedding", "resnet", "--json", "--workspace", ws]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "mine",
+                "--model",
+                spec,
+                "--embedding",
+                "resnet",
+                "--json",
+                "--workspace",
+                ws,
+            ]
+        )
+        == 0
+    )
     written = json.loads(capsys.readouterr().out)
     assert written[0]["dim"] == 512 and written[0]["preprocessing"]["layer"] == "fc:input"
     ds = dataset.open("mine")
     first = np.array(ds.load_embeddings("resnet").vectors)
     assert first.shape == (len(ds.samples()), 512) and np.isfinite(first).all()
 
-    assert main(["extract", "mine", "--model", spec, "--layer", "layer4", "--embedding", "l4", "--workspace", ws]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "mine",
+                "--model",
+                spec,
+                "--layer",
+                "layer4",
+                "--embedding",
+                "l4",
+                "--workspace",
+                ws,
+            ]
+        )
+        == 0
+    )
     assert ds.load_embeddings("l4").info.dim == 512  # spatial map, average-pooled
-    assert main(["extract", "mine", "--model", spec, "--embedding", "again", "--workspace", ws]) == 0
-    np.testing.assert_allclose(np.array(ds.load_embeddings("again").vectors), first, rtol=1e-5, atol=1e-6)
+    assert (
+        main(["extract", "mine", "--model", spec, "--embedding", "again", "--workspace", ws]) == 0
+    )
+    np.testing.assert_allclose(
+        np.array(ds.load_embeddings("again").vectors), first, rtol=1e-5, atol=1e-6
+    )
 
 
-def test_wrong_layer_lists_valid_names(dataset: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_layer_lists_valid_names(
+    dataset: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = f"{tmp_path / 'my_model.py'}:build_model"
-    code = main(["extract", "mine", "--model", spec, "--layer", "layer5", "--workspace", str(dataset.root)])
+    code = main(
+        ["extract", "mine", "--model", spec, "--layer", "layer5", "--workspace", str(dataset.root)]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "layer5" in err and "layer4" in err
     assert dataset.open("mine").embedding_names() == []
 
 
-DETECTOR = '''
+DETECTOR = """
 import torch, torchvision
 
 def build_model():
     torch.manual_seed(0)
     return torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
         weights=None, weights_backbone=None, num_classes=21)
-'''
+"""
 
 
 @pytest.mark.slow
-def test_extract_detector_gives_one_vector_per_image_and_per_box(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_extract_detector_gives_one_vector_per_image_and_per_box(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from shoal.detection import import_coco
 
     fixture = Path(__file__).resolve().parents[1] / "fixtures" / "detection"
     workspace = Workspace(tmp_path / "ws")
-    import_coco(workspace, fixture / "detection.json", images=fixture, dataset="street",
-                predictions=fixture / "predictions.json")
+    import_coco(
+        workspace,
+        fixture / "detection.json",
+        images=fixture,
+        dataset="street",
+        predictions=fixture / "predictions.json",
+    )
     (tmp_path / "detector.py").write_text(DETECTOR)
     spec = f"{tmp_path / 'detector.py'}:build_model"
-    code = main(["extract", "street", "--model", spec, "--task", "detection", "--embedding", "frcnn", "--json",
-                 "--workspace", str(workspace.root)])
+    code = main(
+        [
+            "extract",
+            "street",
+            "--model",
+            spec,
+            "--task",
+            "detection",
+            "--embedding",
+            "frcnn",
+            "--json",
+            "--workspace",
+            str(workspace.root),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     ds = workspace.open("street")
     images = ds.load_embeddings("frcnn")
     boxes = ds.load_embeddings("frcnn-objects", level="object")
     objects = ds.objects()
     assert len(images.ids) == len(ds.samples()) == 4
-    assert sorted(boxes.ids) == sorted(objects["object_id"].astype(str)) and len(boxes.ids) == 31 + 15
-    assert boxes.info.level == "object" and boxes.info.dim == 1024 and np.isfinite(boxes.vectors).all()
+    assert (
+        sorted(boxes.ids) == sorted(objects["object_id"].astype(str)) and len(boxes.ids) == 31 + 15
+    )
+    assert (
+        boxes.info.level == "object" and boxes.info.dim == 1024 and np.isfinite(boxes.vectors).all()
+    )

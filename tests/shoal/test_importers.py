@@ -39,8 +39,12 @@ def test_folder_import_keeps_good_files_and_reports_each_bad_one(
     report = import_source(workspace, folder, dataset="pets")
     assert report.imported == 6
     reasons = {r.file: r.reason for r in report.rejected}
-    assert set(reasons) == {"train/birds/truncated.jpg", "train/birds/empty.png", "train/birds/notes.jpg",
-                            "train/birds/readme.txt"}
+    assert set(reasons) == {
+        "train/birds/truncated.jpg",
+        "train/birds/empty.png",
+        "train/birds/notes.jpg",
+        "train/birds/readme.txt",
+    }
     assert "truncated or corrupt" in reasons["train/birds/truncated.jpg"]
     assert "empty file" in reasons["train/birds/empty.png"]
     assert "not an image" in reasons["train/birds/notes.jpg"]
@@ -53,7 +57,9 @@ def test_folder_import_keeps_good_files_and_reports_each_bad_one(
         assert ds.image_file(path).is_file()
 
 
-def test_import_does_not_depend_on_upload_location(workspace: Workspace, sample_images: Path, tmp_path: Path) -> None:
+def test_import_does_not_depend_on_upload_location(
+    workspace: Workspace, sample_images: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "up" / "cats"
     folder.mkdir(parents=True)
     for image in _real_images(sample_images, 3):
@@ -107,7 +113,9 @@ def test_zip_slip_entries_are_refused_and_nothing_escapes(
     assert report.imported == 1
     reasons = [r.reason for r in report.rejected]
     assert len(reasons) == 3 and all("zip-slip" in r for r in reasons)
-    assert not list(tmp_path.rglob("evil*.jpg")) and not list(workspace.root.parent.rglob("evil*.jpg"))
+    assert not list(tmp_path.rglob("evil*.jpg")) and not list(
+        workspace.root.parent.rglob("evil*.jpg")
+    )
     assert workspace.open("z").samples()["label"].tolist() == ["cats"]
 
 
@@ -122,9 +130,13 @@ def test_zip_bomb_is_refused(workspace: Workspace, sample_images: Path, tmp_path
 
 def test_zip_total_size_cap(workspace: Workspace, sample_images: Path, tmp_path: Path) -> None:
     images = _real_images(sample_images, 4)
-    archive = _zip({f"x/{i}.jpg": p.read_bytes() for i, p in enumerate(images)}, tmp_path / "many.zip")
+    archive = _zip(
+        {f"x/{i}.jpg": p.read_bytes() for i, p in enumerate(images)}, tmp_path / "many.zip"
+    )
     cap = sum(p.stat().st_size for p in images[:2])
-    report = import_source(workspace, archive, dataset="z", limits=ImportLimits(max_zip_total_bytes=cap))
+    report = import_source(
+        workspace, archive, dataset="z", limits=ImportLimits(max_zip_total_bytes=cap)
+    )
     assert report.imported == 2
     assert sum("zip bomb" in r.reason for r in report.rejected) == 2
 
@@ -137,7 +149,9 @@ def test_corrupt_zip_is_one_clear_error(workspace: Workspace, tmp_path: Path) ->
     assert workspace.list_datasets() == []
 
 
-def test_manifest_with_metadata_and_missing_rows(workspace: Workspace, sample_images: Path, tmp_path: Path) -> None:
+def test_manifest_with_metadata_and_missing_rows(
+    workspace: Workspace, sample_images: Path, tmp_path: Path
+) -> None:
     images = _real_images(sample_images, 3)
     for image in images:
         shutil.copy(image, tmp_path / image.name)
@@ -160,13 +174,17 @@ def test_manifest_with_metadata_and_missing_rows(workspace: Workspace, sample_im
     assert samples["confidence"].tolist() == [0.9, 0.4, 0.8]
 
 
-def test_manifest_without_path_column_names_the_columns(workspace: Workspace, tmp_path: Path) -> None:
+def test_manifest_without_path_column_names_the_columns(
+    workspace: Workspace, tmp_path: Path
+) -> None:
     (tmp_path / "m.csv").write_text("name,label\na.jpg,x\n")
     with pytest.raises(ImportError_, match="no image path column.*columns found: name, label"):
         import_source(workspace, tmp_path / "m.csv", dataset="m")
 
 
-def test_nothing_valid_is_an_error_and_leaves_no_dataset(workspace: Workspace, tmp_path: Path) -> None:
+def test_nothing_valid_is_an_error_and_leaves_no_dataset(
+    workspace: Workspace, tmp_path: Path
+) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.jpg").write_bytes(b"")
     with pytest.raises(ImportError_, match="x.jpg: empty file"):
@@ -177,14 +195,22 @@ def test_nothing_valid_is_an_error_and_leaves_no_dataset(workspace: Workspace, t
 
 def test_image_formats(tmp_path: Path) -> None:
     image = Image.new("RGB", (20, 10), (200, 10, 10))
-    for fmt, suffix in (("PNG", "png"), ("WEBP", "webp"), ("BMP", "bmp"), ("TIFF", "tif"), ("JPEG", "jpg")):
+    for fmt, suffix in (
+        ("PNG", "png"),
+        ("WEBP", "webp"),
+        ("BMP", "bmp"),
+        ("TIFF", "tif"),
+        ("JPEG", "jpg"),
+    ):
         buffer = io.BytesIO()
         image.save(buffer, fmt)
         (tmp_path / f"a.{suffix}").write_bytes(buffer.getvalue())
         assert check_image(tmp_path / f"a.{suffix}") is None, fmt
 
 
-def test_zip_wrapper_folder_with_a_stray_text_file(workspace: Workspace, sample_images: Path, tmp_path: Path) -> None:
+def test_zip_wrapper_folder_with_a_stray_text_file(
+    workspace: Workspace, sample_images: Path, tmp_path: Path
+) -> None:
     """Regression: a notes file beside the class folders made every image labelled with the wrapper's name."""
     images = _real_images(sample_images, 2)
     entries = {f"pets/cats/{p.name}": p.read_bytes() for p in images[:1]}

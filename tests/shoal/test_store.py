@@ -48,7 +48,9 @@ def test_workspace_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert Workspace().root == (tmp_path / "team").resolve()
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".hidden", "", "a" * 65, "a\\b", "x..y", "con:"])
+@pytest.mark.parametrize(
+    "name", ["../x", "a/b", "..", ".hidden", "", "a" * 65, "a\\b", "x..y", "con:"]
+)
 def test_bad_names_are_refused(workspace: Workspace, name: str) -> None:
     with pytest.raises(InvalidNameError):
         workspace.create(name, _samples(1), has_images=False)
@@ -74,7 +76,9 @@ def test_duplicate_sample_ids_are_refused(workspace: Workspace) -> None:
 def test_embeddings_round_trip_memory_mapped(workspace: Workspace) -> None:
     ds = workspace.create("emb", _samples(4), has_images=False)
     vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
-    info = ds.save_embeddings("m", vectors, [f"s{i}" for i in range(4)], model="test", preprocessing={"size": 8})
+    info = ds.save_embeddings(
+        "m", vectors, [f"s{i}" for i in range(4)], model="test", preprocessing={"size": 8}
+    )
     loaded = ds.load_embeddings("m")
     assert isinstance(loaded.vectors, np.memmap)
     np.testing.assert_array_equal(loaded.vectors, vectors)
@@ -130,8 +134,12 @@ def _writer(root: str, rounds: int) -> None:
 
 def test_reader_never_sees_a_torn_embedding_set(workspace: Workspace) -> None:
     ds = workspace.create("race", _samples(500), has_images=False)
-    ds.save_embeddings("m", np.full((500, 256), -1, dtype=np.float32), [f"s{i}" for i in range(500)], model="t")
-    writer = multiprocessing.get_context("spawn").Process(target=_writer, args=(str(workspace.root), 40))
+    ds.save_embeddings(
+        "m", np.full((500, 256), -1, dtype=np.float32), [f"s{i}" for i in range(500)], model="t"
+    )
+    writer = multiprocessing.get_context("spawn").Process(
+        target=_writer, args=(str(workspace.root), 40)
+    )
     writer.start()
     reads = 0
     deadline = time.monotonic() + 60
