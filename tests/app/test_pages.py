@@ -103,7 +103,8 @@ def test_link_restores_map_colouring_and_selection(
     sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = [3, 10, 42, 100]
-    token = view.Selection.from_rows(rows, n_rows=355).to_token()
+    n_rows = len(sample_ws.open("sample").samples())
+    token = view.Selection.from_rows(rows, n_rows=n_rows).to_token()
     at = open_app(
         sample_ws, monkeypatch, page="pages/map.py", ds="sample", color="split", sel=token
     ).run()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-import multiprocessing
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -125,11 +126,15 @@ def test_artefacts_keyed_by_version_and_params(workspace: Workspace) -> None:
     assert artefact_key(newer, n_neighbors=15) != key
 
 
-def _writer(root: str, rounds: int) -> None:
-    ds = Workspace(root).open("race")
-    ids = [f"s{i}" for i in range(500)]
-    for version in range(rounds):
-        ds.save_embeddings("m", np.full((500, 256), version, dtype=np.float32), ids, model="t")
+WRITER = """
+import sys
+import numpy as np
+from shoal.store import Workspace
+ds = Workspace(sys.argv[1]).open("race")
+ids = [f"s{i}" for i in range(500)]
+for version in range(int(sys.argv[2])):
+    ds.save_embeddings("m", np.full((500, 256), version, dtype=np.float32), ids, model="t")
+"""
 
 
 def test_reader_never_sees_a_torn_embedding_set(workspace: Workspace) -> None:
@@ -137,16 +142,13 @@ def test_reader_never_sees_a_torn_embedding_set(workspace: Workspace) -> None:
     ds.save_embeddings(
         "m", np.full((500, 256), -1, dtype=np.float32), [f"s{i}" for i in range(500)], model="t"
     )
-    writer = multiprocessing.get_context("spawn").Process(
-        target=_writer, args=(str(workspace.root), 40)
-    )
-    writer.start()
+    # A separate interpreter (not multiprocessing: its spawn re-runs whatever __main__ is).
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(workspace.root), "40"])
     reads = 0
     deadline = time.monotonic() + 60
-    while writer.is_alive() and time.monotonic() < deadline:
+    while writer.poll() is None and time.monotonic() < deadline:
         loaded = ds.load_embeddings("m")
         values = np.unique(loaded.vectors)
         assert len(values) == 1 and loaded.vectors.shape == (500, 256) and len(loaded.ids) == 500
         reads += 1
-    writer.join()
-    assert writer.exitcode == 0 and reads > 0
+    assert writer.wait(timeout=60) == 0 and reads > 0
