@@ -46,6 +46,13 @@ def _pick_dataset() -> None:
     st.session_state["embedding"] = None
 
 
+def _pick_level() -> None:
+    st.session_state["level"] = "object" if st.session_state["_level_picker"] == "object" else None
+    st.session_state["embedding"] = None
+    for key in ("view_sel", "similar_sel", "similar_q"):  # row selections of the other level
+        st.session_state.pop(key, None)
+
+
 def _pick_embedding() -> None:
     st.session_state["embedding"] = st.session_state["_embedding_picker"]
 
@@ -60,7 +67,20 @@ with st.sidebar:
         st.session_state["_dataset_picker"] = st.session_state["dataset"]
         st.selectbox("Dataset", names, key="_dataset_picker", on_change=_pick_dataset)
         dataset = ui.workspace().open(st.session_state["dataset"])
-        embeddings = dataset.embedding_names()
+        if ui.has_object_level(dataset):
+            st.session_state["_level_picker"] = ui.current_level(dataset)
+            st.segmented_control(
+                "Level",
+                ["sample", "object"],
+                format_func={"sample": "Images", "object": "Objects"}.get,
+                key="_level_picker",
+                on_change=_pick_level,
+                required=True,
+                help="Explore whole images, or every box (labels and predictions) of the dataset.",
+            )
+        else:
+            st.session_state["level"] = None
+        embeddings = ui.level_embedding_names(dataset, ui.current_level(dataset))
         if len(embeddings) > 1:
             st.session_state["_embedding_picker"] = ui.embedding_choice(dataset)
             st.selectbox(

@@ -245,11 +245,16 @@ def mislabels(
     embedding: str | None = None,
     *,
     n_neighbors: int = DEFAULT_GRAPH_NEIGHBORS,
-    label_column: str = "label",
+    label_column: str | None = None,
     recompute: bool = False,
 ) -> Computed[MislabelResult]:
-    """Label-vs-neighbours disagreement (artefact 'mislabels'); needs a label column."""
+    """Label-vs-neighbours disagreement (artefact 'mislabels'); needs a label column.
+
+    ``label_column=None`` checks ``label`` for images and each box's ``category`` for objects.
+    """
     embeddings = ds.load_embeddings(embedding)
+    if label_column is None:
+        label_column = "category" if embeddings.info.level == "object" else "label"
     labels = _column(ds, embeddings, label_column)
     if labels is None or pd.isna(pd.Series(labels, dtype=object)).all():
         raise StoreError(f"dataset {ds.name!r} has no {label_column!r} values to check")
@@ -322,22 +327,38 @@ def rows_of(embeddings: EmbeddingSet, sample_ids: Sequence[str]) -> np.ndarray:
     return rows.astype(np.int64)
 
 
-def _column(ds: Dataset, embeddings: EmbeddingSet, column: str) -> np.ndarray | None:
-    """A samples-table (or objects-table) column aligned to the embedding rows; None if absent."""
+def row_metadata(ds: Dataset, embeddings: EmbeddingSet) -> pd.DataFrame:
+    """The metadata table of an embedding set, row ``i`` describing embedding row ``i``.
+
+    Sample-level sets: the samples table. Object-level sets: the objects table (``object_id``
+    first, its ``sample_id`` the image it is in) with the columns of its sample that the objects
+    table does not have (split, path, user metadata). Ids missing from the table give empty rows.
+    """
+    ids = embeddings.ids.astype(str)
     if embeddings.info.level == "object":
-        table, id_column = ds.objects(), "object_id"
-        if table is not None and column not in table.columns and "sample_id" in table.columns:
-            samples = (
-                ds.samples()[["sample_id", column]] if column in ds.samples().columns else None
-            )
-            if samples is not None:
-                table = table.merge(samples, on="sample_id", how="left")
+        objects = ds.objects()
+        if objects is None:
+            raise StoreError(f"dataset {ds.name!r} has an object-level set but no objects table")
+        samples = ds.samples()
+        extra = ["sample_id", *(c for c in samples.columns if c not in objects.columns)]
+        table = objects.merge(samples[extra], on="sample_id", how="left")
+        id_column = "object_id"
     else:
         table, id_column = ds.samples(), "sample_id"
-    if table is None or column not in table.columns or id_column not in table.columns:
+    aligned = table.set_index(table[id_column].astype(str)).reindex(ids)
+    aligned[id_column] = ids
+    return aligned.reset_index(drop=True)
+
+
+def _column(ds: Dataset, embeddings: EmbeddingSet, column: str) -> np.ndarray | None:
+    """A samples-table (or objects-table) column aligned to the embedding rows; None if absent."""
+    try:
+        table = row_metadata(ds, embeddings)
+    except StoreError:
         return None
-    values = table.set_index(table[id_column].astype(str))[column]
-    aligned = values.reindex(embeddings.ids.astype(str))
+    if column not in table.columns:
+        return None
+    aligned = table[column]
     return aligned.astype(object).where(aligned.notna(), None).to_numpy()
 
 

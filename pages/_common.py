@@ -33,7 +33,8 @@ INLINE_MAX_SAMPLES = 5_000
 GALLERY_PAGE_SIZE = 24
 JOB_POLL_SECONDS = 1.0
 
-GLOBAL_PARAMS = {"ds": "dataset", "emb": "embedding", "job": "job_id"}
+#: ``level`` is None (images) or "object" (the boxes of a detection dataset).
+GLOBAL_PARAMS = {"ds": "dataset", "emb": "embedding", "job": "job_id", "level": "level"}
 
 
 APP_FILE = Path(__file__).resolve().parents[1] / "app.py"
@@ -235,19 +236,42 @@ def no_embeddings_notice(ds) -> None:
 def dataset_stamp(ds) -> str:
     """Changes whenever the samples table or any embedding set of ``ds`` changes (cache key)."""
     parts = [str((ds.root / "samples.parquet").stat().st_mtime_ns)]
+    objects = ds.root / "objects.parquet"
+    if objects.exists():
+        parts.append(f"objects:{objects.stat().st_mtime_ns}")
     embeddings = ds.root / "embeddings"
     if embeddings.exists():
         parts += sorted(f"{p.name}:{p.stat().st_mtime_ns}" for p in embeddings.glob("*.json"))
     return "|".join(parts)
 
 
-def embedding_choice(ds) -> str | None:
-    """The embedding set chosen for ``ds`` (session/URL), falling back to the dataset's default."""
-    names = ds.embedding_names()
+def has_object_level(ds) -> bool:
+    """True when ``ds`` has an object-level embedding set (then the level switch is shown)."""
+    return ds.default_embedding(level="object") is not None
+
+
+def current_level(ds) -> str:
+    """'object' when the session (or link) asks for objects and ``ds`` has them, else 'sample'."""
+    if st.session_state.get("level") == "object" and has_object_level(ds):
+        return "object"
+    return "sample"
+
+
+def level_embedding_names(ds, level: str) -> list[str]:
+    return [n for n in ds.embedding_names() if ds.embedding_info(n).level == level]
+
+
+def embedding_choice(ds, *, level: str | None = None) -> str | None:
+    """The embedding set chosen for ``ds`` (session/URL) at ``level`` (default: the current one),
+    falling back to the dataset's default set of that level."""
+    current = current_level(ds)
+    level = level or current
+    names = level_embedding_names(ds, level)
     chosen = st.session_state.get("embedding")
     if chosen not in names:
-        chosen = ds.default_embedding()
-        st.session_state["embedding"] = None
+        chosen = ds.default_embedding(level=level)
+        if level == current:
+            st.session_state["embedding"] = None
     return chosen
 
 
@@ -258,15 +282,16 @@ def load_samples(root: str, name: str, stamp: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def aligned_samples(root: str, name: str, stamp: str, embedding: str | None) -> pd.DataFrame:
-    """The samples table in the embedding set's row order (row i = embedding row i)."""
+    """The metadata table in the embedding set's row order (row i = embedding row i).
+
+    For an object-level set, one row per box: the objects table joined with its image's columns.
+    """
     ds = Workspace(root).open(name)
-    samples = ds.samples()
     if embedding is None:
-        return samples.reset_index(drop=True)
-    ids = ds.load_embeddings(embedding).ids.astype(str)
-    aligned = samples.set_index(samples["sample_id"].astype(str)).reindex(ids)
-    aligned["sample_id"] = ids
-    return aligned.reset_index(drop=True)
+        return ds.samples().reset_index(drop=True)
+    import analysis.workspace as aw
+
+    return aw.row_metadata(ds, ds.load_embeddings(embedding))
 
 
 def embedding_version(ds, embedding: str) -> str:
@@ -502,7 +527,12 @@ def sample_tile(
     record = samples.iloc[int(row)]
     path = record.get("path") if "path" in samples else None
     if ds.has_images and isinstance(path, str) and path:
-        st.image(thumbnail(str(workspace().root), str(ds.image_file(path))), width="stretch")
+        box = view.object_box(samples, int(row))
+        if box is not None:
+            image = box_thumbnail(str(workspace().root), str(ds.image_file(path)), box)
+        else:
+            image = thumbnail(str(workspace().root), str(ds.image_file(path)))
+        st.image(image, width="stretch")
         st.caption(
             "  \n".join(
                 ([caption] if caption else []) + view.tile_caption(samples, int(row))[:lines]
@@ -518,6 +548,11 @@ def sample_tile(
 @st.cache_data(show_spinner=False, max_entries=4096)
 def thumbnail(root: str, image: str) -> bytes:
     return view.thumbnail(Workspace(root), Path(image))
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def box_thumbnail(root: str, image: str, box: tuple[float, float, float, float]) -> bytes:
+    return view.box_thumbnail(Workspace(root), Path(image), box)
 
 
 def download_csv(label: str, table: pd.DataFrame, *, file_name: str, key: str) -> None:

@@ -20,7 +20,9 @@ st.title("Compare")
 ds = ui.current_dataset()
 if ds is None:
     ui.stop()
-embedding = ui.embedding_choice(ds)
+if ui.current_level(ds) == "object":
+    st.caption("Comparisons are between sets of whole images: this page stays at the image level.")
+embedding = ui.embedding_choice(ds, level="sample")
 if embedding is None:
     ui.no_embeddings_notice(ds)
     ui.stop()

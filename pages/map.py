@@ -38,7 +38,7 @@ def colour_names(root: str, name: str, stamp: str, embedding: str) -> list[str]:
     table = ui.aligned_samples(root, name, stamp, embedding)
     names = list(view.metadata_colourings(table))
     extra = ["outlier score", "projection trust"]
-    if default_comparison(table) is not None:
+    if "object_id" not in table and default_comparison(table) is not None:
         extra += ["novelty", "cluster"]
     return ["none", *names, *extra]
 
@@ -93,7 +93,7 @@ def hover(root: str, name: str, stamp: str, embedding: str) -> tuple[np.ndarray,
 
 
 options = colour_names(root, ds.name, stamp, embedding)
-default_colour = "label" if "label" in options else "none"
+default_colour = next((c for c in ("category", "label") if c in options), "none")
 if ui.url_state("color", "view_color", default_colour) not in options:
     st.session_state["view_color"] = default_colour
 token = ui.url_state("sel", "view_sel", None)
@@ -103,7 +103,7 @@ colour = controls[0].selectbox("Colour by", options, key="view_color", persist_s
 projection = ui.projection(root, ds.name, embedding, version)
 coords = projection["coords"]
 controls[1].caption(
-    f"{n_samples:,} samples · {projection['method'].upper()} of **{embedding}** · trustworthiness "
+    f"{n_samples:,} {'objects' if 'object_id' in samples else 'samples'} · {projection['method'].upper()} of **{embedding}** · trustworthiness "
     f"{projection['trustworthiness']:.2f} (1 = every map neighbour is a true neighbour). Drag a box "
     "(or pick lasso in the chart's toolbar) to select; click a point to pick one."
 )

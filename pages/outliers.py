@@ -47,7 +47,7 @@ section = st.segmented_control(
     persist_state="session",
     required=True,
 )
-sample_ids = samples["sample_id"].astype(str).to_numpy()
+sample_ids = view.row_ids(samples)
 
 
 def show_on_map(rows: np.ndarray, key: str) -> None:

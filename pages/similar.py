@@ -32,7 +32,7 @@ root, stamp, version = (
     ui.embedding_version(ds, embedding),
 )
 samples = ui.aligned_samples(root, ds.name, stamp, embedding)
-sample_ids = samples["sample_id"].astype(str).to_numpy()
+sample_ids = view.row_ids(samples)
 info = ds.embedding_info(embedding)
 
 if (

@@ -48,6 +48,9 @@ MAX_CATEGORIES = 24
 #: Longest selection token kept in a link; a larger selection is shared as its geometry/query.
 MAX_TOKEN_CHARS = 6_000
 THUMBNAIL_SIZE = 160
+#: Context kept around a box in its thumbnail, as a fraction of the box's longer side.
+BOX_MARGIN = 0.15
+BOX_COLOUR = (255, 45, 85)
 #: Plotly's qualitative palette for categories, long enough for MAX_CATEGORIES.
 CATEGORY_COLOURS = (
     "#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6",
@@ -55,6 +58,10 @@ CATEGORY_COLOURS = (
     "#E377C2", "#7F7F7F", "#BCBD22", "#17BECF", "#393B79", "#637939", "#8C6D31", "#843C39",
 )  # fmt: skip
 OTHER_COLOUR = "#C8C8C8"
+#: Fixed colours of an object's match status: true positive, false positive, missed (false negative).
+STATUS_COLOURS = {"tp": "#54A24B", "fp": "#E45756", "fn": "#F58518"}
+#: Object-table columns that are coordinates or ids, never colourings.
+OBJECT_GEOMETRY = ("object_id", "match_id", "x0", "y0", "x1", "y1")
 
 
 # --------------------------------------------------------------------------- selections
@@ -377,7 +384,7 @@ def metadata_colourings(
     and are skipped otherwise (an id-like column says nothing as a colour).
     """
     out: dict[str, Colouring] = {}
-    skip = {"sample_id", "source", "path"}
+    skip = {"sample_id", "source", "path", *OBJECT_GEOMETRY}
     for column in samples.columns:
         if column in skip or samples[column].isna().all():
             continue
@@ -387,6 +394,13 @@ def metadata_colourings(
         elif pd.api.types.is_numeric_dtype(series) and series.nunique() > 12:
             out[column] = Colouring.continuous(
                 column, series.to_numpy(dtype=np.float64, na_value=np.nan)
+            )
+        elif column == "status":
+            out[column] = Colouring.categorical(
+                column,
+                series,
+                description="tp = matched prediction, fp = unmatched prediction, fn = missed label",
+                colours=STATUS_COLOURS,
             )
         elif series.nunique() <= max_categories:
             out[column] = Colouring.categorical(column, series)
@@ -573,9 +587,12 @@ def hover_lines(
     columns: Sequence[str] = (),
     extra: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """One hover string per row: id, label, then the given columns and extra values (rounded)."""
-    parts = [("id", samples["sample_id"].astype(str).to_numpy())]
-    for column in ("label", "split", *columns):
+    """One hover string per row: id, label, then the given columns and extra values (rounded).
+
+    Object rows (an ``object_id`` column) show the object id, its category, kind and status.
+    """
+    parts = [("id", row_ids(samples).astype(str))]
+    for column in ("category", "kind", "status", "label", "split", *columns):
         if column in samples and column not in dict(parts) and samples[column].notna().any():
             parts.append(
                 (column, samples[column].astype(str).where(samples[column].notna(), "—").to_numpy())
@@ -604,9 +621,15 @@ def hover_for(
 ) -> tuple[np.ndarray, str]:
     """(hover text per row, prefix) as the map uses them: rich for small sets, the id for large."""
     if len(samples) <= max_rich:
-        columns = [c for c in ("prediction", "confidence") if c in samples]
+        columns = [c for c in ("prediction", "confidence", "score", "iou") if c in samples]
         return hover_lines(samples, columns=columns), ""
-    return samples["sample_id"].astype(str).to_numpy(dtype=object), "id: "
+    return row_ids(samples).astype(object), "id: "
+
+
+def row_ids(samples: pd.DataFrame) -> np.ndarray:
+    """The id of each row: ``object_id`` for a table of objects, else ``sample_id``; (n,) str."""
+    column = "object_id" if "object_id" in samples else "sample_id"
+    return samples[column].astype(str).to_numpy()
 
 
 # --------------------------------------------------------------------------- tables and exports
@@ -636,7 +659,8 @@ def describe_rows(
 ) -> list[str]:
     """Short "key: value" lines for one sample (for captions and for samples without images)."""
     record = samples.iloc[int(row)]
-    names = ["sample_id", "label", "split", "prediction", *columns]
+    names = ["object_id", "category", "kind", "status", "sample_id", "label", "split", "prediction"]
+    names += list(columns)
     names += [c for c in samples.columns if c not in names and c not in ("source", "path")]
     lines: list[str] = []
     for name in dict.fromkeys(names):
@@ -647,14 +671,19 @@ def describe_rows(
 
 
 def tile_caption(samples: pd.DataFrame, row: int) -> list[str]:
-    """Two short lines under a thumbnail: "label · split" (what is known) and the sample id."""
+    """Two short lines under a thumbnail: "label · split" (what is known) and the row's id.
+
+    Objects: "category · kind · status" (and the detector's score) and the object id.
+    """
     record = samples.iloc[int(row)]
-    known = [
-        str(record[c]) for c in ("label", "split") if c in record.index and pd.notna(record[c])
-    ]
+    fields = ("category", "kind", "status") if "object_id" in record.index else ("label", "split")
+    known = [str(record[c]) for c in fields if c in record.index and pd.notna(record[c])]
     if "prediction" in record.index and pd.notna(record["prediction"]):
         known.append(f"pred {record['prediction']}")
-    return [" · ".join(known), str(record["sample_id"])] if known else [str(record["sample_id"])]
+    if "object_id" in record.index and "score" in record.index and pd.notna(record["score"]):
+        known.append(f"score {record['score']:.2f}")
+    identity = str(record["object_id" if "object_id" in record.index else "sample_id"])
+    return [" · ".join(known), identity] if known else [identity]
 
 
 # --------------------------------------------------------------------------- thumbnails
@@ -693,6 +722,89 @@ def thumbnail(workspace: Workspace, image: Path, *, size: int = THUMBNAIL_SIZE) 
         picture = tile
         buffer = io.BytesIO()
         picture.save(buffer, format="JPEG", quality=82, optimize=True)
+    data = buffer.getvalue()
+    try:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+    except OSError:
+        pass  # a read-only workspace still gets its thumbnails, just not cached
+    return data
+
+
+def object_box(samples: pd.DataFrame, row: int) -> tuple[float, float, float, float] | None:
+    """The (x0, y0, x1, y1) pixel box of an object row; None for sample rows or missing boxes."""
+    if not all(c in samples for c in ("object_id", "x0", "y0", "x1", "y1")):
+        return None
+    record = samples.iloc[int(row)]
+    box = [record[c] for c in ("x0", "y0", "x1", "y1")]
+    if any(pd.isna(v) for v in box):
+        return None
+    return tuple(float(v) for v in box)  # type: ignore[return-value]
+
+
+def box_thumbnail_path(
+    workspace: Workspace,
+    image: Path,
+    box: Sequence[float],
+    *,
+    size: int = THUMBNAIL_SIZE,
+    margin: float = BOX_MARGIN,
+) -> Path:
+    """Where the box-crop thumbnail of ``box`` in ``image`` is cached (keyed by image and box)."""
+    base = thumbnail_path(workspace, image, size=size)
+    key = hashlib.sha256(
+        json.dumps([base.stem, [round(float(v), 2) for v in box], margin]).encode()
+    ).hexdigest()
+    return workspace.root / ".cache" / "thumbnails" / f"box{size}" / key[:2] / f"{key}.jpg"
+
+
+def box_thumbnail(
+    workspace: Workspace,
+    image: Path,
+    box: Sequence[float],
+    *,
+    size: int = THUMBNAIL_SIZE,
+    margin: float = BOX_MARGIN,
+    colour: tuple[int, int, int] = BOX_COLOUR,
+) -> bytes:
+    """A ``size`` x ``size`` JPEG of one object: its box (x0, y0, x1, y1 in pixels) with
+    ``margin`` (a fraction of the box's longer side) of context around it, fitted and padded white,
+    and the box outlined in ``colour``. Made once and cached on disk like :func:`thumbnail`."""
+    target = box_thumbnail_path(workspace, image, box, size=size, margin=margin)
+    if target.exists():
+        return target.read_bytes()
+    from PIL import Image, ImageDraw
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    x0, x1 = min(x0, x1), max(x0, x1)
+    y0, y1 = min(y0, y1), max(y0, y1)
+    pad = margin * max(x1 - x0, y1 - y0, 1.0)
+    with Image.open(image) as opened:
+        picture = opened.convert("RGB")
+    left = int(np.clip(np.floor(x0 - pad), 0, picture.width - 1))
+    top = int(np.clip(np.floor(y0 - pad), 0, picture.height - 1))
+    right = int(np.clip(np.ceil(x1 + pad), left + 1, picture.width))
+    bottom = int(np.clip(np.ceil(y1 + pad), top + 1, picture.height))
+    crop = picture.crop((left, top, right, bottom))
+    scale = min(size / crop.width, size / crop.height)
+    fitted = crop.resize(
+        (max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
+        Image.Resampling.LANCZOS,
+    )
+    tile = Image.new("RGB", (size, size), (255, 255, 255))
+    offset = ((size - fitted.width) // 2, (size - fitted.height) // 2)
+    tile.paste(fitted, offset)
+    # The box in tile coordinates, clipped to the crop (a box may run off the image).
+    corners = [
+        offset[0] + (np.clip(x0, left, right) - left) * scale,
+        offset[1] + (np.clip(y0, top, bottom) - top) * scale,
+        offset[0] + (np.clip(x1, left, right) - left) * scale - 1,
+        offset[1] + (np.clip(y1, top, bottom) - top) * scale - 1,
+    ]
+    corners[2], corners[3] = max(corners[2], corners[0]), max(corners[3], corners[1])
+    ImageDraw.Draw(tile).rectangle(corners, outline=colour, width=max(2, size // 80))
+    buffer = io.BytesIO()
+    tile.save(buffer, format="JPEG", quality=85, optimize=True, subsampling=0)  # crisp box edge
     data = buffer.getvalue()
     try:
         with atomic_path(target) as tmp:

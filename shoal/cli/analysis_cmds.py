@@ -75,7 +75,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = add(
         "mislabels", "Rank samples whose label disagrees with their neighbours'.", cmd_mislabels
     )
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--label-column", default=None, help="default: label (images) or category (objects)")
     p.add_argument(
         "--top", type=int, default=20, help="flagged samples to list (default: %(default)s)"
     )
