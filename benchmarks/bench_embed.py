@@ -10,7 +10,7 @@ Each phase runs in its own process, so its peak memory (getrusage peak RSS of th
 its largest child) is its own. Rounds alternate the phases, so load from other users
 hits all of them; the report gives every round and the median ratios.
 
-    .venv/bin/python benchmarks/bench_embed.py [--images 256] [--rounds 3] [--threads 2]
+    .venv/bin/python benchmarks/bench_embed.py [--images 512] [--rounds 3] [--threads 2]
 
 Writes benchmarks/results/embed.json and prints a markdown table.
 """
@@ -92,18 +92,22 @@ def write_photos(folder: Path, count: int) -> list[Path]:
 # --------------------------------------------------------------------------- memory
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process plus that of its largest finished child (MB).
+def children_peak_kb() -> int:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
-    Read from getrusage, so measuring costs nothing (sampling /proc while the pipeline runs
-    slowed it down several-fold). With worker processes it is an upper bound: their pages shared
-    with the parent count twice.
+
+def peak_rss_mb(children_before: int) -> float:
+    """Peak resident memory of this process plus that of its largest child (MB).
+
+    ``children_before``: children_peak_kb() when the measured work began. Children that finished
+    earlier (``import torch`` forks one, which "has" all of the parent's resident pages) only
+    count if the work's own children exceeded them. Read from getrusage, so measuring costs
+    nothing (sampling /proc while the pipeline runs slowed it down several-fold). With worker
+    processes it is an upper bound: pages they share with the parent count twice.
     """
-    own, children = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return (own.ru_maxrss + children.ru_maxrss) / 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = children_peak_kb()
+    return (own + (children if children > children_before else 0)) / 1024
 
 
 # --------------------------------------------------------------------------- phases (one process each)
@@ -134,7 +138,7 @@ def phase_baseline(files: list[Path], out: Path) -> dict[str, float]:
         mean=config.mean,
         std=config.std,
     )
-    started, cpu_started = time.perf_counter(), cpu_seconds()
+    started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
     rows = []
     with torch.inference_mode():
         for start in range(0, len(files), 32):
@@ -148,7 +152,7 @@ def phase_baseline(files: list[Path], out: Path) -> dict[str, float]:
         "seconds": seconds,
         "cpu_ms_per_image": 1000 * cpu / len(files),
         "images_per_second": len(files) / seconds,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(children),
     }
 
 
@@ -158,7 +162,7 @@ def phase_pipeline(
     from embedding import create_model, embed_paths
 
     model = create_model("efficientnet_lite0")
-    started, cpu_started = time.perf_counter(), cpu_seconds()
+    started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
     vectors = embed_paths(files, model, batch_size=32, num_workers=num_workers, precision=precision)
     np.save(out, vectors)
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
@@ -166,7 +170,7 @@ def phase_pipeline(
         "seconds": seconds,
         "cpu_ms_per_image": 1000 * cpu / len(files),
         "images_per_second": len(files) / seconds,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(children),
     }
 
 
@@ -181,7 +185,7 @@ def phase_model(files: list[Path], precision: str) -> dict[str, float]:
     pixels = np.stack([resize_crop(load_image(p), model.data_config) for p in files])
     batches = [torch.from_numpy(pixels[i : i + 32]) for i in range(0, len(pixels), 32)]
     embed_batch(model, batches[0], precision=precision)  # warm-up: one-off kernel selection
-    started, cpu_started = time.perf_counter(), cpu_seconds()
+    started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
     for batch in batches:
         embed_batch(model, batch, precision=precision)
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
@@ -189,6 +193,7 @@ def phase_model(files: list[Path], precision: str) -> dict[str, float]:
         "seconds": seconds,
         "cpu_ms_per_image": 1000 * cpu / len(files),
         "images_per_second": len(files) / seconds,
+        "peak_rss_mb": peak_rss_mb(children),
     }
 
 
@@ -236,7 +241,7 @@ def spawn(phase: str, files_json: Path, out: Path, args: argparse.Namespace) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the model process")
     parser.add_argument(
@@ -370,8 +375,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{summary['fraction_of_model_by_cpu']:.0%} of the model's throughput."
     )
     print(
-        f"1-min load average per round: {[r['load_average_1min'] for r in rounds]} on {os.cpu_count()} CPUs"
+        "Pipeline vs baseline vectors, cosine: mean "
+        f"{min(r['cosine_to_baseline_mean'] for r in rounds):.5f}, "
+        f"min {min(r['cosine_to_baseline_min'] for r in rounds):.5f}; "
+        f"peak RSS model-only {rounds[-1]['model_only']['peak_rss_mb']:.0f} MB "
+        "(importing torch and building the model alone take about 0.9 GB)."
     )
+    loads = [[round(x, 1) for x in r["load_average_1min"]] for r in rounds]
+    print(f"1-min load average before/after each round: {loads} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """Batched, resumable embedding of image files or in-memory images.
 
-Worker processes decode and resize (uint8), the main process normalises and runs the model, so
-decoding overlaps with inference. :func:`embed_batch` is the pure per-batch step; a distributed
-engine can map it over batches and write the same output.
+Decoding and resizing produce uint8 batches; the model side normalises them and runs the network
+(channels-last, BatchNorm folded, bf16/fp16 autocast where it pays). On a GPU, worker processes
+decode ahead while the GPU computes; on a CPU, threads decode each batch between model calls
+while a reader thread fetches the next files, because a decoding process next to the model's
+OpenMP threads slows both (see ``default_num_workers``). Memory stays bounded by a few batches.
+:func:`embed_batch` is the pure per-batch step; a distributed engine can map it over batches and
+write the same output.
 
 >>> from embedding import create_model
 >>> model = create_model("efficientnet_lite0")                         # doctest: +SKIP
@@ -32,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from embedding.models import DataConfig, EmbeddingModel
-from embedding.preprocess import ImageDecodeError, load_image, resize_crop, scale_size
+from embedding.preprocess import ImageDecodeError, load_image, resize_crop, rgb_array, scale_size
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHECKPOINT_FORMAT = 1
@@ -218,7 +222,11 @@ def fold_batchnorm(module: nn.Module) -> int:
 
 
 class _DecodedFiles(Dataset):
-    """Item i: (i, (H, W, 3) uint8 pixels, why decoding failed or None)."""
+    """Item i: (i, (H, W, 3) uint8 pixels at the model's input size, why decoding failed or None).
+
+    Worker processes take whole items; the in-process decoder calls ``decode`` from threads and
+    ``resize`` on the main thread, where torch's intra-op threads are its own.
+    """
 
     def __init__(self, paths: Sequence[str], config: DataConfig) -> None:
         self.paths = paths
@@ -229,16 +237,22 @@ class _DecodedFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, str | None]:
-        return self.decode(index, None)
+        _, pixels, error = self.decode(index, None)
+        return index, self.resize(pixels), error
 
-    def decode(self, index: int, data: bytes | None) -> tuple[int, torch.Tensor, str | None]:
+    def decode(self, index: int, data: bytes | None) -> tuple[int, np.ndarray | None, str | None]:
+        """(index, full-size (h, w, 3) uint8 RGB or None, why decoding failed or None)."""
         try:
             image = load_image(self.paths[index], data=data, min_short_side=self.short_side)
-            pixels = resize_crop(image, self.config)
-            return index, torch.from_numpy(pixels), None
+            return index, rgb_array(image), None
         except ImageDecodeError as error:
+            return index, None, error.reason
+
+    def resize(self, pixels: np.ndarray | None) -> torch.Tensor:
+        if pixels is None:
             height, width = self.config.image_size
-            return index, torch.zeros((height, width, 3), dtype=torch.uint8), error.reason
+            return torch.zeros((height, width, 3), dtype=torch.uint8)
+        return torch.from_numpy(resize_crop(pixels, self.config))
 
 
 def _collate(
@@ -302,7 +316,8 @@ def _decoded_batches(
             contents = ahead.popleft().result()
             if position + _READ_AHEAD < len(spans):
                 ahead.append(reader.submit(read, spans[position + _READ_AHEAD]))
-            batch = _collate(list(pool.map(files.decode, range(start, end), contents)))
+            decoded = pool.map(files.decode, range(start, end), contents)
+            batch = _collate([(i, files.resize(pixels), error) for i, pixels, error in decoded])
             yield (batch[0], batch[1].pin_memory() if pin_memory else batch[1], batch[2])
 
 
@@ -533,6 +548,7 @@ def embed_images(
     vectors = np.empty((total, model.dim), dtype=np.float32)
     reporter = _Reporter(total, 0, progress)
     reporter.start()
+
     for start, end in _batches(total, batch_size):
         if should_stop is not None and should_stop():
             raise EmbeddingCancelled(f"stopped after {reporter.done} of {total} images")

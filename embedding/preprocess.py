@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from embedding.models import DataConfig
@@ -33,6 +35,7 @@ _RESAMPLE = {
 # JPEG draft decoding (DCT scaling) stops at this multiple of the resize target, so the final
 # bicubic step still sees at least twice the output resolution and the result stays faithful.
 _DRAFT_MARGIN = 2
+_EXIF_ORIENTATION = 0x0112
 
 
 class ImageDecodeError(ValueError):
@@ -85,11 +88,33 @@ def load_image(
                     ratio = min(width, height) / target
                     image.draft("RGB", (math.ceil(width / ratio), math.ceil(height / ratio)))
             image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+            if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # exif_transpose always copies
+                return to_rgb(ImageOps.exif_transpose(image))
+            return to_rgb(image)
     except ImageDecodeError:
         raise
     except Exception as error:  # PIL raises many types for damaged files
         raise ImageDecodeError(path, f"{type(error).__name__}: {error}") from error
+
+
+def rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """(height, width, 3) uint8 RGB of a PIL image or a grey / RGB / RGBA array."""
+    if isinstance(image, np.ndarray):
+        array = _as_uint8(image)
+        if array.ndim == 2:
+            return np.repeat(array[:, :, None], 3, axis=2)
+        if array.ndim == 3 and array.shape[2] == 3:
+            return array
+        image = Image.fromarray(array)
+    return np.array(to_rgb(image), dtype=np.uint8)  # a writable copy, for torch.from_numpy
+
+
+def resized_shape(height: int, width: int, config: DataConfig) -> tuple[int, int]:
+    """(height, width) after scaling the short side to ``scale_size(config)``."""
+    short = scale_size(config)
+    if width <= height:
+        return max(1, int(short * height / width)), short
+    return short, max(1, int(short * width / height))
 
 
 def resize_crop(image: Image.Image | np.ndarray, config: DataConfig) -> np.ndarray:
@@ -97,34 +122,35 @@ def resize_crop(image: Image.Image | np.ndarray, config: DataConfig) -> np.ndarr
 
     image: PIL image, or (height, width) / (height, width, 3|4) uint8 array.
     Returns (height, width, 3) uint8 RGB.
+
+    Bilinear and bicubic use torch's antialiased uint8 kernels, which follow Pillow's filters
+    (within 2 grey levels of Pillow, in a few pixels) at about a fifth of the cost; other
+    interpolations use Pillow. Runs on the calling thread's torch intra-op threads.
     """
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(_as_uint8(image))
-    image = to_rgb(image)
+    array = rgb_array(image)
+    height, width = array.shape[:2]
     out_h, out_w = config.image_size
-    short = scale_size(config)
-    width, height = image.size
-    if width <= height:
-        new_w, new_h = short, max(1, int(short * height / width))
+    new_h, new_w = resized_shape(height, width, config)
+    if (new_h, new_w) == (height, width):
+        resized = array
+    elif config.interpolation in ("bicubic", "bilinear"):
+        pixels = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)  # channels-last view
+        resized = (
+            F.interpolate(pixels, size=(new_h, new_w), mode=config.interpolation, antialias=True)
+            .squeeze(0)
+            .permute(1, 2, 0)
+            .numpy()
+        )
     else:
-        new_w, new_h = max(1, int(short * width / height)), short
-    left = int(round((new_w - out_w) / 2.0))
+        resample = _RESAMPLE[config.interpolation]
+        resized = np.asarray(Image.fromarray(array).resize((new_w, new_h), resample))
     top = int(round((new_h - out_h) / 2.0))
-    resample = _RESAMPLE[config.interpolation]
-    if left >= 0 and top >= 0 and (new_w, new_h) != (width, height):
-        # Resample only the pixels the centre crop keeps: Pillow places the filter taps as for
-        # the full resize (and reads outside the box), so the result is the same, with less work.
-        x_scale, y_scale = width / new_w, height / new_h
-        box = (left * x_scale, top * y_scale, (left + out_w) * x_scale, (top + out_h) * y_scale)
-        return np.array(image.resize((out_w, out_h), resample, box=box), dtype=np.uint8)
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), resample)
-    if left < 0 or top < 0:  # crop_pct > 1: pad symmetrically with black like torchvision
-        canvas = Image.new("RGB", (max(new_w, out_w), max(new_h, out_h)))
-        canvas.paste(image, (max(0, -left), max(0, -top)))
-        image, left, top = canvas, max(0, left), max(0, top)
-    image = image.crop((left, top, left + out_w, top + out_h))
-    return np.array(image, dtype=np.uint8)  # writable, so torch.from_numpy needs no copy
+    left = int(round((new_w - out_w) / 2.0))
+    if top < 0 or left < 0:  # crop_pct > 1: pad symmetrically with black like torchvision
+        canvas = np.zeros((max(new_h, out_h), max(new_w, out_w), 3), dtype=np.uint8)
+        canvas[max(0, -top) : max(0, -top) + new_h, max(0, -left) : max(0, -left) + new_w] = resized
+        resized, top, left = canvas, max(0, top), max(0, left)
+    return resized[top : top + out_h, left : left + out_w].copy()  # writable, owns its memory
 
 
 def _as_uint8(array: np.ndarray) -> np.ndarray:

@@ -295,3 +295,15 @@ def test_folding_batchnorm_keeps_the_fp32_output(photo_files):
         torch.testing.assert_close(
             folded.feature_map(inputs), plain.feature_map(inputs), rtol=1e-4, atol=1e-4
         )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fast_path_matches_cpu_fp32(lite0, photo_files):
+    from embedding import create_model
+
+    gpu_model = create_model(device="cuda")
+    assert resolve_precision("auto", gpu_model.device) == "fp16"
+    reference = embed_paths(photo_files, lite0, batch_size=8, num_workers=0, precision="fp32")
+    fast = embed_paths(photo_files, gpu_model, batch_size=8)
+    similarity = cosine(reference, fast)
+    assert similarity.mean() >= 0.999 and similarity.min() >= 0.995

@@ -26,10 +26,15 @@ def test_resize_crop_gives_the_model_input_size(image):
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
 
 
-def test_resize_crop_matches_timm_eval_transform(skimage_photos):
-    """Same resize (short side floor(224 / 0.875) = 256, bicubic) and centre crop as timm."""
+def test_resize_crop_matches_timm_eval_transform(skimage_photos, stamp_photos):
+    """Same resize (short side floor(224 / 0.875) = 256, bicubic) and centre crop as timm.
+
+    The palm stamp caught a Pillow resize(box=crop) shortcut that was up to 18 grey levels off.
+    """
     import timm.data
     import torch
+
+    from embedding.preprocess import to_rgb
 
     transform = timm.data.create_transform(
         input_size=(3, 224, 224),
@@ -38,13 +43,14 @@ def test_resize_crop_matches_timm_eval_transform(skimage_photos):
         mean=(0.5,) * 3,
         std=(0.5,) * 3,
     )
-    photo = Image.fromarray(skimage_photos["chelsea"])
-    ours = torch.from_numpy(resize_crop(photo, CONFIG)).permute(2, 0, 1).float() / 127.5 - 1
-    theirs = transform(photo)
     assert scale_size(CONFIG) == 256
-    difference = (ours - theirs).abs() * 127.5  # in grey levels
-    assert float(difference.max()) <= 1.0 + 1e-3  # cropped resampling may round a pixel differently
-    assert float(difference.mean()) < 1e-3
+    photos = [Image.fromarray(skimage_photos["chelsea"])]
+    photos += [to_rgb(Image.open(p)) for p in stamp_photos["plants"] if "palm" in p.name]
+    for photo in photos:
+        ours = torch.from_numpy(resize_crop(photo, CONFIG)).permute(2, 0, 1).float() / 127.5 - 1
+        difference = (ours - transform(photo)).abs() * 127.5  # in grey levels
+        assert float(difference.max()) <= 2.0 + 1e-3
+        assert float(difference.mean()) < 0.02
 
 
 def test_transparent_pixels_become_white_and_grey_becomes_rgb():
