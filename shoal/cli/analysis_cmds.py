@@ -75,7 +75,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = add(
         "mislabels", "Rank samples whose label disagrees with their neighbours'.", cmd_mislabels
     )
-    p.add_argument("--label-column", default=None, help="default: label (images) or category (objects)")
+    p.add_argument(
+        "--label-column", default=None, help="default: label (images) or category (objects)"
+    )
     p.add_argument(
         "--top", type=int, default=20, help="flagged samples to list (default: %(default)s)"
     )
@@ -186,6 +188,7 @@ def cmd_outliers(args: argparse.Namespace) -> int:
         payload = computed.to_dict()
         payload.pop("scores", None)
         payload["flagged"] = payload["flagged"][: args.top]
+        payload["ranked"] = _ranked_outliers(ds, args.embedding, computed, args.top)
         print_json(payload)
     else:
         print(
@@ -201,6 +204,34 @@ def cmd_outliers(args: argparse.Namespace) -> int:
             )
     _write_table(computed.to_frame(), args.out)
     return 0
+
+
+def _ranked_outliers(
+    ds: Any, embedding: str | None, computed: Any, top: int
+) -> list[dict[str, Any]]:
+    """The ``top`` highest scores, flagged or not, each with its nearest neighbours as the reason."""
+    import numpy as np
+
+    from analysis import workspace as analysis
+
+    graph = analysis.knn_graph(ds, embedding).result
+    scores = computed.result.scores
+    ranked = []
+    for row in np.argsort(-scores, kind="stable")[:top]:
+        neighbours = [
+            {"sample_id": str(computed.sample_ids[j]), "distance": float(d)}
+            for j, d in zip(graph.indices[row][:5], graph.distances[row][:5], strict=True)
+            if j >= 0
+        ]
+        ranked.append(
+            {
+                "sample_id": str(computed.sample_ids[row]),
+                "score": float(scores[row]),
+                "flagged": bool(computed.result.flagged[row]),
+                "neighbours": neighbours,
+            }
+        )
+    return ranked
 
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
@@ -243,6 +274,7 @@ def cmd_mislabels(args: argparse.Namespace) -> int:
         payload = computed.to_dict()
         payload.pop("scores", None)
         payload["flagged"] = payload["flagged"][: args.top]
+        payload["ranked"] = _ranked_outliers(ds, args.embedding, computed, args.top)
         print_json(payload)
     else:
         print(

@@ -46,6 +46,9 @@ def test_outliers_duplicates_mislabels_similar(capsys, ws_root, tmp_path) -> Non
         run(capsys, "outliers", "fx", "--workspace", ws_root, "--json", "--top", "2")
     )
     assert payload["n_flagged"] >= 4 and len(payload["flagged"]) == 2
+    ranked = payload["ranked"]
+    assert len(ranked) == 2 and ranked[0]["score"] >= ranked[1]["score"] and ranked[0]["flagged"]
+    assert len(ranked[0]["neighbours"]) == 5 and ranked[0]["neighbours"][0]["distance"] >= 0
 
     out = run(capsys, "duplicates", "fx", "--workspace", ws_root, "--out", str(tmp_path / "d.csv"))
     assert "LEAK" in out and "cross splits" in out
