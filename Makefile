@@ -1,6 +1,6 @@
 # One set of commands for a fresh machine and for CI (.ci/run calls `make test`).
 #   make run    install everything, build + embed the sample dataset, open the app
-#   make test   install everything, run the test suite (benchmarks excluded)
+#   make test   install everything, lint (ruff + mypy), run the test suite (benchmarks excluded)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -23,7 +23,7 @@ system-deps:
 run: install
 	$(BIN)/shoal demo --port $(PORT)
 
-test: install system-deps
+test: install system-deps lint
 	$(BIN)/python -m pytest -m "not benchmark" --durations=15
 
 test-fast: install
