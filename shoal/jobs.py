@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from shoal.store import StoreError, Workspace, read_json, utc_now, write_json
+from shoal.store import Dataset, StoreError, Workspace, read_json, utc_now, write_json
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -105,6 +105,20 @@ class JobContext:
 
     def cancelled(self) -> bool:
         return _cancel_flag(self.workspace, self.record.id).exists()
+
+    def dataset(self) -> Dataset:
+        return self.workspace.open(str(self.record.dataset))
+
+    def report_images(self, update: Any) -> None:
+        """Report an ``embedding.Progress`` (done, total, images_per_second, eta_seconds); stop if cancelled."""
+        self.report(
+            update.done,
+            update.total,
+            rate=update.images_per_second,
+            eta_seconds=update.eta_seconds,
+            unit="images",
+        )
+        self.check_cancelled()
 
     def check_cancelled(self) -> None:
         if self.cancelled():

@@ -13,13 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.jobs import JobCancelled, JobContext, task
-from shoal.store import Dataset, Workspace
 
 DEFAULT_OBJECT_BATCH_SIZE = 8
-
-
-def _dataset(context: JobContext) -> Dataset:
-    return Workspace(context.workspace.root).open(str(context.record.dataset))
 
 
 @task("embed-objects")
@@ -29,17 +24,7 @@ def embed_objects_task(context: JobContext) -> dict[str, Any]:
 
     params = context.params
 
-    def progress(update: Any) -> None:
-        context.report(
-            update.done,
-            update.total,
-            rate=update.images_per_second,
-            eta_seconds=update.eta_seconds,
-            unit="images",
-        )
-        context.check_cancelled()
-
-    ds = _dataset(context)
+    ds = context.dataset()
     had_image_set = ds.default_embedding(level="sample") is not None
     try:
         info = embed_dataset_objects(
@@ -48,7 +33,7 @@ def embed_objects_task(context: JobContext) -> dict[str, Any]:
             name=params.get("name"),
             method=params.get("method") or "roi_align",
             batch_size=int(params.get("batch_size") or DEFAULT_OBJECT_BATCH_SIZE),
-            progress=progress,
+            progress=context.report_images,
             should_stop=context.cancelled,  # polled before every batch
         )
     except EmbeddingCancelled as stopped:

@@ -5,11 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.jobs import JobCancelled, JobContext, task
-from shoal.store import Workspace
-
-
-def _dataset(context: JobContext):
-    return Workspace(context.workspace.root).open(str(context.record.dataset))
 
 
 @task("embed")
@@ -18,25 +13,15 @@ def embed_task(context: JobContext) -> dict[str, Any]:
 
     params = context.params
 
-    def progress(update: Any) -> None:
-        context.report(
-            update.done,
-            update.total,
-            rate=update.images_per_second,
-            eta_seconds=update.eta_seconds,
-            unit="images",
-        )
-        context.check_cancelled()
-
     from embedding import EmbeddingCancelled
 
     try:
         info = embed_dataset(
-            _dataset(context),
+            context.dataset(),
             model=params.get("model") or DEFAULT_EMBEDDING_MODEL,
             name=params.get("name"),
             batch_size=int(params.get("batch_size") or 32),
-            progress=progress,
+            progress=context.report_images,
             should_stop=context.cancelled,
         )
     except EmbeddingCancelled as stopped:
@@ -51,19 +36,9 @@ def extract_task(context: JobContext) -> dict[str, Any]:
 
     params = context.params
 
-    def progress(update: Any) -> None:
-        context.report(
-            update.done,
-            update.total,
-            rate=update.images_per_second,
-            eta_seconds=update.eta_seconds,
-            unit="images",
-        )
-        context.check_cancelled()
-
     try:
         written = extract_dataset(
-            _dataset(context),
+            context.dataset(),
             params["model"],
             task=params.get("task") or "classification",
             layer=params.get("layer"),
@@ -71,7 +46,7 @@ def extract_task(context: JobContext) -> dict[str, Any]:
             weights=params.get("weights"),
             batch_size=int(params.get("batch_size") or 16),
             max_elements=int(params.get("max_elements") or 10_000),
-            progress=progress,
+            progress=context.report_images,
             should_stop=context.cancelled,
         )
     except EmbeddingCancelled as stopped:
