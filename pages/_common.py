@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -71,7 +71,7 @@ class PageDone(Exception):
     """Raised by :func:`stop`: the page is finished; app.py still writes the URL and the share link."""
 
 
-def stop() -> None:
+def stop() -> NoReturn:
     """End the page here. Unlike st.stop(), the entrypoint's code after ``page.run()`` still runs."""
     raise PageDone()
 
@@ -296,6 +296,35 @@ def aligned_samples(root: str, name: str, stamp: str, embedding: str | None) -> 
 
 def embedding_version(ds, embedding: str) -> str:
     return ds.embedding_info(embedding).version
+
+
+class PageData(NamedTuple):
+    ds: Any
+    embedding: str
+    root: str
+    stamp: str
+    version: str
+    samples: pd.DataFrame  # row i = embedding row i
+
+
+def page_data(*, level: str | None = None, analysis: str | None = None) -> PageData:
+    """The selected dataset and embedding set, with its rows in embedding order.
+
+    Stops the page, saying what to do, when there is no dataset or no embedding set; with
+    ``analysis`` (e.g. "map"), also until a large set's background analysis has finished.
+    """
+    ds = current_dataset()
+    if ds is None:
+        stop()
+    embedding = embedding_choice(ds, level=level)
+    if embedding is None:
+        no_embeddings_notice(ds)
+        stop()
+    root, stamp = str(workspace().root), dataset_stamp(ds)
+    samples = aligned_samples(root, ds.name, stamp, embedding)
+    if analysis is not None and not request_analysis(ds, embedding, len(samples), what=analysis):
+        stop()
+    return PageData(ds, embedding, root, stamp, embedding_version(ds, embedding), samples)
 
 
 # --------------------------------------------------------------------------- analyses

@@ -17,21 +17,9 @@ REST = "everything else"
 MAP_COLOURS = ("side", "novelty", "cluster")
 
 st.title("Compare")
-ds = ui.current_dataset()
-if ds is None:
-    ui.stop()
+ds, embedding, root, stamp, version, samples = ui.page_data(level="sample")
 if ui.current_level(ds) == "object":
     st.caption("Comparisons are between sets of whole images: this page stays at the image level.")
-embedding = ui.embedding_choice(ds, level="sample")
-if embedding is None:
-    ui.no_embeddings_notice(ds)
-    ui.stop()
-root, stamp, version = (
-    str(ui.workspace().root),
-    ui.dataset_stamp(ds),
-    ui.embedding_version(ds, embedding),
-)
-samples = ui.aligned_samples(root, ds.name, stamp, embedding)
 
 presets = []
 for column in ("split", "label"):

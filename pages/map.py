@@ -14,23 +14,8 @@ from shoal import view
 ui.ensure_entrypoint()
 
 st.title("Map")
-ds = ui.current_dataset()
-if ds is None:
-    ui.stop()
-embedding = ui.embedding_choice(ds)
-if embedding is None:
-    ui.no_embeddings_notice(ds)
-    ui.stop()
-
-root, stamp, version = (
-    str(ui.workspace().root),
-    ui.dataset_stamp(ds),
-    ui.embedding_version(ds, embedding),
-)
-samples = ui.aligned_samples(root, ds.name, stamp, embedding)
+ds, embedding, root, stamp, version, samples = ui.page_data(analysis="map")
 n_samples = len(samples)
-if not ui.request_analysis(ds, embedding, n_samples, what="map"):
-    ui.stop()
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -21,21 +21,7 @@ ITEMS_PER_PAGE = 8
 NEIGHBOURS_SHOWN = 5
 
 st.title("Outliers & issues")
-ds = ui.current_dataset()
-if ds is None:
-    ui.stop()
-embedding = ui.embedding_choice(ds)
-if embedding is None:
-    ui.no_embeddings_notice(ds)
-    ui.stop()
-root, stamp, version = (
-    str(ui.workspace().root),
-    ui.dataset_stamp(ds),
-    ui.embedding_version(ds, embedding),
-)
-samples = ui.aligned_samples(root, ds.name, stamp, embedding)
-if not ui.request_analysis(ds, embedding, len(samples), what="issue scan"):
-    ui.stop()
+ds, embedding, root, stamp, version, samples = ui.page_data(analysis="issue scan")
 
 if ui.url_state("show", "outliers_section", "outliers") not in SECTIONS:
     st.session_state["outliers_section"] = "outliers"

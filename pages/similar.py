@@ -19,19 +19,7 @@ MODES = {"sample": "Sample id(s)", "selection": "The map's selection", "image": 
 QUERY_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 st.title("Similar")
-ds = ui.current_dataset()
-if ds is None:
-    ui.stop()
-embedding = ui.embedding_choice(ds)
-if embedding is None:
-    ui.no_embeddings_notice(ds)
-    ui.stop()
-root, stamp, version = (
-    str(ui.workspace().root),
-    ui.dataset_stamp(ds),
-    ui.embedding_version(ds, embedding),
-)
-samples = ui.aligned_samples(root, ds.name, stamp, embedding)
+ds, embedding, root, stamp, version, samples = ui.page_data()
 sample_ids = view.row_ids(samples)
 info = ds.embedding_info(embedding)
 
