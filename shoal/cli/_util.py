@@ -15,6 +15,29 @@ class CliError(Exception):
     """A bad invocation the user can fix; printed as one line."""
 
 
+def add_command(
+    subparsers: Any, common: argparse.ArgumentParser, name: str, help_text: str, func: Any
+) -> argparse.ArgumentParser:
+    """A sub-command whose help is ``help_text``, taking the common options (``--workspace``)."""
+    parser = subparsers.add_parser(name, help=help_text, description=help_text, parents=[common])
+    parser.set_defaults(func=func)
+    return parser
+
+
+def print_counts(title: str, counts: dict[str, int] | None) -> None:
+    """``  title: a 3, b 5`` for a non-empty count table."""
+    if counts:
+        print(f"  {title}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+
+
+def print_items(verb: str, items: list[dict[str, Any]] | None, *, noun: str) -> None:
+    """Every rejected (or adjusted) file of an import report, with its reason."""
+    if items:
+        print(f"{verb} {len(items):,} {noun}(s):")
+        for item in items:
+            print(f"  {item['file']}: {item['reason']}")
+
+
 def workspace(args: argparse.Namespace) -> Workspace:
     return Workspace(args.workspace)
 

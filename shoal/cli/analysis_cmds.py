@@ -13,17 +13,14 @@ from typing import Any
 
 import pandas as pd
 
-from shoal.cli._util import CliError, print_json, workspace
+from shoal.cli._util import CliError, add_command, print_json, workspace
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     from analysis.outliers import SCORERS
 
     def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
-        parser = subparsers.add_parser(
-            name, help=help_text, description=help_text, parents=[common]
-        )
-        parser.set_defaults(func=func)
+        parser = add_command(subparsers, common, name, help_text, func)
         parser.add_argument("name", help="dataset")
         parser.add_argument("--embedding", help="embedding set (default: the dataset's default)")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -10,16 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from shoal import jobs
-from shoal.cli._util import CliError, ProgressLine, print_json, workspace
+from shoal.cli._util import (
+    CliError,
+    ProgressLine,
+    add_command,
+    print_counts,
+    print_items,
+    print_json,
+    workspace,
+)
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
-        parser = subparsers.add_parser(
-            name, help=help_text, description=help_text, parents=[common]
-        )
-        parser.set_defaults(func=func)
-        return parser
+    add = functools.partial(add_command, subparsers, common)
 
     p = add(
         "import",
@@ -170,15 +174,9 @@ def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
     print(
         f"imported {report['imported']:,} samples into dataset {report['dataset']!r} from {report['source']}"
     )
-    if report.get("splits"):
-        print("  splits: " + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items()))
-    if report.get("labels"):
-        print("  labels: " + ", ".join(f"{k} {v:,}" for k, v in report["labels"].items()))
-    rejected = report.get("rejected", [])
-    if rejected:
-        print(f"rejected {len(rejected):,} file(s):")
-        for item in rejected:
-            print(f"  {item['file']}: {item['reason']}")
+    print_counts("splits", report.get("splits"))
+    print_counts("labels", report.get("labels"))
+    print_items("rejected", report.get("rejected"), noun="file")
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
-from shoal.cli._util import ProgressLine, print_json, workspace
+from shoal.cli._util import (
+    ProgressLine,
+    add_command,
+    print_counts,
+    print_items,
+    print_json,
+    workspace,
+)
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
-        parser = subparsers.add_parser(
-            name, help=help_text, description=help_text, parents=[common]
-        )
-        parser.set_defaults(func=func)
-        return parser
+    add = functools.partial(add_command, subparsers, common)
 
     p = add(
         "import-coco",
@@ -104,21 +107,13 @@ def print_report(report: dict[str, Any], *, as_json: bool) -> None:
         f"imported {report['imported']:,} images with {objects.get('label', 0):,} labelled and "
         f"{objects.get('inference', 0):,} predicted boxes into dataset {report['dataset']!r} from {report['source']}"
     )
-    if report.get("splits"):
-        print("  splits: " + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items()))
-    if report.get("categories"):
-        print(
-            "  labelled boxes: " + ", ".join(f"{k} {v:,}" for k, v in report["categories"].items())
-        )
+    print_counts("splits", report.get("splits"))
+    print_counts("labelled boxes", report.get("categories"))
     matching = report.get("matching")
     if matching:
         print(
             f"  predictions at IoU >= {matching['iou_threshold']:g}: TP {matching['tp']:,}, "
             f"FP {matching['fp']:,}, FN {matching['fn']:,}"
         )
-    for key, verb in (("rejected", "rejected"), ("adjusted", "adjusted")):
-        items = report.get(key) or []
-        if items:
-            print(f"{verb} {len(items):,} item(s):")
-            for item in items:
-                print(f"  {item['file']}: {item['reason']}")
+    print_items("rejected", report.get("rejected"), noun="item")
+    print_items("adjusted", report.get("adjusted"), noun="item")
