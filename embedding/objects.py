@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -54,8 +53,8 @@ from torch.utils.data import Dataset as TorchDataset
 
 from embedding.models import DataConfig, EmbeddingModel
 from embedding.pipeline import (
-    EmbeddingCancelled,
     Progress,
+    ProgressReporter,
     default_num_workers,
     embed_batch,
     normalise,
@@ -221,23 +220,6 @@ def _first(items: list[Any]) -> Any:
 # --------------------------------------------------------------------------- kernel
 
 
-class _Reporter:
-    def __init__(self, total: int, progress: ProgressCallback | None) -> None:
-        self.total = total
-        self.done = 0
-        self.progress = progress
-        self.started = time.perf_counter()
-        if progress is not None:
-            progress(Progress(0, total, 0.0, None if total else 0.0))
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self.progress is None:
-            return
-        speed = self.done / max(time.perf_counter() - self.started, 1e-9)
-        self.progress(Progress(self.done, self.total, speed, (self.total - self.done) / speed))
-
-
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -299,7 +281,8 @@ def embed_objects(
     precision = resolve_precision(precision, model.device)
     prepare_for_inference(model)
     workers = default_num_workers(model.device) if num_workers is None else num_workers
-    reporter = _Reporter(len(paths), progress)
+    reporter = ProgressReporter(len(paths), progress, should_stop=should_stop)
+    reporter.start()
     if method == "crop":
         return _embed_crops(
             paths,
@@ -310,7 +293,6 @@ def embed_objects(
             precision=precision,
             margin=margin,
             reporter=reporter,
-            should_stop=should_stop,
         )
     originals = [_upright_size(p) for p in paths]
     sizes = [resized_size(w, h, short_side=short_side, max_side=max_side) for w, h in originals]
@@ -327,7 +309,6 @@ def embed_objects(
         workers=workers,
         precision=precision,
         reporter=reporter,
-        should_stop=should_stop,
     )
 
 
@@ -372,8 +353,7 @@ def _embed_roi_align(
     batch_size: int,
     workers: int,
     precision: str,
-    reporter: _Reporter,
-    should_stop: Callable[[], bool] | None,
+    reporter: ProgressReporter,
 ) -> tuple[np.ndarray, np.ndarray]:
     """boxes: per image, xyxy in pixels of the image resized to ``sizes``."""
     device = model.device
@@ -394,8 +374,7 @@ def _embed_roi_align(
     iterator = iter(_loader(dataset, batches, workers, device, _stack))
     try:
         for batch in batches:
-            if should_stop is not None and should_stop():
-                raise EmbeddingCancelled(f"stopped after {reporter.done} of {len(paths)} images")
+            reporter.check()
             indices, pixels, wholes, errors = next(iterator)
             if indices != batch:  # pragma: no cover - invariant of the batch sampler
                 raise RuntimeError("decoding workers returned batches out of order")
@@ -460,8 +439,7 @@ def _embed_crops(
     workers: int,
     precision: str,
     margin: float,
-    reporter: _Reporter,
-    should_stop: Callable[[], bool] | None,
+    reporter: ProgressReporter,
 ) -> tuple[np.ndarray, np.ndarray]:
     offsets = _offsets(boxes)
     object_vectors = np.empty((int(offsets[-1]), model.dim), dtype=np.float32)
@@ -495,8 +473,7 @@ def _embed_crops(
     iterator = iter(loader)
     try:
         for _ in range(len(paths)):
-            if should_stop is not None and should_stop():
-                raise EmbeddingCancelled(f"stopped after {reporter.done} of {len(paths)} images")
+            reporter.check()
             index, crops, whole, reason = next(iterator)
             if reason is not None:
                 raise ImageDecodeError(paths[index], reason)

@@ -408,12 +408,26 @@ class _Checkpoints:
 # --------------------------------------------------------------------------- public entry points
 
 
-class _Reporter:
-    def __init__(self, total: int, done: int, progress: Callable[[Progress], None] | None) -> None:
+class ProgressReporter:
+    """Turns finished batches into ``Progress`` calls and polls ``should_stop`` between them.
+
+    ``done`` counts items already finished before this run (resumed checkpoints): they are
+    reported as done but left out of the speed.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        progress: Callable[[Progress], None] | None,
+        *,
+        done: int = 0,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.total = total
         self.done = done
         self.computed = 0
         self.progress = progress
+        self.should_stop = should_stop
         self.started = time.perf_counter()
 
     def start(self) -> None:
@@ -422,6 +436,11 @@ class _Reporter:
             self.progress(
                 Progress(self.done, self.total, 0.0, None if self.done < self.total else 0.0)
             )
+
+    def check(self) -> None:
+        """Raise ``EmbeddingCancelled`` when ``should_stop()`` says so."""
+        if self.should_stop is not None and self.should_stop():
+            raise EmbeddingCancelled(f"stopped after {self.done} of {self.total} images")
 
     def advance(self, count: int) -> None:
         self.done += count
@@ -497,7 +516,12 @@ def embed_paths(
             else:
                 vectors[start:end] = stored
 
-    reporter = _Reporter(total, total - sum(end - start for start, end in pending), progress)
+    reporter = ProgressReporter(
+        total,
+        progress,
+        done=total - sum(end - start for start, end in pending),
+        should_stop=should_stop,
+    )
     reporter.start()
     if not pending:
         return vectors
@@ -506,8 +530,7 @@ def embed_paths(
     batches = _decoded_batches(names, model.data_config, pending, workers, device.type == "cuda")
     with contextlib.closing(batches):
         for start, end in pending:
-            if should_stop is not None and should_stop():
-                raise EmbeddingCancelled(f"stopped after {reporter.done} of {total} images")
+            reporter.check()
             indices, pixels, errors = next(batches)
             if indices[0] != start or len(indices) != end - start:  # pragma: no cover - invariant
                 raise RuntimeError("decoding returned batches out of order")
@@ -546,12 +569,11 @@ def embed_images(
     prepare_for_inference(model)
     total = len(images)
     vectors = np.empty((total, model.dim), dtype=np.float32)
-    reporter = _Reporter(total, 0, progress)
+    reporter = ProgressReporter(total, progress, should_stop=should_stop)
     reporter.start()
 
     for start, end in _batches(total, batch_size):
-        if should_stop is not None and should_stop():
-            raise EmbeddingCancelled(f"stopped after {reporter.done} of {total} images")
+        reporter.check()
         pixels = np.stack([resize_crop(images[i], model.data_config) for i in range(start, end)])
         vectors[start:end] = embed_batch(model, torch.from_numpy(pixels), precision=precision)
         reporter.advance(end - start)

@@ -16,7 +16,6 @@ Deterministic: eval mode, inference mode, float32, fixed pooling plan for the wh
 
 from __future__ import annotations
 
-import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -52,7 +51,7 @@ from embedding.extract.layers import (
 from embedding.extract.loading import UserModel
 from embedding.extract.pooling import SpatialPlan, TokenPooling, plan_spatial_pool, pool_activations
 from embedding.extract.preprocessing import ImageInput, Preprocess, Preprocessing, preprocess_images
-from embedding.pipeline import EmbeddingCancelled, Progress
+from embedding.pipeline import Progress, ProgressReporter
 
 Task = Literal["classification", "detection", "segmentation"]
 TASKS: tuple[str, ...] = ("classification", "detection", "segmentation")
@@ -96,33 +95,6 @@ def _inference(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
             yield module
     finally:
         module.train(was_training)
-
-
-class _Reporter:
-    def __init__(
-        self,
-        total: int,
-        progress: Callable[[Progress], None] | None,
-        should_stop: Callable[[], bool] | None,
-    ) -> None:
-        self.total = total
-        self.done = 0
-        self.progress = progress
-        self.should_stop = should_stop
-        self.started = time.perf_counter()
-        if progress is not None:
-            progress(Progress(0, total, 0.0, None if total else 0.0))
-
-    def check(self) -> None:
-        if self.should_stop is not None and self.should_stop():
-            raise EmbeddingCancelled(f"stopped after {self.done} of {self.total} images")
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self.progress is None:
-            return
-        speed = self.done / max(time.perf_counter() - self.started, 1e-9)
-        self.progress(Progress(self.done, self.total, speed, (self.total - self.done) / speed))
 
 
 def _spans(total: int, batch_size: int) -> list[tuple[int, int]]:
@@ -246,7 +218,8 @@ def extract_embeddings(
     )
     ref = parse_layer(module, name)
     total = len(images)
-    reporter = _Reporter(total, progress, should_stop)
+    reporter = ProgressReporter(total, progress, should_stop=should_stop)
+    reporter.start()
     outputs: list[np.ndarray] = []
     plan: SpatialPlan | None = None
 
@@ -355,7 +328,8 @@ def extract_detection(
         else None
     )
     total = len(images)
-    reporter = _Reporter(total, progress, should_stop)
+    reporter = ProgressReporter(total, progress, should_stop=should_stop)
+    reporter.start()
     results: list[ImageDetections] = []
     with _inference(module, target):
         for start, end in _spans(total, batch_size):
