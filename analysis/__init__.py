@@ -3,7 +3,7 @@
 One kNN graph per embedding set (:mod:`analysis.knn`) feeds the projection
 (:mod:`analysis.projection`), outlier scores (:mod:`analysis.outliers`), near-duplicates
 (:mod:`analysis.duplicates`) and label checks (:mod:`analysis.mislabels`); similarity search
-(:mod:`analysis.similar`) reuses the same exact index. :mod:`analysis.workspace` runs them on a
+(:mod:`analysis.similar`) reuses the same exact index. :mod:`shoal.workflows.analyse` runs them on a
 stored dataset and caches the results as workspace artefacts.
 
 >>> import numpy as np

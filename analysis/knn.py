@@ -47,6 +47,22 @@ BLOCK_ROWS = 8192
 SMALL_QUERY_BATCH = 16
 
 
+def take_rows(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """embeddings[rows] as a float32 copy, read in ascending row order and in blocks, so a
+    memory-mapped matrix is read sequentially and never converted whole.
+
+    >>> take_rows(np.arange(6.0).reshape(3, 2), np.array([2, 0])).tolist()
+    [[4.0, 5.0], [0.0, 1.0]]
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    taken = np.empty((len(rows), embeddings.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), BLOCK_ROWS):
+        block = order[start : start + BLOCK_ROWS]
+        taken[block] = embeddings[rows[block]]
+    return taken
+
+
 def _faiss() -> Any:
     try:
         import faiss

@@ -41,6 +41,7 @@ from analysis.knn import (
     drop_self_matches,
     fit_pca,
     normalize,
+    take_rows,
 )
 from analysis.results import ids_or_rows as _ids
 from analysis.results import jsonable
@@ -363,7 +364,7 @@ def _fit_sample_transform_rest(
     transformed[fit_rows] = False
     rest_rows = np.flatnonzero(transformed)
 
-    sample = _take_rows(embeddings, fit_rows)
+    sample = take_rows(embeddings, fit_rows)
     index = NeighborIndex(sample, metric=metric, method="hnsw")
     k = n_neighbors - 1
     self_exclude = [[i] for i in range(len(fit_rows))]
@@ -383,16 +384,9 @@ def _fit_sample_transform_rest(
     coords[fit_rows] = fitted
     for start in range(0, len(rest_rows), 100_000):
         rows = rest_rows[start : start + 100_000]
-        rest_idx, rest_dist = index.search(_take_rows(embeddings, rows), n_neighbors)
+        rest_idx, rest_dist = index.search(take_rows(embeddings, rows), n_neighbors)
         coords[rows] = _transform(model, fitted, rest_idx, rest_dist, random_state + start)
     return coords, transformed
-
-
-def _take_rows(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    out = np.empty((len(rows), embeddings.shape[1]), dtype=np.float32)
-    for start in range(0, len(rows), BLOCK_ROWS):
-        out[start : start + BLOCK_ROWS] = embeddings[rows[start : start + BLOCK_ROWS]]
-    return out
 
 
 def _transform(
@@ -473,7 +467,7 @@ def trustworthiness_score(
         )
     from sklearn.manifold import trustworthiness
 
-    high = _take_rows(embeddings, rows)
+    high = take_rows(embeddings, rows)
     # sklearn requires n_neighbors < n_samples / 2.
     neighbours = max(1, min(n_neighbors, (len(rows) - 1) // 2))
     value = trustworthiness(high, coords[rows], n_neighbors=neighbours, metric=metric)

@@ -1,30 +1,63 @@
 """Embedding engine: pretrained models by name and a batched, resumable embedding pipeline.
 
+Names load on first use, so ``from embedding.defaults import DEFAULT_MODEL`` (the job
+parameters, the CLI's help) does not import torch.
+
 >>> from embedding import create_model, embed_paths
 >>> model = create_model()                                   # offline default, 1280-d
 >>> vectors = embed_paths(["cat.jpg"], model)                # doctest: +SKIP
 """
 
-from embedding.models import (
-    DEFAULT_MODEL,
-    DataConfig,
-    EmbeddingModel,
-    ModelUnavailableError,
-    create_model,
-    imagenet_class_names,
-    list_models,
-    register_model,
-)
-from embedding.pipeline import (
-    CheckpointMismatchError,
-    EmbeddingCancelled,
-    Progress,
-    embed_batch,
-    embed_images,
-    embed_paths,
-    resolve_precision,
-)
-from embedding.preprocess import ImageDecodeError, load_image, resize_crop
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from embedding.defaults import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from embedding.models import (
+        DataConfig,
+        EmbeddingModel,
+        ModelUnavailableError,
+        create_model,
+        imagenet_class_names,
+        list_models,
+        register_model,
+    )
+    from embedding.pipeline import (
+        CheckpointMismatchError,
+        EmbeddingCancelled,
+        Progress,
+        embed_batch,
+        embed_images,
+        embed_paths,
+        resolve_precision,
+    )
+    from embedding.preprocess import ImageDecodeError, load_image, resize_crop
+
+_SOURCES = {
+    "embedding.models": (
+        "DataConfig",
+        "EmbeddingModel",
+        "ModelUnavailableError",
+        "create_model",
+        "imagenet_class_names",
+        "list_models",
+        "register_model",
+    ),
+    "embedding.pipeline": (
+        "CheckpointMismatchError",
+        "EmbeddingCancelled",
+        "Progress",
+        "embed_batch",
+        "embed_images",
+        "embed_paths",
+        "resolve_precision",
+    ),
+    "embedding.preprocess": ("ImageDecodeError", "load_image", "resize_crop"),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -46,3 +79,11 @@ __all__ = [
     "resize_crop",
     "resolve_precision",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'embedding' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value

@@ -23,9 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-DEFAULT_MODEL = "efficientnet_lite0"
+from embedding.defaults import DEFAULT_MODEL
+from registry import Registry
 
-_MODELS: dict[str, Callable[..., EmbeddingModel]] = {}
+#: Model factories by name: ``factory() -> EmbeddingModel``.
+MODELS = Registry[Callable[..., "EmbeddingModel"]]("embedding model")
 
 
 class ModelUnavailableError(RuntimeError):
@@ -148,18 +150,12 @@ def register_model(
     ... def my_net() -> EmbeddingModel: ...
     """
 
-    def decorator(fn: Callable[..., EmbeddingModel]) -> Callable[..., EmbeddingModel]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = fn
-        return fn
-
-    return decorator
+    return MODELS.decorator(name)
 
 
 def list_models() -> list[str]:
     """Names registered with :func:`register_model` (any timm name also works in create_model)."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def create_model(
@@ -173,8 +169,8 @@ def create_model(
     >>> create_model("efficientnet_lite0").dim
     1280
     """
-    if name in _MODELS:
-        model = _MODELS[name]()
+    if name in MODELS:
+        model = MODELS[name]()
     elif name.startswith("torchvision/"):
         model = _torchvision_model(name.split("/", 1)[1])
     else:

@@ -43,7 +43,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,9 +62,6 @@ from embedding.pipeline import (
     resolve_precision,
 )
 from embedding.preprocess import _RESAMPLE, ImageDecodeError, load_image, resize_crop, scale_size
-
-if TYPE_CHECKING:
-    from shoal.store import Dataset, EmbeddingInfo
 
 METHODS = ("roi_align", "crop")
 #: roi_align input size (Ren et al. 2015, Faster R-CNN): shorter side, cap on the longer side.
@@ -497,105 +494,3 @@ def _embed_crops(
         if shutdown is not None:
             shutdown()
     return object_vectors, image_vectors
-
-
-# --------------------------------------------------------------------------- orchestrator
-
-
-def default_object_embedding_name(model: str, method: str = "roi_align") -> str:
-    """``efficientnet_lite0-objects`` (``-objects-crop`` for the crop method)."""
-    base = model.replace("/", "-") + "-objects"
-    return base if method == "roi_align" else f"{base}-{method}"
-
-
-def embed_dataset_objects(
-    ds: Dataset,
-    *,
-    model: str = "efficientnet_lite0",
-    name: str | None = None,
-    method: str = "roi_align",
-    batch_size: int = 8,
-    num_workers: int | None = None,
-    precision: str = "auto",
-    progress: ProgressCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> EmbeddingInfo:
-    """Embed every box of a detection dataset; store an object-level set aligned to ``objects.object_id``.
-
-    The set is named ``name`` (default :func:`default_object_embedding_name`). When the dataset
-    has no image-level set yet, the image vectors of the same pass (normal preprocessing, as
-    ``shoal embed`` makes them) are stored too, under the model's name, and become the default.
-    Returns the object-level set's info.
-
-    >>> embed_dataset_objects(Workspace().open("street"))                     # doctest: +SKIP
-    """
-    from embedding.models import create_model
-    from shoal.store import StoreError
-
-    objects = ds.objects()
-    if objects is None or not len(objects):
-        raise StoreError(
-            f"dataset {ds.name!r} has no boxes to embed; import it with `shoal import-coco` or `shoal import-voc`"
-        )
-    if not ds.has_images:
-        raise StoreError(f"dataset {ds.name!r} has no stored images to embed")
-    name = name or default_object_embedding_name(model, method)
-    samples = ds.samples()
-    sample_ids = samples["sample_id"].astype(str).tolist()
-    rows_of = objects.groupby(objects["sample_id"].astype(str), sort=False).indices
-    unknown = sorted(set(rows_of) - set(sample_ids))
-    if unknown:
-        raise StoreError(
-            f"objects refer to {len(unknown)} sample id(s) not in the samples table, e.g. {unknown[0]!r}"
-        )
-    corners = objects[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float32)
-    rows = [np.asarray(rows_of.get(s, []), dtype=np.int64) for s in sample_ids]
-    embedder = create_model(model)
-    object_vectors, image_vectors = embed_objects(
-        [ds.image_file(p) for p in samples["path"]],
-        [corners[r] for r in rows],
-        embedder,
-        method=method,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        precision=precision,
-        progress=progress,
-        should_stop=should_stop,
-    )
-    aligned = np.empty_like(object_vectors)
-    aligned[np.concatenate(rows)] = object_vectors
-    settings: dict[str, Any] = {
-        "method": method,
-        "precision": resolve_precision(precision, embedder.device),
-    }
-    if method == "roi_align":
-        settings.update(
-            short_side=ROI_SHORT_SIDE,
-            max_side=ROI_MAX_SIDE,
-            output_size=ROI_OUTPUT_SIZE,
-            sampling_ratio=ROI_SAMPLING_RATIO,
-            aligned=True,
-            stride=int(embedder.feature_stride),
-        )
-    else:
-        settings.update(margin=CROP_MARGIN, shape="square around the box")
-    info = ds.save_embeddings(
-        name,
-        aligned,
-        objects["object_id"].astype(str).to_numpy(),
-        model=model,
-        preprocessing={**embedder.data_config.to_dict(), "objects": settings},
-        level="object",
-    )
-    if ds.default_embedding(level="sample") is None:
-        image_name = model.replace("/", "-")
-        ds.save_embeddings(
-            image_name,
-            image_vectors,
-            sample_ids,
-            model=model,
-            preprocessing=embedder.data_config.to_dict(),
-        )
-        if ds.meta.get("default_embedding") is None:
-            ds.update_meta(default_embedding=image_name)
-    return info

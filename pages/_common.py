@@ -289,7 +289,7 @@ def aligned_samples(root: str, name: str, stamp: str, embedding: str | None) -> 
     ds = Workspace(root).open(name)
     if embedding is None:
         return ds.samples().reset_index(drop=True)
-    import analysis.workspace as aw
+    import shoal.workflows.analyse as aw
 
     return aw.row_metadata(ds, ds.load_embeddings(embedding))
 
@@ -366,7 +366,7 @@ def request_analysis(ds, embedding: str, n_samples: int, *, what: str) -> bool:
 def _computed(
     function_name: str, root: str, name: str, embedding: str, version: str, **params: Any
 ) -> Any:
-    import analysis.workspace as aw
+    import shoal.workflows.analyse as aw
 
     ds = Workspace(root).open(name)
     return getattr(aw, function_name)(ds, embedding, **params)
@@ -415,12 +415,12 @@ def comparison(
     current: str | None,
     method: str,
 ) -> Any:
-    from analysis.compare import compare_dataset
+    from shoal.workflows.compare import compare_dataset
 
     ds = Workspace(root).open(name)
     return compare_dataset(
         ds, reference=reference, current=current or None, embedding=embedding, method=method
-    )
+    ).result
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -435,7 +435,7 @@ def similar(
 ) -> Any:
     query = None if vector is None else np.frombuffer(vector, dtype=np.float32)
     ds = Workspace(root).open(name)
-    import analysis.workspace as aw
+    import shoal.workflows.analyse as aw
 
     return aw.similar(
         ds, embedding, sample_ids=list(sample_ids) if sample_ids else None, vector=query, k=k

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from analysis.compare import FilterError, available_tests, parse_filter
+from analysis.compare import available_tests
 from pages import _common as ui
 from shoal import jobs, view
 from shoal.store import StoreError
+from shoal.workflows.filters import FilterError, parse_filter
 
 ui.ensure_entrypoint()
 

@@ -104,7 +104,7 @@ def main() -> None:
     manifest = build(args.out, n_train=args.train, n_production=args.production)
     print(f"wrote {manifest}")
     if not args.no_import:
-        from shoal.importers import import_source
+        from shoal.ingest.images import import_source
         from shoal.store import Workspace
 
         report = import_source(Workspace(args.workspace), manifest, dataset=args.dataset)

@@ -899,8 +899,8 @@ def import_uploads(
     Refused uploads (unsafe names) are added to the report's rejected list, so the user sees
     every file that did not make it and why.
     """
-    from shoal.embeddings_io import add_embeddings, create_from_embeddings
-    from shoal.importers import ImportError_, import_manifest, import_source
+    from shoal.ingest.embeddings import add_embeddings, create_from_embeddings
+    from shoal.ingest.images import ImportError_, import_manifest, import_source
 
     files = [Path(f) for f in files]
     tables = [f for f in files if f.suffix.lower() in (".csv", ".parquet", ".pq")]
@@ -946,8 +946,6 @@ def import_uploads(
         )
         ds = workspace.open(dataset)
         info = add_embeddings(ds, embeddings_file, name=embedding_name, ids_file=ids_file)
-        if ds.meta.get("default_embedding") is None:
-            ds.update_meta(default_embedding=info.name)
         outcome = UploadOutcome(
             dataset=dataset,
             report={
@@ -964,8 +962,6 @@ def import_uploads(
         report = create_from_embeddings(
             workspace, dataset, embeddings_file, metadata_file=metadata, name=embedding_name
         )
-        ds = workspace.open(dataset)
-        ds.update_meta(default_embedding=embedding_name)
         outcome = UploadOutcome(dataset=dataset, report=report.to_dict(), embedding=embedding_name)
     else:
         raise ValueError(f"unknown import mode {mode!r}; one of {sorted(IMPORT_MODES)}")
@@ -986,7 +982,7 @@ def import_uploads(
 def _one_embeddings_file(
     files: list[Path], arrays: list[Path], tables: list[Path], *, prefer_metadata: bool = False
 ) -> Path:
-    from shoal.importers import ImportError_
+    from shoal.ingest.images import ImportError_
 
     if len(arrays) == 1:
         return arrays[0]

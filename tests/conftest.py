@@ -1,9 +1,11 @@
-"""Fixtures shared across the suite: an empty workspace and the bundled real sample images."""
+"""Fixtures shared across the suite: an empty workspace, the bundled real sample images, and the
+real embeddings fixture."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from shoal.store import Workspace
@@ -11,6 +13,7 @@ from shoal.store import Workspace
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = REPO / "sample_data" / "tuxpaint"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REAL_EMBEDDINGS = FIXTURES / "real_embeddings.npz"
 
 
 @pytest.fixture
@@ -26,8 +29,20 @@ def sample_images() -> Path:
 @pytest.fixture(scope="session")
 def embedded_sample(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """A workspace holding the bundled sample dataset with real EfficientNet-Lite0 embeddings."""
-    from shoal.demo import ensure_sample_dataset
+    from shoal.cli.demo import ensure_sample_dataset
 
     workspace = Workspace(tmp_path_factory.mktemp("sample-ws"))
     ensure_sample_dataset(workspace)
     return workspace
+
+
+@pytest.fixture(scope="session")
+def real() -> dict[str, np.ndarray]:
+    """Real EfficientNet-Lite0 embeddings (float32) of Fashion-MNIST, photos and digits."""
+    if not REAL_EMBEDDINGS.exists():
+        pytest.skip(f"{REAL_EMBEDDINGS} is missing; build it with scripts/make_fixtures.py")
+    with np.load(REAL_EMBEDDINGS, allow_pickle=False) as data:
+        return {
+            key: data[key].astype(np.float32) if data[key].dtype == np.float16 else data[key]
+            for key in data.files
+        }

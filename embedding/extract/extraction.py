@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from embedding.defaults import DEFAULT_MAX_ELEMENTS
 from embedding.extract.detection import (
     BOX_LAYER,
     BoxEmbeddings,
@@ -55,7 +56,6 @@ from embedding.pipeline import Progress, ProgressReporter
 
 Task = Literal["classification", "detection", "segmentation"]
 TASKS: tuple[str, ...] = ("classification", "detection", "segmentation")
-DEFAULT_MAX_ELEMENTS = 10_000
 TORCHSCRIPT_DEFAULT_METHOD = "embed"
 
 

@@ -8,7 +8,8 @@ import sys
 import time
 from typing import Any
 
-from shoal.store import Workspace, _json_default
+from shoal.jobs import format_seconds
+from shoal.store import Workspace, json_default
 
 
 class CliError(Exception):
@@ -43,7 +44,7 @@ def workspace(args: argparse.Namespace) -> Workspace:
 
 
 def print_json(payload: Any) -> None:
-    json.dump(payload, sys.stdout, indent=2, default=_json_default, allow_nan=False)
+    json.dump(payload, sys.stdout, indent=2, default=json_default, allow_nan=False)
     sys.stdout.write("\n")
 
 
@@ -78,12 +79,3 @@ class ProgressLine:
         else:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -1,7 +1,7 @@
 """Analysis commands: project, outliers, duplicates, mislabels, similar.
 
 Each reads the dataset's embedding set, reuses (or builds once) its shared kNN graph and cached
-results through :mod:`analysis.workspace`, prints a short summary (or JSON with ``--json``), and
+results through :mod:`shoal.workflows.analyse`, prints a short summary (or JSON with ``--json``), and
 with ``--out FILE`` writes the full per-sample table as CSV or Parquet.
 """
 
@@ -130,7 +130,7 @@ def _cached_note(computed: Any) -> str:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    from analysis import workspace as analysis
+    from shoal.workflows import analyse as analysis
 
     ds = workspace(args).open(args.name)
     computed = analysis.project(
@@ -169,7 +169,7 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 
 def cmd_outliers(args: argparse.Namespace) -> int:
-    from analysis import workspace as analysis
+    from shoal.workflows import analyse as analysis
 
     ds = workspace(args).open(args.name)
     computed = analysis.outliers(
@@ -209,7 +209,7 @@ def _ranked_outliers(
     """The ``top`` highest scores, flagged or not, each with its nearest neighbours as the reason."""
     import numpy as np
 
-    from analysis import workspace as analysis
+    from shoal.workflows import analyse as analysis
 
     graph = analysis.knn_graph(ds, embedding).result
     scores = computed.result.scores
@@ -232,7 +232,7 @@ def _ranked_outliers(
 
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
-    from analysis import workspace as analysis
+    from shoal.workflows import analyse as analysis
 
     ds = workspace(args).open(args.name)
     computed = analysis.duplicates(
@@ -260,7 +260,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
 
 def cmd_mislabels(args: argparse.Namespace) -> int:
-    from analysis import workspace as analysis
+    from shoal.workflows import analyse as analysis
 
     ds = workspace(args).open(args.name)
     computed = analysis.mislabels(
@@ -288,7 +288,7 @@ def cmd_mislabels(args: argparse.Namespace) -> int:
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
-    from analysis import workspace as analysis
+    from shoal.workflows import analyse as analysis
 
     ds = workspace(args).open(args.name)
     vector = None
@@ -325,7 +325,8 @@ def _embed_image(ds: Any, embedding: str | None, path: Path) -> Any:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from analysis.compare import FilterError, compare_dataset
+    from shoal.workflows.compare import compare_dataset
+    from shoal.workflows.filters import FilterError
 
     ds = workspace(args).open(args.name)
     try:
@@ -338,7 +339,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             n_permutations=args.permutations,
             recompute=args.recompute,
-        )
+        ).result
     except (FilterError, ValueError) as error:
         raise CliError(str(error)) from error
     if args.json:

@@ -146,8 +146,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from shoal.embeddings_io import create_from_embeddings
-    from shoal.importers import import_source
+    from shoal.ingest.embeddings import create_from_embeddings
+    from shoal.ingest.images import import_source
 
     ws = workspace(args)
     source = Path(args.source)
@@ -238,12 +238,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_add_embeddings(args: argparse.Namespace) -> int:
-    from shoal.embeddings_io import add_embeddings
+    from shoal.ingest.embeddings import add_embeddings
 
     ds = workspace(args).open(args.name)
     info = add_embeddings(ds, args.file, name=args.embedding, ids_file=args.ids)
-    if ds.meta.get("default_embedding") is None:
-        ds.update_meta(default_embedding=info.name)
     if args.json:
         print_json(info.to_dict())
     else:
@@ -252,7 +250,7 @@ def cmd_add_embeddings(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from shoal.embeddings_io import export_embeddings
+    from shoal.ingest.embeddings import export_embeddings
 
     out = export_embeddings(workspace(args).open(args.name), args.out, embedding=args.embedding)
     print(f"wrote {out}")
@@ -362,7 +360,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from shoal.demo import ensure_sample_dataset
+    from shoal.cli.demo import ensure_sample_dataset
 
     ws = workspace(args)
     line = ProgressLine("embed sample", unit="images")

@@ -65,7 +65,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_import_coco(args: argparse.Namespace) -> int:
-    from shoal.detection import import_coco
+    from shoal.ingest.detection import import_coco
 
     report = import_coco(
         workspace(args),
@@ -82,7 +82,7 @@ def cmd_import_coco(args: argparse.Namespace) -> int:
 
 
 def cmd_import_voc(args: argparse.Namespace) -> int:
-    from shoal.detection import import_voc
+    from shoal.ingest.detection import import_voc
 
     report = import_voc(
         workspace(args),

@@ -30,7 +30,7 @@ def ws_root(tmp_path, real):
     )
     root = tmp_path / "ws"
     ds = Workspace(root).create("fx", samples, has_images=False)
-    ds.save_embeddings("lite0", vectors, ids, model="efficientnet_lite0")
+    ds.publish_embeddings("lite0", vectors, ids, model="efficientnet_lite0")
     return str(root)
 
 

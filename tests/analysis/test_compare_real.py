@@ -22,7 +22,7 @@ import pytest
 
 from analysis.compare import compare, two_sample_test
 
-# The ``real`` fixture (tests/analysis/conftest.py) loads this file, float32.
+# The ``real`` fixture (tests/conftest.py) loads this file, float32.
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "real_embeddings.npz"
 
 

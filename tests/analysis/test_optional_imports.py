@@ -12,7 +12,7 @@ def test_importing_analysis_does_not_import_umap_or_sklearn_estimators() -> None
     import subprocess
 
     code = (
-        "import sys, analysis, analysis.workspace; "
+        "import sys, analysis, shoal.workflows.analyse; "
         "print('umap' in sys.modules, 'sklearn.ensemble' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

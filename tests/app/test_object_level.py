@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from shoal import jobs, view
-from shoal.detection import import_coco
+from shoal.ingest.detection import import_coco
 from shoal.store import Workspace
 from tests.app.test_pages import assert_clean, open_app
 
@@ -188,7 +188,7 @@ def test_other_pages_accept_the_object_level(
 def test_row_metadata_of_an_object_set_is_the_objects_with_their_image_columns(
     street_ws: Workspace,
 ) -> None:
-    from analysis.workspace import outliers, row_metadata
+    from shoal.workflows.analyse import outliers, row_metadata
 
     ds = street_ws.open("street")
     embeddings = ds.load_embeddings(level="object")

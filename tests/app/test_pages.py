@@ -123,7 +123,7 @@ def test_link_restores_box_selection_against_all_points(
     sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ds = sample_ws.open("sample")
-    import analysis.workspace as aw
+    import shoal.workflows.analyse as aw
 
     coords = aw.project(ds).result.coords
     x0, x1 = np.quantile(coords[:, 0], [0.1, 0.6])
@@ -200,7 +200,7 @@ def test_running_job_shows_progress_and_cancels(
     )
     job_id = jobs.submit(
         workspace,
-        "tests.app.app_job_tasks:count",
+        "tests.shoal.jobs.job_tasks:count",
         dataset="vectors",
         params={"total": 400, "delay": 0.05},
     )
@@ -334,7 +334,7 @@ def test_import_report_lists_every_rejected_file(
 
 
 def _embeddings_only_dataset(workspace: Workspace, tmp_path: Path, vectors: np.ndarray) -> None:
-    from shoal.embeddings_io import create_from_embeddings
+    from shoal.ingest.embeddings import create_from_embeddings
 
     path = tmp_path / "vectors.npy"
     np.save(path, vectors)
@@ -441,7 +441,7 @@ def test_large_dataset_asks_for_a_background_analysis(
 def test_generate_embeddings_button_runs_the_embed_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample_images: Path
 ) -> None:
-    from shoal.importers import import_source
+    from shoal.ingest.images import import_source
 
     workspace = Workspace(tmp_path / "ws")
     folder = tmp_path / "few" / "train" / "food"
@@ -467,7 +467,7 @@ def test_link_chooses_the_embedding_set(tmp_path: Path, monkeypatch: pytest.Monk
     rng = np.random.default_rng(5)
     _embeddings_only_dataset(workspace, tmp_path, rng.normal(size=(30, 8)).astype(np.float32))
     ds = workspace.open("vectors")
-    ds.save_embeddings(
+    ds.publish_embeddings(
         "clip", rng.normal(size=(30, 4)), ds.samples()["sample_id"], model="user-provided"
     )
     at = open_app(workspace, monkeypatch, page="pages/similar.py", emb="clip", q="s0", k="12").run()

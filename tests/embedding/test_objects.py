@@ -17,16 +17,15 @@ from embedding import EmbeddingCancelled, embed_paths
 from embedding.objects import (
     ROI_MAX_SIDE,
     ROI_SHORT_SIDE,
-    default_object_embedding_name,
-    embed_dataset_objects,
     embed_objects,
     resized_size,
     square_crop,
 )
 from embedding.pipeline import normalise
 from shoal import jobs
-from shoal.detection import import_coco
+from shoal.ingest.detection import import_coco
 from shoal.store import StoreError, Workspace
+from shoal.workflows.objects import default_object_embedding_name, embed_dataset_objects
 
 DETECTION = Path(__file__).resolve().parents[1] / "fixtures" / "detection"
 

@@ -45,7 +45,7 @@ def test_every_command_has_help() -> None:
     ):
         assert name in commands
         help_text = subprocess.run(
-            [sys.executable, "-m", "shoal.cli", name, "--help"],
+            [sys.executable, "-m", "shoal", name, "--help"],
             capture_output=True,
             text=True,
             check=True,

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.cli import main as cli_main
-from shoal.detection import (
+from shoal.ingest.detection import (
     BOX_TOLERANCE_PX,
     OBJECT_COLUMNS,
     box_iou,
@@ -26,7 +26,7 @@ from shoal.detection import (
     match_counts,
     match_objects,
 )
-from shoal.importers import ImportError_
+from shoal.ingest.images import ImportError_
 from shoal.store import StoreError, Workspace
 
 DETECTION = Path(__file__).resolve().parents[1] / "fixtures" / "detection"
@@ -592,5 +592,4 @@ def test_cli_import_coco_prints_counts_and_each_rejection(
 def test_embed_objects_job_kind_is_registered() -> None:
     from shoal import jobs
 
-    jobs._load_tasks()
-    assert "embed-objects" in jobs.TASKS
+    assert "embed-objects" in jobs.JOB_KINDS

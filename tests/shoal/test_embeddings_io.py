@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from shoal.embeddings_io import (
+from shoal.ingest.embeddings import (
     EmbeddingFileError,
     add_embeddings,
     create_from_embeddings,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from shoal.cli import main
-from shoal.importers import import_source
+from shoal.ingest.images import import_source
 from shoal.store import Workspace
 
 FACTORY = """
@@ -115,7 +115,7 @@ def build_model():
 def test_extract_detector_gives_one_vector_per_image_and_per_box(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from shoal.detection import import_coco
+    from shoal.ingest.detection import import_coco
 
     fixture = Path(__file__).resolve().parents[1] / "fixtures" / "detection"
     workspace = Workspace(tmp_path / "ws")

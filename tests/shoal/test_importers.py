@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shoal.importers import ImportError_, ImportLimits, check_image, import_source
+from shoal.ingest.images import ImportError_, ImportLimits, check_image, import_source
 from shoal.store import Workspace
 
 

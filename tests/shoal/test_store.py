@@ -77,7 +77,7 @@ def test_duplicate_sample_ids_are_refused(workspace: Workspace) -> None:
 def test_embeddings_round_trip_memory_mapped(workspace: Workspace) -> None:
     ds = workspace.create("emb", _samples(4), has_images=False)
     vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
-    info = ds.save_embeddings(
+    info = ds.publish_embeddings(
         "m", vectors, [f"s{i}" for i in range(4)], model="test", preprocessing={"size": 8}
     )
     loaded = ds.load_embeddings("m")
@@ -91,8 +91,8 @@ def test_embeddings_round_trip_memory_mapped(workspace: Workspace) -> None:
 def test_new_version_replaces_old_files(workspace: Workspace) -> None:
     ds = workspace.create("emb", _samples(2), has_images=False)
     ids = ["s0", "s1"]
-    ds.save_embeddings("m", np.zeros((2, 3)), ids, model="t")
-    ds.save_embeddings("m", np.ones((2, 3)), ids, model="t")
+    ds.publish_embeddings("m", np.zeros((2, 3)), ids, model="t")
+    ds.publish_embeddings("m", np.ones((2, 3)), ids, model="t")
     assert len(list((ds.root / "embeddings").glob("m-*.npy"))) == 2  # vectors + ids of one version
     assert ds.load_embeddings("m").vectors.sum() == 6
 
@@ -100,7 +100,7 @@ def test_new_version_replaces_old_files(workspace: Workspace) -> None:
 def test_nonfinite_embeddings_are_refused(workspace: Workspace) -> None:
     ds = workspace.create("emb", _samples(2), has_images=False)
     with pytest.raises(StoreError, match="NaN or inf"):
-        ds.save_embeddings("m", np.array([[1.0, np.nan], [0, 0]]), ["s0", "s1"], model="t")
+        ds.publish_embeddings("m", np.array([[1.0, np.nan], [0, 0]]), ["s0", "s1"], model="t")
 
 
 def test_failed_write_leaves_previous_file(tmp_path: Path) -> None:
@@ -115,14 +115,14 @@ def test_failed_write_leaves_previous_file(tmp_path: Path) -> None:
 
 def test_artefacts_keyed_by_version_and_params(workspace: Workspace) -> None:
     ds = workspace.create("emb", _samples(2), has_images=False)
-    info = ds.save_embeddings("m", np.zeros((2, 3)), ["s0", "s1"], model="t")
+    info = ds.publish_embeddings("m", np.zeros((2, 3)), ["s0", "s1"], model="t")
     key = artefact_key(info, n_neighbors=15)
     assert key != artefact_key(info, n_neighbors=10)
     assert ds.load_artefact("knn", key) is None
     ds.save_artefact("knn", key, {"indices": np.array([[1], [0]])}, {"n_neighbors": 15})
     arrays, meta = ds.load_artefact("knn", key)
     assert arrays["indices"].tolist() == [[1], [0]] and meta["n_neighbors"] == 15
-    newer = ds.save_embeddings("m", np.ones((2, 3)), ["s0", "s1"], model="t")
+    newer = ds.publish_embeddings("m", np.ones((2, 3)), ["s0", "s1"], model="t")
     assert artefact_key(newer, n_neighbors=15) != key
 
 
@@ -133,13 +133,13 @@ from shoal.store import Workspace
 ds = Workspace(sys.argv[1]).open("race")
 ids = [f"s{i}" for i in range(500)]
 for version in range(int(sys.argv[2])):
-    ds.save_embeddings("m", np.full((500, 256), version, dtype=np.float32), ids, model="t")
+    ds.publish_embeddings("m", np.full((500, 256), version, dtype=np.float32), ids, model="t")
 """
 
 
 def test_reader_never_sees_a_torn_embedding_set(workspace: Workspace) -> None:
     ds = workspace.create("race", _samples(500), has_images=False)
-    ds.save_embeddings(
+    ds.publish_embeddings(
         "m", np.full((500, 256), -1, dtype=np.float32), [f"s{i}" for i in range(500)], model="t"
     )
     # A separate interpreter (not multiprocessing: its spawn re-runs whatever __main__ is).

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from embedding.defaults import DEFAULT_EXTRACT_BATCH_SIZE, DEFAULT_MAX_ELEMENTS
 from shoal.store import Dataset, EmbeddingInfo, StoreError
 
 
@@ -28,8 +29,8 @@ def extract_dataset(
     layer: str | None = None,
     name: str | None = None,
     weights: str | None = None,
-    batch_size: int = 16,
-    max_elements: int = 10_000,
+    batch_size: int = DEFAULT_EXTRACT_BATCH_SIZE,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
     progress: Callable[[Any], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[EmbeddingInfo]:
@@ -65,7 +66,7 @@ def extract_dataset(
         )
         metadata.update(layer=chosen, max_elements=max_elements)
         return [
-            dataset.save_embeddings(
+            dataset.publish_embeddings(
                 name, vectors, sample_ids, model=model_spec, preprocessing=metadata
             )
         ]
@@ -91,7 +92,7 @@ def extract_dataset(
     )
     metadata.update(layer=result.image_layer, box_layer=result.box_layer)
     written = [
-        dataset.save_embeddings(
+        dataset.publish_embeddings(
             name, result.image_vectors, sample_ids, model=model_spec, preprocessing=metadata
         )
     ]
@@ -104,7 +105,7 @@ def extract_dataset(
         )
         object_ids = objects["object_id"].astype(str).to_numpy()[order]
         written.append(
-            dataset.save_embeddings(
+            dataset.publish_embeddings(
                 f"{name}-objects",
                 result.labels.vectors,
                 object_ids,

@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from embedding.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from shoal.store import Dataset, EmbeddingInfo, StoreError
-
-DEFAULT_EMBEDDING_MODEL = "efficientnet_lite0"
 
 
 def default_embedding_name(model: str) -> str:
@@ -24,9 +23,9 @@ def default_embedding_name(model: str) -> str:
 def embed_dataset(
     dataset: Dataset,
     *,
-    model: str = DEFAULT_EMBEDDING_MODEL,
+    model: str = DEFAULT_MODEL,
     name: str | None = None,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     num_workers: int | None = None,
     precision: str = "auto",
     progress: Callable[[Any], None] | None = None,
@@ -53,13 +52,12 @@ def embed_dataset(
         progress=progress,
         should_stop=should_stop,
     )
-    info = dataset.save_embeddings(
+    info = dataset.publish_embeddings(
         name,
         vectors,
         samples["sample_id"].astype(str).to_numpy(),
         model=model,
         preprocessing=embedder.data_config.to_dict(),
+        make_default=True,
     )
-    if dataset.meta.get("default_embedding") is None:
-        dataset.update_meta(default_embedding=name)
     return info

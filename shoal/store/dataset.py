@@ -1,140 +1,33 @@
-"""The workspace store: one directory of datasets, every write atomic.
-
-Layout::
-
-    <workspace>/
-      datasets/<name>/
-        dataset.json              name, created_at, has_images
-        samples.parquet           one row per sample (sample_id, source, path, split, label, ...)
-        objects.parquet           optional, one row per labelled or predicted box
-        import_report.json        what the import accepted and rejected, and why
-        images/<ab>/<sha256>.<ext> content-addressed copies of the uploaded images
-        embeddings/<name>.json    pointer to the current version + model, dim, preprocessing
-        embeddings/<name>-<version>.npy / .ids.npy   the matrix (memory-mappable) and its row ids
-        embeddings/.partial-<name>/                  resumable per-batch checkpoints
-        artefacts/<kind>/<key>.npz + .json           kNN graph, projection, scores, ...
-      jobs/                       the job runner's records
-
-Writers go through a temporary file in the same directory and ``os.replace``, so a crash at any
-moment leaves the previous state readable, and a reader sees either the old or the new file.
-An embedding set is published by replacing only its small JSON pointer: the matrix it names is
-written in full first, under a fresh version name.
-
-Example:
-    >>> ws = Workspace("/tmp/ws")                                        # doctest: +SKIP
-    >>> ds = ws.open("flowers"); ds.samples().head()                     # doctest: +SKIP
-"""
+"""One dataset directory: samples, objects, images, embedding sets and cached artefacts."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-DEFAULT_WORKSPACE = "shoal-workspace"
-WORKSPACE_ENV = "SHOAL_WORKSPACE"
-MAX_NAME_LENGTH = 64
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+from shoal.store.errors import StoreError, validate_name
+from shoal.store.files import (
+    atomic_path,
+    json_default,
+    read_json,
+    sha256_file,
+    utc_now,
+    write_json,
+    write_npy,
+    write_parquet,
+)
+
 REQUIRED_COLUMNS = ("sample_id", "source", "path", "split", "label")
-
-
-class StoreError(Exception):
-    """A store operation failed for a reason the user can act on."""
-
-
-class DatasetNotFoundError(StoreError):
-    pass
-
-
-class InvalidNameError(StoreError):
-    pass
-
-
-def validate_name(name: str, *, what: str = "dataset") -> str:
-    """Return ``name`` if it is safe as a single path component, else raise InvalidNameError."""
-    if not isinstance(name, str) or not name:
-        raise InvalidNameError(f"{what} name must be a non-empty string")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidNameError(
-            f"{what} name {name[:20]!r}... is longer than {MAX_NAME_LENGTH} characters"
-        )
-    if name in (".", "..") or not _NAME_PATTERN.match(name) or ".." in name:
-        raise InvalidNameError(
-            f"{what} name {name!r} is not allowed: use letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit (no path separators, no '..')"
-        )
-    return name
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-@contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success it replaces ``target`` atomically."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(target: Path, payload: Any) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def write_parquet(target: Path, frame: pd.DataFrame) -> None:
-    with atomic_path(target) as tmp:
-        frame.to_parquet(tmp, index=False)
-
-
-def write_npy(target: Path, array: np.ndarray) -> None:
-    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-# --------------------------------------------------------------------------- embeddings
 
 
 @dataclass(frozen=True)
@@ -169,9 +62,17 @@ def artefact_key(info: EmbeddingInfo, **params: Any) -> str:
     payload = json.dumps(
         {"embedding": info.name, "version": info.version, "params": params},
         sort_keys=True,
-        default=_json_default,
+        default=json_default,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def digest_values(values: Any) -> str | None:
+    """A short digest of a column of values (labels, splits, ids) for an artefact key; None stays None."""
+    if values is None:
+        return None
+    text = "\x1f".join("\x00" if v is None else str(v) for v in values)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- dataset
@@ -220,7 +121,7 @@ class Dataset:
 
     def store_image(self, source_file: Path, suffix: str) -> str:
         """Copy an image file in, content-addressed; return its ``path`` relative to the dataset."""
-        digest = _sha256_file(source_file)
+        digest = sha256_file(source_file)
         relative = f"images/{digest[:2]}/{digest}{suffix.lower()}"
         target = self.root / relative
         if not target.exists():
@@ -307,7 +208,7 @@ class Dataset:
             return EmbeddingSet(vectors=vectors, ids=ids, info=info)
         raise AssertionError("unreachable")
 
-    def save_embeddings(
+    def publish_embeddings(
         self,
         name: str,
         vectors: np.ndarray,
@@ -316,8 +217,12 @@ class Dataset:
         model: str,
         preprocessing: dict[str, Any] | None = None,
         level: str = "sample",
+        make_default: bool = False,
     ) -> EmbeddingInfo:
-        """Publish an embedding set atomically; earlier versions are removed after the switch."""
+        """Publish an embedding set atomically; earlier versions are removed after the switch.
+
+        ``make_default``: when the dataset has no default embedding set yet, this one becomes it.
+        """
         validate_name(name, what="embedding")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids_array = np.asarray([str(i) for i in ids], dtype=str)
@@ -347,14 +252,9 @@ class Dataset:
             if not stale.name.startswith(f"{name}-{version}") and _version_of(stale.name, name):
                 stale.unlink(missing_ok=True)
         shutil.rmtree(self.partial_dir(name), ignore_errors=True)
+        if make_default and self.meta.get("default_embedding") is None:
+            self.update_meta(default_embedding=name)
         return info
-
-    def delete_embeddings(self, name: str) -> None:
-        validate_name(name, what="embedding")
-        (self._embeddings_dir / f"{name}.json").unlink(missing_ok=True)
-        for stale in self._embeddings_dir.glob(f"{name}-*.npy"):
-            if _version_of(stale.name, name):
-                stale.unlink(missing_ok=True)
 
     def partial_dir(self, name: str) -> Path:
         validate_name(name, what="embedding")
@@ -419,14 +319,6 @@ def _counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in frame[column].value_counts(dropna=True).sort_index().items()}
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_samples(frame: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
@@ -440,83 +332,3 @@ def _check_samples(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame["sample_id"] = ids
     return frame.reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------- workspace
-
-
-class Workspace:
-    """A directory of datasets. ``root=None`` uses $SHOAL_WORKSPACE, else ./shoal-workspace."""
-
-    def __init__(self, root: str | os.PathLike[str] | None = None):
-        self.root = (
-            Path(root or os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE).expanduser().resolve()
-        )
-
-    def __repr__(self) -> str:
-        return f"Workspace({str(self.root)!r})"
-
-    @property
-    def datasets_dir(self) -> Path:
-        return self.root / "datasets"
-
-    @property
-    def jobs_dir(self) -> Path:
-        return self.root / "jobs"
-
-    def list_datasets(self) -> list[str]:
-        if not self.datasets_dir.exists():
-            return []
-        return sorted(p.name for p in self.datasets_dir.iterdir() if (p / "dataset.json").exists())
-
-    def exists(self, name: str) -> bool:
-        return (self.datasets_dir / validate_name(name) / "dataset.json").exists()
-
-    def open(self, name: str) -> Dataset:
-        if not self.exists(name):
-            known = ", ".join(self.list_datasets()) or "none"
-            raise DatasetNotFoundError(
-                f"no dataset {name!r} in workspace {self.root} (datasets: {known}); "
-                "create one with `shoal import SOURCE --dataset NAME`"
-            )
-        return Dataset(self.datasets_dir / name)
-
-    def create(
-        self, name: str, samples: pd.DataFrame, *, has_images: bool, staged: Path | None = None
-    ) -> Dataset:
-        """Create a dataset from a samples table.
-
-        ``staged`` is a directory prepared by an importer (images already stored under it): it is
-        moved into place in one rename, so a half-built dataset is never visible.
-        """
-        validate_name(name)
-        if self.exists(name):
-            raise StoreError(
-                f"dataset {name!r} already exists; choose another name or `shoal delete {name}`"
-            )
-        target = self.datasets_dir / name
-        staging = Path(staged) if staged is not None else self.staging_dir(name)
-        staging_ds = Dataset(staging)
-        staging_ds.write_samples(samples)
-        write_json(
-            staging / "dataset.json",
-            {"name": name, "created_at": utc_now(), "has_images": has_images},
-        )
-        if target.exists():  # leftover without dataset.json: a crashed earlier attempt
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
-        return Dataset(target)
-
-    def staging_dir(self, name: str) -> Path:
-        """A fresh private directory on the same filesystem, for building a dataset before publishing."""
-        base = self.root / ".staging"
-        base.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"{validate_name(name)}-", dir=base))
-
-    def delete(self, name: str) -> None:
-        dataset = self.open(name)
-        trash = self.root / ".trash" / f"{name}-{uuid.uuid4().hex[:8]}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(dataset.root, trash)  # atomic: the dataset disappears at once, cleanup follows
-        shutil.rmtree(trash, ignore_errors=True)

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shoal.importers import ID_COLUMNS, ImportReport, read_table
+from shoal.ingest.images import ID_COLUMNS, ImportReport, read_table
 from shoal.store import Dataset, EmbeddingInfo, StoreError, Workspace, validate_name
 
 USER_MODEL = "user-provided"
@@ -244,14 +244,20 @@ def add_embeddings(
     ids_file: PathLike | None = None,
     model: str = USER_MODEL,
 ) -> EmbeddingInfo:
-    """Validate an embeddings file against the dataset's samples and store it as ``name``."""
+    """Validate an embeddings file against the dataset's samples and store it as ``name``
+    (the dataset's default set when it has none yet)."""
     validate_name(name, what="embedding")
     ids, vectors = read_embeddings_file(file, ids_file=ids_file)
     known = dataset.samples()["sample_id"].astype(str).to_numpy()
     expected_dim = dataset.embedding_info(name).dim if name in dataset.embedding_names() else None
     aligned = align_to_ids(ids, vectors, known, Path(file).name, expected_dim=expected_dim)
-    return dataset.save_embeddings(
-        name, aligned, known, model=model, preprocessing={"source_file": Path(file).name}
+    return dataset.publish_embeddings(
+        name,
+        aligned,
+        known,
+        model=model,
+        preprocessing={"source_file": Path(file).name},
+        make_default=True,
     )
 
 
@@ -304,7 +310,7 @@ def create_from_embeddings(
             samples[column] = samples[column].map(lambda v: None if pd.isna(v) else str(v))
     staging = workspace.staging_dir(dataset)
     staged = Dataset(staging)
-    staged.save_embeddings(
+    staged.publish_embeddings(
         name,
         aligned,
         known,
@@ -320,6 +326,7 @@ def create_from_embeddings(
     }
     staged.write_import_report(report.to_dict())
     workspace.create(dataset, samples, has_images=False, staged=staging)
+    workspace.open(dataset).update_meta(default_embedding=name)
     return report
 
 

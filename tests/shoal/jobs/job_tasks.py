@@ -1,4 +1,5 @@
-"""Job bodies for the app tests, run by real workers as ``tests.app.app_job_tasks:NAME``."""
+"""Job bodies for the runner and app tests, run in real worker processes as
+``tests.shoal.jobs.job_tasks:NAME``."""
 
 from __future__ import annotations
 
@@ -23,3 +24,7 @@ def count(context: JobContext) -> dict[str, Any]:
             force=True,
         )
     return {"counted": total}
+
+
+def fail(context: JobContext) -> dict[str, Any]:
+    raise ValueError("image 'x.jpg' could not be decoded; re-export it as JPEG")

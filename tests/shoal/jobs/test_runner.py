@@ -7,7 +7,7 @@ import time
 from shoal import jobs
 from shoal.store import Workspace
 
-COUNT = "tests.shoal.job_tasks:count"
+COUNT = "tests.shoal.jobs.job_tasks:count"
 
 
 def _wait_for(predicate, timeout: float = 30.0) -> None:
@@ -40,7 +40,7 @@ def test_cancel_stops_the_worker(workspace: Workspace) -> None:
 
 
 def test_failure_is_recorded_with_its_message(workspace: Workspace) -> None:
-    job_id = jobs.submit(workspace, "tests.shoal.job_tasks:fail", dataset="d")
+    job_id = jobs.submit(workspace, "tests.shoal.jobs.job_tasks:fail", dataset="d")
     record = jobs.wait(workspace, job_id, timeout=60)
     assert record.state == "failed" and "could not be decoded" in (record.error or "")
 

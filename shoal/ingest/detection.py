@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from shoal.importers import (
+from shoal.ingest.images import (
     IMAGE_SUFFIXES,
     ImportError_,
     ImportLimits,

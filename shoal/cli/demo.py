@@ -20,7 +20,7 @@ def ensure_sample_dataset(
     source: Path = SAMPLE_DIR,
 ) -> str:
     """Import ``sample_data/tuxpaint`` as ``sample`` and embed it, unless that is already done."""
-    from shoal.importers import import_source
+    from shoal.ingest.images import import_source
 
     if not workspace.exists(SAMPLE_DATASET):
         if not source.exists():

@@ -1,11 +1,11 @@
-"""Thin orchestrators: load an embedding set from a dataset, run a kernel, cache the result.
+"""The analyses of a stored embedding set: kNN graph, map, outliers, duplicates, mislabels, similar.
 
 Every function takes a :class:`shoal.store.Dataset` and an embedding-set name (None = the
-dataset's default) and returns a :class:`Computed` (the typed result, the row → sample id
-mapping, and whether it came from the cache). Results are stored as workspace artefacts keyed by
-the embedding version and every parameter (plus a digest of labels or splits where they matter),
-so a repeated call is a file read. The kNN graph is computed once per embedding set and parameter
-set, and every other analysis reads it.
+dataset's default) and returns a :class:`~shoal.workflows.cache.Computed` (the typed result, the
+row → sample id mapping, and whether it came from the cache), stored under the one cache contract
+of :mod:`shoal.workflows.cache`. One kNN graph per embedding set is built, at
+:data:`GRAPH_NEIGHBORS` (the most any default needs), and every analysis reads it, truncated to its
+own neighbour count; only a request for more neighbours than it holds rebuilds it, once, larger.
 
 Example:
     >>> from shoal.store import Workspace                                  # doctest: +SKIP
@@ -16,12 +16,10 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,36 +30,15 @@ from analysis.mislabels import MislabelResult, score_mislabels
 from analysis.outliers import DEFAULT_Z_THRESHOLD, OutlierResult, score_outliers
 from analysis.projection import Projection
 from analysis.projection import project as project_embeddings
-from analysis.results import jsonable
 from analysis.similar import SimilarResult, search_similar
-from shoal.store import Dataset, EmbeddingSet, StoreError, artefact_key
+from shoal.store import Dataset, EmbeddingSet, StoreError, digest_values
+from shoal.workflows.cache import Computed, cached, result_key
 
-ResultT = TypeVar("ResultT")
-
-#: Neighbour count of the shared graph. Outliers use all of it (see analysis.outliers), UMAP 15
-#: including the point itself.
-DEFAULT_GRAPH_NEIGHBORS = 15
-
-
-@dataclass(frozen=True)
-class Computed(Generic[ResultT]):
-    """A result plus where it came from. Row ``i`` of the result is sample ``sample_ids[i]``."""
-
-    result: ResultT
-    sample_ids: np.ndarray
-    dataset: str
-    embedding: str
-    key: str
-    cached: bool
-
-    def to_dict(self, **options: Any) -> dict[str, Any]:
-        body = self.result.to_dict(sample_ids=self.sample_ids, **options)  # type: ignore[attr-defined]
-        return jsonable(
-            {"dataset": self.dataset, "embedding": self.embedding, "key": self.key, **body}
-        )
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.result.to_frame(sample_ids=self.sample_ids)  # type: ignore[attr-defined]
+#: Neighbours per sample of the one shared graph: the most any default needs (outliers,
+#: duplicates and mislabels use 15; UMAP's default 15 counts the point itself, so 14).
+GRAPH_NEIGHBORS = 15
+#: The shared graph's search settings (cosine distance; exact or HNSW by size; seed).
+GRAPH_PARAMS = {"metric": "cosine", "method": "auto", "random_state": 0}
 
 
 # --------------------------------------------------------------------------- graph
@@ -71,71 +48,29 @@ def knn_graph(
     ds: Dataset,
     embedding: str | None = None,
     *,
-    n_neighbors: int = DEFAULT_GRAPH_NEIGHBORS,
-    metric: str = "cosine",
-    method: str = "auto",
-    random_state: int = 0,
+    n_neighbors: int = GRAPH_NEIGHBORS,
     recompute: bool = False,
 ) -> Computed[KnnGraph]:
-    """The shared kNN graph of an embedding set, computed once and cached as artefact 'knn'."""
-    embeddings = ds.load_embeddings(embedding)
-    return _graph(ds, embeddings, n_neighbors, metric, method, random_state, recompute)
+    """The shared kNN graph of an embedding set (artefact 'knn'), truncated to ``n_neighbors``."""
+    return _graph(ds, ds.load_embeddings(embedding), n_neighbors, recompute=recompute)
 
 
 def _graph(
-    ds: Dataset,
-    embeddings: EmbeddingSet,
-    n_neighbors: int,
-    metric: str,
-    method: str,
-    random_state: int,
-    recompute: bool,
+    ds: Dataset, embeddings: EmbeddingSet, n_neighbors: int, *, recompute: bool = False
 ) -> Computed[KnnGraph]:
-    params = {
-        "n_neighbors": n_neighbors,
-        "metric": metric,
-        "method": method,
-        "random_state": random_state,
-    }
-    key = artefact_key(embeddings.info, kind="knn", **params)
+    key = result_key(embeddings, "knn", **GRAPH_PARAMS)
     stored = None if recompute else ds.load_artefact("knn", key)
-    if stored is not None:
-        graph, cached = KnnGraph.from_arrays(*stored), True
-    else:
-        graph = build_knn_graph(
-            embeddings.vectors,
-            n_neighbors=n_neighbors,
-            metric=metric,
-            method=method,
-            random_state=random_state,
-        )
+    graph = None if stored is None else KnnGraph.from_arrays(*stored)
+    wanted = max(GRAPH_NEIGHBORS, n_neighbors)
+    # A set of n samples has at most n - 1 neighbours per sample: a small graph may be complete.
+    if graph is not None and graph.n_neighbors < min(wanted, len(embeddings.ids) - 1):
+        graph = None
+    cached_graph = graph is not None
+    if graph is None:
+        graph = build_knn_graph(embeddings.vectors, n_neighbors=wanted, **GRAPH_PARAMS)
         ds.save_artefact("knn", key, graph.to_arrays(), graph.to_meta())
-        cached = False
-    return Computed(graph, embeddings.ids, ds.name, embeddings.info.name, key, cached)
-
-
-def _cached(
-    ds: Dataset,
-    kind: str,
-    key: str,
-    embeddings: EmbeddingSet,
-    result_type: Any,
-    compute: Any,
-    recompute: bool,
-) -> Computed[Any]:
-    stored = None if recompute else ds.load_artefact(kind, key)
-    if stored is not None:
-        return Computed(
-            result_type.from_arrays(*stored),
-            embeddings.ids,
-            ds.name,
-            embeddings.info.name,
-            key,
-            True,
-        )
-    result = compute()
-    ds.save_artefact(kind, key, result.to_arrays(), result.to_meta())
-    return Computed(result, embeddings.ids, ds.name, embeddings.info.name, key, False)
+    truncated = graph.truncate(min(n_neighbors, graph.n_neighbors))
+    return Computed(truncated, embeddings.ids, ds.name, embeddings.info.name, key, cached_graph)
 
 
 # --------------------------------------------------------------------------- analyses
@@ -154,18 +89,16 @@ def project(
 ) -> Computed[Projection]:
     """UMAP map of an embedding set from its shared graph (artefact 'projection')."""
     embeddings = ds.load_embeddings(embedding)
-    graph = _graph(
-        ds, embeddings, max(DEFAULT_GRAPH_NEIGHBORS, n_neighbors - 1), "cosine", "auto", 0, False
-    )
+    graph = _graph(ds, embeddings, max(GRAPH_NEIGHBORS, n_neighbors - 1))
     params = {
         "n_components": n_components,
         "n_neighbors": n_neighbors,
         "min_dist": min_dist,
         "random_state": random_state,
         "graph": graph.key,
+        "graph_neighbors": graph.result.n_neighbors,
         **options,
     }
-    key = artefact_key(embeddings.info, kind="projection", **params)
 
     def compute() -> Projection:
         return project_embeddings(
@@ -178,7 +111,7 @@ def project(
             **options,
         )
 
-    return _cached(ds, "projection", key, embeddings, Projection, compute, recompute)
+    return cached(ds, embeddings, "projection", params, Projection, compute, recompute=recompute)
 
 
 def outliers(
@@ -186,7 +119,7 @@ def outliers(
     embedding: str | None = None,
     *,
     method: str = "knn",
-    n_neighbors: int = DEFAULT_GRAPH_NEIGHBORS,
+    n_neighbors: int = GRAPH_NEIGHBORS,
     threshold: float | None = None,
     z_threshold: float = DEFAULT_Z_THRESHOLD,
     random_state: int = 0,
@@ -194,15 +127,15 @@ def outliers(
 ) -> Computed[OutlierResult]:
     """Outlier scores and flags (artefact 'outliers'); see analysis.outliers for the rule."""
     embeddings = ds.load_embeddings(embedding)
-    graph = _graph(ds, embeddings, n_neighbors, "cosine", "auto", 0, False)
+    graph = _graph(ds, embeddings, n_neighbors)
     params = {
         "method": method,
         "threshold": threshold,
         "z_threshold": z_threshold,
         "random_state": random_state,
         "graph": graph.key,
+        "graph_neighbors": graph.result.n_neighbors,
     }
-    key = artefact_key(embeddings.info, kind="outliers", **params)
 
     def compute() -> OutlierResult:
         return score_outliers(
@@ -214,7 +147,7 @@ def outliers(
             random_state=random_state,
         )
 
-    return _cached(ds, "outliers", key, embeddings, OutlierResult, compute, recompute)
+    return cached(ds, embeddings, "outliers", params, OutlierResult, compute, recompute=recompute)
 
 
 def duplicates(
@@ -222,29 +155,35 @@ def duplicates(
     embedding: str | None = None,
     *,
     threshold: float | None = None,
-    n_neighbors: int = DEFAULT_GRAPH_NEIGHBORS,
+    n_neighbors: int = GRAPH_NEIGHBORS,
     recompute: bool = False,
 ) -> Computed[DuplicateResult]:
     """Near-duplicate pairs, groups and cross-split leaks (artefact 'duplicates')."""
     embeddings = ds.load_embeddings(embedding)
-    graph = _graph(ds, embeddings, n_neighbors, "cosine", "auto", 0, False)
+    graph = _graph(ds, embeddings, n_neighbors)
     splits = _column(ds, embeddings, "split")
-    params = {"threshold": threshold, "graph": graph.key, "splits": _digest(splits)}
-    key = artefact_key(embeddings.info, kind="duplicates", **params)
+    params = {
+        "threshold": threshold,
+        "graph": graph.key,
+        "graph_neighbors": graph.result.n_neighbors,
+        "splits": digest_values(splits),
+    }
 
     def compute() -> DuplicateResult:
         return find_duplicates(
             embeddings.vectors, graph=graph.result, threshold=threshold, splits=splits
         )
 
-    return _cached(ds, "duplicates", key, embeddings, DuplicateResult, compute, recompute)
+    return cached(
+        ds, embeddings, "duplicates", params, DuplicateResult, compute, recompute=recompute
+    )
 
 
 def mislabels(
     ds: Dataset,
     embedding: str | None = None,
     *,
-    n_neighbors: int = DEFAULT_GRAPH_NEIGHBORS,
+    n_neighbors: int = GRAPH_NEIGHBORS,
     label_column: str | None = None,
     recompute: bool = False,
 ) -> Computed[MislabelResult]:
@@ -258,14 +197,18 @@ def mislabels(
     labels = _column(ds, embeddings, label_column)
     if labels is None or pd.isna(pd.Series(labels, dtype=object)).all():
         raise StoreError(f"dataset {ds.name!r} has no {label_column!r} values to check")
-    graph = _graph(ds, embeddings, n_neighbors, "cosine", "auto", 0, False)
-    params = {"graph": graph.key, "labels": _digest(labels), "label_column": label_column}
-    key = artefact_key(embeddings.info, kind="mislabels", **params)
+    graph = _graph(ds, embeddings, n_neighbors)
+    params = {
+        "graph": graph.key,
+        "graph_neighbors": graph.result.n_neighbors,
+        "labels": digest_values(labels),
+        "label_column": label_column,
+    }
 
     def compute() -> MislabelResult:
         return score_mislabels(labels, graph=graph.result)
 
-    return _cached(ds, "mislabels", key, embeddings, MislabelResult, compute, recompute)
+    return cached(ds, embeddings, "mislabels", params, MislabelResult, compute, recompute=recompute)
 
 
 def similar(
@@ -287,7 +230,7 @@ def similar(
     if sample_ids is not None:
         rows = rows_of(embeddings, sample_ids)
     result = search_similar(index, rows=rows, vector=vector, k=k)
-    key = artefact_key(embeddings.info, kind="similar")
+    key = result_key(embeddings, "similar")
     return Computed(result, embeddings.ids, ds.name, embeddings.info.name, key, False)
 
 
@@ -360,10 +303,3 @@ def _column(ds: Dataset, embeddings: EmbeddingSet, column: str) -> np.ndarray | 
         return None
     aligned = table[column]
     return aligned.astype(object).where(aligned.notna(), None).to_numpy()
-
-
-def _digest(values: np.ndarray | None) -> str | None:
-    if values is None:
-        return None
-    text = "\x1f".join("\x00" if v is None else str(v) for v in values)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

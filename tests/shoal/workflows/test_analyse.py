@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import workspace as analysis_ws
+from shoal.workflows import analyse as analysis_ws
 from analysis.knn import build_knn_graph
 from shoal.store import StoreError, Workspace
 
@@ -28,7 +28,7 @@ def dataset(tmp_path, real):
     ds = Workspace(tmp_path / "ws").create("fixture", samples, has_images=False)
     # Store rows in a different order than the samples table: alignment must go by id.
     order = rng.permutation(len(ids))
-    ds.save_embeddings("lite0", vectors[order], np.array(ids)[order], model="efficientnet_lite0")
+    ds.publish_embeddings("lite0", vectors[order], np.array(ids)[order], model="efficientnet_lite0")
     return ds, vectors, ids
 
 

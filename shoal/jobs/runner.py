@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,10 +26,11 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from registry import Registry
 from shoal.store import Dataset, StoreError, Workspace, read_json, utc_now, write_json
 
 ACTIVE_STATES = ("queued", "running")
@@ -51,6 +53,30 @@ class JobProgress:
     @property
     def fraction(self) -> float:
         return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def caption(self) -> str:
+        """'120 / 355 images · 41.3 images/s · ETA 6s', as the app and the CLI show progress."""
+        unit = self.unit
+        parts = [
+            f"{self.done:,} / {self.total:,} {unit}" if self.total else f"{self.done:,} {unit}"
+        ]
+        if self.rate:
+            parts.append(f"{self.rate:,.1f} {unit}/s")
+        if self.total and self.done < self.total:
+            parts.append(f"ETA {format_seconds(self.eta_seconds)}")
+        return " · ".join(parts)
+
+
+def format_seconds(seconds: float | None) -> str:
+    """'45s', '5m 03s', '1h 02m'; '—' when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
 @dataclass(frozen=True)
@@ -147,34 +173,50 @@ class JobContext:
 
 
 TaskFunction = Callable[[JobContext], dict[str, Any] | None]
-TASKS: dict[str, TaskFunction] = {}
 
 
-def task(kind: str) -> Callable[[TaskFunction], TaskFunction]:
-    """Register a function as the body of jobs of this kind."""
+@dataclass(frozen=True)
+class JobKind:
+    """A registered job kind: its body, and the dataclass of its parameters (None: any dict)."""
+
+    function: TaskFunction
+    params: type[Any] | None = None
+
+    def normalise(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The job's parameters with every default filled in, so equal requests compare equal."""
+        if self.params is None:
+            return params
+        try:
+            return asdict(self.params(**params))
+        except TypeError as error:
+            names = ", ".join(f.name for f in fields(self.params))
+            raise StoreError(f"bad job parameters {params}: {error} (accepted: {names})") from None
+
+
+JOB_KINDS = Registry[JobKind]("job kind")
+
+
+def task(kind: str, *, params: type[Any] | None = None) -> Callable[[TaskFunction], TaskFunction]:
+    """Register a function as the body of jobs of this kind, with its parameters' dataclass."""
 
     def register(function: TaskFunction) -> TaskFunction:
-        TASKS[kind] = function
+        JOB_KINDS.register(kind, JobKind(function, params))
         return function
 
     return register
 
 
-def _load_tasks() -> None:
-    import shoal.tasks  # noqa: F401 - registers the built-in tasks
-
-
-def _task_function(kind: str) -> TaskFunction:
+def job_kind(kind: str) -> JobKind:
     """A registered kind, or ``package.module:function`` for tasks that live outside Shoal."""
-    if kind in TASKS:
-        return TASKS[kind]
+    if kind in JOB_KINDS:
+        return JOB_KINDS[kind]
     if ":" in kind:
         module_name, _, attribute = kind.partition(":")
         try:
-            return getattr(importlib.import_module(module_name), attribute)
+            return JobKind(getattr(importlib.import_module(module_name), attribute))
         except (ImportError, AttributeError) as error:
             raise StoreError(f"cannot load job task {kind!r}: {error}") from error
-    raise StoreError(f"unknown job kind {kind!r}; known: {', '.join(sorted(TASKS))}")
+    raise StoreError(f"unknown job kind {kind!r}; known: {', '.join(JOB_KINDS.names())}")
 
 
 # --------------------------------------------------------------------------- records
@@ -254,9 +296,7 @@ def submit(
     params: dict[str, Any] | None = None,
 ) -> str:
     """Start a job in a detached worker process and return its id; an identical active job is reused."""
-    _load_tasks()
-    _task_function(kind)
-    params = json.loads(json.dumps(params or {}))
+    params = job_kind(kind).normalise(json.loads(json.dumps(params or {})))
     existing = find_active(workspace, kind, dataset=dataset, params=params)
     if existing is not None:
         return existing.id
@@ -287,14 +327,13 @@ def run(
     log_traceback: bool = True,
 ) -> JobRecord:
     """Run a job in this process (the worker's entry point; also usable inline from the CLI)."""
-    _load_tasks()
     record = replace(get(workspace, job_id), state="running", started_at=utc_now(), pid=os.getpid())
     _save(workspace, record)
     context = JobContext(workspace, record, observer=observer)
     try:
         if context.cancelled():
             raise JobCancelled()
-        result = _task_function(record.kind)(context)
+        result = job_kind(record.kind).function(context)
         final = replace(context.record, state="done", result=result or {}, finished_at=utc_now())
     except JobCancelled:
         final = replace(context.record, state="cancelled", finished_at=utc_now())
@@ -316,12 +355,9 @@ def run_inline(
     observer: Callable[[JobProgress], None] | None = None,
 ) -> JobRecord:
     """Run a job in this process, recorded like any other so the app shows it too (the CLI's path)."""
-    _load_tasks()
-    _task_function(kind)
+    params = job_kind(kind).normalise(json.loads(json.dumps(params or {})))
     job_id = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:8]
-    record = JobRecord(
-        id=job_id, kind=kind, dataset=dataset, params=json.loads(json.dumps(params or {}))
-    )
+    record = JobRecord(id=job_id, kind=kind, dataset=dataset, params=params)
     workspace.jobs_dir.mkdir(parents=True, exist_ok=True)
     _save(workspace, replace(record, pid=os.getpid()))
     return run(workspace, job_id, observer=observer, log_traceback=False)
@@ -375,10 +411,3 @@ def _alive(pid: int) -> bool:
             return handle.read().split(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return True
-
-
-if __name__ == "__main__":
-    # Run through the imported module, not this __main__ copy: tasks register into shoal.jobs.TASKS.
-    from shoal import jobs as _jobs
-
-    _jobs.run(Workspace(sys.argv[1]), sys.argv[2])

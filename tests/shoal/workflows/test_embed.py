@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shoal.importers import import_source
+from shoal.ingest.images import import_source
 from shoal.store import Workspace
 
 pytestmark = pytest.mark.slow

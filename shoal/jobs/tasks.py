@@ -1,0 +1,227 @@
+"""The built-in job kinds, each with the dataclass of its parameters.
+
+A task is a thin wrapper: read its typed parameters, call one workflow, report progress. The
+parameters' defaults come from the library (:mod:`embedding.defaults`), so a job submitted with
+``params={}`` and one with every default spelt out are the same job. Workflows load lazily: the
+app and the CLI import this module without loading torch.
+
+Example:
+    >>> submit(ws, "embed", dataset="pets", params={"batch_size": 64})   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from embedding.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EXTRACT_BATCH_SIZE,
+    DEFAULT_MAX_ELEMENTS,
+    DEFAULT_MODEL,
+    DEFAULT_OBJECT_BATCH_SIZE,
+)
+from shoal.jobs.runner import JobCancelled, JobContext, task
+
+#: What one "analyse" job computes, in order; each later step reuses the kNN graph.
+ANALYSIS_STEPS = ("knn_graph", "project", "outliers", "duplicates", "mislabels")
+
+
+@contextlib.contextmanager
+def _cancellable() -> Iterator[None]:
+    """The embedding engine's own 'stopped' becomes the runner's 'cancelled'."""
+    from embedding.pipeline import EmbeddingCancelled
+
+    try:
+        yield
+    except EmbeddingCancelled as stopped:
+        raise JobCancelled() from stopped
+
+
+# --------------------------------------------------------------------------- embedding
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    model: str = DEFAULT_MODEL
+    name: str | None = None  # the embedding set; default: the model's name
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+
+@task("embed", params=EmbedParams)
+def embed_task(context: JobContext) -> dict[str, Any]:
+    """Embed every image of the dataset with a registered model."""
+    from shoal.workflows.embed import embed_dataset
+
+    params = EmbedParams(**context.params)
+    with _cancellable():
+        info = embed_dataset(
+            context.dataset(),
+            model=params.model,
+            name=params.name,
+            batch_size=params.batch_size,
+            progress=context.report_images,
+            should_stop=context.cancelled,
+        )
+    return {"embedding": info.name, "count": info.count, "dim": info.dim}
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    model: str = ""  # 'path/to/file.py:factory' or a TorchScript file
+    task: str = "classification"
+    layer: str | None = None
+    name: str | None = None
+    weights: str | None = None
+    batch_size: int = DEFAULT_EXTRACT_BATCH_SIZE
+    max_elements: int = DEFAULT_MAX_ELEMENTS
+
+
+@task("extract", params=ExtractParams)
+def extract_task(context: JobContext) -> dict[str, Any]:
+    """Embed every image with the user's own model (classification, segmentation, detection)."""
+    from shoal.workflows.extract import extract_dataset
+
+    params = ExtractParams(**context.params)
+    with _cancellable():
+        written = extract_dataset(
+            context.dataset(),
+            params.model,
+            task=params.task,
+            layer=params.layer,
+            name=params.name,
+            weights=params.weights,
+            batch_size=params.batch_size,
+            max_elements=params.max_elements,
+            progress=context.report_images,
+            should_stop=context.cancelled,
+        )
+    return {"embeddings": [info.to_dict() for info in written]}
+
+
+@dataclass(frozen=True)
+class EmbedObjectsParams:
+    model: str = DEFAULT_MODEL
+    name: str | None = None  # the object-level set; default '<model>-objects'
+    method: str = "roi_align"  # or 'crop'
+    batch_size: int = DEFAULT_OBJECT_BATCH_SIZE  # images per batch
+
+
+@task("embed-objects", params=EmbedObjectsParams)
+def embed_objects_task(context: JobContext) -> dict[str, Any]:
+    """One vector per labelled or predicted box of a detection dataset."""
+    from shoal.workflows.objects import embed_dataset_objects
+
+    params = EmbedObjectsParams(**context.params)
+    ds = context.dataset()
+    had_image_set = ds.default_embedding(level="sample") is not None
+    with _cancellable():
+        info = embed_dataset_objects(
+            ds,
+            model=params.model,
+            name=params.name,
+            method=params.method,
+            batch_size=params.batch_size,
+            progress=context.report_images,
+            should_stop=context.cancelled,  # polled before every batch
+        )
+    result: dict[str, Any] = {
+        "embedding": info.name,
+        "count": info.count,
+        "dim": info.dim,
+        "level": info.level,
+    }
+    if not had_image_set:
+        result["image_embedding"] = ds.default_embedding(level="sample")
+    return result
+
+
+# --------------------------------------------------------------------------- analyses
+
+
+@dataclass(frozen=True)
+class AnalyseParams:
+    embedding: str | None = None  # default: the dataset's default set
+    steps: tuple[str, ...] | None = None  # default: ANALYSIS_STEPS
+
+
+@task("analyse", params=AnalyseParams)
+def analyse_task(context: JobContext) -> dict[str, Any]:
+    """kNN graph, map, outlier scores, near-duplicates and mislabels of one embedding set.
+
+    The results land in the dataset's artefacts, so the page that asked for them reads them
+    back as a cache hit.
+    """
+    from shoal.store import StoreError
+    from shoal.workflows import analyse
+
+    params = AnalyseParams(**context.params)
+    ds = context.dataset()
+    embedding = ds.resolve_embedding(params.embedding)
+    version = ds.embedding_info(embedding).version
+    steps = [s for s in params.steps or ANALYSIS_STEPS if s in ANALYSIS_STEPS]
+    workflows = {
+        "knn_graph": analyse.knn_graph,
+        "project": analyse.project,
+        "outliers": analyse.outliers,
+        "duplicates": analyse.duplicates,
+        "mislabels": analyse.mislabels,
+    }
+    skipped = []
+    for done, step in enumerate(steps):
+        context.report(
+            done,
+            len(steps),
+            unit="steps",
+            message=f"computing {step.replace('_', ' ')}",
+            force=True,
+        )
+        context.check_cancelled()
+        try:
+            workflows[step](ds, embedding)
+        except StoreError as error:
+            if step != "mislabels":  # a dataset without labels has nothing to check
+                raise
+            skipped.append(f"{step}: {error}")
+    context.report(len(steps), len(steps), unit="steps", force=True)
+    return {
+        "embedding": embedding,
+        "version": version,
+        "steps": ", ".join(steps),
+        "skipped": skipped,
+    }
+
+
+@dataclass(frozen=True)
+class CompareParams:
+    reference: str = ""  # a filter, e.g. 'split=train'
+    current: str | None = None  # a filter; default: every sample not in the reference
+    embedding: str | None = None
+    method: str = "auto"
+
+
+@task("compare", params=CompareParams)
+def compare_task(context: JobContext) -> dict[str, Any]:
+    """A reference-vs-current comparison of a large dataset (see ``compare_dataset``)."""
+    from shoal.workflows.compare import compare_dataset
+
+    params = CompareParams(**context.params)
+    ds = context.dataset()
+    embedding = ds.resolve_embedding(params.embedding)
+    context.report(0, 1, unit="comparisons", message="comparing", force=True)
+    computed = compare_dataset(
+        ds,
+        reference=params.reference,
+        current=params.current or None,
+        embedding=embedding,
+        method=params.method,
+    )
+    context.report(1, 1, unit="comparisons", force=True)
+    return {
+        "embedding": embedding,
+        "version": ds.embedding_info(embedding).version,
+        "p_value": computed.result.p_value,
+        "verdict": computed.result.verdict(),
+    }

@@ -1,0 +1,78 @@
+"""The workspace store, the ground floor: one directory of datasets, every write atomic.
+
+Layout::
+
+    <workspace>/
+      datasets/<name>/
+        dataset.json              name, created_at, has_images
+        samples.parquet           one row per sample (sample_id, source, path, split, label, ...)
+        objects.parquet           optional, one row per labelled or predicted box
+        import_report.json        what the import accepted and rejected, and why
+        images/<ab>/<sha256>.<ext> content-addressed copies of the uploaded images
+        embeddings/<name>.json    pointer to the current version + model, dim, preprocessing
+        embeddings/<name>-<version>.npy / .ids.npy   the matrix (memory-mappable) and its row ids
+        embeddings/.partial-<name>/                  resumable per-batch checkpoints
+        artefacts/<kind>/<key>.npz + .json           kNN graph, projection, scores, ...
+      jobs/                       the job runner's records
+
+Writers go through a temporary file in the same directory and ``os.replace``, so a crash at any
+moment leaves the previous state readable, and a reader sees either the old or the new file.
+An embedding set is published by replacing only its small JSON pointer: the matrix it names is
+written in full first, under a fresh version name.
+
+Example:
+    >>> ws = Workspace("/tmp/ws")                                        # doctest: +SKIP
+    >>> ds = ws.open("flowers"); ds.samples().head()                     # doctest: +SKIP
+"""
+
+from shoal.store.dataset import (
+    REQUIRED_COLUMNS,
+    Dataset,
+    EmbeddingInfo,
+    EmbeddingSet,
+    artefact_key,
+    digest_values,
+)
+from shoal.store.errors import (
+    MAX_NAME_LENGTH,
+    DatasetNotFoundError,
+    InvalidNameError,
+    StoreError,
+    validate_name,
+)
+from shoal.store.files import (
+    atomic_path,
+    json_default,
+    read_json,
+    sha256_file,
+    utc_now,
+    write_json,
+    write_npy,
+    write_parquet,
+)
+from shoal.store.workspace import DEFAULT_WORKSPACE, WORKSPACE_ENV, Workspace
+
+__all__ = [
+    "DEFAULT_WORKSPACE",
+    "MAX_NAME_LENGTH",
+    "REQUIRED_COLUMNS",
+    "WORKSPACE_ENV",
+    "Dataset",
+    "DatasetNotFoundError",
+    "EmbeddingInfo",
+    "EmbeddingSet",
+    "InvalidNameError",
+    "StoreError",
+    "Workspace",
+    "artefact_key",
+    "atomic_path",
+    "digest_values",
+    "json_default",
+    "read_json",
+    "sha256_file",
+    "utc_now",
+    "validate_name",
+    "write_json",
+    "write_npy",
+    "write_parquet",
+]
