@@ -26,19 +26,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("annotations", help="COCO JSON with images, categories and annotations (bbox)")
     p.add_argument("--images", required=True, help="folder the images' file_name is relative to")
-    p.add_argument("--dataset", required=True, help="name of the new dataset")
-    p.add_argument(
-        "--predictions",
-        help="detections in COCO results format (image_id, category_id, bbox, score)",
+    _import_options(
+        p,
+        predictions="detections in COCO results format (image_id, category_id, bbox, score)",
+        split="split for every image (e.g. val)",
     )
-    p.add_argument("--split", help="split for every image (e.g. val)")
-    p.add_argument(
-        "--iou",
-        type=float,
-        default=0.5,
-        help="IoU for a prediction to match a label (default: %(default)s)",
-    )
-    p.add_argument("--json", action="store_true", help="print the import report as JSON")
 
     p = add(
         "import-voc",
@@ -49,23 +41,29 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "folder",
         help="VOC folder (Annotations/ and JPEGImages/) or a folder of images with .xml beside them",
     )
-    p.add_argument("--dataset", required=True, help="name of the new dataset")
-    p.add_argument(
-        "--predictions",
-        help="detections as COCO results JSON; image_id = file stem, category = name",
+    _import_options(
+        p,
+        predictions="detections as COCO results JSON; image_id = file stem, category = name",
+        split="split for images not listed in ImageSets/Main/",
     )
-    p.add_argument("--split", help="split for images not listed in ImageSets/Main/")
-    p.add_argument(
+
+
+def _import_options(parser: argparse.ArgumentParser, *, predictions: str, split: str) -> None:
+    """The options import-coco and import-voc share (``predictions`` and ``split``: their help)."""
+    parser.add_argument("--dataset", required=True, help="name of the new dataset")
+    parser.add_argument("--predictions", help=predictions)
+    parser.add_argument("--split", help=split)
+    parser.add_argument(
         "--iou",
         type=float,
         default=0.5,
         help="IoU for a prediction to match a label (default: %(default)s)",
     )
-    p.add_argument("--json", action="store_true", help="print the import report as JSON")
+    parser.add_argument("--json", action="store_true", help="print the import report as JSON")
 
 
 def cmd_import_coco(args: argparse.Namespace) -> int:
-    from shoal.ingest.detection import import_coco
+    from shoal.ingest.coco import import_coco
 
     report = import_coco(
         workspace(args),
@@ -82,7 +80,7 @@ def cmd_import_coco(args: argparse.Namespace) -> int:
 
 
 def cmd_import_voc(args: argparse.Namespace) -> int:
-    from shoal.ingest.detection import import_voc
+    from shoal.ingest.voc import import_voc
 
     report = import_voc(
         workspace(args),

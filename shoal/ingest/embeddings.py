@@ -17,7 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shoal.ingest.images import ID_COLUMNS, ImportReport, read_table
+from shoal.ingest.images import ID_COLUMNS, read_table
+from shoal.ingest.publish import ImportReport, check_new_dataset, publish, staging
 from shoal.store import Dataset, EmbeddingInfo, StoreError, Workspace, validate_name
 
 USER_MODEL = "user-provided"
@@ -271,11 +272,7 @@ def create_from_embeddings(
     name: str = "user",
 ) -> ImportReport:
     """A dataset with no images: embeddings plus (optionally) a metadata table keyed by id."""
-    validate_name(dataset)
-    if workspace.exists(dataset):
-        raise StoreError(
-            f"dataset {dataset!r} already exists; choose another name or `shoal delete {dataset}`"
-        )
+    check_new_dataset(workspace, dataset)
     ids, vectors = read_embeddings_file(embeddings_file, ids_file=ids_file)
     if metadata_file is not None:
         metadata = read_table(Path(metadata_file))
@@ -308,24 +305,16 @@ def create_from_embeddings(
             samples[column] = None
         else:
             samples[column] = samples[column].map(lambda v: None if pd.isna(v) else str(v))
-    staging = workspace.staging_dir(dataset)
-    staged = Dataset(staging)
-    staged.publish_embeddings(
-        name,
-        aligned,
-        known,
-        model=USER_MODEL,
-        preprocessing={"source_file": Path(embeddings_file).name},
-    )
-    report = ImportReport(dataset=dataset, source=Path(embeddings_file).name, imported=len(samples))
-    report.splits = {
-        str(k): int(v) for k, v in samples["split"].dropna().value_counts().sort_index().items()
-    }
-    report.labels = {
-        str(k): int(v) for k, v in samples["label"].dropna().value_counts().sort_index().items()
-    }
-    staged.write_import_report(report.to_dict())
-    workspace.create(dataset, samples, has_images=False, staged=staging)
+    report = ImportReport(dataset=dataset, source=Path(embeddings_file).name)
+    with staging(workspace, dataset) as staged:
+        staged.publish_embeddings(
+            name,
+            aligned,
+            known,
+            model=USER_MODEL,
+            preprocessing={"source_file": Path(embeddings_file).name},
+        )
+        publish(workspace, staged, samples, report, has_images=False)
     workspace.open(dataset).update_meta(default_embedding=name)
     return report
 

@@ -1,8 +1,9 @@
-"""Get a user's data into the store: folders, zips, manifests, embeddings made elsewhere.
+"""Images into the store: a folder, a zip, or a CSV/Parquet manifest that names the files.
 
-Every importer validates each file on its own; a bad file is listed in the import report with the
-reason and what to do, and the good files are imported. The dataset appears in the workspace in
-one rename once everything is in place, so a failed or killed import leaves nothing half-built.
+Every image is validated on its own (:func:`check_image`); a bad file is listed in the import
+report with the reason and what to do, and the good files are imported. The dataset appears in the
+workspace in one rename once everything is in place, so a failed or killed import leaves nothing
+half-built.
 
 Example:
     >>> report = import_source(Workspace(), "photos.zip", dataset="pets")   # doctest: +SKIP
@@ -11,15 +12,12 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -27,7 +25,19 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from shoal.store import Dataset, StoreError, Workspace, utc_now, validate_name
+from shoal.ingest.publish import (
+    DEFAULT_LIMITS,
+    ImportLimits,
+    ImportReport,
+    IngestError,
+    ProgressCallback,
+    check_new_dataset,
+    publish,
+    stable_id,
+    staging,
+    store_image,
+)
+from shoal.store import Workspace
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 PIL_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"}
@@ -36,52 +46,11 @@ PATH_COLUMNS = ("path", "image", "image_path", "filepath", "file", "filename", "
 ID_COLUMNS = ("sample_id", "id", "image_id")
 RESERVED_COLUMNS = {"sample_id", "source", "path"}
 
-ProgressCallback = Callable[[int, int], None]
-
-
-class ImportError_(StoreError):
-    """The import as a whole cannot proceed (not a single bad file: those go to the report)."""
-
-
-@dataclass(frozen=True)
-class ImportLimits:
-    """Caps that protect the server from hostile or broken uploads."""
-
-    max_image_pixels: int = 100_000_000
-    max_zip_total_bytes: int = 20 * 1024**3
-    max_zip_entries: int = 2_000_000
-    max_zip_ratio: float = 250.0  # uncompressed / compressed for one entry larger than 1 MiB
-
-
-@dataclass(frozen=True)
-class Rejection:
-    file: str
-    reason: str
-
-
-@dataclass
-class ImportReport:
-    dataset: str
-    source: str
-    imported: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-    splits: dict[str, int] = field(default_factory=dict)
-    labels: dict[str, int] = field(default_factory=dict)
-    created_at: str = field(default_factory=utc_now)
-
-    def reject(self, file: str, reason: str) -> None:
-        self.rejected.append(Rejection(file, reason))
-
-    def to_dict(self) -> dict[str, Any]:
-        payload = asdict(self)
-        payload["rejected"] = [asdict(r) for r in self.rejected]
-        return payload
-
 
 # --------------------------------------------------------------------------- image validation
 
 
-def check_image(path: Path, limits: ImportLimits = ImportLimits()) -> str | None:
+def check_image(path: Path, limits: ImportLimits = DEFAULT_LIMITS) -> str | None:
     """Return None if ``path`` is a readable image within the caps, else the reason it is not."""
     try:
         size = path.stat().st_size
@@ -129,19 +98,15 @@ def import_source(
     *,
     dataset: str,
     split: str | None = None,
-    limits: ImportLimits = ImportLimits(),
+    limits: ImportLimits = DEFAULT_LIMITS,
     progress: ProgressCallback | None = None,
     display_name: str | None = None,
 ) -> ImportReport:
     """Import a folder, a .zip, or a CSV/Parquet manifest as a new dataset."""
-    validate_name(dataset)
-    if workspace.exists(dataset):
-        raise StoreError(
-            f"dataset {dataset!r} already exists; choose another name or `shoal delete {dataset}`"
-        )
+    check_new_dataset(workspace, dataset)
     path = Path(source)
     if not path.exists():
-        raise ImportError_(f"{path} does not exist")
+        raise IngestError(f"{path} does not exist")
     suffix = path.suffix.lower()
     if path.is_dir():
         return import_folder(
@@ -161,7 +126,7 @@ def import_source(
         return import_manifest(
             workspace, path, dataset=dataset, split=split, limits=limits, progress=progress
         )
-    raise ImportError_(
+    raise IngestError(
         f"don't know how to import {path.name}: give a folder of images, a .zip, or a .csv/.parquet manifest"
     )
 
@@ -172,16 +137,15 @@ def import_folder(
     *,
     dataset: str,
     split: str | None = None,
-    limits: ImportLimits = ImportLimits(),
+    limits: ImportLimits = DEFAULT_LIMITS,
     progress: ProgressCallback | None = None,
-    source_label: str | None = None,
     report: ImportReport | None = None,
 ) -> ImportReport:
     """Images under ``folder``; class from the first sub-folder, split from a top-level train/val/test."""
     folder = Path(folder)
-    report = report or ImportReport(dataset=dataset, source=source_label or str(folder))
+    report = report or ImportReport(dataset=dataset, source=str(folder))
     files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder))
+        p for p in folder.rglob("*") if p.is_file() and not is_hidden(p.relative_to(folder))
     )
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     root = _strip_wrapper(folder, images) if images else folder
@@ -205,7 +169,7 @@ def import_zip(
     *,
     dataset: str,
     split: str | None = None,
-    limits: ImportLimits = ImportLimits(),
+    limits: ImportLimits = DEFAULT_LIMITS,
     progress: ProgressCallback | None = None,
     display_name: str | None = None,
 ) -> ImportReport:
@@ -234,11 +198,11 @@ def safe_extract(
     try:
         bundle = zipfile.ZipFile(archive)
     except zipfile.BadZipFile as error:
-        raise ImportError_(f"{archive.name} is not a valid zip file ({error})") from error
+        raise IngestError(f"{archive.name} is not a valid zip file ({error})") from error
     with bundle:
         infos = bundle.infolist()
         if len(infos) > limits.max_zip_entries:
-            raise ImportError_(
+            raise IngestError(
                 f"{archive.name} has {len(infos):,} entries, over the cap of {limits.max_zip_entries:,}"
             )
         total = 0
@@ -307,7 +271,7 @@ def import_manifest(
     *,
     dataset: str,
     split: str | None = None,
-    limits: ImportLimits = ImportLimits(),
+    limits: ImportLimits = DEFAULT_LIMITS,
     progress: ProgressCallback | None = None,
 ) -> ImportReport:
     """One row per image: a path column (relative to the manifest) and any metadata columns."""
@@ -315,7 +279,7 @@ def import_manifest(
     table = read_table(manifest)
     path_column = _find_column(table, PATH_COLUMNS)
     if path_column is None:
-        raise ImportError_(
+        raise IngestError(
             f"{manifest.name} has no image path column; name one of {', '.join(PATH_COLUMNS)} "
             f"(columns found: {', '.join(map(str, table.columns))})"
         )
@@ -366,7 +330,7 @@ def read_table(path: Path) -> pd.DataFrame:
             return pd.read_csv(path)
         return pd.read_parquet(path)
     except Exception as error:  # noqa: BLE001 - any parser error becomes one clear message
-        raise ImportError_(f"cannot read {path.name}: {error}") from error
+        raise IngestError(f"cannot read {path.name}: {error}") from error
 
 
 # --------------------------------------------------------------------------- storing
@@ -381,10 +345,8 @@ def _store_entries(
     limits: ImportLimits,
     progress: ProgressCallback | None,
 ) -> ImportReport:
-    staging = workspace.staging_dir(dataset)
-    staged = Dataset(staging)
     rows = []
-    try:
+    with staging(workspace, dataset) as staged:
         for done, entry in enumerate(entries, start=1):
             file, source, file_split, label, metadata = entry[:5]
             explicit_id = entry[5] if len(entry) > 5 else None
@@ -396,7 +358,7 @@ def _store_entries(
                     {
                         "sample_id": explicit_id or stable_id(source),
                         "source": source,
-                        "path": staged.store_image(file, _normal_suffix(file)),
+                        "path": store_image(staged, file),
                         "split": _text_or_none(file_split),
                         "label": _text_or_none(label),
                         **metadata,
@@ -405,17 +367,8 @@ def _store_entries(
             if progress:
                 progress(done, len(entries))
         if not rows:
-            raise ImportError_(_nothing_imported(report))
-        samples = pd.DataFrame(rows)
-        report.imported = len(samples)
-        report.splits = _value_counts(samples["split"])
-        report.labels = _value_counts(samples["label"])
-        staged.write_import_report(report.to_dict())
-        workspace.create(dataset, samples, has_images=True, staged=staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return report
+            raise IngestError(_nothing_imported(report))
+        return publish(workspace, staged, pd.DataFrame(rows), report)
 
 
 def _nothing_imported(report: ImportReport) -> str:
@@ -424,11 +377,6 @@ def _nothing_imported(report: ImportReport) -> str:
     head = "; ".join(f"{r.file}: {r.reason}" for r in report.rejected[:3])
     more = f" (and {len(report.rejected) - 3} more)" if len(report.rejected) > 3 else ""
     return f"no valid image in {report.source}: {head}{more}"
-
-
-def stable_id(source: str) -> str:
-    """A short id that is the same every time the same relative path is imported."""
-    return hashlib.sha1(source.encode()).hexdigest()[:12]
 
 
 def _split_and_label(relative: Path) -> tuple[str | None, str | None]:
@@ -455,13 +403,9 @@ def _strip_wrapper(folder: Path, files: list[Path]) -> Path:
             return root
 
 
-def _hidden(relative: Path) -> bool:
+def is_hidden(relative: Path) -> bool:
+    """Dot files and folders, and the ``__MACOSX`` folder a Mac zip adds: never data."""
     return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
-
-
-def _normal_suffix(file: Path) -> str:
-    suffix = file.suffix.lower()
-    return ".jpg" if suffix == ".jpeg" else ".tif" if suffix == ".tiff" else suffix
 
 
 def _scratch_root(workspace: Workspace) -> Path:
@@ -479,7 +423,7 @@ def _check_unique_ids(ids: pd.Series, file_name: str, column: str) -> None:
     duplicated = ids[ids.duplicated()]
     if len(duplicated):
         rows = ids.index[ids == duplicated.iloc[0]].tolist()
-        raise ImportError_(
+        raise IngestError(
             f"{file_name}: duplicate {column} {duplicated.iloc[0]!r} (rows {', '.join(str(r + 2) for r in rows[:5])}); "
             "ids must be unique"
         )
@@ -491,7 +435,3 @@ def _present(value: Any) -> bool:
 
 def _text_or_none(value: Any) -> str | None:
     return str(value) if _present(value) else None
-
-
-def _value_counts(column: pd.Series) -> dict[str, int]:
-    return {str(k): int(v) for k, v in column.dropna().value_counts().sort_index().items()}

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shoal.ingest.images import ImportError_, ImportLimits, check_image, import_source
+from shoal.ingest.images import check_image, import_source
+from shoal.ingest.publish import ImportLimits, IngestError
 from shoal.store import Workspace
 
 
@@ -144,7 +145,7 @@ def test_zip_total_size_cap(workspace: Workspace, sample_images: Path, tmp_path:
 def test_corrupt_zip_is_one_clear_error(workspace: Workspace, tmp_path: Path) -> None:
     archive = tmp_path / "broken.zip"
     archive.write_bytes(b"PK\x03\x04 not really")
-    with pytest.raises(ImportError_, match="broken.zip is not a valid zip"):
+    with pytest.raises(IngestError, match="broken.zip is not a valid zip"):
         import_source(workspace, archive, dataset="z")
     assert workspace.list_datasets() == []
 
@@ -178,7 +179,7 @@ def test_manifest_without_path_column_names_the_columns(
     workspace: Workspace, tmp_path: Path
 ) -> None:
     (tmp_path / "m.csv").write_text("name,label\na.jpg,x\n")
-    with pytest.raises(ImportError_, match="no image path column.*columns found: name, label"):
+    with pytest.raises(IngestError, match="no image path column.*columns found: name, label"):
         import_source(workspace, tmp_path / "m.csv", dataset="m")
 
 
@@ -187,7 +188,7 @@ def test_nothing_valid_is_an_error_and_leaves_no_dataset(
 ) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.jpg").write_bytes(b"")
-    with pytest.raises(ImportError_, match="x.jpg: empty file"):
+    with pytest.raises(IngestError, match="x.jpg: empty file"):
         import_source(workspace, tmp_path / "in", dataset="none")
     assert workspace.list_datasets() == []
     assert not any((workspace.root / ".staging").iterdir())

@@ -1,4 +1,4 @@
-"""COCO / VOC import, the objects table and label-to-inference matching, on real VOC photos.
+"""COCO import: the objects table, hand-counted matches on real VOC photos, and bad input.
 
 The fixture (tests/fixtures/detection, built by scripts/make_detection_example.py) holds four real
 photos with 31 labelled boxes and 15 hand-made predictions whose outcome was counted by hand.
@@ -7,29 +7,17 @@ photos with 31 labelled boxes and 15 hand-made predictions whose outcome was cou
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from shoal.cli import main as cli_main
-from shoal.ingest.detection import (
-    BOX_TOLERANCE_PX,
-    OBJECT_COLUMNS,
-    box_iou,
-    import_coco,
-    import_voc,
-    match_counts,
-    match_objects,
-)
-from shoal.ingest.images import ImportError_
+from shoal.ingest.coco import import_coco
+from shoal.ingest.detection import BOX_TOLERANCE_PX, OBJECT_COLUMNS, match_counts
+from shoal.ingest.publish import IngestError
 from shoal.store import StoreError, Workspace
-
-DETECTION = Path(__file__).resolve().parents[1] / "fixtures" / "detection"
+from tests.shoal.ingest.detection_fixture import DETECTION, by_origin, write_coco
 
 # Prediction number -> (status, matched annotation id or None), counted by hand from
 # PREDICTIONS in scripts/make_detection_example.py.
@@ -60,13 +48,6 @@ def _import_fixture(workspace: Workspace, name: str = "street"):
         dataset=name,
         predictions=DETECTION / "predictions.json",
     )
-
-
-def _by_origin(objects: pd.DataFrame) -> dict[str, pd.Series]:
-    return {row.origin: row for row in objects.itertuples()}
-
-
-# --------------------------------------------------------------------------- COCO
 
 
 def test_coco_import_with_predictions_gives_the_hand_counted_matches(workspace: Workspace) -> None:
@@ -111,7 +92,7 @@ def test_coco_import_with_predictions_gives_the_hand_counted_matches(workspace: 
     )
     assert match_counts(objects) == {"tp": 10, "fp": 5, "fn": 21}
 
-    rows = _by_origin(objects)
+    rows = by_origin(objects)
     ids = {origin: row.object_id for origin, row in rows.items()}
     for number, (status, annotation) in EXPECTED_PREDICTIONS.items():
         row = rows[f"predictions.json prediction {number}"]
@@ -170,19 +151,6 @@ def test_third_party_labelme_coco_file_imports_unchanged(workspace: Workspace) -
     assert sorted(samples["image_id"]) == ["0", "1", "2"]
 
 
-def _write_coco(
-    tmp_path: Path, extra_annotations: list, *, extra_images: list | None = None
-) -> Path:
-    """A copy of labelme's COCO file with extra (mostly broken) annotations and images."""
-    folder = tmp_path / "upload"
-    shutil.copytree(DETECTION / "labelme_coco" / "JPEGImages", folder / "JPEGImages")
-    payload = json.loads((DETECTION / "labelme_coco" / "annotations.json").read_text())
-    payload["annotations"] += extra_annotations
-    payload["images"] += extra_images or []
-    (folder / "annotations.json").write_text(json.dumps(payload))
-    return folder
-
-
 def test_bad_annotations_are_reported_with_their_reason_and_skipped(
     workspace: Workspace, tmp_path: Path
 ) -> None:
@@ -211,7 +179,7 @@ def test_bad_annotations_are_reported_with_their_reason_and_skipped(
     corrupt = {"id": 8, "file_name": "JPEGImages/broken.jpg", "width": 10, "height": 10}
     escaping = {"id": 9, "file_name": "../outside.jpg", "width": 10, "height": 10}
     on_missing = {"id": 112, "image_id": 7, "category_id": 15, "bbox": [1, 1, 5, 5]}
-    folder = _write_coco(tmp_path, bad + [on_missing], extra_images=[missing, corrupt, escaping])
+    folder = write_coco(tmp_path, bad + [on_missing], extra_images=[missing, corrupt, escaping])
     (folder / "JPEGImages" / "broken.jpg").write_bytes(
         (folder / "JPEGImages" / "2011_000003.jpg").read_bytes()[:5000]
     )
@@ -263,7 +231,7 @@ def test_bad_annotations_are_reported_with_their_reason_and_skipped(
     adjusted = {r.file: r.reason for r in report.adjusted}
     assert set(adjusted) == {"annotations.json annotation 111"}
     assert "extends 50 px outside" in adjusted["annotations.json annotation 111"]
-    rows = _by_origin(workspace.open("bad").objects())
+    rows = by_origin(workspace.open("bad").objects())
     assert [
         rows["annotations.json annotation 110"].x1,
         rows["annotations.json annotation 110"].y1,
@@ -277,7 +245,7 @@ def test_bad_annotations_are_reported_with_their_reason_and_skipped(
 def test_declared_size_that_disagrees_with_the_file_is_noted(
     workspace: Workspace, tmp_path: Path
 ) -> None:
-    folder = _write_coco(tmp_path, [])
+    folder = write_coco(tmp_path, [])
     payload = json.loads((folder / "annotations.json").read_text())
     payload["images"][0]["width"] = 640
     (folder / "annotations.json").write_text(json.dumps(payload))
@@ -290,13 +258,13 @@ def test_declared_size_that_disagrees_with_the_file_is_noted(
 def test_whole_import_errors_are_one_clear_message(workspace: Workspace, tmp_path: Path) -> None:
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "broken.json").write_text("{not json")
-    with pytest.raises(ImportError_, match="not a COCO file"):
+    with pytest.raises(IngestError, match="not a COCO file"):
         import_coco(workspace, tmp_path / "list.json", images=tmp_path, dataset="x")
-    with pytest.raises(ImportError_, match="not valid JSON"):
+    with pytest.raises(IngestError, match="not valid JSON"):
         import_coco(workspace, tmp_path / "broken.json", images=tmp_path, dataset="x")
-    folder = _write_coco(tmp_path, [])
+    folder = write_coco(tmp_path, [])
     (folder / "preds.json").write_text('{"predictions": 3}')
-    with pytest.raises(ImportError_, match="COCO results format"):
+    with pytest.raises(IngestError, match="COCO results format"):
         import_coco(
             workspace,
             folder / "annotations.json",
@@ -310,7 +278,7 @@ def test_whole_import_errors_are_one_clear_message(workspace: Workspace, tmp_pat
         "categories": [],
     }
     (tmp_path / "empty.json").write_text(json.dumps(payload))
-    with pytest.raises(ImportError_, match="no valid image.*nothing.jpg: image file not found"):
+    with pytest.raises(IngestError, match="no valid image.*nothing.jpg: image file not found"):
         import_coco(workspace, tmp_path / "empty.json", images=tmp_path, dataset="x")
     assert workspace.list_datasets() == []
     assert not list((workspace.root / ".staging").glob("x-*"))  # nothing half-built left behind
@@ -319,228 +287,10 @@ def test_whole_import_errors_are_one_clear_message(workspace: Workspace, tmp_pat
         _import_fixture(workspace, "taken")
 
 
-# --------------------------------------------------------------------------- VOC
-
-
-def test_voc_folder_with_annotations_and_jpegimages(workspace: Workspace, tmp_path: Path) -> None:
-    folder = tmp_path / "VOC"
-    shutil.copytree(DETECTION / "labelme_voc", folder)
-    (folder / "ImageSets" / "Main").mkdir(parents=True)
-    (folder / "ImageSets" / "Main" / "train.txt").write_text("2011_000003\n2011_000006\n")
-    (folder / "ImageSets" / "Main" / "val.txt").write_text("2011_000025\n")
-    predictions = [
-        {
-            "image_id": "2011_000025",
-            "category": "bus",
-            "bbox": [83, 19.384615, 352, 354],
-            "score": 0.9,
-        },  # = bus 1
-        {
-            "image_id": "2011_000025.jpg",
-            "category": "car",
-            "bbox": [0, 98, 107, 184],
-            "score": 0.8,
-        },  # on bus 2
-        {"image_id": "2011_000099", "category": "bus", "bbox": [0, 0, 5, 5], "score": 0.5},
-    ]
-    (tmp_path / "preds.json").write_text(json.dumps(predictions))
-    report = import_voc(workspace, folder, dataset="voc", predictions=tmp_path / "preds.json")
-    assert report.imported == 3
-    assert report.objects == {"label": 9, "inference": 2}
-    assert report.categories == {"bus": 2, "car": 1, "person": 6}
-    assert report.matching == {"tp": 1, "fp": 1, "fn": 8, "iou_threshold": 0.5}
-    assert [(r.file, "unknown image_id '2011_000099'" in r.reason) for r in report.rejected] == [
-        ("preds.json prediction 2", True)
-    ]
-    assert report.splits == {"train": 2, "val": 1}
-    objects = workspace.open("voc").objects()
-    rows = _by_origin(objects)
-    # <xmin>84.0</xmin> <ymin>20.38..</ymin> <xmax>435.0</xmax> <ymax>373.38..</ymax>: 1-based corners.
-    bus = rows["Annotations/2011_000025.xml object 1"]
-    assert [bus.x0, bus.y0, bus.x1, bus.y1] == pytest.approx([83.0, 19.384615, 435.0, 373.384615])
-    assert bus.status == "tp" and bus.iou == pytest.approx(1.0, abs=1e-4)
-    samples = workspace.open("voc").samples().set_index("source")
-    assert samples.loc["JPEGImages/2011_000006.jpg", ["n_labels", "label", "split"]].tolist() == [
-        4,
-        "person",
-        "train",
-    ]
-
-
-def test_voc_xml_beside_images_and_broken_files(workspace: Workspace, tmp_path: Path) -> None:
-    folder = tmp_path / "flat"
-    folder.mkdir()
-    for stem in ("2011_000003", "2011_000006"):
-        shutil.copy(DETECTION / "labelme_voc" / "JPEGImages" / f"{stem}.jpg", folder)
-        shutil.copy(DETECTION / "labelme_voc" / "Annotations" / f"{stem}.xml", folder)
-    xml = (folder / "2011_000006.xml").read_text()
-    xml = xml.replace("<xmin>395.0</xmin>", "<xmin>oops</xmin>", 1)  # 4th object
-    xml = xml.replace("<name>person</name>", "<name></name>", 1)  # 1st object
-    (folder / "2011_000006.xml").write_text(xml)
-    (folder / "torn.xml").write_text("<annotation><object>")
-    (folder / "lonely.xml").write_text("<annotation><filename>lonely.jpg</filename></annotation>")
-    report = import_voc(workspace, folder, dataset="flat", split="test")
-    reasons = {r.file: r.reason for r in report.rejected}
-    assert set(reasons) == {
-        "2011_000006.xml object 1",
-        "2011_000006.xml object 4",
-        "torn.xml",
-        "lonely.jpg",
-    }
-    assert "no <name>" in reasons["2011_000006.xml object 1"]
-    assert "not a number" in reasons["2011_000006.xml object 4"]
-    assert "not a readable XML file" in reasons["torn.xml"]
-    assert "image file not found" in reasons["lonely.jpg"]
-    assert report.imported == 2 and report.objects == {"label": 4, "inference": 0}
-    assert report.splits == {"test": 2}
-
-
-def test_voc_without_xml_files_is_refused(workspace: Workspace, tmp_path: Path) -> None:
-    with pytest.raises(ImportError_, match="no VOC .xml annotation files"):
-        import_voc(workspace, tmp_path, dataset="none")
-
-
-# --------------------------------------------------------------------------- matching
-
-
-def _frame(rows: list[tuple], *, scores: bool = False) -> pd.DataFrame:
-    columns = ["object_id", "sample_id", "category", "x0", "y0", "x1", "y1"] + (
-        ["score"] if scores else []
-    )
-    return pd.DataFrame(rows, columns=columns)
-
-
-def test_box_iou_against_hand_values() -> None:
-    boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 5, 10.0]])
-    iou = box_iou(boxes, boxes)
-    assert iou[0, 1] == pytest.approx(50 / 150)
-    assert iou[0, 2] == 0.0 and iou[0, 3] == pytest.approx(0.5)
-    assert np.allclose(np.diag(iou), 1.0) and np.allclose(iou, iou.T)
-
-
-def test_greedy_matching_goes_by_score_not_by_iou() -> None:
-    labels = _frame([("a", "s", "cat", 0, 0, 10, 10)])
-    # The better-placed inference has the lower score: the higher score wins the label.
-    inferences = _frame(
-        [("good", "s", "cat", 0, 0, 10, 10, 0.4), ("rough", "s", "cat", 0, 0, 10, 7, 0.9)],
-        scores=True,
-    )
-    result = match_objects(labels, inferences).set_index("object_id")
-    assert result.loc["rough", "status"] == "tp" and result.loc["a", "match_id"] == "rough"
-    assert result.loc["good", "status"] == "fp" and result.loc["good", "iou"] == pytest.approx(1.0)
-
-
-def test_matching_is_class_aware_per_image_and_inclusive_at_the_threshold() -> None:
-    labels = _frame(
-        [
-            ("a", "s1", "cat", 0, 0, 10, 10),
-            ("b", "s2", "cat", 0, 0, 10, 10),
-            ("c", "s1", "dog", 0, 0, 10, 10),
-        ]
-    )
-    inferences = _frame(
-        [
-            ("p", "s1", "dog", 0, 0, 10, 10, 0.9),  # matches dog c, not cat a
-            ("q", "s1", "cat", 0, 0, 10, 5, 0.8),  # IoU exactly 0.5 with a
-            ("r", "s3", "cat", 0, 0, 10, 10, 0.7),
-        ],  # an image with no labels
-        scores=True,
-    )
-    result = match_objects(labels, inferences).set_index("object_id")
-    assert result["status"].to_dict() == {
-        "a": "tp",
-        "b": "fn",
-        "c": "tp",
-        "p": "tp",
-        "q": "tp",
-        "r": "fp",
-    }
-    assert result.loc["q", "iou"] == pytest.approx(0.5)
-    assert (
-        match_objects(labels, inferences, iou_threshold=0.6)
-        .set_index("object_id")
-        .loc["q", "status"]
-        == "fp"
-    )
-    assert result["kind"].tolist() == ["label"] * 3 + ["inference"] * 3
-
-
-def test_matching_with_nothing_on_one_side() -> None:
-    labels = _frame([("a", "s", "cat", 0, 0, 10, 10)])
-    empty = _frame([], scores=True)
-    assert match_objects(labels, empty)["status"].tolist() == ["fn"]
-    assert match_objects(_frame([]), labels.assign(score=0.5))["status"].tolist() == ["fp"]
-    assert len(match_objects(_frame([]), empty)) == 0
-    with pytest.raises(ValueError, match="finite"):
-        match_objects(labels, labels.assign(score=np.nan))
-    with pytest.raises(ValueError, match="iou_threshold"):
-        match_objects(labels, empty, iou_threshold=0)
-
-
-_box = st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 30), st.integers(1, 30))
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    labels=st.lists(
-        st.tuples(st.sampled_from(["s1", "s2"]), st.sampled_from(["cat", "dog"]), _box), max_size=12
-    ),
-    inferences=st.lists(
-        st.tuples(
-            st.sampled_from(["s1", "s2"]), st.sampled_from(["cat", "dog"]), _box, st.floats(0, 1)
-        ),
-        max_size=12,
-    ),
-)
-def test_matching_invariants(labels: list, inferences: list) -> None:
-    label_frame = _frame(
-        [(f"l{i}", s, c, x, y, x + w, y + h) for i, (s, c, (x, y, w, h)) in enumerate(labels)]
-    )
-    inference_frame = _frame(
-        [
-            (f"p{i}", s, c, x, y, x + w, y + h, score)
-            for i, (s, c, (x, y, w, h), score) in enumerate(inferences)
-        ],
-        scores=True,
-    )
-    result = match_objects(label_frame, inference_frame).set_index("object_id")
-    assert len(result) == len(labels) + len(inferences)
-    tp = result[result["status"] == "tp"]
-    # Matches are one-to-one, symmetric, same image and category, and at least the threshold.
-    for object_id, row in tp.iterrows():
-        partner = result.loc[row["match_id"]]
-        assert partner["match_id"] == object_id and partner["kind"] != row["kind"]
-        assert (partner["sample_id"], partner["category"]) == (row["sample_id"], row["category"])
-        assert row["iou"] >= 0.5 and row["iou"] == pytest.approx(partner["iou"])
-    assert tp["match_id"].is_unique
-    counts = match_counts(result.reset_index())
-    assert counts["tp"] + counts["fp"] == len(inferences) and counts["tp"] + counts["fn"] == len(
-        labels
-    )
-    assert result.loc[result["kind"] == "label", "status"].isin(["tp", "fn"]).all()
-    assert result.loc[result["kind"] == "inference", "status"].isin(["tp", "fp"]).all()
-    # Greedy matching is maximal: an unmatched inference overlaps no free same-class label enough.
-    free_labels = result[(result["kind"] == "label") & (result["status"] == "fn")]
-    for _, row in result[result["status"] == "fp"].iterrows():
-        same = free_labels[
-            (free_labels["sample_id"] == row["sample_id"])
-            & (free_labels["category"] == row["category"])
-        ]
-        if len(same):
-            iou = box_iou(
-                row[["x0", "y0", "x1", "y1"]].to_numpy(float),
-                same[["x0", "y0", "x1", "y1"]].to_numpy(float),
-            )
-            assert iou.max() < 0.5
-
-
-# --------------------------------------------------------------------------- CLI
-
-
 def test_cli_import_coco_prints_counts_and_each_rejection(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder = _write_coco(
+    folder = write_coco(
         tmp_path, [{"id": 500, "image_id": 0, "category_id": 15, "bbox": [5, 5, 0, 5]}]
     )
     (folder / "preds.json").write_text(
@@ -566,30 +316,3 @@ def test_cli_import_coco_prints_counts_and_each_rejection(
     assert "imported 3 images with 12 labelled and 1 predicted boxes" in out
     assert "TP 1, FP 0, FN 11" in out
     assert "annotations.json annotation 500: box has zero or negative size" in out
-
-    code = cli_main(
-        [
-            "import-voc",
-            str(DETECTION / "labelme_voc"),
-            "--dataset",
-            "v",
-            "--json",
-            "--workspace",
-            ws,
-        ]
-    )
-    payload = json.loads(capsys.readouterr().out)
-    assert (
-        code == 0
-        and payload["objects"] == {"label": 9, "inference": 0}
-        and payload["matching"] is None
-    )
-
-    code = cli_main(["import-voc", str(tmp_path / "nowhere"), "--dataset", "w", "--workspace", ws])
-    assert code == 2 and "is not a folder of VOC annotations" in capsys.readouterr().err
-
-
-def test_embed_objects_job_kind_is_registered() -> None:
-    from shoal import jobs
-
-    assert "embed-objects" in jobs.JOB_KINDS

@@ -1,0 +1,126 @@
+"""What every importer shares: the whole-import error, the import report, and publishing.
+
+An importer checks the name with :func:`check_new_dataset`, stores images into a staging dataset
+opened with :func:`staging`, and ends with :func:`publish`, which fills in the report's counts,
+writes it beside the samples and moves the dataset into place in one rename. A failed or killed
+import removes the staging folder, so it leaves nothing half-built.
+
+Example:
+    >>> check_new_dataset(workspace, "pets")                                   # doctest: +SKIP
+    >>> with staging(workspace, "pets") as staged:                             # doctest: +SKIP
+    ...     samples = ...  # rows that point at staged.store_image(...)
+    ...     publish(workspace, staged, samples, ImportReport("pets", "photos.zip"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shoal.store import Dataset, StoreError, Workspace, utc_now, validate_name
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class IngestError(StoreError):
+    """The import as a whole cannot proceed (not a single bad file: those go to the report)."""
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """Caps that protect the server from hostile or broken uploads."""
+
+    max_image_pixels: int = 100_000_000
+    max_zip_total_bytes: int = 20 * 1024**3
+    max_zip_entries: int = 2_000_000
+    max_zip_ratio: float = 250.0  # uncompressed / compressed for one entry larger than 1 MiB
+
+
+DEFAULT_LIMITS = ImportLimits()
+
+
+@dataclass(frozen=True)
+class Rejection:
+    file: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    dataset: str
+    source: str
+    imported: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+    created_at: str = field(default_factory=utc_now)
+
+    def reject(self, file: str, reason: str) -> None:
+        self.rejected.append(Rejection(file, reason))
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["rejected"] = [asdict(r) for r in self.rejected]
+        return payload
+
+
+def check_new_dataset(workspace: Workspace, dataset: str) -> None:
+    """Refuse a bad or taken name before any work is done."""
+    validate_name(dataset)
+    if workspace.exists(dataset):
+        raise StoreError(
+            f"dataset {dataset!r} already exists; choose another name or `shoal delete {dataset}`"
+        )
+
+
+@contextmanager
+def staging(workspace: Workspace, dataset: str) -> Iterator[Dataset]:
+    """A private dataset folder to build the import in; removed if anything goes wrong."""
+    folder = workspace.staging_dir(dataset)
+    try:
+        yield Dataset(folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def publish(
+    workspace: Workspace,
+    staged: Dataset,
+    samples: pd.DataFrame,
+    report: ImportReport,
+    *,
+    has_images: bool = True,
+) -> ImportReport:
+    """Count samples per split and label into ``report``, store it, and create the dataset."""
+    report.imported = len(samples)
+    report.splits = value_counts(samples["split"])
+    report.labels = value_counts(samples["label"])
+    staged.write_import_report(report.to_dict())
+    workspace.create(report.dataset, samples, has_images=has_images, staged=staged.root)
+    return report
+
+
+def store_image(staged: Dataset, file: Path) -> str:
+    """Copy an image file into the staging dataset; returns its stored path."""
+    suffix = file.suffix.lower()
+    return staged.store_image(
+        file, ".jpg" if suffix == ".jpeg" else ".tif" if suffix == ".tiff" else suffix
+    )
+
+
+def stable_id(source: str) -> str:
+    """A short id that is the same every time the same relative path is imported."""
+    return hashlib.sha1(source.encode()).hexdigest()[:12]
+
+
+def value_counts(column: pd.Series) -> dict[str, int]:
+    """{value: count} of the non-missing values, sorted by value, as plain str and int."""
+    return {str(k): int(v) for k, v in column.dropna().value_counts().sort_index().items()}
