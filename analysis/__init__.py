@@ -3,8 +3,11 @@
 One kNN graph per embedding set (:mod:`analysis.knn`) feeds the projection
 (:mod:`analysis.projection`), outlier scores (:mod:`analysis.outliers`), near-duplicates
 (:mod:`analysis.duplicates`) and label checks (:mod:`analysis.mislabels`); similarity search
-(:mod:`analysis.similar`) reuses the same exact index. :mod:`shoal.workflows.analyse` runs them on a
-stored dataset and caches the results as workspace artefacts.
+(:mod:`analysis.similar`) reuses the same exact index. :mod:`analysis.compare` tells whether two
+sets differ (the permutation tests of :mod:`analysis.two_sample`) and where. One PCA
+(:mod:`analysis.pca`) serves them all, and every stored result shares one storage contract
+(:class:`analysis.results.ArrayRecord`). These modules import nothing of ``shoal``: the workflows
+in ``shoal.workflows`` read a stored dataset, run them and cache their results.
 
 >>> import numpy as np
 >>> from analysis import build_knn_graph, score_outliers
@@ -13,8 +16,9 @@ stored dataset and caches the results as workspace artefacts.
 (100,)
 """
 
+from analysis.blocks import l2_normalize
 from analysis.duplicates import DuplicateResult, find_duplicates
-from analysis.knn import KnnGraph, NeighborIndex, build_knn_graph, normalize
+from analysis.knn import KnnGraph, NeighborIndex, build_knn_graph
 from analysis.mislabels import MislabelResult, score_mislabels
 from analysis.outliers import SCORERS, OutlierResult, register_scorer, score_outliers
 from analysis.projection import Projection, project
@@ -31,7 +35,7 @@ __all__ = [
     "SimilarResult",
     "build_knn_graph",
     "find_duplicates",
-    "normalize",
+    "l2_normalize",
     "project",
     "register_scorer",
     "score_mislabels",

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.knn import KnnGraph, build_knn_graph
-from analysis.results import ids_or_rows, jsonable, robust_threshold
+from analysis.results import ArrayRecord, ids_or_rows, jsonable, log_with_floor, robust_threshold
 
 #: Robust z below which a nearest-neighbour distance counts as a near-duplicate (the outlier
 #: flag's Iglewicz & Hoaglin cut-off, applied to the low side).
@@ -45,7 +45,7 @@ MAX_GROUP_FOR_ALL_PAIRS = 256
 
 
 @dataclass(frozen=True)
-class DuplicateResult:
+class DuplicateResult(ArrayRecord):
     """Verified near-duplicate pairs and their groups.
 
     pairs: (n_pairs, 2) int64 rows ``i < j``, closest first. distances: (n_pairs,) float32 exact
@@ -83,29 +83,6 @@ class DuplicateResult:
         """Rows with a near-duplicate in another split (both sides of each leaking pair)."""
         return np.unique(self.leakage_pairs.ravel())
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "pairs": self.pairs,
-            "distances": self.distances,
-            "group_labels": self.group_labels,
-            "cross_split": self.cross_split,
-        }
-
-    def to_meta(self) -> dict[str, Any]:
-        return jsonable({"threshold": self.threshold, "metric": self.metric, "params": self.params})
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> DuplicateResult:
-        return cls(
-            pairs=np.asarray(arrays["pairs"], dtype=np.int64).reshape(-1, 2),
-            distances=np.asarray(arrays["distances"], dtype=np.float32),
-            group_labels=np.asarray(arrays["group_labels"], dtype=np.int64),
-            cross_split=np.asarray(arrays["cross_split"], dtype=bool),
-            threshold=float(meta["threshold"]),
-            metric=str(meta["metric"]),
-            params=dict(meta.get("params", {})),
-        )
-
     def to_frame(self, *, sample_ids: np.ndarray | None = None) -> pd.DataFrame:
         """One row per pair: a, b (sample ids or rows), distance, cross_split, group."""
         names = ids_or_rows(sample_ids, len(self.group_labels))
@@ -120,9 +97,7 @@ class DuplicateResult:
         )
 
     def to_dict(self, *, sample_ids: np.ndarray | None = None) -> dict[str, Any]:
-        def name(row: int) -> Any:
-            return str(sample_ids[row]) if sample_ids is not None else int(row)
-
+        names = ids_or_rows(sample_ids, len(self.group_labels))
         return jsonable(
             {
                 **self.to_meta(),
@@ -130,12 +105,12 @@ class DuplicateResult:
                 "n_groups": self.n_groups,
                 "n_leaking_pairs": int(self.cross_split.sum()),
                 "pairs": [
-                    {"a": name(i), "b": name(j), "distance": float(d), "cross_split": bool(c)}
+                    {"a": names[i], "b": names[j], "distance": d, "cross_split": c}
                     for (i, j), d, c in zip(
                         self.pairs, self.distances, self.cross_split, strict=True
                     )
                 ],
-                "groups": [[name(int(r)) for r in group] for group in self.groups()],
+                "groups": [names[group] for group in self.groups()],
             }
         )
 
@@ -216,11 +191,9 @@ def auto_threshold(graph: KnnGraph, *, z: float = DEFAULT_Z) -> tuple[float, dic
     if graph.n_neighbors == 0:
         return 0.0, {"rule": "auto", "z": z}
     nearest = graph.distances[:, 0].astype(np.float64)
-    nearest = nearest[np.isfinite(nearest)]
-    floor = 1e-3 * float(np.median(nearest)) if nearest.size else 0.0
-    floor = floor if floor > 0 else 1e-12
+    logs, floor = log_with_floor(nearest[np.isfinite(nearest)])
     # Mirror the values so the low side becomes the high side of the shared robust rule.
-    cut, centre, spread = robust_threshold(-np.log(nearest + floor), z=z)
+    cut, centre, spread = robust_threshold(-logs, z=z)
     threshold = 0.0 if not np.isfinite(cut) else max(0.0, float(np.exp(-cut) - floor))
     return threshold, {
         "rule": "auto: exp(median - z * robust_sd) of log nearest-neighbour distances",

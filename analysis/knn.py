@@ -15,10 +15,14 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+
+from analysis.blocks import BLOCK_ROWS, l2_normalize
+from analysis.pca import BlockPCA
+from analysis.results import ArrayRecord, ids_or_rows
 
 METRICS = ("cosine", "euclidean")
 METHODS = ("auto", "exact", "hnsw")
@@ -39,28 +43,8 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 64
 
-#: Rows per block when streaming through a (maybe memory-mapped) matrix, so that no n × n and
-#: no full normalised copy of a large set is ever materialised.
-BLOCK_ROWS = 8192
-
 #: Query batches up to this size are answered with a numpy product instead of faiss.
 SMALL_QUERY_BATCH = 16
-
-
-def take_rows(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """embeddings[rows] as a float32 copy, read in ascending row order and in blocks, so a
-    memory-mapped matrix is read sequentially and never converted whole.
-
-    >>> take_rows(np.arange(6.0).reshape(3, 2), np.array([2, 0])).tolist()
-    [[4.0, 5.0], [0.0, 1.0]]
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    order = np.argsort(rows, kind="stable")
-    taken = np.empty((len(rows), embeddings.shape[1]), dtype=np.float32)
-    for start in range(0, len(rows), BLOCK_ROWS):
-        block = order[start : start + BLOCK_ROWS]
-        taken[block] = embeddings[rows[block]]
-    return taken
 
 
 def _faiss() -> Any:
@@ -72,7 +56,7 @@ def _faiss() -> Any:
 
 
 @dataclass(frozen=True)
-class KnnGraph:
+class KnnGraph(ArrayRecord):
     """Each sample's nearest other samples.
 
     indices: (n_samples, n_neighbors) int64 row numbers, self excluded, nearest first;
@@ -98,25 +82,12 @@ class KnnGraph:
                 f"graph has {self.n_neighbors} neighbours per sample, cannot give {n_neighbors}; "
                 "rebuild it with a larger n_neighbors"
             )
-        return KnnGraph(
+        return replace(
+            self,
             indices=self.indices[:, :n_neighbors],
             distances=self.distances[:, :n_neighbors],
-            metric=self.metric,
-            method=self.method,
             n_neighbors=n_neighbors,
-            params=self.params,
         )
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"indices": self.indices, "distances": self.distances}
-
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "method": self.method,
-            "n_neighbors": self.n_neighbors,
-            "params": self.params,
-        }
 
     def to_dict(self, *, sample_ids: np.ndarray | None = None) -> dict[str, Any]:
         """JSON-able summary (the arrays stay in the artefact; use to_frame for edges)."""
@@ -132,9 +103,7 @@ class KnnGraph:
         import pandas as pd
 
         rows = np.repeat(np.arange(self.n_samples), self.n_neighbors)
-        names = (
-            np.arange(self.n_samples) if sample_ids is None else np.asarray(sample_ids).astype(str)
-        )
+        names = ids_or_rows(sample_ids, self.n_samples)
         return pd.DataFrame(
             {
                 "sample_id": names[rows],
@@ -144,71 +113,6 @@ class KnnGraph:
             }
         )
 
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> KnnGraph:
-        return cls(
-            indices=np.asarray(arrays["indices"], dtype=np.int64),
-            distances=np.asarray(arrays["distances"], dtype=np.float32),
-            metric=str(meta["metric"]),
-            method=str(meta["method"]),
-            n_neighbors=int(meta["n_neighbors"]),
-            params=dict(meta.get("params", {})),
-        )
-
-
-def normalize(embeddings: np.ndarray) -> np.ndarray:
-    """L2-normalised float32 copy of (n_samples, dim) embeddings; all-zero rows stay zero.
-
-    Example:
-        >>> normalize(np.array([[3.0, 4.0]]))
-        array([[0.6, 0.8]], dtype=float32)
-    """
-    vectors = np.array(embeddings, dtype=np.float32, copy=True, ndmin=2)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    # A zero vector has no direction; dividing by 1 keeps it zero instead of NaN.
-    norms[norms == 0] = 1.0
-    vectors /= norms
-    return vectors
-
-
-def fit_pca(
-    vectors: np.ndarray, n_components: int, *, max_rows: int = 20_000, random_state: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(mean (dim,), axes (dim, n_components)) float32 of the leading principal axes.
-
-    vectors: (n_samples, dim), used as given (normalise first for cosine geometry); axes are
-    fitted on at most ``max_rows`` random rows, streamed in blocks.
-    """
-    from sklearn.utils.extmath import randomized_svd
-
-    n_samples, dim = vectors.shape
-    n_components = max(1, min(n_components, dim, n_samples))
-    rng = np.random.default_rng(random_state)
-    rows = (
-        np.sort(rng.choice(n_samples, max_rows, replace=False))
-        if n_samples > max_rows
-        else np.arange(n_samples)
-    )
-    mean = np.zeros(dim, dtype=np.float64)
-    for start in range(0, len(rows), BLOCK_ROWS):
-        mean += np.asarray(vectors[rows[start : start + BLOCK_ROWS]], dtype=np.float32).sum(
-            axis=0, dtype=np.float64
-        )
-    mean /= max(1, len(rows))
-    mean32 = mean.astype(np.float32)
-    scatter = np.zeros((dim, dim), dtype=np.float64)
-    for start in range(0, len(rows), BLOCK_ROWS):
-        centred = np.asarray(vectors[rows[start : start + BLOCK_ROWS]], dtype=np.float32) - mean32
-        scatter += centred.T @ centred
-    # Leading eigenvectors of the symmetric scatter matrix by randomised subspace iteration:
-    # a few small products instead of a full LAPACK decomposition.
-    eigenvectors, _, _ = randomized_svd(scatter, n_components, n_iter=7, random_state=random_state)
-    axes = np.ascontiguousarray(eigenvectors, dtype=np.float32)
-    # Fix each axis' sign so results do not depend on the BLAS build.
-    signs = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(n_components)])
-    axes *= np.where(signs == 0, 1, signs).astype(np.float32)
-    return mean32, axes
-
 
 def _check_metric(metric: str) -> str:
     if metric not in METRICS:
@@ -216,9 +120,10 @@ def _check_metric(metric: str) -> str:
     return metric
 
 
-def _prepare(block: np.ndarray, metric: str) -> np.ndarray:
+def prepare_rows(block: np.ndarray, metric: str) -> np.ndarray:
+    """Float32 rows ready for ``metric``: L2-normalised for cosine, as they are for euclidean."""
     if metric == "cosine":
-        return normalize(block)
+        return l2_normalize(block)
     return np.ascontiguousarray(block, dtype=np.float32)
 
 
@@ -266,12 +171,12 @@ class NeighborIndex:
             )
         self.n_reference, self.dim = (int(s) for s in reference.shape)
         faiss = _faiss()
-        self._reducer: tuple[np.ndarray, np.ndarray] | None = None
+        self._reducer: BlockPCA | None = None
         if method == "exact":
             faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
             index = faiss.IndexFlat(self.dim, faiss_metric)
             for start in range(0, self.n_reference, BLOCK_ROWS):
-                index.add(_prepare(reference[start : start + BLOCK_ROWS], metric))
+                index.add(prepare_rows(reference[start : start + BLOCK_ROWS], metric))
             # A zero-copy view of faiss' own storage: the prepared matrix lives once in memory.
             flat = faiss.downcast_index(index)
             self.vectors_ = (
@@ -284,12 +189,16 @@ class NeighborIndex:
         else:
             self.vectors_ = np.empty((self.n_reference, self.dim), dtype=np.float32)
             for start in range(0, self.n_reference, BLOCK_ROWS):
-                self.vectors_[start : start + BLOCK_ROWS] = _prepare(
+                self.vectors_[start : start + BLOCK_ROWS] = prepare_rows(
                     reference[start : start + BLOCK_ROWS], metric
                 )
             searched_dim = self.dim
             if self.dim > 2 * HNSW_REDUCED_DIM and self.n_reference > HNSW_REDUCED_DIM:
-                self._reducer = fit_pca(self.vectors_, HNSW_REDUCED_DIM, random_state=random_state)
+                # Imported here: analysis.pca reads its blocks with this module's helpers.
+
+                self._reducer = BlockPCA(HNSW_REDUCED_DIM, random_state=random_state).fit(
+                    self.vectors_
+                )
                 searched_dim = HNSW_REDUCED_DIM
             # Candidates by Euclidean distance: on normalised vectors it orders like cosine.
             index = faiss.IndexHNSWFlat(searched_dim, HNSW_M, faiss.METRIC_L2)
@@ -304,8 +213,7 @@ class NeighborIndex:
     def _reduce(self, block: np.ndarray) -> np.ndarray:
         if self._reducer is None:
             return np.ascontiguousarray(block, dtype=np.float32)
-        mean, axes = self._reducer
-        return np.ascontiguousarray((block - mean) @ axes, dtype=np.float32)
+        return self._reducer.transform(block)
 
     def search(
         self,
@@ -335,7 +243,7 @@ class NeighborIndex:
         if k <= 0 or k_search == 0:
             return indices, distances
         for start in range(0, n_queries, BLOCK_ROWS):
-            block = _prepare(queries[start : start + BLOCK_ROWS], self.metric)
+            block = prepare_rows(queries[start : start + BLOCK_ROWS], self.metric)
             found_idx, found_dist = self._search_block(block, k_search)
             for row in range(len(block)):
                 query_row = start + row

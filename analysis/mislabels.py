@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.knn import KnnGraph, build_knn_graph
-from analysis.results import ids_or_rows, jsonable
+from analysis.results import ArrayRecord, ids_or_rows, jsonable
 
 #: Weight of the class-prior pseudo-vote, in units of one neighbour at the median distance's
 #: weight (exp(-1)).
@@ -40,7 +40,7 @@ PRIOR_WEIGHT = float(np.exp(-1.0))
 
 
 @dataclass(frozen=True)
-class MislabelResult:
+class MislabelResult(ArrayRecord):
     """Mislabel scores, suggestions and the neighbours behind each flag.
 
     scores: (n_samples,) float32 in [0, 1), 1 - kNN posterior of the given label; higher = more
@@ -67,41 +67,6 @@ class MislabelResult:
     def n_flagged(self) -> int:
         return int(self.flagged.sum())
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "scores": self.scores,
-            "given_posterior": self.given_posterior,
-            "flagged": self.flagged,
-            "suggested_labels": self.suggested_labels.astype(str),
-            "suggested_posterior": self.suggested_posterior,
-            "classes": self.classes.astype(str),
-            "class_thresholds": self.class_thresholds,
-            "flagged_indices": self.flagged_indices,
-            "neighbor_indices": self.neighbor_indices,
-            "neighbor_distances": self.neighbor_distances,
-            "neighbor_labels": self.neighbor_labels.astype(str),
-        }
-
-    def to_meta(self) -> dict[str, Any]:
-        return jsonable({"params": self.params})
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> MislabelResult:
-        return cls(
-            scores=np.asarray(arrays["scores"], dtype=np.float32),
-            given_posterior=np.asarray(arrays["given_posterior"], dtype=np.float32),
-            flagged=np.asarray(arrays["flagged"], dtype=bool),
-            suggested_labels=np.asarray(arrays["suggested_labels"]).astype(str),
-            suggested_posterior=np.asarray(arrays["suggested_posterior"], dtype=np.float32),
-            classes=np.asarray(arrays["classes"]).astype(str),
-            class_thresholds=np.asarray(arrays["class_thresholds"], dtype=np.float32),
-            flagged_indices=np.asarray(arrays["flagged_indices"], dtype=np.int64),
-            neighbor_indices=np.asarray(arrays["neighbor_indices"], dtype=np.int64),
-            neighbor_distances=np.asarray(arrays["neighbor_distances"], dtype=np.float32),
-            neighbor_labels=np.asarray(arrays["neighbor_labels"]).astype(str),
-            params=dict(meta.get("params", {})),
-        )
-
     def to_frame(self, *, sample_ids: np.ndarray | None = None) -> pd.DataFrame:
         """One row per sample: sample_id (or row), score, given_posterior, flagged, suggested_label."""
         return pd.DataFrame(
@@ -118,19 +83,17 @@ class MislabelResult:
     def to_dict(
         self, *, sample_ids: np.ndarray | None = None, labels: Any = None
     ) -> dict[str, Any]:
-        def name(row: int) -> Any:
-            return str(sample_ids[row]) if sample_ids is not None else int(row)
-
+        names = ids_or_rows(sample_ids, len(self.scores))
         flagged = []
         for i, row in enumerate(self.flagged_indices):
             entry = {
-                "sample": name(int(row)),
-                "score": float(self.scores[row]),
-                "suggested_label": str(self.suggested_labels[row]),
-                "suggested_posterior": float(self.suggested_posterior[row]),
-                "neighbors": [name(int(j)) for j in self.neighbor_indices[i]],
-                "neighbor_labels": self.neighbor_labels[i].tolist(),
-                "neighbor_distances": self.neighbor_distances[i].tolist(),
+                "sample": names[row],
+                "score": self.scores[row],
+                "suggested_label": self.suggested_labels[row],
+                "suggested_posterior": self.suggested_posterior[row],
+                "neighbors": names[self.neighbor_indices[i]],
+                "neighbor_labels": self.neighbor_labels[i],
+                "neighbor_distances": self.neighbor_distances[i],
             }
             if labels is not None:
                 entry["given_label"] = str(np.asarray(labels, dtype=object)[row])
@@ -192,12 +155,12 @@ def score_mislabels(
     prior = prior / prior.sum() if prior.sum() else prior
 
     weights = _kernel_weights(graph.distances)
-    neighbour_codes = codes[graph.indices] if k else np.zeros((n_samples, 0), np.int64)
-    weights = np.where(neighbour_codes >= 0, weights, 0.0)
+    neighbor_codes = codes[graph.indices] if k else np.zeros((n_samples, 0), np.int64)
+    weights = np.where(neighbor_codes >= 0, weights, 0.0)
     total = weights.sum(axis=1) + PRIOR_WEIGHT
 
     given_posterior = np.full(n_samples, np.nan)
-    given_mass = (weights * (neighbour_codes == codes[:, None])).sum(axis=1)
+    given_mass = (weights * (neighbor_codes == codes[:, None])).sum(axis=1)
     given_posterior[labelled] = (
         given_mass[labelled] + PRIOR_WEIGHT * prior[codes[labelled]]
     ) / total[labelled]
@@ -205,7 +168,7 @@ def score_mislabels(
     # Posterior of each neighbour's class, per neighbour slot: (n, k), computed in row blocks.
     slot_posterior = np.zeros((n_samples, k))
     for start in range(0, n_samples, 16384):
-        block_codes = neighbour_codes[start : start + 16384]
+        block_codes = neighbor_codes[start : start + 16384]
         block_weights = weights[start : start + 16384]
         same = block_codes[:, :, None] == block_codes[:, None, :]
         mass = (same * block_weights[:, None, :]).sum(axis=2)
@@ -213,7 +176,7 @@ def score_mislabels(
         slot_posterior[start : start + 16384] = (mass + slot_prior) / total[
             start : start + 16384, None
         ]
-    slot_posterior[neighbour_codes < 0] = 0.0
+    slot_posterior[neighbor_codes < 0] = 0.0
 
     # Per-class bar: mean self-posterior among samples carrying that label.
     thresholds = np.ones(n_classes)
@@ -222,9 +185,9 @@ def score_mislabels(
         counts = np.bincount(codes[labelled], minlength=n_classes)
         thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
     eligible = (
-        (neighbour_codes >= 0)
-        & (neighbour_codes != codes[:, None])
-        & (slot_posterior >= thresholds[np.maximum(neighbour_codes, 0)])
+        (neighbor_codes >= 0)
+        & (neighbor_codes != codes[:, None])
+        & (slot_posterior >= thresholds[np.maximum(neighbor_codes, 0)])
         & (slot_posterior > np.nan_to_num(given_posterior, nan=1.0)[:, None])
         & labelled[:, None]
     )
@@ -233,7 +196,7 @@ def score_mislabels(
     best_value = candidate[np.arange(n_samples), best_slot] if k else np.full(n_samples, -1.0)
     flagged = best_value > 0
     suggested_codes = np.where(
-        flagged, neighbour_codes[np.arange(n_samples), best_slot] if k else -1, -1
+        flagged, neighbor_codes[np.arange(n_samples), best_slot] if k else -1, -1
     )
 
     scores = (1.0 - given_posterior).astype(np.float32)
@@ -251,7 +214,7 @@ def score_mislabels(
         flagged_indices=flagged_indices.astype(np.int64),
         neighbor_indices=graph.indices[flagged_indices],
         neighbor_distances=graph.distances[flagged_indices],
-        neighbor_labels=label_text[neighbour_codes[flagged_indices]],
+        neighbor_labels=label_text[neighbor_codes[flagged_indices]],
         params={
             "n_neighbors": k,
             "metric": graph.metric,

@@ -2,6 +2,8 @@
 
 Scorers register by name (``@register_scorer("knn")``). Every scorer returns one float per sample,
 **higher = more anomalous**; its range is stated in :data:`SCORERS` (``ScorerSpec.score_range``).
+Registering different code under a taken name raises ``ValueError``; an unknown name raises
+``registry.UnknownNameError`` (a ``ValueError`` and a ``KeyError``) listing the registered ones.
 
 Default scorer ``"knn"``, an outlier at either of two scales:
 
@@ -47,8 +49,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.knn import BLOCK_ROWS, KnnGraph, build_knn_graph, normalize
-from analysis.results import ids_or_rows, jsonable, robust_threshold, robust_z
+from analysis.blocks import BLOCK_ROWS
+from analysis.knn import KnnGraph, build_knn_graph, prepare_rows
+from analysis.pca import BlockPCA
+from analysis.results import (
+    ArrayRecord,
+    ids_or_rows,
+    jsonable,
+    log_with_floor,
+    robust_threshold,
+    robust_z,
+)
+from registry import Registry
 
 #: Modified z-score above which a sample is flagged (Iglewicz & Hoaglin, 1993).
 DEFAULT_Z_THRESHOLD = 3.5
@@ -67,7 +79,7 @@ class ScorerSpec:
     description: str = ""
 
 
-SCORERS: dict[str, ScorerSpec] = {}
+SCORERS: Registry[ScorerSpec] = Registry("outlier scorer")
 
 
 def register_scorer(
@@ -85,10 +97,8 @@ def register_scorer(
     """
 
     def decorate(function: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        if name in SCORERS:
-            raise ValueError(f"outlier scorer {name!r} is already registered")
         doc = (function.__doc__ or "").strip().splitlines()
-        SCORERS[name] = ScorerSpec(
+        spec = ScorerSpec(
             name=name,
             function=function,
             score_range=score_range,
@@ -97,13 +107,13 @@ def register_scorer(
             standardized=standardized,
             description=doc[0] if doc else "",
         )
-        return function
+        return SCORERS.register(name, spec).function
 
     return decorate
 
 
 @dataclass(frozen=True)
-class OutlierResult:
+class OutlierResult(ArrayRecord):
     """Outlier scores for every sample, the flags, and the neighbours behind each flag.
 
     scores: (n_samples,) float32, higher = more anomalous, range per ``score_range``.
@@ -127,40 +137,6 @@ class OutlierResult:
     def n_flagged(self) -> int:
         return int(self.flagged.sum())
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "scores": self.scores,
-            "flagged": self.flagged,
-            "flagged_indices": self.flagged_indices,
-            "neighbor_indices": self.neighbor_indices,
-            "neighbor_distances": self.neighbor_distances,
-        }
-
-    def to_meta(self) -> dict[str, Any]:
-        return jsonable(
-            {
-                "threshold": self.threshold,
-                "method": self.method,
-                "score_range": self.score_range,
-                "params": self.params,
-            }
-        )
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> OutlierResult:
-        threshold = meta["threshold"]
-        return cls(
-            scores=np.asarray(arrays["scores"], dtype=np.float32),
-            flagged=np.asarray(arrays["flagged"], dtype=bool),
-            flagged_indices=np.asarray(arrays["flagged_indices"], dtype=np.int64),
-            neighbor_indices=np.asarray(arrays["neighbor_indices"], dtype=np.int64),
-            neighbor_distances=np.asarray(arrays["neighbor_distances"], dtype=np.float32),
-            threshold=float("inf") if threshold is None else float(threshold),
-            method=str(meta["method"]),
-            score_range=str(meta["score_range"]),
-            params=dict(meta.get("params", {})),
-        )
-
     def to_frame(self, *, sample_ids: np.ndarray | None = None) -> pd.DataFrame:
         """One row per sample: sample_id (or row), score, flagged, rank (1 = most anomalous)."""
         order = np.argsort(-self.scores, kind="stable")
@@ -177,16 +153,13 @@ class OutlierResult:
 
     def to_dict(self, *, sample_ids: np.ndarray | None = None) -> dict[str, Any]:
         """JSON-able: summary, all scores, and per flagged sample its neighbours."""
-
-        def name(row: int) -> Any:
-            return str(sample_ids[row]) if sample_ids is not None else int(row)
-
+        names = ids_or_rows(sample_ids, len(self.scores))
         flagged = [
             {
-                "sample": name(int(row)),
-                "score": float(self.scores[row]),
-                "neighbors": [name(int(j)) for j in self.neighbor_indices[i]],
-                "neighbor_distances": self.neighbor_distances[i].tolist(),
+                "sample": names[row],
+                "score": self.scores[row],
+                "neighbors": names[self.neighbor_indices[i]],
+                "neighbor_distances": self.neighbor_distances[i],
             }
             for i, row in enumerate(self.flagged_indices)
         ]
@@ -219,8 +192,6 @@ def score_outliers(
     (``"isolation_forest"``). graph: the shared kNN graph (built with ``n_neighbors`` if None).
     threshold: flag ``scores > threshold`` instead of the robust rule (see module docstring).
     """
-    if method not in SCORERS:
-        raise ValueError(f"unknown outlier method {method!r}; registered: {sorted(SCORERS)}")
     spec = SCORERS[method]
     if graph is None:
         if embeddings is None:
@@ -276,16 +247,12 @@ def flag_threshold(
     Returns the threshold on the original score scale and a record of how it was reached.
     """
     scores = np.asarray(scores, dtype=np.float64)
-    finite = scores[np.isfinite(scores)]
     if log_scale:
-        # Exact duplicates score 0; a floor far below the typical score keeps log finite.
-        floor = 1e-3 * float(np.median(finite)) if finite.size else 0.0
-        floor = floor if floor > 0 else 1e-12
-        transformed = np.log(np.maximum(finite, 0.0) + floor)
-        cut, centre, spread = robust_threshold(transformed, z=z)
+        logs, floor = log_with_floor(scores[np.isfinite(scores)])
+        cut, centre, spread = robust_threshold(logs, z=z)
         threshold = float(np.exp(cut) - floor) if np.isfinite(cut) else float("inf")
     else:
-        cut, centre, spread = robust_threshold(finite, z=z)
+        cut, centre, spread = robust_threshold(scores, z=z)
         threshold = cut
     return threshold, {
         "rule": "median + z * robust_sd" + (" of log-scores" if log_scale else ""),
@@ -305,25 +272,15 @@ def flag_threshold(
     standardized=True,
 )
 def two_scale_knn_scores(
-    graph: KnnGraph,
-    embeddings: np.ndarray,
-    *,
-    random_state: int = 0,
-    subsample_size: int = 256,
-    subsample_neighbors: int = 5,
-    n_subsamples: int = 10,
+    graph: KnnGraph, embeddings: np.ndarray, *, random_state: int = 0, **subsample_options: int
 ) -> np.ndarray:
-    """Outlier at either scale: max of the robust z-scores of knn_local and knn_global."""
+    """Outlier at either scale: max of the robust z-scores of knn_local and knn_global.
+
+    subsample_options: knn_global's ``subsample_size``, ``subsample_neighbors``, ``n_subsamples``.
+    """
     local = robust_z(knn_local_scores(graph), log_scale=True)
     global_ = robust_z(
-        knn_global_scores(
-            graph,
-            embeddings,
-            random_state=random_state,
-            subsample_size=subsample_size,
-            subsample_neighbors=subsample_neighbors,
-            n_subsamples=n_subsamples,
-        ),
+        knn_global_scores(graph, embeddings, random_state=random_state, **subsample_options),
         log_scale=True,
     )
     return np.maximum(local, global_).astype(np.float32)
@@ -360,13 +317,13 @@ def knn_global_scores(
     """Mean distance to the nearest rows of random subsamples, averaged over subsamples."""
     n_samples = len(embeddings)
     size = min(subsample_size, n_samples)
-    neighbours = max(1, min(subsample_neighbors, size - 1))
+    n_neighbors = max(1, min(subsample_neighbors, size - 1))
     if size < 2:
         return np.zeros(n_samples, dtype=np.float32)
     rounds = 1 if size == n_samples else n_subsamples
     rng = np.random.default_rng(random_state)
     members = np.stack([np.sort(rng.choice(n_samples, size, replace=False)) for _ in range(rounds)])
-    reference = _prepared(np.asarray(embeddings[members.ravel()]), graph.metric)
+    reference = prepare_rows(np.asarray(embeddings[members.ravel()]), graph.metric)
     reference_norms = np.einsum("ij,ij->i", reference, reference)
     # Position of each row inside each subsample, to exclude a row from its own reference set.
     lookup = np.full((rounds, n_samples), -1, dtype=np.int64)
@@ -375,7 +332,7 @@ def knn_global_scores(
     scores = np.zeros(n_samples, dtype=np.float64)
     for start in range(0, n_samples, BLOCK_ROWS):
         stop = min(n_samples, start + BLOCK_ROWS)
-        block = _prepared(np.asarray(embeddings[start:stop]), graph.metric)
+        block = prepare_rows(np.asarray(embeddings[start:stop]), graph.metric)
         products = block @ reference.T
         if graph.metric == "cosine":
             distances = np.clip(1.0 - products, 0.0, 2.0)
@@ -391,13 +348,9 @@ def knn_global_scores(
             distances[rows[inside], own[inside]] = np.inf
         for r in range(rounds):
             part = distances[:, r * size : (r + 1) * size]
-            nearest = np.partition(part, neighbours - 1, axis=1)[:, :neighbours]
+            nearest = np.partition(part, n_neighbors - 1, axis=1)[:, :n_neighbors]
             scores[start:stop] += nearest.mean(axis=1)
     return (scores / rounds).astype(np.float32)
-
-
-def _prepared(block: np.ndarray, metric: str) -> np.ndarray:
-    return normalize(block) if metric == "cosine" else np.asarray(block, dtype=np.float32)
 
 
 @register_scorer("knn_mean", score_range="[0, 2] for cosine, [0, inf) for euclidean")
@@ -443,11 +396,9 @@ def isolation_forest_scores(
     """Isolation Forest (Liu et al. 2008) anomaly score on PCA-reduced embeddings."""
     from sklearn.ensemble import IsolationForest
 
-    from analysis.projection import pca_reduce
-
-    reduced = pca_reduce(
-        embeddings, n_components=pca_components, metric=graph.metric, random_state=random_state
-    )
+    reduced = BlockPCA(
+        pca_components, normalize=graph.metric == "cosine", random_state=random_state
+    ).fit_transform(embeddings)
     if len(reduced) < 2:
         return np.full(len(reduced), 0.5, dtype=np.float32)
     forest = IsolationForest(n_estimators=n_estimators, random_state=random_state).fit(reduced)

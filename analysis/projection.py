@@ -33,18 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.knn import (
-    BLOCK_ROWS,
-    KnnGraph,
-    NeighborIndex,
-    build_knn_graph,
-    drop_self_matches,
-    fit_pca,
-    normalize,
-    take_rows,
-)
-from analysis.results import ids_or_rows as _ids
-from analysis.results import jsonable
+from analysis.blocks import sample_rows, take_rows
+from analysis.knn import KnnGraph, NeighborIndex, build_knn_graph, drop_self_matches
+from analysis.pca import BlockPCA
+from analysis.results import ArrayRecord, ids_or_rows, jsonable
 
 #: Fit UMAP on at most this many samples; place the rest with UMAP's transform.
 MAX_FIT_SAMPLES = 200_000
@@ -53,8 +45,6 @@ MAX_FIT_SAMPLES = 200_000
 TRUSTWORTHINESS_SAMPLE = 5_000
 #: Neighbours used by trustworthiness (as in umap-learn's own trustworthiness tests).
 TRUSTWORTHINESS_NEIGHBORS = 10
-#: PCA fits its axes on at most this many rows (plenty for 50 axes), then projects every row.
-PCA_FIT_ROWS = 20_000
 #: Below this many samples UMAP's graph layout is not meaningful; a PCA map is returned instead.
 MIN_UMAP_SAMPLES = 16
 #: Optimisation epochs when ``n_epochs=None``: half of umap-learn's defaults (500 up to 10,000
@@ -72,7 +62,7 @@ def _umap() -> Any:
 
 
 @dataclass(frozen=True)
-class Projection:
+class Projection(ArrayRecord):
     """A low-dimensional map of an embedding set and how faithful it is.
 
     coords: (n_samples, n_components) float32.
@@ -97,33 +87,6 @@ class Projection:
     def trustworthiness_sampled(self) -> bool:
         return self.trustworthiness_sample_size < len(self.coords)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "coords": self.coords,
-            "neighborhood_preservation": self.neighborhood_preservation,
-            "transformed_mask": self.transformed_mask,
-        }
-
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "trustworthiness": self.trustworthiness,
-            "trustworthiness_sample_size": self.trustworthiness_sample_size,
-            "method": self.method,
-            "params": self.params,
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Projection:
-        return cls(
-            coords=np.asarray(arrays["coords"], dtype=np.float32),
-            neighborhood_preservation=np.asarray(arrays["neighborhood_preservation"], np.float32),
-            transformed_mask=np.asarray(arrays["transformed_mask"], dtype=bool),
-            trustworthiness=float(meta["trustworthiness"]),
-            trustworthiness_sample_size=int(meta["trustworthiness_sample_size"]),
-            method=str(meta["method"]),
-            params=dict(meta.get("params", {})),
-        )
-
     def to_dict(self, *, sample_ids: np.ndarray | None = None) -> dict[str, Any]:
         """JSON-able summary plus per-point values (lists)."""
         return jsonable(
@@ -144,43 +107,10 @@ class Projection:
     def to_frame(self, *, sample_ids: np.ndarray | None = None) -> pd.DataFrame:
         """One row per sample: sample_id (or row), x, y[, z], neighborhood_preservation, transformed."""
         frame = pd.DataFrame(self.coords, columns=["x", "y", "z"][: self.coords.shape[1]])
-        frame.insert(0, "sample_id", _ids(sample_ids, len(self.coords)))
+        frame.insert(0, "sample_id", ids_or_rows(sample_ids, len(self.coords)))
         frame["neighborhood_preservation"] = self.neighborhood_preservation
         frame["transformed"] = self.transformed_mask
         return frame
-
-
-def pca_reduce(
-    embeddings: np.ndarray,
-    *,
-    n_components: int = 50,
-    metric: str = "cosine",
-    random_state: int = 0,
-) -> np.ndarray:
-    """(n_samples, n_components) float32 PCA scores, streamed in blocks (memory maps welcome).
-
-    With ``metric="cosine"`` rows are L2-normalised first, so Euclidean geometry of the scores
-    follows cosine geometry of the input. Axes are fitted on at most ``PCA_FIT_ROWS`` rows.
-    """
-    n_samples, dim = embeddings.shape
-    n_components = max(1, min(n_components, dim, n_samples))
-
-    def prepared(rows: slice | np.ndarray) -> np.ndarray:
-        block = np.asarray(embeddings[rows])
-        return normalize(block) if metric == "cosine" else block.astype(np.float32)
-
-    rng = np.random.default_rng(random_state)
-    fit_rows = (
-        np.sort(rng.choice(n_samples, PCA_FIT_ROWS, replace=False))
-        if n_samples > PCA_FIT_ROWS
-        else np.arange(n_samples)
-    )
-    mean, axes = fit_pca(prepared(fit_rows), n_components, random_state=random_state)
-    scores = np.empty((n_samples, n_components), dtype=np.float32)
-    for start in range(0, n_samples, BLOCK_ROWS):
-        block = slice(start, min(n_samples, start + BLOCK_ROWS))
-        scores[block] = (prepared(block) - mean) @ axes
-    return scores
 
 
 def project(
@@ -236,9 +166,9 @@ def project(
         "graph_method": graph.method,
     }
     started = time.perf_counter()
-    reduced = pca_reduce(
-        embeddings, n_components=pca_components, metric=metric, random_state=random_state
-    )
+    reduced = BlockPCA(
+        pca_components, normalize=metric == "cosine", random_state=random_state
+    ).fit_transform(embeddings)
     transformed = np.zeros(n_samples, dtype=bool)
     if n_samples < MIN_UMAP_SAMPLES or graph.n_neighbors < 2:
         coords = _pca_coords(reduced, n_components)
@@ -358,8 +288,7 @@ def _fit_sample_transform_rest(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit on a random sample with its own kNN graph; place every other point by transform."""
     n_samples = len(embeddings)
-    rng = np.random.default_rng(random_state)
-    fit_rows = np.sort(rng.choice(n_samples, max_fit_samples, replace=False))
+    fit_rows = sample_rows(n_samples, max_fit_samples, np.random.default_rng(random_state))
     transformed = np.ones(n_samples, dtype=bool)
     transformed[fit_rows] = False
     rest_rows = np.flatnonzero(transformed)
@@ -460,17 +389,13 @@ def trustworthiness_score(
     n_samples = len(coords)
     if n_samples < 4:
         return float("nan"), n_samples
-    rows = np.arange(n_samples)
-    if n_samples > sample_size:
-        rows = np.sort(
-            np.random.default_rng(random_state).choice(n_samples, sample_size, replace=False)
-        )
+    rows = sample_rows(n_samples, sample_size, np.random.default_rng(random_state))
     from sklearn.manifold import trustworthiness
 
     high = take_rows(embeddings, rows)
     # sklearn requires n_neighbors < n_samples / 2.
-    neighbours = max(1, min(n_neighbors, (len(rows) - 1) // 2))
-    value = trustworthiness(high, coords[rows], n_neighbors=neighbours, metric=metric)
+    n_neighbors = max(1, min(n_neighbors, (len(rows) - 1) // 2))
+    value = trustworthiness(high, coords[rows], n_neighbors=n_neighbors, metric=metric)
     return float(value), len(rows)
 
 
@@ -485,10 +410,10 @@ def neighborhood_preservation(graph: KnnGraph, coords: np.ndarray) -> np.ndarray
     tree = cKDTree(np.asarray(coords, dtype=np.float64))
     _, found = tree.query(coords, k=min(k + 1, n_samples))
     found = np.asarray(found, dtype=np.int64).reshape(n_samples, -1)
-    map_neighbours, _ = drop_self_matches(
+    map_neighbors, _ = drop_self_matches(
         found, np.zeros(found.shape, np.float32), np.arange(n_samples), k
     )
     shared = np.zeros(n_samples, dtype=np.float32)
     for column in range(k):
-        shared += (map_neighbours == graph.indices[:, column][:, None]).any(axis=1)
+        shared += (map_neighbors == graph.indices[:, column][:, None]).any(axis=1)
     return shared / k

@@ -1,9 +1,31 @@
-"""Small helpers shared by the analysis results: JSON-safe conversion and robust thresholds."""
+"""What the analysis results share: one way to store them, JSON-safe conversion, robust
+thresholds.
+
+:class:`ArrayRecord` gives a frozen result dataclass ``to_arrays`` / ``to_meta`` / ``from_arrays``,
+the storage contract of ``shoal.workflows.cache``: fields annotated ``np.ndarray`` (or
+``np.ndarray | None``) go to the npz, every other field to the JSON metadata.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Scores(ArrayRecord):
+    ...     scores: np.ndarray
+    ...     threshold: float
+    >>> record = Scores(np.array([0.5, 2.0]), float("inf"))
+    >>> record.to_arrays(), record.to_meta()
+    ({'scores': array([0.5, 2. ])}, {'threshold': inf})
+    >>> Scores.from_arrays(record.to_arrays(), {"saved_at": "...", **record.to_meta()}).threshold
+    inf
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -15,18 +37,96 @@ MEAN_AD_TO_SD = 1.2533141373155001
 #: Fewer values than this give no robust spread worth trusting: nothing is flagged.
 MIN_VALUES_FOR_SPREAD = 10
 
+RecordT = TypeVar("RecordT", bound="ArrayRecord")
 
-def jsonable(value: Any) -> Any:
-    """Numpy scalars and arrays to plain Python, recursively; NaN and inf become None."""
+
+class ArrayRecord:
+    """Storage for a frozen result dataclass: arrays to an npz, the rest to JSON metadata.
+
+    Fields annotated ``np.ndarray`` are arrays (``np.ndarray | None``: optional, left out when
+    None); object arrays (ids, labels) are stored as str, since an npz holds no pickles. Every
+    other field goes to the metadata as it is, but for numpy scalars as Python numbers and
+    tuples as lists; inf and NaN stay inf and NaN (the store writes them as JSON ``Infinity`` /
+    ``NaN`` and reads them back). A field holding a tuple of dataclasses names their type in
+    ``nested_records`` and is stored as a list of dicts.
+    ``from_arrays`` ignores metadata keys that are no fields (the store adds ``saved_at``).
+    """
+
+    nested_records: ClassVar[Mapping[str, type]] = {}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {}
+        for name in _fields(type(self))[0]:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = np.asarray(value)
+            arrays[name] = value.astype(str) if value.dtype.kind == "O" else value
+        return arrays
+
+    def to_meta(self) -> dict[str, Any]:
+        meta = {}
+        for name in _fields(type(self))[1]:
+            value = getattr(self, name)
+            if name in self.nested_records:
+                value = [dataclasses.asdict(item) for item in value]
+            meta[name] = jsonable(value, allow_nan=True)
+        return meta
+
+    @classmethod
+    def from_arrays(
+        cls: type[RecordT], arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+    ) -> RecordT:
+        array_fields, meta_fields = _fields(cls)
+        values: dict[str, Any] = {
+            name: np.asarray(arrays[name]) for name in array_fields if name in arrays
+        }
+        for name in meta_fields:
+            if name not in meta:
+                continue
+            value = meta[name]
+            if name in cls.nested_records:
+                record_type = cls.nested_records[name]
+                value = tuple(record_type(**item) for item in value)
+            values[name] = value
+        return cls(**values)
+
+
+_FIELDS: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(array fields, metadata fields) of a record class, from its annotations."""
+    if cls not in _FIELDS:
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        arrays = tuple(name for name in names if _is_array(hints[name]))
+        _FIELDS[cls] = arrays, tuple(name for name in names if name not in arrays)
+    return _FIELDS[cls]
+
+
+def _is_array(hint: Any) -> bool:
+    if isinstance(hint, types.UnionType):
+        return set(hint.__args__) == {np.ndarray, type(None)}
+    return hint is np.ndarray
+
+
+def jsonable(value: Any, *, allow_nan: bool = False) -> Any:
+    """Numpy scalars and arrays to plain Python, recursively; tuples become lists. NaN and inf
+    become None unless ``allow_nan`` (as ``json.dumps``: strict JSON by default).
+
+    >>> jsonable({"a": np.float32(0.5), "b": (np.inf, 1)}), jsonable([np.nan], allow_nan=True)
+    ({'a': 0.5, 'b': [None, 1]}, [nan])
+    """
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, allow_nan=allow_nan) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, allow_nan=allow_nan) for v in value]
     if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
+        return jsonable(value.tolist(), allow_nan=allow_nan)
     if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
+        return jsonable(value.item(), allow_nan=allow_nan)
+    if isinstance(value, float) and not allow_nan and not math.isfinite(value):
         return None
     return value
 
@@ -39,6 +139,23 @@ def ids_or_rows(sample_ids: np.ndarray | None, n_rows: int) -> np.ndarray:
     if len(ids) != n_rows:
         raise ValueError(f"{len(ids)} sample ids for {n_rows} rows")
     return ids
+
+
+def log_with_floor(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """(log(max(values, 0) + floor), floor) with floor = 1e-3 · the median finite value.
+
+    Distance-like scores are right-skewed, so rules compare their logs; exact duplicates score
+    0, and a floor far below the typical value keeps their log finite (1e-12 when the median
+    is 0). Non-finite values stay non-finite.
+
+    >>> log_with_floor(np.array([0.0, 1.0, 1.0]))[1]
+    0.001
+    """
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    floor = 1e-3 * float(np.median(finite)) if finite.size else 0.0
+    floor = floor if floor > 0 else 1e-12
+    return np.log(np.maximum(values, 0.0) + floor), floor
 
 
 def robust_threshold(values: np.ndarray, *, z: float = 3.5) -> tuple[float, float, float]:
@@ -72,9 +189,7 @@ def robust_z(values: np.ndarray, *, log_scale: bool = False) -> np.ndarray:
     """
     values = np.asarray(values, dtype=np.float64)
     if log_scale:
-        finite = values[np.isfinite(values)]
-        floor = 1e-3 * float(np.median(finite)) if finite.size else 0.0
-        values = np.log(np.maximum(values, 0.0) + (floor if floor > 0 else 1e-12))
+        values, _ = log_with_floor(values)
     _, centre, spread = robust_threshold(values)
     if not np.isfinite(centre) or spread == 0:
         return np.where(np.isfinite(values), 0.0, values)

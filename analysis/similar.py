@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.knn import NeighborIndex, normalize
+from analysis.blocks import l2_normalize
+from analysis.knn import NeighborIndex
 from analysis.results import jsonable
 
 
@@ -85,7 +86,7 @@ def query_vector(index: NeighborIndex, rows: Sequence[int] | np.ndarray) -> np.n
         )
     vectors = index.vectors_[positions]
     if index.metric == "cosine":
-        vectors = normalize(vectors)
+        vectors = l2_normalize(vectors)
     return vectors.mean(axis=0)
 
 

@@ -28,33 +28,27 @@ import argparse
 import json
 import os
 import platform
-import sys
-import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from real_data import RESULTS, load_real, timed  # a sibling; it puts the repository on sys.path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from analysis.blocks import l2_normalize
+from analysis.duplicates import find_duplicates
+from analysis.knn import NeighborIndex, build_knn_graph, recall_at_k
+from analysis.outliers import score_outliers
+from analysis.projection import project, trustworthiness_score
+from analysis.similar import search_similar
 
-from analysis.duplicates import find_duplicates  # noqa: E402
-from analysis.knn import NeighborIndex, build_knn_graph, normalize, recall_at_k  # noqa: E402
-from analysis.outliers import score_outliers  # noqa: E402
-from analysis.projection import project, trustworthiness_score  # noqa: E402
-from analysis.similar import search_similar  # noqa: E402
-
-FIXTURE = ROOT / "tests" / "fixtures" / "real_embeddings.npz"
-OUT = ROOT / "benchmarks" / "results" / "analysis.json"
+OUT = RESULTS / "analysis.json"
 
 
 def grown_embeddings(base: np.ndarray, n_samples: int, *, seed: int = 0) -> np.ndarray:
     """(n_samples, dim) float32 unit vectors: ``base`` plus interpolations between neighbours."""
     rng = np.random.default_rng(seed)
     graph = build_knn_graph(base, n_neighbors=10, method="exact")
-    unit = normalize(base)
+    unit = l2_normalize(base)
     n_new = max(0, n_samples - len(base))
     source = rng.integers(0, len(base), n_new)
     partner = graph.indices[source, rng.integers(0, 10, n_new)]
@@ -65,13 +59,7 @@ def grown_embeddings(base: np.ndarray, n_samples: int, *, seed: int = 0) -> np.n
     new += rng.normal(size=new.shape).astype(np.float32) * np.float32(
         0.5 * np.sqrt(2 * typical / base.shape[1])
     )
-    return normalize(np.concatenate([unit, new])[:n_samples])
-
-
-def timed(function: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    started = time.perf_counter()
-    value = function(*args, **kwargs)
-    return value, time.perf_counter() - started
+    return l2_normalize(np.concatenate([unit, new])[:n_samples])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -84,8 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     import umap
 
-    with np.load(FIXTURE, allow_pickle=False) as data:
-        base = data["fmnist"].astype(np.float32)
+    base = load_real()["fmnist"]
     embeddings = grown_embeddings(base, args.samples)
     n_samples = len(embeddings)
     figures: dict[str, Any] = {}

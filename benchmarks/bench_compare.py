@@ -2,7 +2,7 @@
 alibi-detect's MMDDrift on the same draws?
 
 Data: the real Fashion-MNIST embeddings of tests/fixtures/real_embeddings.npz (EfficientNet-Lite0,
-1280-d). Draws as defined in tests/analysis/test_compare_real.py:
+1280-d). Draws as defined in benchmarks/real_data.py (and used by tests/analysis/test_compare_real.py):
 
 * null: 1000 vs 1000 random disjoint samples of the one pool (false-positive rate at 0.05);
 * shift: a class-balanced reference (10 % per class) vs a current set where one class (cycling)
@@ -10,7 +10,7 @@ Data: the real Fashion-MNIST embeddings of tests/fixtures/real_embeddings.npz (E
 
 Methods, all run on the same draws in this process:
 
-* ``shoal mmd (default)`` and ``shoal classifier``: ``analysis.compare.two_sample_test``.
+* ``shoal mmd (default)`` and ``shoal classifier``: ``analysis.two_sample.two_sample_test``.
 * ``alibi-detect MMDDrift``: the real library (``MMDDrift(x_ref, backend="pytorch")`` with its
   defaults: raw embeddings, Gaussian kernel with median-heuristic bandwidth from the reference,
   100 permutations, drift when p < 0.05). alibi-detect 0.13 pins numpy<2, pandas<3 and
@@ -37,21 +37,24 @@ import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from real_data import (  # a sibling module; it also puts the repository on sys.path
+    FIXTURE,
+    RESULTS,
+    ROOT,
+    load_real,
+    null_split,
+    prior_shift_rows,
+    timed,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from analysis.compare import compare
+from analysis.two_sample import DEFAULT_N_PERMUTATIONS, two_sample_test
 
-from analysis.compare import DEFAULT_N_PERMUTATIONS, compare, two_sample_test  # noqa: E402
-from tests.analysis.test_compare_real import FIXTURE, null_split, prior_shift_rows  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results" / "compare.json"
 ALPHA = 0.05
 N_PER_SIDE = 1000
 
@@ -150,12 +153,6 @@ def summarise(records: list[dict[str, Any]], method: str) -> dict[str, Any]:
     }
 
 
-def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
-    value = fn(*args, **kwargs)
-    return value, time.perf_counter() - start
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--null", type=int, default=200, help="null splits")
@@ -166,15 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-n", type=int, default=50_000, help="per side; 0 skips")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fixture", type=Path, default=FIXTURE)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS / "compare.json")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
-    with np.load(args.fixture) as data:
-        embeddings = data["fmnist"].astype(np.float32)
-        labels = data["fmnist_labels"]
+    real = load_real(args.fixture)
+    embeddings, labels = real["fmnist"], real["fmnist_labels"]
     mmd_drift, alibi_version = load_alibi(args.alibi_path)
     print(f"alibi-detect: {alibi_version}", flush=True)
 

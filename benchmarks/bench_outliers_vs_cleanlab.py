@@ -19,19 +19,14 @@ import platform
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
+from real_data import RESULTS, load_real  # a sibling; it puts the repository on sys.path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from analysis.knn import build_knn_graph
+from analysis.outliers import SCORERS, score_outliers
 
-from analysis.knn import build_knn_graph  # noqa: E402
-from analysis.outliers import SCORERS, score_outliers  # noqa: E402
-
-FIXTURE = ROOT / "tests" / "fixtures" / "real_embeddings.npz"
-OUT = ROOT / "benchmarks" / "results" / "outliers_vs_cleanlab.json"
+OUT = RESULTS / "outliers_vs_cleanlab.json"
 
 #: (name, planted kind, clump size, number of planted samples)
 SCENARIOS = [
@@ -42,14 +37,6 @@ SCENARIOS = [
     ("digits 5 clumps of 10 (1%)", "digits", 10, 50),
     ("digits 20 clumps of 5 (2%)", "digits", 5, 100),
 ]
-
-
-def load() -> dict[str, np.ndarray]:
-    with np.load(FIXTURE, allow_pickle=False) as data:
-        return {
-            k: data[k].astype(np.float32) if data[k].dtype == np.float16 else data[k]
-            for k in data.files
-        }
 
 
 def planted_set(real: dict[str, np.ndarray], kind: str, clump: int, total: int, seed: int):
@@ -78,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cleanlab.outlier import OutOfDistribution
     from sklearn.metrics import roc_auc_score
 
-    real = load()
+    real = load_real()
     methods = ["knn", *sorted(m for m in SCORERS if m != "knn")]
     rows = []
     started = time.perf_counter()

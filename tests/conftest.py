@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.real_data import load_real
 from shoal.store import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +42,4 @@ def real() -> dict[str, np.ndarray]:
     """Real EfficientNet-Lite0 embeddings (float32) of Fashion-MNIST, photos and digits."""
     if not REAL_EMBEDDINGS.exists():
         pytest.skip(f"{REAL_EMBEDDINGS} is missing; build it with scripts/make_fixtures.py")
-    with np.load(REAL_EMBEDDINGS, allow_pickle=False) as data:
-        return {
-            key: data[key].astype(np.float32) if data[key].dtype == np.float16 else data[key]
-            for key in data.files
-        }
+    return load_real(REAL_EMBEDDINGS)

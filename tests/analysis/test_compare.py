@@ -1,6 +1,6 @@
-"""analysis.compare on small synthetic data: exactness of the tests, the result record and the
-per-cluster table. Real-embedding checks live in test_compare_real.py; the filters and the
-dataset workflow in tests/shoal/workflows/test_compare.py."""
+"""analysis.two_sample and analysis.compare on small synthetic data: exactness of the tests, the
+result record and the per-cluster table. Real-embedding checks live in test_compare_real.py; the
+filters and the dataset workflow in tests/shoal/workflows/test_compare.py."""
 
 from __future__ import annotations
 
@@ -9,32 +9,20 @@ import json
 import numpy as np
 import pytest
 
-from analysis.compare import (
+from analysis import two_sample
+from analysis.compare import ClusterShift, ComparisonResult, cluster_shifts, compare
+from analysis.two_sample import (
     COMPARISON_TESTS,
-    ClusterShift,
-    ComparisonResult,
     PermutationStatistic,
     available_tests,
-    cluster_shifts,
-    compare,
+    mmd_test,
     permutation_labels,
     permutation_p_value,
     register_test,
     two_sample_test,
 )
-
-
-def _gaussians(
-    n_reference: int, n_current: int, *, shift: float = 0.0, dim: int = 32, seed: int = 0
-):
-    rng = np.random.default_rng(seed)
-    # An offset keeps the cloud away from the origin, so L2 normalisation does not erase it.
-    offset = np.full(dim, 3.0)
-    reference = rng.normal(size=(n_reference, dim)) + offset
-    current = rng.normal(size=(n_current, dim)) + offset
-    current[:, 0] += shift
-    return reference.astype(np.float32), current.astype(np.float32)
-
+from registry import UnknownNameError
+from tests.analysis.synthetic import shifted_gaussians
 
 # --------------------------------------------------------------------------- permutation machinery
 
@@ -59,7 +47,7 @@ def test_p_values_are_uniform_under_exchangeability(method):
     # test exceeds 0.05 + 3 standard errors (0.103) with probability below 0.2 %.
     p_values = []
     for seed in range(150):
-        reference, current = _gaussians(40, 25, seed=seed, dim=8)
+        reference, current = shifted_gaussians(40, 25, seed=seed, dim=8)
         p_values.append(
             two_sample_test(
                 reference, current, method=method, n_permutations=99, random_state=seed
@@ -73,7 +61,7 @@ def test_p_values_are_uniform_under_exchangeability(method):
 
 @pytest.mark.parametrize("method", ["mmd", "classifier"])
 def test_a_clear_shift_gives_the_smallest_p_value(method):
-    reference, current = _gaussians(200, 150, shift=1.0)
+    reference, current = shifted_gaussians(200, 150, shift=1.0)
     outcome = two_sample_test(reference, current, method=method, n_permutations=199)
     assert outcome.p_value == pytest.approx(1 / 200)
     assert outcome.effect_size > 0
@@ -81,8 +69,6 @@ def test_a_clear_shift_gives_the_smallest_p_value(method):
 
 
 def test_mmd_statistic_matches_a_direct_unbiased_estimate():
-    from analysis.compare import mmd_test
-
     rng = np.random.default_rng(3)
     features = rng.normal(size=(30, 5))
     is_current = np.r_[np.zeros(18, bool), np.ones(12, bool)]
@@ -103,23 +89,21 @@ def test_classifier_auc_matches_a_refitted_out_of_fold_oracle():
     from sklearn.linear_model import Ridge
     from sklearn.metrics import roc_auc_score
 
-    from analysis import compare as module
-
     rng = np.random.default_rng(4)
     features = rng.normal(size=(60, 4))
     features[30:, 0] += 0.8
     is_current = np.r_[np.zeros(30, bool), np.ones(30, bool)]
     labels = permutation_labels(is_current, 3, np.random.default_rng(0))
-    outcome = module.classifier_test(features, labels, rng=np.random.default_rng(9))
+    outcome = two_sample.classifier_test(features, labels, rng=np.random.default_rng(9))
     # The same folds: the test draws them first from the generator it is given.
-    folds = np.random.default_rng(9).permutation(np.arange(60) % module.CLASSIFIER_FOLDS)
+    folds = np.random.default_rng(9).permutation(np.arange(60) % two_sample.CLASSIFIER_FOLDS)
     centred = features - features.mean(0)
     mean_variance = (centred**2).sum() / (60 * 4)
     scores = np.empty(60)
-    for fold in range(module.CLASSIFIER_FOLDS):
+    for fold in range(two_sample.CLASSIFIER_FOLDS):
         test_rows = folds == fold
         train_rows = ~test_rows
-        penalty = module.CLASSIFIER_SHRINKAGE * mean_variance * train_rows.sum()
+        penalty = two_sample.CLASSIFIER_SHRINKAGE * mean_variance * train_rows.sum()
         model = Ridge(alpha=penalty).fit(features[train_rows], is_current[train_rows].astype(float))
         scores[test_rows] = model.predict(features[test_rows])
     assert outcome.values[0] == pytest.approx(roc_auc_score(is_current, scores), abs=1e-9)
@@ -134,11 +118,13 @@ def test_registry_accepts_a_new_test_and_refuses_a_clash():
 
     try:
         assert "test-registry-demo" in available_tests()
-        reference, current = _gaussians(50, 50, shift=2.0)
+        reference, current = shifted_gaussians(50, 50, shift=2.0)
         result = compare(reference, current, method="test-registry-demo", n_permutations=49)
         assert result.method == "test-registry-demo"
         with pytest.raises(ValueError, match="already registered"):
             register_test("mmd")(demo)
+        # The same code again (a module re-imported, as Streamlit does) is no clash.
+        assert register_test("test-registry-demo")(demo) is demo
 
         @register_test("test-registry-broken")
         def broken(features, labels, *, rng):
@@ -147,13 +133,15 @@ def test_registry_accepts_a_new_test_and_refuses_a_clash():
         with pytest.raises(ValueError, match="returned \\(3,\\) values for 50 label columns"):
             compare(reference, current, method="test-registry-broken", n_permutations=49)
     finally:
-        COMPARISON_TESTS.pop("test-registry-demo", None)
-        COMPARISON_TESTS.pop("test-registry-broken", None)
+        COMPARISON_TESTS.remove("test-registry-demo")
+        COMPARISON_TESTS.remove("test-registry-broken")
 
 
 def test_unknown_method_and_bad_shapes_raise_clear_errors():
-    reference, current = _gaussians(20, 20)
-    with pytest.raises(ValueError, match="unknown comparison method 'nope'"):
+    reference, current = shifted_gaussians(20, 20)
+    with pytest.raises(
+        UnknownNameError, match="unknown comparison method 'nope'; registered: .*mmd"
+    ):
         compare(reference, current, method="nope")
     with pytest.raises(ValueError, match="dim 32 but current has dim 31"):
         compare(reference, current[:, :31])
@@ -165,14 +153,14 @@ def test_unknown_method_and_bad_shapes_raise_clear_errors():
 
 
 def test_large_unequal_sets_are_subsampled_and_say_so():
-    reference, current = _gaussians(30_000, 200, dim=16)
+    reference, current = shifted_gaussians(30_000, 200, dim=16)
     outcome = two_sample_test(reference, current, max_samples=2000, n_permutations=99)
     assert (outcome.n_used_reference, outcome.n_used_current) == (1800, 200)
     assert outcome.n_used == 2000
 
 
 def test_compare_reports_sizes_and_scores_every_current_sample():
-    reference, current = _gaussians(300, 120, shift=0.0, dim=16)
+    reference, current = shifted_gaussians(300, 120, shift=0.0, dim=16)
     result = compare(reference, current, n_permutations=99, max_samples=200)
     assert (result.n_reference, result.n_current) == (300, 120)
     assert (result.n_used_reference, result.n_used_current, result.n_used) == (100, 100, 200)
@@ -189,7 +177,7 @@ def test_compare_reports_sizes_and_scores_every_current_sample():
 
 
 def test_same_seed_same_result_and_float16_memmap_input(tmp_path):
-    reference, current = _gaussians(150, 100, shift=0.3, dim=16)
+    reference, current = shifted_gaussians(150, 100, shift=0.3, dim=16)
     path = tmp_path / "reference.npy"
     np.save(path, reference.astype(np.float16))
     mapped = np.load(path, mmap_mode="r")
@@ -204,7 +192,7 @@ def test_same_seed_same_result_and_float16_memmap_input(tmp_path):
 
 
 def test_novelty_ranks_planted_far_points_first():
-    reference, current = _gaussians(400, 200, dim=16)
+    reference, current = shifted_gaussians(400, 200, dim=16)
     rng = np.random.default_rng(1)
     far = rng.normal(size=(10, 16)).astype(np.float32) * 3 - 3.0  # the opposite side of the origin
     result = compare(reference, np.vstack([current, far]), n_permutations=49)
@@ -216,7 +204,7 @@ def test_novelty_ranks_planted_far_points_first():
 
 
 def test_a_current_sample_that_duplicates_a_reference_sample_is_not_novel():
-    reference, current = _gaussians(200, 50, dim=16)
+    reference, current = shifted_gaussians(200, 50, dim=16)
     result = compare(reference, np.vstack([current, reference[:3]]), n_permutations=49)
     assert (result.nearest_reference[-3:] == [0, 1, 2]).all()
     assert result.novelty_distance[-3:].max() < np.median(result.novelty_distance)
@@ -274,7 +262,7 @@ def test_a_planted_mode_is_found_by_the_cluster_table():
 
 
 def test_result_to_dict_is_json_and_round_trips_through_an_artefact():
-    reference, current = _gaussians(120, 80, shift=0.5, dim=16)
+    reference, current = shifted_gaussians(120, 80, shift=0.5, dim=16)
     result = compare(reference, current, n_permutations=49)
     payload = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert payload["n_current"] == 80 and len(payload["novelty"]) == 80
@@ -290,7 +278,7 @@ def test_result_to_dict_is_json_and_round_trips_through_an_artefact():
 
 
 def test_frames_have_one_row_per_cluster_and_per_current_sample():
-    reference, current = _gaussians(120, 80, dim=16)
+    reference, current = shifted_gaussians(120, 80, dim=16)
     result = compare(reference, current, n_permutations=49, n_clusters=4)
     clusters = result.clusters_frame()
     assert len(clusters) == 4 and {"ratio", "q_value", "direction"} <= set(clusters.columns)
@@ -300,7 +288,7 @@ def test_frames_have_one_row_per_cluster_and_per_current_sample():
 
 
 def test_verdict_states_the_decision_the_numbers_and_the_where():
-    reference, current = _gaussians(200, 200, shift=1.5, dim=16)
+    reference, current = shifted_gaussians(200, 200, shift=1.5, dim=16)
     shifted = compare(reference, current, n_permutations=99)
     text = shifted.verdict()
     assert text.startswith("The current set differs from the reference (MMD permutation test")
@@ -308,7 +296,7 @@ def test_verdict_states_the_decision_the_numbers_and_the_where():
     assert "200 reference vs 200 current samples" in text
     assert "of 200 current samples" in text
 
-    reference, current = _gaussians(200, 200, shift=0.0, dim=16, seed=3)
+    reference, current = shifted_gaussians(200, 200, shift=0.0, dim=16, seed=3)
     same = compare(reference, current, n_permutations=99, method="classifier")
     assert not same.significant
     assert same.verdict().startswith("No difference between the current set and the reference")

@@ -1,64 +1,18 @@
-"""analysis.compare on REAL embeddings (tests/fixtures/real_embeddings.npz: EfficientNet-Lite0
-features of Fashion-MNIST, 500 per class, plus foreign photos).
+"""analysis.compare and analysis.two_sample on REAL embeddings (tests/fixtures/real_embeddings.npz:
+EfficientNet-Lite0 features of Fashion-MNIST, 500 per class, plus foreign photos).
 
-Definitions used here and by benchmarks/bench_compare.py:
-
-* null split: 2n samples drawn without replacement from the 5000 Fashion-MNIST vectors, split
-  at random into reference (n) and current (n). Both sides come from one distribution, so a
-  calibrated test rejects at alpha = 0.05 in about 5 % of splits.
-* class-prior shift: one class ``c`` (cycling over the ten) makes up 10 % of the reference (the
-  reference is class-balanced, n/10 per class) and 20 % of the current set; the other nine
-  classes share the remaining 80 % of the current set equally (about 8.9 % each instead of
-  10 %). So 10 percentage points of mass move onto one class. Reference and current are
-  disjoint draws; the images of one class are exchangeable between the two sides.
+The null splits and class-prior shifts are defined in benchmarks/real_data.py, which
+benchmarks/bench_compare.py draws from too.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from analysis.compare import compare, two_sample_test
-
-# The ``real`` fixture (tests/conftest.py) loads this file, float32.
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "real_embeddings.npz"
-
-
-def null_split(
-    embeddings: np.ndarray, n_reference: int, n_current: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Reference and current rows drawn from one pool without replacement (no shift)."""
-    rows = rng.choice(len(embeddings), size=n_reference + n_current, replace=False)
-    return embeddings[rows[:n_reference]], embeddings[rows[n_reference:]]
-
-
-def prior_shift_rows(
-    labels: np.ndarray, n: int, shifted_class: int, rng: np.random.Generator, *, share: float = 0.2
-) -> tuple[np.ndarray, np.ndarray]:
-    """Row numbers of a class-balanced reference (n) and a current set (n) where
-    ``shifted_class`` makes up ``share`` and the other classes split the rest equally."""
-    classes = np.unique(labels)
-    pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in classes}
-
-    def take(label: int, count: int) -> list[int]:
-        taken, pools[label] = pools[label][:count], pools[label][count:]
-        if len(taken) < count:
-            raise ValueError(f"class {label} has too few samples for this draw")
-        return taken
-
-    per_class = np.full(len(classes), n // len(classes))
-    per_class[: n - per_class.sum()] += 1
-    reference = [row for c, count in zip(classes, per_class, strict=True) for row in take(c, count)]
-    n_shifted = int(round(share * n))
-    others = [c for c in classes if c != shifted_class]
-    other_counts = np.full(len(others), (n - n_shifted) // len(others))
-    other_counts[: n - n_shifted - other_counts.sum()] += 1
-    current = take(shifted_class, n_shifted) + [
-        row for c, count in zip(others, other_counts, strict=True) for row in take(c, count)
-    ]
-    return np.array(reference), np.array(current)
+from analysis.compare import compare
+from analysis.two_sample import two_sample_test
+from benchmarks.real_data import null_split, prior_shift_rows
 
 
 def _null_rejection_rate(

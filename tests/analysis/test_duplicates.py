@@ -3,8 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from analysis.blocks import l2_normalize
 from analysis.duplicates import DuplicateResult, auto_threshold, find_duplicates
-from analysis.knn import build_knn_graph, normalize
+from analysis.knn import build_knn_graph
 from tests.analysis.synthetic import clustered_embeddings
 
 
@@ -19,7 +20,7 @@ def near_copy(vector: np.ndarray, distance: float, rng: np.random.Generator) -> 
 
 
 def all_pairs_within(x: np.ndarray, threshold: float) -> set[tuple[int, int]]:
-    unit = normalize(x).astype(np.float64)
+    unit = l2_normalize(x).astype(np.float64)
     distances = 1.0 - unit @ unit.T
     i, j = np.nonzero(np.triu(distances <= threshold, k=1))
     return set(zip(i.tolist(), j.tolist(), strict=True))
@@ -65,7 +66,7 @@ def test_planted_copies_match_the_all_pairs_oracle(planted) -> None:
     assert set(expected) <= found
     oracle = all_pairs_within(data, threshold)
     # Same pairs as the brute-force oracle, except float32 ties right at the threshold.
-    unit = normalize(data).astype(np.float64)
+    unit = l2_normalize(data).astype(np.float64)
     borderline = {
         pair for pair in oracle ^ found if abs(1 - unit[pair[0]] @ unit[pair[1]] - threshold) < 1e-5
     }

@@ -4,14 +4,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from analysis.knn import (
-    EXACT_MAX_SAMPLES,
-    KnnGraph,
-    NeighborIndex,
-    build_knn_graph,
-    normalize,
-    recall_at_k,
-)
+from analysis.blocks import l2_normalize
+from analysis.knn import EXACT_MAX_SAMPLES, KnnGraph, NeighborIndex, build_knn_graph, recall_at_k
 from tests.analysis.synthetic import clustered_embeddings
 
 
@@ -66,7 +60,7 @@ def test_memmap_input_and_zero_vectors(tmp_path) -> None:
     direct = build_knn_graph(x, n_neighbors=5)
     np.testing.assert_array_equal(graph.indices, direct.indices)
     assert np.isfinite(graph.distances).all()
-    assert np.allclose(normalize(x)[5], 0.0)
+    assert np.allclose(l2_normalize(x)[5], 0.0)
 
 
 def test_hnsw_recall_on_real_embeddings(real: dict[str, np.ndarray]) -> None:
@@ -78,8 +72,8 @@ def test_hnsw_recall_on_real_embeddings(real: dict[str, np.ndarray]) -> None:
     # Distances of what HNSW returns are exact distances, not approximations.
     recomputed = 1.0 - np.einsum(
         "ij,ij->i",
-        normalize(x)[np.repeat(np.arange(len(x)), 10)],
-        normalize(x)[approximate.indices.ravel()],
+        l2_normalize(x)[np.repeat(np.arange(len(x)), 10)],
+        l2_normalize(x)[approximate.indices.ravel()],
     ).reshape(-1, 10)
     np.testing.assert_allclose(approximate.distances, recomputed, atol=1e-5)
     # Queries from outside the reference set (the test split against train).

@@ -12,6 +12,7 @@ from analysis.outliers import (
     register_scorer,
     score_outliers,
 )
+from registry import UnknownNameError
 from tests.analysis.synthetic import clustered_embeddings
 
 
@@ -145,10 +146,14 @@ def test_flag_threshold_edge_cases() -> None:
 
 
 def test_registry_and_errors() -> None:
-    with pytest.raises(ValueError, match="registered"):
+    with pytest.raises(UnknownNameError, match="unknown outlier scorer 'nope'; registered: .*knn"):
         score_outliers(np.zeros((5, 2)), method="nope")
     with pytest.raises(ValueError, match="already registered"):
         register_scorer("knn", score_range="x")(lambda graph, embeddings, **_: None)
+    # The same code again (a module re-imported, as Streamlit does) is no clash.
+    spec = SCORERS["knn_mean"]
+    assert register_scorer("knn_mean", score_range=spec.score_range)(spec.function) is spec.function
+    assert SCORERS["knn_mean"] == spec
     with pytest.raises(ValueError, match="embeddings"):
         score_outliers(graph=build_knn_graph(np.eye(5)), method="isolation_forest")
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.knn import NeighborIndex, normalize
+from analysis.blocks import l2_normalize
+from analysis.knn import NeighborIndex
 from analysis.similar import SimilarResult, search_similar
 from tests.analysis.synthetic import clustered_embeddings
 
@@ -11,7 +12,7 @@ from tests.analysis.synthetic import clustered_embeddings
 def oracle(
     x: np.ndarray, query: np.ndarray, excluded: list[int], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    unit = normalize(x).astype(np.float64)
+    unit = l2_normalize(x).astype(np.float64)
     q = query.astype(np.float64) / np.linalg.norm(query)
     distances = 1.0 - unit @ q
     distances[excluded] = np.inf
@@ -27,7 +28,7 @@ def data() -> np.ndarray:
 def test_single_row_query_matches_brute_force(data: np.ndarray) -> None:
     index = NeighborIndex(data)
     result = search_similar(index, rows=[17], k=50)
-    expected, expected_distances = oracle(data, normalize(data)[17], [17], 50)
+    expected, expected_distances = oracle(data, l2_normalize(data)[17], [17], 50)
     np.testing.assert_array_equal(result.indices, expected)
     np.testing.assert_allclose(result.distances, expected_distances, atol=1e-5)
     assert result.query_rows == (17,)
@@ -37,7 +38,7 @@ def test_several_rows_query_is_their_mean_direction(data: np.ndarray) -> None:
     index = NeighborIndex(data)
     rows = [3, 99, 2000]
     result = search_similar(index, rows=rows, k=20)
-    mean_direction = normalize(data)[rows].mean(axis=0)
+    mean_direction = l2_normalize(data)[rows].mean(axis=0)
     expected, expected_distances = oracle(data, mean_direction, rows, 20)
     np.testing.assert_array_equal(result.indices, expected)
     np.testing.assert_allclose(result.distances, expected_distances, atol=1e-5)

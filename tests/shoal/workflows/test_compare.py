@@ -13,16 +13,7 @@ from hypothesis import strategies as st
 from analysis.compare import compare
 from shoal.workflows.compare import compare_dataset
 from shoal.workflows.filters import FilterError, parse_filter
-
-
-def _gaussians(n_reference: int, n_current: int, *, shift: float = 0.0, dim: int = 32, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    offset = np.full(dim, 3.0)
-    reference = rng.normal(size=(n_reference, dim)) + offset
-    current = rng.normal(size=(n_current, dim)) + offset
-    current[:, 0] += shift
-    return reference.astype(np.float32), current.astype(np.float32)
-
+from tests.analysis.synthetic import shifted_gaussians
 
 # --------------------------------------------------------------------------- filters
 
@@ -122,7 +113,7 @@ def test_parse_filter_comparisons_match_numpy(numbers, threshold, op):
 
 
 def _dataset_with_embeddings(workspace, *, shift: float):
-    reference, current = _gaussians(150, 100, shift=shift, dim=16)
+    reference, current = shifted_gaussians(150, 100, shift=shift, dim=16)
     vectors = np.vstack([reference, current])
     samples = pd.DataFrame(
         {
@@ -186,5 +177,3 @@ def test_compare_dataset_refuses_overlap_and_tiny_subsets(workspace):
         compare_dataset(ds, reference="split=train", current="label=cat & label=dog")
     with pytest.raises(FilterError, match="unknown column 'spilt'"):
         compare_dataset(ds, reference="spilt=train", current="split=test")
-
-
