@@ -10,6 +10,8 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import _common as ui
+from pages import _loaders as loaders
+from pages import _widgets as widgets
 from shoal import jobs
 
 st.set_page_config(
@@ -66,7 +68,7 @@ with st.sidebar:
     if names:
         st.session_state["_dataset_picker"] = st.session_state["dataset"]
         st.selectbox("Dataset", names, key="_dataset_picker", on_change=_pick_dataset)
-        dataset = ui.workspace().open(st.session_state["dataset"])
+        dataset = loaders.workspace().open(st.session_state["dataset"])
         if ui.has_object_level(dataset):
             st.session_state["_level_picker"] = ui.current_level(dataset)
             st.segmented_control(
@@ -91,8 +93,8 @@ with st.sidebar:
     job_id = st.session_state.get("job_id")
     if job_id and page.url_path not in ("", "jobs"):
         try:
-            if jobs.get(ui.workspace(), job_id).active:
-                ui.job_panel(job_id, key="sidebar")
+            if jobs.get(loaders.workspace(), job_id).active:
+                widgets.job_panel(job_id, key="sidebar")
         except Exception:  # noqa: BLE001 - a stale job id in a link is not an error
             st.session_state["job_id"] = None
     share_slot = st.empty()

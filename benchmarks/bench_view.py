@@ -1,8 +1,8 @@
 """The map's payload and time to first render, for 10k and 100k points.
 
 For each size, in one run and on the same synthetic map (2-D coordinates, 10 labels, 12-char ids):
-  shoal      shoal.view.build_scatter + hover_for, as pages/map.py draws it: one WebGL trace per
-             label, float32 typed arrays, the id as the only per-point string
+  shoal      shoal.app.scatter.build_scatter + hover_for, as pages/map.py draws it: one WebGL
+             trace per label, float32 typed arrays, the id as the only per-point string
   baseline   the plain way: plotly express ``px.scatter(df, x, y, color="label",
              hover_data=["sample_id", "label"], render_mode="webgl")`` on float64 coordinates
 
@@ -43,16 +43,6 @@ if str(ROOT) not in sys.path:
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_view.json"
 TARGET_MB_AT_100K = 5.0
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def synthetic_map(n: int, *, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
@@ -71,13 +61,11 @@ def synthetic_map(n: int, *, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
 
 
 def shoal_figure(coords: np.ndarray, samples: pd.DataFrame) -> str:
-    from shoal import view
+    from shoal.app.scatter import build_scatter, hover_for, metadata_colourings
 
-    hover_text, prefix = view.hover_for(samples)
-    colouring = view.metadata_colourings(samples)["label"]
-    return view.build_scatter(
-        coords, colouring, hover_text=hover_text, hover_prefix=prefix
-    ).to_json()
+    hover_text, prefix = hover_for(samples)
+    colouring = metadata_colourings(samples)["label"]
+    return build_scatter(coords, colouring, hover_text=hover_text, hover_prefix=prefix).to_json()
 
 
 def baseline_figure(coords: np.ndarray, samples: pd.DataFrame) -> str:
@@ -119,7 +107,9 @@ window.renderFigure = async function (url) {{
 
 def browser_render_seconds(payloads: dict[str, str], rounds: int) -> dict[str, float] | None:
     """Median seconds from Plotly.newPlot to the first drawn frame, per payload; None without a browser."""
-    if not Path(CHROMIUM).exists():
+    from benchmarks import chromium
+
+    if not chromium.available():
         return None
     try:
         from playwright.sync_api import sync_playwright
@@ -151,7 +141,7 @@ def browser_render_seconds(payloads: dict[str, str], rounds: int) -> dict[str, f
         results: dict[str, float] = {}
         try:
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                browser = chromium.launch(playwright)
                 page = browser.new_page(viewport={"width": 1280, "height": 720})
                 page.goto(f"{base}/index.html")
                 page.wait_for_function("() => window.Plotly !== undefined")

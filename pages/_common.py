@@ -1,7 +1,9 @@
-"""Streamlit glue shared by app.py and the pages: URL state, cached loaders, job panel, gallery.
+"""Streamlit glue shared by app.py and the pages: entry, URL state, access, the page's data.
 
-Only thin Streamlit code lives here; the rules it applies (tokens, payloads, thumbnails,
-uploads) are in :mod:`shoal.view`, and the computing is in :mod:`analysis` and the job runner.
+The pages' other shared code: :mod:`pages._loaders` (cached workspace, analyses, thumbnails) and
+:mod:`pages._widgets` (job panel, gallery, CSV export). The rules they apply (tokens, payloads,
+thumbnails, uploads) are in :mod:`shoal.app`, and the computing in :mod:`shoal.workflows` and the
+job runner. Modules starting with ``_`` are not pages: Streamlit ignores them.
 
 URL state: at the start of a session app.py keeps the query string it was opened with
 (``_url_initial``). A page calls :func:`url_state` for each value a teammate needs; that seeds
@@ -17,21 +19,21 @@ import hmac
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from shoal import jobs, view
-from shoal.store import DatasetNotFoundError, StoreError, Workspace
+from pages import _loaders as loaders
+from pages._widgets import job_panel
+from shoal import jobs
+from shoal.app.selection import page_base_url, share_url
+from shoal.store import Dataset, DatasetNotFoundError, StoreError
 
 #: Analyses of sets up to this size run in the web process; larger ones go to a background job.
 INLINE_MAX_SAMPLES = 5_000
-GALLERY_PAGE_SIZE = 24
-JOB_POLL_SECONDS = 1.0
 
 #: ``level`` is None (images) or "object" (the boxes of a detection dataset).
 GLOBAL_PARAMS = {"ds": "dataset", "emb": "embedding", "job": "job_id", "level": "level"}
@@ -137,13 +139,19 @@ def share_link(page_path: str) -> str:
         host = st.context.headers.get("Host")
     except Exception:  # noqa: BLE001 - no browser context (tests, bare mode)
         context_url, host = None, None
-    base = view.page_base_url(
-        public_url=view.env_flag("SHOAL_PUBLIC_URL"),
+    base = page_base_url(
+        public_url=env_flag("SHOAL_PUBLIC_URL"),
         context_url=context_url,
         host=host,
         page_path=page_path,
     )
-    return view.share_url(base, url_params())
+    return share_url(base, url_params())
+
+
+def env_flag(name: str) -> str | None:
+    """An environment setting, or None when it is unset or blank."""
+    value = os.environ.get(name, "").strip()
+    return value or None
 
 
 # --------------------------------------------------------------------------- access
@@ -161,7 +169,7 @@ def access_gate() -> bool:
         st.write("Sign in to look at this team's datasets.")
         st.button("Log in", on_click=st.login, type="primary", key="auth_login")
         return False
-    token = view.env_flag("SHOAL_ACCESS_TOKEN")
+    token = env_flag("SHOAL_ACCESS_TOKEN")
     if token is None or st.session_state.get("access_ok"):
         return True
     st.title("Shoal")
@@ -189,21 +197,11 @@ def _oidc_configured() -> bool:
 # --------------------------------------------------------------------------- workspace and data
 
 
-def workspace() -> Workspace:
-    """The workspace named by $SHOAL_WORKSPACE (set by `shoal serve`), else ./shoal-workspace."""
-    return _workspace(os.environ.get("SHOAL_WORKSPACE") or "")
-
-
-@st.cache_resource
-def _workspace(root: str) -> Workspace:
-    return Workspace(root or None)
-
-
 def dataset_names() -> list[str]:
-    return workspace().list_datasets()
+    return loaders.workspace().list_datasets()
 
 
-def current_dataset(*, required: bool = True):
+def current_dataset(*, required: bool = True) -> Dataset | None:
     """The selected Dataset, or None (with a pointer to the Datasets page) when there is none."""
     name = st.session_state.get("dataset")
     if not name:
@@ -214,15 +212,17 @@ def current_dataset(*, required: bool = True):
             st.page_link("pages/datasets.py", label="Go to Datasets", icon=":material/folder:")
         return None
     try:
-        return workspace().open(name)
+        return loaders.workspace().open(name)
     except (DatasetNotFoundError, StoreError) as error:
         st.warning(str(error))
         return None
 
 
-def no_embeddings_notice(ds) -> None:
+def no_embeddings_notice(ds: Dataset) -> None:
     """Why a page that needs embeddings is empty, and what is happening about it."""
-    running = [r for r in jobs.list_jobs(workspace(), dataset=ds.name, kind="embed") if r.active]
+    running = [
+        r for r in jobs.list_jobs(loaders.workspace(), dataset=ds.name, kind="embed") if r.active
+    ]
     if running:
         st.info(
             f"Embeddings for **{ds.name}** are being generated; this page fills in when they are ready."
@@ -233,7 +233,12 @@ def no_embeddings_notice(ds) -> None:
         st.page_link("pages/datasets.py", label="Go to Datasets", icon=":material/folder:")
 
 
-def dataset_stamp(ds) -> str:
+def dataset_key(ds: Dataset) -> str:
+    """Which dataset (its folder: unique across datasets and workspaces), for cache keys."""
+    return str(ds.root)
+
+
+def dataset_stamp(ds: Dataset) -> str:
     """Changes whenever the samples table or any embedding set of ``ds`` changes (cache key)."""
     parts = [str((ds.root / "samples.parquet").stat().st_mtime_ns)]
     objects = ds.root / "objects.parquet"
@@ -245,23 +250,23 @@ def dataset_stamp(ds) -> str:
     return "|".join(parts)
 
 
-def has_object_level(ds) -> bool:
+def has_object_level(ds: Dataset) -> bool:
     """True when ``ds`` has an object-level embedding set (then the level switch is shown)."""
     return ds.default_embedding(level="object") is not None
 
 
-def current_level(ds) -> str:
+def current_level(ds: Dataset) -> str:
     """'object' when the session (or link) asks for objects and ``ds`` has them, else 'sample'."""
     if st.session_state.get("level") == "object" and has_object_level(ds):
         return "object"
     return "sample"
 
 
-def level_embedding_names(ds, level: str) -> list[str]:
+def level_embedding_names(ds: Dataset, level: str) -> list[str]:
     return [n for n in ds.embedding_names() if ds.embedding_info(n).level == level]
 
 
-def embedding_choice(ds, *, level: str | None = None) -> str | None:
+def embedding_choice(ds: Dataset, *, level: str | None = None) -> str | None:
     """The embedding set chosen for ``ds`` (session/URL) at ``level`` (default: the current one),
     falling back to the dataset's default set of that level."""
     current = current_level(ds)
@@ -275,33 +280,14 @@ def embedding_choice(ds, *, level: str | None = None) -> str | None:
     return chosen
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def load_samples(root: str, name: str, stamp: str) -> pd.DataFrame:
-    return Workspace(root).open(name).samples()
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def aligned_samples(root: str, name: str, stamp: str, embedding: str | None) -> pd.DataFrame:
-    """The metadata table in the embedding set's row order (row i = embedding row i).
-
-    For an object-level set, one row per box: the objects table joined with its image's columns.
-    """
-    ds = Workspace(root).open(name)
-    if embedding is None:
-        return ds.samples().reset_index(drop=True)
-    import shoal.workflows.analyse as aw
-
-    return aw.row_metadata(ds, ds.load_embeddings(embedding))
-
-
-def embedding_version(ds, embedding: str) -> str:
+def embedding_version(ds: Dataset, embedding: str) -> str:
     return ds.embedding_info(embedding).version
 
 
 class PageData(NamedTuple):
-    ds: Any
+    ds: Dataset
     embedding: str
-    root: str
+    dataset_key: str
     stamp: str
     version: str
     samples: pd.DataFrame  # row i = embedding row i
@@ -320,28 +306,28 @@ def page_data(*, level: str | None = None, analysis: str | None = None) -> PageD
     if embedding is None:
         no_embeddings_notice(ds)
         stop()
-    root, stamp = str(workspace().root), dataset_stamp(ds)
-    samples = aligned_samples(root, ds.name, stamp, embedding)
+    key, stamp = dataset_key(ds), dataset_stamp(ds)
+    samples = loaders.aligned_samples(ds, key, stamp, embedding)
     if analysis is not None and not request_analysis(ds, embedding, len(samples), what=analysis):
         stop()
-    return PageData(ds, embedding, root, stamp, embedding_version(ds, embedding), samples)
+    return PageData(ds, embedding, key, stamp, embedding_version(ds, embedding), samples)
 
 
 # --------------------------------------------------------------------------- analyses
 
 
-def analysis_ready(ds, embedding: str, n_samples: int) -> bool:
+def analysis_ready(ds: Dataset, embedding: str, n_samples: int) -> bool:
     """Small sets compute in place; a large set needs its 'analyse' job to have finished."""
     if n_samples <= INLINE_MAX_SAMPLES:
         return True
     version = embedding_version(ds, embedding)
     return any(
         r.state == "done" and (r.result or {}).get("version") == version
-        for r in jobs.list_jobs(workspace(), dataset=ds.name, kind="analyse")
+        for r in jobs.list_jobs(loaders.workspace(), dataset=ds.name, kind="analyse")
     )
 
 
-def request_analysis(ds, embedding: str, n_samples: int, *, what: str) -> bool:
+def request_analysis(ds: Dataset, embedding: str, n_samples: int, *, what: str) -> bool:
     """Show the 'compute' affordance for a large set; True once its results are ready."""
     if analysis_ready(ds, embedding, n_samples):
         return True
@@ -350,246 +336,14 @@ def request_analysis(ds, embedding: str, n_samples: int, *, what: str) -> bool:
         "(neighbour graph, map, scores) and then opens instantly for everyone."
     )
     active = jobs.find_active(
-        workspace(), "analyse", dataset=ds.name, params={"embedding": embedding}
+        loaders.workspace(), "analyse", dataset=ds.name, params={"embedding": embedding}
     )
     if active is not None:
         st.session_state["job_id"] = active.id
         job_panel(active.id, key=f"analyse_{what}")
     elif st.button(f"Compute the {what}", type="primary", key=f"analyse_{what}"):
         st.session_state["job_id"] = jobs.submit(
-            workspace(), "analyse", dataset=ds.name, params={"embedding": embedding}
+            loaders.workspace(), "analyse", dataset=ds.name, params={"embedding": embedding}
         )
         st.rerun()
     return False
-
-
-def _computed(
-    function_name: str, root: str, name: str, embedding: str, version: str, **params: Any
-) -> Any:
-    import shoal.workflows.analyse as aw
-
-    ds = Workspace(root).open(name)
-    return getattr(aw, function_name)(ds, embedding, **params)
-
-
-@st.cache_data(show_spinner="Building the neighbour graph…", max_entries=8)
-def neighbours(root: str, name: str, embedding: str, version: str) -> tuple[np.ndarray, np.ndarray]:
-    """The shared kNN graph: (indices, distances), each (n_samples, k), nearest first."""
-    graph = _computed("knn_graph", root, name, embedding, version).result
-    return graph.indices, graph.distances
-
-
-@st.cache_data(show_spinner="Computing the map (UMAP)…", max_entries=8)
-def projection(root: str, name: str, embedding: str, version: str) -> dict[str, Any]:
-    result = _computed("project", root, name, embedding, version).result
-    return {
-        "coords": result.coords,
-        "preservation": result.neighborhood_preservation,
-        "trustworthiness": result.trustworthiness,
-        "method": result.method,
-    }
-
-
-@st.cache_data(show_spinner="Scoring outliers…", max_entries=16)
-def outliers(root: str, name: str, embedding: str, version: str, method: str = "knn") -> Any:
-    return _computed("outliers", root, name, embedding, version, method=method).result
-
-
-@st.cache_data(show_spinner="Finding near-duplicates…", max_entries=16)
-def duplicates(root: str, name: str, embedding: str, version: str, threshold: float | None) -> Any:
-    return _computed("duplicates", root, name, embedding, version, threshold=threshold).result
-
-
-@st.cache_data(show_spinner="Checking labels against neighbours…", max_entries=8)
-def mislabels(root: str, name: str, embedding: str, version: str) -> Any:
-    return _computed("mislabels", root, name, embedding, version).result
-
-
-@st.cache_data(show_spinner="Comparing…", max_entries=16)
-def comparison(
-    root: str,
-    name: str,
-    embedding: str,
-    version: str,
-    reference: str,
-    current: str | None,
-    method: str,
-) -> Any:
-    from shoal.workflows.compare import compare_dataset
-
-    ds = Workspace(root).open(name)
-    return compare_dataset(
-        ds, reference=reference, current=current or None, embedding=embedding, method=method
-    ).result
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def similar(
-    root: str,
-    name: str,
-    embedding: str,
-    version: str,
-    sample_ids: tuple[str, ...] | None,
-    vector: bytes | None,
-    k: int,
-) -> Any:
-    query = None if vector is None else np.frombuffer(vector, dtype=np.float32)
-    ds = Workspace(root).open(name)
-    import shoal.workflows.analyse as aw
-
-    return aw.similar(
-        ds, embedding, sample_ids=list(sample_ids) if sample_ids else None, vector=query, k=k
-    ).result
-
-
-@st.cache_resource(show_spinner="Loading the embedding model…", max_entries=2)
-def embedding_model(model_name: str):
-    import torch
-
-    from embedding import create_model
-
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    return create_model(model_name)
-
-
-# --------------------------------------------------------------------------- jobs
-
-
-def job_panel(job_id: str, *, key: str = "main", on_done: str = "rerun") -> None:
-    """A job's progress (polled while it runs), its error if it failed, and a cancel button."""
-    try:
-        record = jobs.get(workspace(), job_id)
-    except StoreError:
-        st.caption(f"Job {job_id} is not in this workspace.")
-        return
-    if record.active:
-        _job_live(job_id, key, on_done)
-    else:
-        _job_summary(record)
-
-
-def _job_summary(record) -> None:
-    label = f"{record.kind} · {record.dataset or ''}"
-    if record.state == "done":
-        result = record.result or {}
-        detail = ", ".join(
-            f"{k} {v}" for k, v in result.items() if k in ("embedding", "count", "dim", "steps")
-        )
-        st.success(f"Job {label} finished" + (f": {detail}" if detail else "") + ".")
-    elif record.state == "failed":
-        st.error(f"Job {label} failed: {record.error}")
-    elif record.state == "cancelled":
-        st.warning(
-            f"Job {label} was cancelled; finished work is kept (embedding resumes where it stopped)."
-        )
-
-
-def _job_live(job_id: str, key: str, on_done: str) -> None:
-    @st.fragment(run_every=JOB_POLL_SECONDS)
-    def live() -> None:
-        record = jobs.get(workspace(), job_id)
-        if not record.active:
-            if on_done == "rerun":
-                st.rerun()
-            _job_summary(record)
-            return
-        progress = record.progress
-        label = f"{record.kind} · {record.dataset or ''} · {record.state}"
-        st.progress(
-            progress.fraction,
-            text=label
-            + " — "
-            + view.progress_caption(
-                progress.done, progress.total, progress.rate, progress.eta_seconds, progress.unit
-            )
-            + (f" · {progress.message}" if progress.message else ""),
-        )
-        if st.button("Cancel", key=f"{key}_cancel_{job_id}"):
-            with st.spinner("Stopping the job at its next checkpoint…"):
-                jobs.cancel(workspace(), job_id, grace_seconds=10.0)
-            st.rerun()
-
-    live()
-
-
-# --------------------------------------------------------------------------- gallery
-
-
-def gallery(
-    ds,
-    samples: pd.DataFrame,
-    rows: Sequence[int] | np.ndarray,
-    *,
-    key: str,
-    captions: Sequence[str] | None = None,
-    per_page: int = GALLERY_PAGE_SIZE,
-    min_width: int = 150,
-    actions: Callable[[int], None] | None = None,
-) -> None:
-    """Thumbnails (or metadata cards for sets without images) of ``rows``, a page at a time."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if not len(rows):
-        st.caption("Nothing to show.")
-        return
-    pages = max(1, -(-len(rows) // per_page))
-    page = 1
-    if pages > 1:
-        page = st.pagination(pages, key=f"{key}_page", max_visible_pages=9)
-    start = (int(page) - 1) * per_page
-    shown = rows[start : start + per_page]
-    if pages > 1:
-        st.caption(f"{start + 1}–{start + len(shown)} of {len(rows):,}")
-    grid = st.grid(min_column_width=min_width, border=True, gap="xsmall")
-    for i, row in enumerate(shown):
-        with grid.cell():
-            sample_tile(
-                ds, samples, int(row), caption=captions[start + i] if captions is not None else None
-            )
-            if actions is not None:
-                actions(int(row))
-
-
-def sample_tile(
-    ds, samples: pd.DataFrame, row: int, *, caption: str | None = None, lines: int = 3
-) -> None:
-    """One sample: its thumbnail and a few metadata lines, or a metadata card without images."""
-    record = samples.iloc[int(row)]
-    path = record.get("path") if "path" in samples else None
-    if ds.has_images and isinstance(path, str) and path:
-        box = view.object_box(samples, int(row))
-        if box is not None:
-            image = box_thumbnail(str(workspace().root), str(ds.image_file(path)), box)
-        else:
-            image = thumbnail(str(workspace().root), str(ds.image_file(path)))
-        st.image(image, width="stretch")
-        st.caption(
-            "  \n".join(
-                ([caption] if caption else []) + view.tile_caption(samples, int(row))[:lines]
-            )
-        )
-    else:
-        details = view.describe_rows(samples, int(row), limit=8)
-        st.markdown(
-            "  \n".join(([f"**{caption}**"] if caption else []) + [f"`{line}`" for line in details])
-        )
-
-
-@st.cache_data(show_spinner=False, max_entries=4096)
-def thumbnail(root: str, image: str) -> bytes:
-    return view.thumbnail(Workspace(root), Path(image))
-
-
-@st.cache_data(show_spinner=False, max_entries=4096)
-def box_thumbnail(root: str, image: str, box: tuple[float, float, float, float]) -> bytes:
-    return view.box_thumbnail(Workspace(root), Path(image), box)
-
-
-def download_csv(label: str, table: pd.DataFrame, *, file_name: str, key: str) -> None:
-    st.download_button(
-        label,
-        data=view.to_csv_bytes(table),
-        file_name=file_name,
-        mime="text/csv",
-        key=key,
-        icon=":material/download:",
-    )

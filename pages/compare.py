@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from analysis.compare import available_tests
+from analysis.two_sample import available_tests
 from pages import _common as ui
-from shoal import jobs, view
+from pages import _loaders as loaders
+from pages import _widgets as widgets
+from shoal import jobs
+from shoal.app.scatter import Colouring, build_scatter, hover_for
 from shoal.store import StoreError
 from shoal.workflows.filters import FilterError, parse_filter
 
@@ -18,7 +21,7 @@ REST = "everything else"
 MAP_COLOURS = ("side", "novelty", "cluster")
 
 st.title("Compare")
-ds, embedding, root, stamp, version, samples = ui.page_data(level="sample")
+ds, embedding, dataset_key, stamp, version, samples = ui.page_data(level="sample")
 if ui.current_level(ds) == "object":
     st.caption("Comparisons are between sets of whole images: this page stays at the image level.")
 
@@ -105,25 +108,25 @@ if n_pooled > ui.INLINE_MAX_SAMPLES * 4:
     }
     done = [
         r
-        for r in jobs.list_jobs(ui.workspace(), dataset=ds.name, kind="compare")
+        for r in jobs.list_jobs(loaders.workspace(), dataset=ds.name, kind="compare")
         if r.state == "done" and r.params == params and (r.result or {}).get("version") == version
     ]
     if not done:
-        active = jobs.find_active(ui.workspace(), "compare", dataset=ds.name, params=params)
+        active = jobs.find_active(loaders.workspace(), "compare", dataset=ds.name, params=params)
         if active is not None:
-            ui.job_panel(active.id, key="compare")
+            widgets.job_panel(active.id, key="compare")
         elif st.button(
             f"Compare {n_pooled:,} samples in the background", type="primary", key="compare_submit"
         ):
             st.session_state["job_id"] = jobs.submit(
-                ui.workspace(), "compare", dataset=ds.name, params=params
+                loaders.workspace(), "compare", dataset=ds.name, params=params
             )
             st.rerun()
         ui.stop()
 
 try:
-    result = ui.comparison(
-        root, ds.name, embedding, version, reference_expr, current_expr or None, method
+    result = loaders.comparison(
+        ds, dataset_key, embedding, version, reference_expr, current_expr or None, method
     )
 except (FilterError, StoreError, ValueError) as error:
     st.error(str(error))
@@ -158,13 +161,13 @@ extra = samples.set_index(samples["sample_id"].astype(str)).drop(
     columns=[c for c in ("sample_id", "path") if c in samples]
 )
 novelty_table = novelty_table.join(extra, on="sample_id").sort_values("novelty", ascending=False)
-ui.download_csv(
+widgets.download_csv(
     "Export novelty CSV",
     novelty_table,
     file_name=f"{ds.name}-novelty.csv",
     key="compare_novelty_export",
 )
-ui.gallery(
+widgets.gallery(
     ds,
     samples,
     current_rows[shown],
@@ -187,7 +190,7 @@ st.dataframe(
     hide_index=True,
     width="stretch",
 )
-ui.download_csv(
+widgets.download_csv(
     "Export clusters CSV",
     clusters,
     file_name=f"{ds.name}-clusters.csv",
@@ -203,12 +206,12 @@ if not ui.analysis_ready(ds, embedding, len(samples)):
 colour = st.segmented_control(
     "Colour by", MAP_COLOURS, key="compare_colour", default="side", required=True
 )
-coords = ui.projection(root, ds.name, embedding, version)["coords"]
+coords = loaders.projection(ds, dataset_key, embedding, version)["coords"]
 if colour == "side":
     sides = np.full(len(samples), "(not compared)", dtype=object)
     sides[reference_rows] = "reference"
     sides[current_rows] = np.where(result.novelty_flags, "current · novel", "current")
-    colouring = view.Colouring.categorical(
+    colouring = Colouring.categorical(
         "side",
         sides,
         colours={
@@ -221,14 +224,14 @@ if colour == "side":
 elif colour == "novelty":
     values = np.full(len(samples), np.nan, dtype=np.float32)
     values[current_rows] = result.novelty
-    colouring = view.Colouring.continuous("novelty", values)
+    colouring = Colouring.continuous("novelty", values)
 else:
     clusters_of = np.full(len(samples), None, dtype=object)
     clusters_of[reference_rows] = [f"cluster {c}" for c in result.reference_clusters]
     clusters_of[current_rows] = [f"cluster {c}" for c in result.current_clusters]
-    colouring = view.Colouring.categorical("cluster", clusters_of)
-hover_text, hover_prefix = view.hover_for(samples)
-payload = view.build_scatter(
+    colouring = Colouring.categorical("cluster", clusters_of)
+hover_text, hover_prefix = hover_for(samples)
+payload = build_scatter(
     coords, colouring, hover_text=hover_text, hover_prefix=hover_prefix, height=520
 )
 st.plotly_chart(payload.figure, key="compare_chart", config={"displaylogo": False})

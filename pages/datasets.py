@@ -8,12 +8,22 @@ import pandas as pd
 import streamlit as st
 
 from pages import _common as ui
-from shoal import jobs, view
-from shoal.store import StoreError
+from pages import _loaders as loaders
+from pages import _widgets as widgets
+from shoal import jobs
+from shoal.app.uploads import (
+    IMPORT_MODES,
+    discard_upload,
+    import_uploads,
+    save_uploads,
+    suggest_dataset_name,
+    upload_dir,
+)
+from shoal.store import Dataset, StoreError
 
 ui.ensure_entrypoint()
 
-ws = ui.workspace()
+ws = loaders.workspace()
 st.session_state.setdefault("datasets_upload_round", 0)
 
 st.title("Datasets")
@@ -26,7 +36,7 @@ def run_import(
     files, *, mode: str, dataset: str, split: str | None, embedding_name: str, embed_now: bool
 ) -> None:
     """Write the uploads to disk, import them, remember the report, start embedding."""
-    folder = view.upload_dir(ws)
+    folder = upload_dir(ws)
     bar = st.progress(0.0, text="Saving the upload…")
     last = [0.0]
 
@@ -37,8 +47,8 @@ def run_import(
             bar.progress(done / max(total, 1), text=f"Checking images: {done:,} / {total:,}")
 
     try:
-        written, refused = view.save_uploads(files, folder)
-        outcome = view.import_uploads(
+        written, refused = save_uploads(files, folder)
+        outcome = import_uploads(
             ws,
             folder,
             written,
@@ -54,7 +64,7 @@ def run_import(
         st.session_state["datasets_report"] = {"dataset": dataset, "error": str(error)}
         return
     finally:
-        view.discard_upload(folder)
+        discard_upload(folder)
     st.session_state["datasets_report"] = outcome.report
     st.session_state["dataset"] = outcome.dataset
     st.session_state["embedding"] = None
@@ -69,8 +79,8 @@ with st.container(border=True):
     st.subheader("Add data")
     mode = st.radio(
         "What are you uploading?",
-        list(view.IMPORT_MODES),
-        format_func=view.IMPORT_MODES.get,
+        list(IMPORT_MODES),
+        format_func=IMPORT_MODES.get,
         key="datasets_mode",
         persist_state="session",
     )
@@ -119,9 +129,7 @@ with st.container(border=True):
         )
         split, embed_now = None, False
     else:
-        suggested = view.suggest_dataset_name(
-            [f.name for f in files] if files else ["dataset"], names
-        )
+        suggested = suggest_dataset_name([f.name for f in files] if files else ["dataset"], names)
         target = left.text_input(
             "New dataset name", value=suggested, key=f"datasets_name_{suggested}"
         )
@@ -186,8 +194,8 @@ if report:
 
 
 @st.cache_data(show_spinner=False)
-def describe(root: str, name: str, stamp: str) -> dict:
-    return ui.workspace().open(name).describe()
+def describe(_ds: Dataset, dataset_key: str, stamp: str) -> dict:
+    return _ds.describe()
 
 
 names = ui.dataset_names()
@@ -200,7 +208,8 @@ if not names:
 
 rows = []
 for name in names:
-    info = describe(str(ws.root), name, ui.dataset_stamp(ws.open(name)))
+    listed = ws.open(name)
+    info = describe(listed, ui.dataset_key(listed), ui.dataset_stamp(listed))
     rows.append(
         {
             "dataset": name,
@@ -219,7 +228,7 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 ds = ui.current_dataset()
 if ds is None:
     ui.stop()
-info = describe(str(ws.root), ds.name, ui.dataset_stamp(ds))
+info = describe(ds, ui.dataset_key(ds), ui.dataset_stamp(ds))
 st.subheader(ds.name)
 cols = st.columns(4)
 cols[0].metric("Samples", f"{info['samples']:,}")
@@ -242,7 +251,7 @@ if job_id:
     except StoreError:
         st.session_state["job_id"] = None
 if watched is not None and watched.dataset == ds.name:
-    ui.job_panel(watched.id, key="datasets")
+    widgets.job_panel(watched.id, key="datasets")
 
 if not info["embeddings"]:
     if ds.has_images:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
 from pages import _common as ui
-from shoal import jobs, view
+from pages import _loaders as loaders
+from pages import _widgets as widgets
+from shoal import jobs
 
 ui.ensure_entrypoint()
 
@@ -15,7 +19,7 @@ st.caption(
     "Embedding and large analyses run in background workers: closing or refreshing the page does not stop them."
 )
 
-records = jobs.list_jobs(ui.workspace())
+records = jobs.list_jobs(loaders.workspace())
 if not records:
     st.info(
         "No jobs yet. Importing images starts one (embedding), and so does analysing a large dataset."
@@ -26,10 +30,10 @@ active = [r for r in records if r.active]
 watched = st.session_state.get("job_id")
 for record in active:
     with st.container(border=True):
-        ui.job_panel(record.id, key="jobs")
+        widgets.job_panel(record.id, key="jobs")
 if watched and watched not in {r.id for r in active}:
     with st.container(border=True):
-        ui.job_panel(watched, key="jobs")
+        widgets.job_panel(watched, key="jobs")
 
 table = pd.DataFrame(
     [
@@ -38,9 +42,7 @@ table = pd.DataFrame(
             "kind": r.kind,
             "dataset": r.dataset,
             "state": r.state,
-            "progress": view.progress_caption(
-                r.progress.done, r.progress.total, r.progress.rate, None, r.progress.unit
-            )
+            "progress": replace(r.progress, eta_seconds=None).caption()  # a snapshot: no ETA
             if r.progress.total
             else "",
             "error": r.error or "",

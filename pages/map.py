@@ -9,19 +9,24 @@ import numpy as np
 import streamlit as st
 
 from pages import _common as ui
-from shoal import view
+from pages import _loaders as loaders
+from pages import _widgets as widgets
+from shoal.app.scatter import Colouring, build_scatter, hover_for, metadata_colourings
+from shoal.app.selection import MAX_TOKEN_CHARS, Selection, SelectionError, selection_from_event
+from shoal.app.tables import rows_table
+from shoal.store import Dataset
 
 ui.ensure_entrypoint()
 
 st.title("Map")
-ds, embedding, root, stamp, version, samples = ui.page_data(analysis="map")
+ds, embedding, dataset_key, stamp, version, samples = ui.page_data(analysis="map")
 n_samples = len(samples)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def colour_names(root: str, name: str, stamp: str, embedding: str) -> list[str]:
-    table = ui.aligned_samples(root, name, stamp, embedding)
-    names = list(view.metadata_colourings(table))
+def colour_names(_ds: Dataset, dataset_key: str, stamp: str, embedding: str) -> list[str]:
+    table = loaders.aligned_samples(_ds, dataset_key, stamp, embedding)
+    names = list(metadata_colourings(table))
     extra = ["outlier score", "projection trust"]
     if "object_id" not in table and default_comparison(table) is not None:
         extra += ["novelty", "cluster"]
@@ -37,47 +42,47 @@ def default_comparison(table) -> tuple[str, str | None] | None:
     return f"split={reference}", None
 
 
-def colouring_for(name: str) -> view.Colouring | None:
+def colouring_for(name: str) -> Colouring | None:
     if name == "none":
         return None
-    metadata = view.metadata_colourings(samples)
+    metadata = metadata_colourings(samples)
     if name in metadata:
         return metadata[name]
     if name == "outlier score":
-        result = ui.outliers(root, ds.name, embedding, version)
-        return view.Colouring.continuous(
+        result = loaders.outliers(ds, dataset_key, embedding, version)
+        return Colouring.continuous(
             name, result.scores, description=f"{result.method}, higher = more unusual"
         )
     if name == "projection trust":
-        preservation = ui.projection(root, ds.name, embedding, version)["preservation"]
-        return view.Colouring.continuous(
+        preservation = loaders.projection(ds, dataset_key, embedding, version)["preservation"]
+        return Colouring.continuous(
             name, preservation, description="share of true neighbours kept on the map"
         )
     if name in ("novelty", "cluster"):
         reference, current = default_comparison(samples)  # type: ignore[misc]
-        result = ui.comparison(root, ds.name, embedding, version, reference, current, "auto")
+        result = loaders.comparison(ds, dataset_key, embedding, version, reference, current, "auto")
         rows = {sample_id: i for i, sample_id in enumerate(samples["sample_id"])}
         current_rows = np.array([rows[i] for i in result.current_ids])
         reference_rows = np.array([rows[i] for i in result.reference_ids])
         if name == "novelty":
             values = np.full(n_samples, np.nan, dtype=np.float32)
             values[current_rows] = result.novelty
-            return view.Colouring.continuous(
+            return Colouring.continuous(
                 "novelty", values, description=f"current vs {reference}: higher = less covered"
             )
         clusters = np.full(n_samples, None, dtype=object)
         clusters[current_rows] = [f"cluster {c}" for c in result.current_clusters]
         clusters[reference_rows] = [f"cluster {c}" for c in result.reference_clusters]
-        return view.Colouring.categorical("cluster", clusters)
+        return Colouring.categorical("cluster", clusters)
     return None
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def hover(root: str, name: str, stamp: str, embedding: str) -> tuple[np.ndarray, str]:
-    return view.hover_for(ui.aligned_samples(root, name, stamp, embedding))
+def hover(_ds: Dataset, dataset_key: str, stamp: str, embedding: str) -> tuple[np.ndarray, str]:
+    return hover_for(loaders.aligned_samples(_ds, dataset_key, stamp, embedding))
 
 
-options = colour_names(root, ds.name, stamp, embedding)
+options = colour_names(ds, dataset_key, stamp, embedding)
 default_colour = next((c for c in ("category", "label") if c in options), "none")
 if ui.url_state("color", "view_color", default_colour) not in options:
     st.session_state["view_color"] = default_colour
@@ -85,7 +90,7 @@ token = ui.url_state("sel", "view_sel", None)
 
 controls = st.columns([2, 3])
 colour = controls[0].selectbox("Colour by", options, key="view_color", persist_state="session")
-projection = ui.projection(root, ds.name, embedding, version)
+projection = loaders.projection(ds, dataset_key, embedding, version)
 coords = projection["coords"]
 controls[1].caption(
     f"{n_samples:,} {'objects' if 'object_id' in samples else 'samples'} · {projection['method'].upper()} of **{embedding}** · trustworthiness "
@@ -97,16 +102,16 @@ selection = None
 selected_rows = np.empty(0, dtype=np.int64)
 if token:
     try:
-        selection = view.Selection.from_token(token)
+        selection = Selection.from_token(token)
         selected_rows = selection.resolve(coords, n_rows=n_samples)
-    except view.SelectionError as error:
+    except SelectionError as error:
         st.warning(str(error))
         st.session_state["view_sel"] = None
         token = None
 
 colouring = colouring_for(colour)
-hover_text, hover_prefix = hover(root, ds.name, stamp, embedding)
-payload = view.build_scatter(
+hover_text, hover_prefix = hover(ds, dataset_key, stamp, embedding)
+payload = build_scatter(
     coords,
     colouring,
     hover_text=hover_text,
@@ -137,7 +142,7 @@ previous = st.session_state.get("_view_last_event")
 st.session_state["_view_last_event"] = (chart_identity, signature)
 if previous is not None and previous[0] == chart_identity and previous[1] != signature:
     # The user drew or cleared a selection on this very chart (a redrawn chart starts afresh).
-    picked = view.selection_from_event(event, payload.trace_rows)
+    picked = selection_from_event(event, payload.trace_rows)
     picked_token = picked.to_token() if picked is not None else None
     if picked_token != token:
         st.session_state["view_sel"] = picked_token
@@ -155,23 +160,23 @@ st.subheader(f"{len(selected_rows):,} selected")
 extra = {"map_x": coords[selected_rows, 0], "map_y": coords[selected_rows, 1]}
 if colouring is not None and colouring.kind == "continuous":
     extra[colouring.name.replace(" ", "_")] = colouring.values[selected_rows]  # type: ignore[index]
-table = view.rows_table(samples, selected_rows, **extra)
+table = rows_table(samples, selected_rows, **extra)
 with st.container(horizontal=True):
     if st.button("Find similar", icon=":material/image_search:", key="view_similar"):
         st.session_state["similar_mode"] = "selection"
         st.session_state["similar_sel"] = token
         st.switch_page("pages/similar.py")
-    ui.download_csv(
+    widgets.download_csv(
         "Export selection (CSV)", table, file_name=f"{ds.name}-selection.csv", key="view_export"
     )
     if st.button("Clear selection", icon=":material/close:", key="view_clear"):
         st.session_state["view_sel"] = None
         st.rerun()
-if len(token or "") > view.MAX_TOKEN_CHARS:
+if len(token or "") > MAX_TOKEN_CHARS:
     st.caption("This selection is too large to fit in a link; the link shares the map without it.")
     st.session_state["_url_bound"].pop("sel", None)
 
 captions = None
 if colouring is not None and colouring.kind == "continuous":
     captions = [f"{colouring.name}: {v:.3g}" for v in colouring.values[selected_rows]]  # type: ignore[index]
-ui.gallery(ds, samples, selected_rows, key="view_gallery", captions=captions)
+widgets.gallery(ds, samples, selected_rows, key="view_gallery", captions=captions)

@@ -8,7 +8,10 @@ import streamlit as st
 
 from analysis.outliers import SCORERS
 from pages import _common as ui
-from shoal import view
+from pages import _loaders as loaders
+from pages import _widgets as widgets
+from shoal.app.selection import Selection
+from shoal.app.tables import row_ids, rows_table
 
 ui.ensure_entrypoint()
 
@@ -18,10 +21,10 @@ SECTIONS = {
     "mislabels": "Mislabel candidates",
 }
 ITEMS_PER_PAGE = 8
-NEIGHBOURS_SHOWN = 5
+NEIGHBORS_SHOWN = 5
 
 st.title("Outliers & issues")
-ds, embedding, root, stamp, version, samples = ui.page_data(analysis="issue scan")
+ds, embedding, dataset_key, stamp, version, samples = ui.page_data(analysis="issue scan")
 
 if ui.url_state("show", "outliers_section", "outliers") not in SECTIONS:
     st.session_state["outliers_section"] = "outliers"
@@ -33,16 +36,14 @@ section = st.segmented_control(
     persist_state="session",
     required=True,
 )
-sample_ids = view.row_ids(samples)
+sample_ids = row_ids(samples)
 
 
 def show_on_map(rows: np.ndarray, key: str) -> None:
     if st.button(
         "Show these on the map", icon=":material/scatter_plot:", key=key, disabled=not len(rows)
     ):
-        st.session_state["view_sel"] = view.Selection.from_rows(
-            rows, n_rows=len(samples)
-        ).to_token()
+        st.session_state["view_sel"] = Selection.from_rows(rows, n_rows=len(samples)).to_token()
         st.switch_page("pages/map.py")
 
 
@@ -54,18 +55,18 @@ def paged(items: int, key: str) -> range:
 
 
 def evidence_row(
-    row: int, caption: str, neighbour_rows: np.ndarray, neighbour_captions: list[str]
+    row: int, caption: str, neighbor_rows: np.ndarray, neighbor_captions: list[str]
 ) -> None:
     """The sample, then its nearest neighbours: why it was flagged."""
     with st.container(border=True):
-        columns = st.columns([1.3] + [1] * NEIGHBOURS_SHOWN)
+        columns = st.columns([1.3] + [1] * NEIGHBORS_SHOWN)
         with columns[0]:
-            ui.sample_tile(ds, samples, row, caption=caption)
-        for column, neighbour, text in zip(
-            columns[1:], neighbour_rows[:NEIGHBOURS_SHOWN], neighbour_captions, strict=False
+            widgets.sample_tile(ds, samples, row, caption=caption)
+        for column, neighbor, text in zip(
+            columns[1:], neighbor_rows[:NEIGHBORS_SHOWN], neighbor_captions, strict=False
         ):
             with column:
-                ui.sample_tile(ds, samples, int(neighbour), caption=text, lines=2)
+                widgets.sample_tile(ds, samples, int(neighbor), caption=text, lines=2)
 
 
 if section == "outliers":
@@ -79,8 +80,8 @@ if section == "outliers":
         persist_state="session",
         format_func=lambda m: f"{m} — {SCORERS[m].description}" if SCORERS[m].description else m,
     )
-    result = ui.outliers(root, ds.name, embedding, version, method)
-    indices, distances = ui.neighbours(root, ds.name, embedding, version)
+    result = loaders.outliers(ds, dataset_key, embedding, version, method)
+    indices, distances = loaders.neighbors(ds, dataset_key, embedding, version)
     order = np.argsort(-result.scores, kind="stable")
     flagged = int(result.n_flagged)
     st.caption(
@@ -91,21 +92,21 @@ if section == "outliers":
     shown = order[: max(flagged, ITEMS_PER_PAGE)] if flagged else order[: ITEMS_PER_PAGE * 3]
     if not flagged:
         st.info("Nothing crosses the threshold; showing the highest-scoring samples anyway.")
-    table = view.rows_table(
+    table = rows_table(
         samples,
         shown,
         outlier_score=result.scores[shown],
         flagged=result.flagged[shown],
-        neighbours=[" ".join(sample_ids[indices[r, :NEIGHBOURS_SHOWN]]) for r in shown],
+        neighbours=[" ".join(sample_ids[indices[r, :NEIGHBORS_SHOWN]]) for r in shown],
         neighbour_distances=[
-            " ".join(f"{d:.3f}" for d in distances[r, :NEIGHBOURS_SHOWN]) for r in shown
+            " ".join(f"{d:.3f}" for d in distances[r, :NEIGHBORS_SHOWN]) for r in shown
         ],
     )
     actions = st.container(horizontal=True)
     with actions:
-        ui.download_csv(
+        widgets.download_csv(
             "Export CSV",
-            view.rows_table(
+            rows_table(
                 samples, order, outlier_score=result.scores[order], flagged=result.flagged[order]
             ),
             file_name=f"{ds.name}-outliers-{method}.csv",
@@ -125,7 +126,7 @@ if section == "outliers":
 
 elif section == "duplicates":
     manual = ui.url_state("dup", "outliers_dup", None, cast=float)
-    automatic = ui.duplicates(root, ds.name, embedding, version, None)
+    automatic = loaders.duplicates(ds, dataset_key, embedding, version, None)
     threshold = None
     if not st.toggle(
         "Automatic threshold",
@@ -147,7 +148,7 @@ elif section == "duplicates":
     result = (
         automatic
         if threshold is None
-        else ui.duplicates(root, ds.name, embedding, version, threshold)
+        else loaders.duplicates(ds, dataset_key, embedding, version, threshold)
     )
     st.caption(
         f"Near-duplicate: cosine distance ≤ {result.threshold:.4f}"
@@ -180,7 +181,7 @@ elif section == "duplicates":
             pairs[f"{column}_b"] = samples[column].to_numpy()[result.pairs[:, 1]]
     actions = st.container(horizontal=True)
     with actions:
-        ui.download_csv(
+        widgets.download_csv(
             "Export pairs CSV",
             pairs,
             file_name=f"{ds.name}-duplicates.csv",
@@ -209,19 +210,21 @@ elif section == "duplicates":
                 f"Group {i + 1}: {len(group)} samples"
                 + (f" · splits: {', '.join(group_splits)}" if len(group_splits) > 1 else "")
             )
-            ui.gallery(ds, samples, group, key=f"duplicates_group_{i}", per_page=12, min_width=120)
+            widgets.gallery(
+                ds, samples, group, key=f"duplicates_group_{i}", per_page=12, min_width=120
+            )
 
 else:
     if "label" not in samples or samples["label"].isna().all():
         st.info("This dataset has no labels, so there is nothing to check them against.")
         ui.stop()
-    result = ui.mislabels(root, ds.name, embedding, version)
+    result = loaders.mislabels(ds, dataset_key, embedding, version)
     st.caption(
         f"**{result.n_flagged:,}** of {len(samples):,} samples flagged: their neighbours mostly carry another label "
         "(score = 1 − neighbours' support for the given label, higher = more likely wrong)."
     )
     flagged = result.flagged_indices
-    table = view.rows_table(
+    table = rows_table(
         samples,
         flagged,
         mislabel_score=result.scores[flagged],
@@ -230,7 +233,7 @@ else:
     )
     actions = st.container(horizontal=True)
     with actions:
-        ui.download_csv(
+        widgets.download_csv(
             "Export CSV", table, file_name=f"{ds.name}-mislabels.csv", key="mislabels_export"
         )
     with actions:

@@ -10,7 +10,10 @@ import numpy as np
 import streamlit as st
 
 from pages import _common as ui
-from shoal import view
+from pages import _loaders as loaders
+from pages import _widgets as widgets
+from shoal.app.selection import Selection, SelectionError
+from shoal.app.tables import row_ids, rows_table
 from shoal.store import StoreError, atomic_path
 
 ui.ensure_entrypoint()
@@ -19,8 +22,8 @@ MODES = {"sample": "Sample id(s)", "selection": "The map's selection", "image": 
 QUERY_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 st.title("Similar")
-ds, embedding, root, stamp, version, samples = ui.page_data()
-sample_ids = view.row_ids(samples)
+ds, embedding, dataset_key, stamp, version, samples = ui.page_data()
+sample_ids = row_ids(samples)
 info = ds.embedding_info(embedding)
 
 if (
@@ -55,7 +58,7 @@ if mode != "image":
 
 
 def queries_dir():
-    return ui.workspace().root / ".cache" / "queries"
+    return loaders.workspace().root / ".cache" / "queries"
 
 
 def query_image_path(key: str):
@@ -73,7 +76,7 @@ def embed_query_image(path: str, model_name: str) -> bytes:
     from embedding import embed_images
 
     with Image.open(path) as image:
-        vector = embed_images([image.convert("RGBA")], ui.embedding_model(model_name))[0]
+        vector = embed_images([image.convert("RGBA")], loaders.embedding_model(model_name))[0]
     return np.asarray(vector, dtype=np.float32).tobytes()
 
 
@@ -82,10 +85,10 @@ vector: bytes | None = None
 if mode == "sample":
     if not query_text and st.session_state.get("view_sel"):
         try:
-            picked = view.Selection.from_token(st.session_state["view_sel"])
+            picked = Selection.from_token(st.session_state["view_sel"])
             if picked.kind == "rows" and len(picked.rows) <= 5:
                 st.session_state["similar_q"] = ",".join(sample_ids[list(picked.rows)])
-        except view.SelectionError:
+        except SelectionError:
             pass
     typed = st.text_input(
         "Sample id(s), comma-separated",
@@ -109,14 +112,14 @@ elif mode == "selection":
         st.page_link("pages/map.py", label="Open the map", icon=":material/scatter_plot:")
         ui.stop()
     try:
-        selection = view.Selection.from_token(token)
+        selection = Selection.from_token(token)
         coords = (
-            ui.projection(root, ds.name, embedding, version)["coords"]
+            loaders.projection(ds, dataset_key, embedding, version)["coords"]
             if selection.kind != "rows"
             else np.zeros((len(samples), 2))
         )
         query_rows = selection.resolve(coords, n_rows=len(samples))
-    except view.SelectionError as error:
+    except SelectionError as error:
         st.warning(str(error))
 else:
     if info.model == "user-provided":
@@ -159,12 +162,12 @@ if not len(query_rows) and vector is None:
 
 if len(query_rows):
     with st.expander(f"Query: {len(query_rows):,} sample(s)", expanded=len(query_rows) <= 6):
-        ui.gallery(ds, samples, query_rows, key="similar_query", per_page=12, min_width=120)
+        widgets.gallery(ds, samples, query_rows, key="similar_query", per_page=12, min_width=120)
 
 try:
-    result = ui.similar(
-        root,
-        ds.name,
+    result = loaders.similar(
+        ds,
+        dataset_key,
         embedding,
         version,
         tuple(sample_ids[query_rows]) if len(query_rows) else None,
@@ -183,19 +186,21 @@ st.caption(
 )
 actions = st.container(horizontal=True)
 with actions:
-    table = view.rows_table(
+    table = rows_table(
         samples,
         result.indices,
         rank=np.arange(1, len(result.indices) + 1),
         distance=result.distances,
     )
-    ui.download_csv("Export CSV", table, file_name=f"{ds.name}-similar.csv", key="similar_export")
+    widgets.download_csv(
+        "Export CSV", table, file_name=f"{ds.name}-similar.csv", key="similar_export"
+    )
 if actions.button("Show on the map", icon=":material/scatter_plot:", key="similar_map"):
-    st.session_state["view_sel"] = view.Selection.from_rows(
+    st.session_state["view_sel"] = Selection.from_rows(
         np.r_[query_rows, result.indices], n_rows=len(samples)
     ).to_token()
     st.switch_page("pages/map.py")
-ui.gallery(
+widgets.gallery(
     ds,
     samples,
     result.indices,

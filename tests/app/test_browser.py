@@ -21,20 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import chromium
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 VIEWPORT = {"width": 1400, "height": 1800}
 
 
@@ -61,7 +53,7 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60.0) ->
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not Path(CHROMIUM).exists():
+    if not chromium.available():
         pytest.skip("Chromium is not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
     workspace = tmp_path_factory.mktemp("browser-ws")
@@ -71,7 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "shoal.cli",
+            "shoal",
             "serve",
             "--workspace",
             str(workspace),
@@ -168,7 +160,7 @@ def test_upload_embed_select_share(server: str, images_zip: Path) -> None:
 
     started = time.monotonic()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = chromium.launch(playwright)
         try:
             page = browser.new_page(viewport=VIEWPORT)
 

@@ -1,5 +1,8 @@
 """Every page under Streamlit's AppTest: the real sample dataset, an empty workspace, and the
-interactions that matter (upload import path, job progress, links restoring the view)."""
+interactions that matter (import report, job progress, links restoring the view).
+
+The upload import path the Datasets page calls is tested without Streamlit in
+tests/shoal/app/test_uploads.py."""
 
 from __future__ import annotations
 
@@ -7,14 +10,14 @@ import hashlib
 import os
 import re
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from shoal import jobs, view
+from shoal import jobs
+from shoal.app.selection import Selection
 from shoal.store import Workspace
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -104,7 +107,7 @@ def test_link_restores_map_colouring_and_selection(
 ) -> None:
     rows = [3, 10, 42, 100]
     n_rows = len(sample_ws.open("sample").samples())
-    token = view.Selection.from_rows(rows, n_rows=n_rows).to_token()
+    token = Selection.from_rows(rows, n_rows=n_rows).to_token()
     at = open_app(
         sample_ws, monkeypatch, page="pages/map.py", ds="sample", color="split", sel=token
     ).run()
@@ -128,8 +131,8 @@ def test_link_restores_box_selection_against_all_points(
     coords = aw.project(ds).result.coords
     x0, x1 = np.quantile(coords[:, 0], [0.1, 0.6])
     y0, y1 = np.quantile(coords[:, 1], [0.2, 0.9])
-    selection = view.Selection(kind="box", boxes=((float(x0), float(x1), float(y0), float(y1)),))
-    expected = len(view.Selection.from_token(selection.to_token()).resolve(coords))
+    selection = Selection(kind="box", boxes=((float(x0), float(x1), float(y0), float(y1)),))
+    expected = len(Selection.from_token(selection.to_token()).resolve(coords))
     at = open_app(sample_ws, monkeypatch, page="pages/map.py", sel=selection.to_token()).run()
     assert_clean(at)
     assert expected > 0
@@ -187,7 +190,7 @@ def _record(workspace: Workspace, **changes) -> str:
     job_id = "20260101000000" + os.urandom(4).hex()
     record = jobs.JobRecord(id=job_id, kind="embed", dataset="vectors", params={}, **changes)
     workspace.jobs_dir.mkdir(parents=True, exist_ok=True)
-    jobs._save(workspace, record)
+    jobs.runner._save(workspace, record)
     return job_id
 
 
@@ -222,6 +225,19 @@ def test_running_job_shows_progress_and_cancels(
         jobs.cancel(workspace, job_id, grace_seconds=10)
 
 
+def test_progress_caption() -> None:
+    """The caption the job panel and the Jobs page show."""
+    assert (
+        jobs.JobProgress(120, 355, 41.33, 5.7, "images").caption()
+        == "120 / 355 images · 41.3 images/s · ETA 6s"
+    )
+    assert (
+        jobs.JobProgress(355, 355, 40.0, 0.0, "images").caption()
+        == "355 / 355 images · 40.0 images/s"
+    )
+    assert jobs.format_seconds(3725) == "1h 02m" and jobs.format_seconds(None) == "—"
+
+
 def test_failed_job_shows_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     workspace = Workspace(tmp_path / "ws")
     _embeddings_only_dataset(workspace, tmp_path, np.eye(6, 4, dtype=np.float32) + 1)
@@ -233,83 +249,7 @@ def test_failed_job_shows_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert any("image 7 is truncated" in e.value for e in at.error)
 
 
-# --------------------------------------------------------------------------- uploads
-
-
-class FakeUpload:
-    """What st.file_uploader hands the page: a name and the bytes."""
-
-    def __init__(self, name: str, data: bytes):
-        self.name = name
-        self._data = data
-
-    def getbuffer(self) -> memoryview:
-        return memoryview(self._data)
-
-
-def test_upload_zip_through_the_page_import_path(tmp_path: Path, sample_images: Path) -> None:
-    workspace = Workspace(tmp_path / "ws")
-    archive = tmp_path / "pets.zip"
-    with zipfile.ZipFile(archive, "w") as bundle:
-        for image in sorted((sample_images / "train" / "birds").iterdir())[:4]:
-            bundle.write(image, f"pets/train/birds/{image.name}")
-        bundle.writestr("pets/train/birds/broken.jpg", b"not an image at all")
-        bundle.writestr("pets/train/birds/notes.txt", b"hello")
-    uploads = [FakeUpload("pets.zip", archive.read_bytes()), FakeUpload("../escape.png", b"x")]
-    folder = view.upload_dir(workspace)
-    written, refused = view.save_uploads(uploads, folder)
-    assert [p.name for p in written] == ["pets.zip"] and written[
-        0
-    ].read_bytes() == archive.read_bytes()
-    assert refused and refused[0][0] == "../escape.png"
-    assert not (folder.parent / "escape.png").exists()
-    outcome = view.import_uploads(
-        workspace, folder, written, mode="images", dataset="pets", refused=refused
-    )
-    view.discard_upload(folder)
-    assert not folder.exists()
-    assert outcome.report["imported"] == 4
-    reasons = {r["file"]: r["reason"] for r in outcome.report["rejected"]}
-    assert set(reasons) == {"../escape.png", "train/birds/broken.jpg", "train/birds/notes.txt"}
-    assert workspace.open("pets").samples()["label"].unique().tolist() == ["birds"]
-    assert len(workspace.open("pets").import_report()["rejected"]) == 3
-
-
-def test_upload_loose_images_with_manifest_and_embeddings(
-    tmp_path: Path, sample_images: Path
-) -> None:
-    workspace = Workspace(tmp_path / "ws")
-    images = sorted((sample_images / "train" / "food").iterdir())[:3]
-    manifest = "path,label,camera\n" + "".join(
-        f"{p.name},food,cam{i}\n" for i, p in enumerate(images)
-    )
-    folder = view.upload_dir(workspace)
-    written, _ = view.save_uploads(
-        [
-            FakeUpload("list.csv", manifest.encode()),
-            *(FakeUpload(p.name, p.read_bytes()) for p in images),
-        ],
-        folder,
-    )
-    outcome = view.import_uploads(workspace, folder, written, mode="manifest", dataset="food")
-    assert outcome.report["imported"] == 3
-    samples = workspace.open("food").samples()
-    assert sorted(samples["camera"]) == ["cam0", "cam1", "cam2"]
-
-    vectors = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
-    table = "sample_id," + ",".join(f"e{i}" for i in range(16)) + "\n"
-    table += "".join(
-        sid + "," + ",".join(map(str, row)) + "\n"
-        for sid, row in zip(samples["sample_id"], vectors, strict=True)
-    )
-    folder = view.upload_dir(workspace)
-    written, _ = view.save_uploads([FakeUpload("clip.csv", table.encode())], folder)
-    outcome = view.import_uploads(
-        workspace, folder, written, mode="embeddings", dataset="food", embedding_name="clip"
-    )
-    assert outcome.embedding == "clip"
-    stored = workspace.open("food").load_embeddings("clip")
-    np.testing.assert_allclose(stored.vectors, vectors, rtol=1e-6)
+# --------------------------------------------------------------------------- the import report
 
 
 def test_import_report_lists_every_rejected_file(
@@ -359,7 +299,7 @@ def test_embeddings_only_dataset_shows_metadata_cards(
         workspace,
         monkeypatch,
         page="pages/map.py",
-        sel=view.Selection.from_rows([0, 1], n_rows=60).to_token(),
+        sel=Selection.from_rows([0, 1], n_rows=60).to_token(),
     ).run()
     assert_clean(at)
     assert not at.image

@@ -1,0 +1,143 @@
+"""The pages' cached loaders: the workspace, the model, thumbnails, and every analysis they show.
+
+Each dataset loader takes the Dataset as ``_ds`` (the leading underscore keeps it out of
+Streamlit's cache key) and, for the key, ``dataset_key`` (:func:`pages._common.dataset_key`: which
+dataset) plus the embedding set's ``version`` or the dataset's ``stamp`` (which state of its
+data), then calls the workflow directly. A miss reads the stored artefact, or computes and stores
+it (see :mod:`shoal.workflows.cache`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from shoal.app import thumbnails
+from shoal.store import Dataset, Workspace
+from shoal.workflows import analyse
+from shoal.workflows.compare import compare_dataset
+
+if TYPE_CHECKING:
+    from analysis.compare import ComparisonResult
+    from analysis.duplicates import DuplicateResult
+    from analysis.mislabels import MislabelResult
+    from analysis.outliers import OutlierResult
+    from analysis.similar import SimilarResult
+
+
+def workspace() -> Workspace:
+    """The workspace named by $SHOAL_WORKSPACE (set by `shoal serve`), else ./shoal-workspace."""
+    return _workspace(os.environ.get("SHOAL_WORKSPACE") or "")
+
+
+@st.cache_resource
+def _workspace(root: str) -> Workspace:
+    return Workspace(root or None)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def aligned_samples(
+    _ds: Dataset, dataset_key: str, stamp: str, embedding: str | None
+) -> pd.DataFrame:
+    """The metadata table in the embedding set's row order (row i = embedding row i).
+
+    For an object-level set, one row per box: the objects table joined with its image's columns.
+    """
+    if embedding is None:
+        return _ds.samples().reset_index(drop=True)
+    return analyse.row_metadata(_ds, _ds.load_embeddings(embedding))
+
+
+@st.cache_data(show_spinner="Building the neighbour graph…", max_entries=8)
+def neighbors(
+    _ds: Dataset, dataset_key: str, embedding: str, version: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shared kNN graph: (indices, distances), each (n_samples, k), nearest first."""
+    graph = analyse.knn_graph(_ds, embedding).result
+    return graph.indices, graph.distances
+
+
+@st.cache_data(show_spinner="Computing the map (UMAP)…", max_entries=8)
+def projection(_ds: Dataset, dataset_key: str, embedding: str, version: str) -> dict[str, Any]:
+    result = analyse.project(_ds, embedding).result
+    return {
+        "coords": result.coords,
+        "preservation": result.neighborhood_preservation,
+        "trustworthiness": result.trustworthiness,
+        "method": result.method,
+    }
+
+
+@st.cache_data(show_spinner="Scoring outliers…", max_entries=16)
+def outliers(
+    _ds: Dataset, dataset_key: str, embedding: str, version: str, method: str = "knn"
+) -> OutlierResult:
+    return analyse.outliers(_ds, embedding, method=method).result
+
+
+@st.cache_data(show_spinner="Finding near-duplicates…", max_entries=16)
+def duplicates(
+    _ds: Dataset, dataset_key: str, embedding: str, version: str, threshold: float | None
+) -> DuplicateResult:
+    return analyse.duplicates(_ds, embedding, threshold=threshold).result
+
+
+@st.cache_data(show_spinner="Checking labels against neighbours…", max_entries=8)
+def mislabels(_ds: Dataset, dataset_key: str, embedding: str, version: str) -> MislabelResult:
+    return analyse.mislabels(_ds, embedding).result
+
+
+@st.cache_data(show_spinner="Comparing…", max_entries=16)
+def comparison(
+    _ds: Dataset,
+    dataset_key: str,
+    embedding: str,
+    version: str,
+    reference: str,
+    current: str | None,
+    method: str,
+) -> ComparisonResult:
+    return compare_dataset(
+        _ds, reference=reference, current=current or None, embedding=embedding, method=method
+    ).result
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def similar(
+    _ds: Dataset,
+    dataset_key: str,
+    embedding: str,
+    version: str,
+    sample_ids: tuple[str, ...] | None,
+    vector: bytes | None,
+    k: int,
+) -> SimilarResult:
+    query = None if vector is None else np.frombuffer(vector, dtype=np.float32)
+    return analyse.similar(
+        _ds, embedding, sample_ids=list(sample_ids) if sample_ids else None, vector=query, k=k
+    ).result
+
+
+@st.cache_resource(show_spinner="Loading the embedding model…", max_entries=2)
+def embedding_model(model_name: str):
+    import torch
+
+    from embedding import create_model
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    return create_model(model_name)
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def thumbnail(root: str, image: str) -> bytes:
+    return thumbnails.thumbnail(Workspace(root), Path(image))
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def box_thumbnail(root: str, image: str, box: tuple[float, float, float, float]) -> bytes:
+    return thumbnails.box_thumbnail(Workspace(root), Path(image), box)

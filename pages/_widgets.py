@@ -1,0 +1,152 @@
+"""Widgets the pages share: a job's live panel, the gallery of samples, one sample's tile, CSV export.
+
+What they show comes from :mod:`shoal.app` (captions, thumbnails, CSV) and :mod:`pages._loaders`
+(cached thumbnails); the job panel polls the runner from a fragment, never from another thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pages import _loaders as loaders
+from shoal import jobs
+from shoal.app.tables import describe_rows, tile_caption, to_csv_bytes
+from shoal.app.thumbnails import object_box
+from shoal.store import Dataset, StoreError
+
+GALLERY_PAGE_SIZE = 24
+JOB_POLL_SECONDS = 1.0
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def job_panel(job_id: str, *, key: str = "main", on_done: str = "rerun") -> None:
+    """A job's progress (polled while it runs), its error if it failed, and a cancel button."""
+    try:
+        record = jobs.get(loaders.workspace(), job_id)
+    except StoreError:
+        st.caption(f"Job {job_id} is not in this workspace.")
+        return
+    if record.active:
+        _job_live(job_id, key, on_done)
+    else:
+        _job_summary(record)
+
+
+def _job_summary(record: jobs.JobRecord) -> None:
+    label = f"{record.kind} · {record.dataset or ''}"
+    if record.state == "done":
+        result = record.result or {}
+        detail = ", ".join(
+            f"{k} {v}" for k, v in result.items() if k in ("embedding", "count", "dim", "steps")
+        )
+        st.success(f"Job {label} finished" + (f": {detail}" if detail else "") + ".")
+    elif record.state == "failed":
+        st.error(f"Job {label} failed: {record.error}")
+    elif record.state == "cancelled":
+        st.warning(
+            f"Job {label} was cancelled; finished work is kept (embedding resumes where it stopped)."
+        )
+
+
+def _job_live(job_id: str, key: str, on_done: str) -> None:
+    @st.fragment(run_every=JOB_POLL_SECONDS)
+    def live() -> None:
+        record = jobs.get(loaders.workspace(), job_id)
+        if not record.active:
+            if on_done == "rerun":
+                st.rerun()
+            _job_summary(record)
+            return
+        progress = record.progress
+        label = f"{record.kind} · {record.dataset or ''} · {record.state}"
+        st.progress(
+            progress.fraction,
+            text=label
+            + " — "
+            + progress.caption()
+            + (f" · {progress.message}" if progress.message else ""),
+        )
+        if st.button("Cancel", key=f"{key}_cancel_{job_id}"):
+            with st.spinner("Stopping the job at its next checkpoint…"):
+                jobs.cancel(loaders.workspace(), job_id, grace_seconds=10.0)
+            st.rerun()
+
+    live()
+
+
+# --------------------------------------------------------------------------- gallery
+
+
+def gallery(
+    ds: Dataset,
+    samples: pd.DataFrame,
+    rows: Sequence[int] | np.ndarray,
+    *,
+    key: str,
+    captions: Sequence[str] | None = None,
+    per_page: int = GALLERY_PAGE_SIZE,
+    min_width: int = 150,
+    actions: Callable[[int], None] | None = None,
+) -> None:
+    """Thumbnails (or metadata cards for sets without images) of ``rows``, a page at a time."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        st.caption("Nothing to show.")
+        return
+    pages = max(1, -(-len(rows) // per_page))
+    page = 1
+    if pages > 1:
+        page = st.pagination(pages, key=f"{key}_page", max_visible_pages=9)
+    start = (int(page) - 1) * per_page
+    shown = rows[start : start + per_page]
+    if pages > 1:
+        st.caption(f"{start + 1}–{start + len(shown)} of {len(rows):,}")
+    grid = st.grid(min_column_width=min_width, border=True, gap="xsmall")
+    for i, row in enumerate(shown):
+        with grid.cell():
+            sample_tile(
+                ds, samples, int(row), caption=captions[start + i] if captions is not None else None
+            )
+            if actions is not None:
+                actions(int(row))
+
+
+def sample_tile(
+    ds: Dataset, samples: pd.DataFrame, row: int, *, caption: str | None = None, lines: int = 3
+) -> None:
+    """One sample: its thumbnail and a few metadata lines, or a metadata card without images."""
+    record = samples.iloc[int(row)]
+    path = record.get("path") if "path" in samples else None
+    if ds.has_images and isinstance(path, str) and path:
+        root = str(loaders.workspace().root)
+        box = object_box(samples, int(row))
+        if box is not None:
+            image = loaders.box_thumbnail(root, str(ds.image_file(path)), box)
+        else:
+            image = loaders.thumbnail(root, str(ds.image_file(path)))
+        st.image(image, width="stretch")
+        st.caption(
+            "  \n".join(([caption] if caption else []) + tile_caption(samples, int(row))[:lines])
+        )
+    else:
+        details = describe_rows(samples, int(row), limit=8)
+        st.markdown(
+            "  \n".join(([f"**{caption}**"] if caption else []) + [f"`{line}`" for line in details])
+        )
+
+
+def download_csv(label: str, table: pd.DataFrame, *, file_name: str, key: str) -> None:
+    st.download_button(
+        label,
+        data=to_csv_bytes(table),
+        file_name=file_name,
+        mime="text/csv",
+        key=key,
+        icon=":material/download:",
+    )

@@ -1,0 +1,33 @@
+"""shoal.app.tables (with the object-level rules of scatter and thumbnails): rows described for people."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shoal.app.scatter import STATUS_COLOURS, metadata_colourings
+from shoal.app.tables import row_ids, tile_caption
+from shoal.app.thumbnails import object_box
+
+
+def test_object_rows_are_described_by_category_kind_and_status() -> None:
+    import pandas as pd
+
+    objects = pd.DataFrame(
+        {
+            "object_id": ["o1", "o2"],
+            "sample_id": ["s1", "s1"],
+            "kind": ["label", "inference"],
+            "category": ["person", "car"],
+            "x0": [1.0, 2.0], "y0": [1.0, 2.0], "x1": [5.0, 6.0], "y1": [5.0, 6.0],
+            "score": [np.nan, 0.9],
+            "status": ["fn", "fp"],
+            "match_id": [None, None],
+        }
+    )  # fmt: skip
+    assert row_ids(objects).tolist() == ["o1", "o2"]
+    assert tile_caption(objects, 1) == ["car · inference · fp · score 0.90", "o2"]
+    assert object_box(objects, 0) == (1.0, 1.0, 5.0, 5.0)
+    colourings = metadata_colourings(objects)
+    assert {"category", "kind", "status"} <= set(colourings)
+    assert not {"x0", "object_id", "match_id"} & set(colourings)
+    assert dict(colourings["status"].colours) == STATUS_COLOURS
