@@ -1,6 +1,7 @@
 # One set of commands for a fresh machine and for CI (.ci/run calls `make test`).
 #   make run    install everything, build + embed the sample dataset, open the app
-#   make test   install everything, lint (ruff + mypy), run the test suite (benchmarks excluded)
+#   make test   install everything, lint (ruff, mypy, the layers contract), run the test suite
+#               (benchmarks excluded)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -30,9 +31,10 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not benchmark and not slow and not browser"
 
 lint: install
-	$(BIN)/ruff check shoal analysis embedding pages app.py tests benchmarks scripts
-	$(BIN)/ruff format --check shoal analysis embedding pages app.py
+	$(BIN)/ruff check shoal analysis embedding registry pages app.py tests benchmarks scripts
+	$(BIN)/ruff format --check shoal analysis embedding registry pages app.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install system-deps
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -178,7 +178,7 @@ def phase_model(files: list[Path], precision: str) -> dict[str, float]:
     import torch
 
     from embedding import create_model, embed_batch
-    from embedding.pipeline import prepare_for_inference
+    from embedding.inference import prepare_for_inference
     from embedding.preprocess import load_image, resize_crop
 
     model = prepare_for_inference(create_model("efficientnet_lite0"))
@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
         run_phase(args)
         return
 
-    from embedding.pipeline import cpu_supports_bf16, default_num_workers, resolve_precision
+    from embedding.inference import cpu_supports_bf16, resolve_precision
+    from embedding.pipeline import default_num_workers
 
     rounds = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from embedding.defaults import DEFAULT_MODEL
 
 if TYPE_CHECKING:
+    from embedding.inference import embed_batch, resolve_precision
     from embedding.models import (
         DataConfig,
         EmbeddingModel,
@@ -26,13 +27,12 @@ if TYPE_CHECKING:
         register_model,
     )
     from embedding.pipeline import (
-        CheckpointMismatchError,
+        Checkpoints,
         EmbeddingCancelled,
         Progress,
-        embed_batch,
+        checkpoint_manifest,
         embed_images,
         embed_paths,
-        resolve_precision,
     )
     from embedding.preprocess import ImageDecodeError, load_image, resize_crop
 
@@ -41,33 +41,35 @@ _SOURCES = {
         "DataConfig",
         "EmbeddingModel",
         "ModelUnavailableError",
+        "checkpoint_manifest",
         "create_model",
         "imagenet_class_names",
         "list_models",
         "register_model",
     ),
     "embedding.pipeline": (
-        "CheckpointMismatchError",
+        "Checkpoints",
         "EmbeddingCancelled",
         "Progress",
-        "embed_batch",
+        "checkpoint_manifest",
         "embed_images",
         "embed_paths",
-        "resolve_precision",
     ),
+    "embedding.inference": ("embed_batch", "resolve_precision"),
     "embedding.preprocess": ("ImageDecodeError", "load_image", "resize_crop"),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = [
     "DEFAULT_MODEL",
-    "CheckpointMismatchError",
+    "Checkpoints",
     "DataConfig",
     "EmbeddingCancelled",
     "EmbeddingModel",
     "ImageDecodeError",
     "ModelUnavailableError",
     "Progress",
+    "checkpoint_manifest",
     "create_model",
     "embed_batch",
     "embed_images",

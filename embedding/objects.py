@@ -39,7 +39,6 @@ Boxes are xyxy pixels of the upright image (EXIF orientation applied), as in ``o
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -51,17 +50,20 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from embedding.inference import (
+    autocast,
+    embed_batch,
+    normalize_pixels,
+    prepare_for_inference,
+    resolve_precision,
+)
 from embedding.models import DataConfig, EmbeddingModel
 from embedding.pipeline import (
     Progress,
     ProgressReporter,
     default_num_workers,
-    embed_batch,
-    normalise,
-    prepare_for_inference,
-    resolve_precision,
 )
-from embedding.preprocess import _RESAMPLE, ImageDecodeError, load_image, resize_crop, scale_size
+from embedding.preprocess import RESAMPLE, ImageDecodeError, load_image, resize_crop, scale_size
 
 METHODS = ("roi_align", "crop")
 #: roi_align input size (Ren et al. 2015, Faster R-CNN): shorter side, cap on the longer side.
@@ -171,7 +173,7 @@ class _ResizedImages(TorchDataset):
                 self.paths[index], min_short_side=max(min(width, height), scale_size(self.config))
             )
             whole = resize_crop(image, self.config)
-            image = image.resize((width, height), _RESAMPLE[self.config.interpolation])
+            image = image.resize((width, height), RESAMPLE[self.config.interpolation])
             canvas[:height, :width] = np.asarray(image, dtype=np.uint8)
             return index, torch.from_numpy(canvas), torch.from_numpy(whole), None
         except ImageDecodeError as error:
@@ -201,7 +203,7 @@ class _Crops(TorchDataset):
             empty = torch.zeros((len(boxes), height, width, 3), dtype=torch.uint8)
             return index, empty, torch.zeros((height, width, 3), dtype=torch.uint8), error.reason
         fill = _mean_colour(self.config)
-        resample = _RESAMPLE[self.config.interpolation]
+        resample = RESAMPLE[self.config.interpolation]
         crops = np.empty((len(boxes), height, width, 3), dtype=np.uint8)
         for row, box in enumerate(boxes):
             crop = square_crop(image, box, margin=self.margin, fill=fill)
@@ -215,14 +217,6 @@ def _first(items: list[Any]) -> Any:
 
 
 # --------------------------------------------------------------------------- kernel
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(
-        device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16
-    )
 
 
 def _check_boxes(boxes_per_image: Sequence[Any], n_images: int) -> list[np.ndarray]:
@@ -401,7 +395,7 @@ def _pool_boxes(
     from torchvision.ops import roi_align
 
     device = model.device
-    inputs = normalise(pixels.to(device, non_blocking=True), model.data_config)
+    inputs = normalize_pixels(pixels.to(device, non_blocking=True), model.data_config)
     inputs = inputs.contiguous(memory_format=torch.channels_last)
     rois = []
     for position, image_boxes in enumerate(boxes):
@@ -412,7 +406,7 @@ def _pool_boxes(
             batch_column = torch.full((len(corners), 1), float(position), device=device)
             rois.append(torch.cat([batch_column, corners], dim=1))
     with torch.inference_mode():
-        with _autocast(device, precision):
+        with autocast(device, precision):
             fmap = model.feature_map(inputs)
         # Padded sizes are multiples of the stride, so one scale serves x and y.
         spatial_scale = fmap.shape[-1] / inputs.shape[-1]

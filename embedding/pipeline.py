@@ -5,8 +5,8 @@ Decoding and resizing produce uint8 batches; the model side normalises them and 
 decode ahead while the GPU computes; on a CPU, threads decode each batch between model calls
 while a reader thread fetches the next files, because a decoding process next to the model's
 OpenMP threads slows both (see ``default_num_workers``). Memory stays bounded by a few batches.
-:func:`embed_batch` is the pure per-batch step; a distributed engine can map it over batches and
-write the same output.
+:func:`embedding.inference.embed_batch` is the pure per-batch step; a distributed engine can map
+it over batches and write the same output.
 
 >>> from embedding import create_model
 >>> model = create_model("efficientnet_lite0")                         # doctest: +SKIP
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import time
 from collections import deque
@@ -27,20 +26,19 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from embedding.defaults import DEFAULT_BATCH_SIZE
+from embedding.inference import embed_batch, prepare_for_inference, resolve_precision
 from embedding.models import DataConfig, EmbeddingModel
 from embedding.preprocess import ImageDecodeError, load_image, resize_crop, rgb_array, scale_size
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHECKPOINT_FORMAT = 1
-_MANIFEST = "manifest.json"
 _READ_AHEAD = 2  # batches of raw file bytes read ahead by the in-process decoder
 
 
@@ -57,165 +55,8 @@ class Progress:
     eta_seconds: float | None
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint directory belongs to a different run (model, precision, paths or batches)."""
-
-
 class EmbeddingCancelled(RuntimeError):
     """``should_stop`` asked the run to stop; finished batches stay checkpointed."""
-
-
-# --------------------------------------------------------------------------- per-batch kernel
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``auto`` -> ``fp16`` on CUDA, ``bf16`` on a CPU with native bf16, else ``fp32``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    kind = torch.device(device).type
-    if precision == "auto":
-        if kind == "cuda":
-            return "fp16"
-        return "bf16" if kind == "cpu" and cpu_supports_bf16() else "fp32"
-    if precision == "fp16" and kind == "cpu":
-        raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
-    return precision
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def normalise(batch: torch.Tensor, config: DataConfig) -> torch.Tensor:
-    """(batch, H, W, 3) uint8 -> (batch, 3, H, W) float32 normalised, channels-last in memory."""
-    mean = torch.tensor(config.mean, dtype=torch.float32, device=batch.device)
-    std = torch.tensor(config.std, dtype=torch.float32, device=batch.device)
-    scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
-    shift = (-mean / std).view(1, 3, 1, 1)
-    return batch.permute(0, 3, 1, 2).float().mul_(scale).add_(shift)
-
-
-def embed_batch(
-    model: EmbeddingModel, batch: torch.Tensor, *, precision: str = "auto"
-) -> np.ndarray:
-    """Pre-logits vectors of one batch: (batch, dim) float32.
-
-    batch: (batch, H, W, 3) uint8 RGB at the model's input size (see ``preprocess.resize_crop``),
-    or (batch, 3, H, W) float already normalised with ``model.data_config``. The output depends
-    on nothing but the model, the batch and the precision; the first call readies the model in
-    place (``prepare_for_inference``).
-
-    >>> embed_batch(model, torch.zeros(2, 224, 224, 3, dtype=torch.uint8)).shape  # doctest: +SKIP
-    (2, 1280)
-    """
-    device = model.device
-    precision = resolve_precision(precision, device)
-    prepare_for_inference(model)
-    batch = batch.to(device, non_blocking=True)
-    if batch.dtype == torch.uint8:
-        inputs = normalise(batch, model.data_config)
-    else:
-        inputs = batch.float().contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), _autocast(device, precision):
-        vectors = model(inputs)
-    return vectors.float().cpu().numpy()
-
-
-def prepare_for_inference(model: EmbeddingModel) -> EmbeddingModel:
-    """Ready ``model`` for fast inference, in place: eval mode, BatchNorm folded into the
-    convolutions before it (timm EfficientNet family; same outputs up to float rounding),
-    ``model.full_precision`` submodules pinned to float32, channels-last weights. Idempotent."""
-    if not model.channels_last:
-        model.eval()
-        fold_batchnorm(model)
-        for name in model.full_precision:
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            setattr(parent, attr, _Float32(getattr(parent, attr)))
-        model.to(memory_format=torch.channels_last)
-        model.channels_last = True
-    return model
-
-
-class _Float32(nn.Module):
-    """Runs ``module`` in float32 even inside a reduced-precision autocast region."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            return self.module(x.float())
-
-
-# (block type, [(conv, batchnorm), ...]) in timm's EfficientNet family, where each conv feeds the
-# batchnorm directly in ``forward``; only these exact pairs are folded.
-_FOLDABLE = {
-    "EfficientNet": [("conv_stem", "bn1"), ("conv_head", "bn2")],
-    "EfficientNetFeatures": [("conv_stem", "bn1")],
-    "ConvBnAct": [("conv", "bn1")],
-    "DepthwiseSeparableConv": [("conv_s2d", "bn_s2d"), ("conv_dw", "bn1"), ("conv_pw", "bn2")],
-    "InvertedResidual": [
-        ("conv_s2d", "bn_s2d"),
-        ("conv_pw", "bn1"),
-        ("conv_dw", "bn2"),
-        ("conv_pwl", "bn3"),
-    ],
-    "EdgeResidual": [("conv_exp", "bn1"), ("conv_pwl", "bn2")],
-}
-
-
-@torch.no_grad()
-def fold_batchnorm(module: nn.Module) -> int:
-    """Fold eval-mode BatchNorm into the preceding convolution of known timm blocks; in place.
-
-    Returns how many pairs were folded. The BatchNorm is replaced by its dropout and activation.
-    """
-    try:
-        from timm.layers.norm_act import BatchNormAct2d
-    except ImportError:  # pragma: no cover - timm is a core dependency
-        return 0
-    folded = 0
-    for block in list(module.modules()):
-        if not type(block).__module__.startswith("timm."):
-            continue
-        for conv_name, bn_name in _FOLDABLE.get(type(block).__name__, []):
-            conv, bn = getattr(block, conv_name, None), getattr(block, bn_name, None)
-            if not isinstance(bn, nn.BatchNorm2d) or not isinstance(conv, nn.Conv2d):
-                continue
-            if type(bn) not in (BatchNormAct2d, nn.BatchNorm2d):  # subclasses may differ
-                continue
-            if bn.training or not bn.track_running_stats or bn.num_features != conv.out_channels:
-                continue
-            assert bn.running_var is not None and bn.running_mean is not None
-            scale = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.weight is not None:
-                scale = scale * bn.weight
-            shift = -bn.running_mean * scale
-            if bn.bias is not None:
-                shift = shift + bn.bias
-            if conv.bias is not None:
-                shift = shift + conv.bias * scale
-            conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
-            conv.bias = nn.Parameter(shift, requires_grad=False)
-            after = (
-                nn.Sequential(bn.drop, bn.act) if isinstance(bn, BatchNormAct2d) else nn.Identity()
-            )
-            setattr(block, bn_name, after)
-            folded += 1
-    return folded
 
 
 # --------------------------------------------------------------------------- decoding workers
@@ -340,69 +181,39 @@ def default_num_workers(device: torch.device | str = "cpu") -> int:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _paths_digest(paths: Sequence[str]) -> str:
+class Checkpoints(Protocol):
+    """Where finished batches are kept so a rerun skips them (``shoal.store.BatchCheckpoints``
+    is the store's; any object with these two methods works)."""
+
+    def load(self, start: int, end: int, dim: int) -> np.ndarray | None: ...
+
+    def save(self, start: int, end: int, vectors: np.ndarray) -> None: ...
+
+
+def checkpoint_manifest(
+    paths: Sequence[str | os.PathLike[str]],
+    model: EmbeddingModel,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    precision: str = "auto",
+) -> dict[str, Any]:
+    """What the batches of an :func:`embed_paths` run mean: checkpoints of a run with another
+    manifest (model, precision, batch size, paths) must not be reused."""
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(path.encode("utf-8", "surrogatepass"))
+        digest.update(os.fspath(path).encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def _atomic_write(target: Path, write: Callable[[Any], None]) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-class _Checkpoints:
-    """One ``.npy`` per finished batch plus a manifest that pins what the batches mean."""
-
-    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / _MANIFEST
-        if path.exists():
-            stored = json.loads(path.read_text())
-            differing = [key for key in manifest if stored.get(key) != manifest[key]]
-            if differing:
-                details = "; ".join(
-                    f"{key}: checkpoint has {stored.get(key)!r}, this run has {manifest[key]!r}"
-                    for key in differing
-                )
-                raise CheckpointMismatchError(
-                    f"checkpoint directory {str(directory)!r} belongs to a different run ({details}). "
-                    "Rerun with the same settings to resume, or delete the directory to start over."
-                )
-        else:
-            text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-            _atomic_write(path, lambda handle: handle.write(text))
-        for stale in directory.glob(".*.tmp"):  # left by a killed run
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
-
-    def _file(self, start: int, end: int) -> Path:
-        return self.directory / f"batch-{start:010d}-{end:010d}.npy"
-
-    def load(self, start: int, end: int, dim: int) -> np.ndarray | None:
-        path = self._file(start, end)
-        if not path.exists():
-            return None
-        vectors = np.load(path, allow_pickle=False)
-        if vectors.shape != (end - start, dim) or vectors.dtype != np.float32:
-            return None
-        return vectors
-
-    def save(self, start: int, end: int, vectors: np.ndarray) -> None:
-        _atomic_write(
-            self._file(start, end), lambda handle: np.save(handle, vectors, allow_pickle=False)
-        )
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.name,
+        "model_source": model.source,
+        "dim": model.dim,
+        "precision": resolve_precision(precision, model.device),
+        "data_config": model.data_config.to_dict(),
+        "count": len(paths),
+        "batch_size": batch_size,
+        "paths_sha256": digest.hexdigest(),
+    }
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -460,10 +271,10 @@ def embed_paths(
     paths: Sequence[str | os.PathLike[str]],
     model: EmbeddingModel,
     *,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     num_workers: int | None = None,
     precision: str = "auto",
-    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoints: Checkpoints | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     out: np.ndarray | None = None,
@@ -474,14 +285,15 @@ def embed_paths(
     with threads between batches (reading files ahead); None picks per device
     (``default_num_workers``). ``precision``: "auto" (fp16 on CUDA, bf16 on a CPU with native
     bf16, else fp32), "fp32", "bf16" or "fp16" (CUDA only).
-    With ``checkpoint_dir`` every finished batch is saved atomically, and a rerun with the same
-    directory, paths, model, precision and batch size skips them (CheckpointMismatchError
-    otherwise); the caller deletes the directory once the result is stored.
+    With ``checkpoints`` every finished batch is saved there, and the batches it already holds
+    are not computed again: give it the :func:`checkpoint_manifest` of this run, so that
+    batches of another run are refused (``shoal.store.BatchCheckpoints`` does).
     ``out`` may be a preallocated (n_paths, dim) float32 array (e.g. a memmap).
     Raises ImageDecodeError naming the first file that cannot be decoded, EmbeddingCancelled
     when ``should_stop()`` turns true.
 
-    >>> vectors = embed_paths(paths, create_model(), checkpoint_dir="partial/")  # doctest: +SKIP
+    >>> vectors = embed_paths(paths, model, checkpoints=dataset.batch_checkpoints(
+    ...     "lite0", checkpoint_manifest(paths, model)))                        # doctest: +SKIP
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -493,21 +305,8 @@ def embed_paths(
     vectors = _output(out, total, model.dim)
     spans = _batches(total, batch_size)
 
-    checkpoints = None
     pending = spans
-    if checkpoint_dir is not None:
-        manifest = {
-            "format": CHECKPOINT_FORMAT,
-            "model": model.name,
-            "model_source": model.source,
-            "dim": model.dim,
-            "precision": precision,
-            "data_config": model.data_config.to_dict(),
-            "count": total,
-            "batch_size": batch_size,
-            "paths_sha256": _paths_digest(names),
-        }
-        checkpoints = _Checkpoints(Path(checkpoint_dir), manifest)
+    if checkpoints is not None:
         pending = []
         for start, end in spans:
             stored = checkpoints.load(start, end, model.dim)
@@ -549,7 +348,7 @@ def embed_images(
     images: Sequence[Image.Image | np.ndarray],
     model: EmbeddingModel,
     *,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     precision: str = "auto",
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,

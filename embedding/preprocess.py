@@ -23,7 +23,8 @@ from PIL import Image, ImageOps
 
 from embedding.models import DataConfig
 
-_RESAMPLE = {
+#: Pillow resampling filter for each ``DataConfig.interpolation`` name.
+RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
@@ -142,7 +143,7 @@ def resize_crop(image: Image.Image | np.ndarray, config: DataConfig) -> np.ndarr
             .numpy()
         )
     else:
-        resample = _RESAMPLE[config.interpolation]
+        resample = RESAMPLE[config.interpolation]
         resized = np.asarray(Image.fromarray(array).resize((new_w, new_h), resample))
     top = int(round((new_h - out_h) / 2.0))
     left = int(round((new_w - out_w) / 2.0))

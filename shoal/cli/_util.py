@@ -8,7 +8,8 @@ import sys
 import time
 from typing import Any
 
-from shoal.jobs import format_seconds
+from shoal import jobs
+from shoal.jobs import JobProgress, format_seconds
 from shoal.store import Workspace, json_default
 
 
@@ -79,3 +80,31 @@ class ProgressLine:
         else:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
+
+    def observe(self, progress: JobProgress) -> None:
+        """A job observer: ``jobs.run_inline(..., observer=line.observe)``."""
+        self(progress.done, progress.total, progress.rate, progress.eta_seconds)
+
+
+def run_job(
+    args: argparse.Namespace,
+    kind: str,
+    params: dict[str, Any],
+    *,
+    label: str,
+    what: str,
+    unit: str = "images",
+) -> dict[str, Any]:
+    """Run a job on the dataset ``args.name`` in this process, with a progress line; its result.
+
+    The job is recorded like any other, so the app's Jobs page shows it too. ``what`` names the
+    work in the error when it does not finish ("embedding failed").
+    """
+    ws = workspace(args)
+    ws.open(args.name)
+    record = jobs.run_inline(
+        ws, kind, dataset=args.name, params=params, observer=ProgressLine(label, unit=unit).observe
+    )
+    if record.state != "done":
+        raise CliError(record.error or f"{what} {record.state}")
+    return record.result or {}

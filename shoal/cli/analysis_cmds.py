@@ -8,6 +8,7 @@ with ``--out FILE`` writes the full per-sample table as CSV or Parquet.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,18 +130,28 @@ def _cached_note(computed: Any) -> str:
     return " (cached)" if computed.cached else ""
 
 
-def cmd_project(args: argparse.Namespace) -> int:
-    from shoal.workflows import analyse as analysis
+def _compute(args: argparse.Namespace, workflow: str, **params: Any) -> tuple[Any, Any]:
+    """The dataset named on the command line and ``shoal.workflows.analyse.<workflow>`` of it."""
+    from shoal.workflows import analyse
 
     ds = workspace(args).open(args.name)
-    computed = analysis.project(
-        ds,
-        args.embedding,
+    workflows: dict[str, Callable[..., Any]] = {
+        "project": analyse.project,
+        "outliers": analyse.outliers,
+        "duplicates": analyse.duplicates,
+        "mislabels": analyse.mislabels,
+    }
+    return ds, workflows[workflow](ds, args.embedding, recompute=args.recompute, **params)
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    _, computed = _compute(
+        args,
+        "project",
         n_components=args.components,
         n_neighbors=args.neighbors,
         min_dist=args.min_dist,
         random_state=args.seed,
-        recompute=args.recompute,
     )
     result = computed.result
     if args.json:
@@ -169,24 +180,12 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 
 def cmd_outliers(args: argparse.Namespace) -> int:
-    from shoal.workflows import analyse as analysis
-
-    ds = workspace(args).open(args.name)
-    computed = analysis.outliers(
-        ds,
-        args.embedding,
-        method=args.method,
-        threshold=args.threshold,
-        z_threshold=args.z,
-        recompute=args.recompute,
+    ds, computed = _compute(
+        args, "outliers", method=args.method, threshold=args.threshold, z_threshold=args.z
     )
     result = computed.result
     if args.json:
-        payload = computed.to_dict()
-        payload.pop("scores", None)
-        payload["flagged"] = payload["flagged"][: args.top]
-        payload["ranked"] = _ranked_outliers(ds, args.embedding, computed, args.top)
-        print_json(payload)
+        _print_ranked_json(ds, args, computed)
     else:
         print(
             f"{result.n_flagged:,} of {len(result.scores):,} samples flagged as outliers "
@@ -201,6 +200,15 @@ def cmd_outliers(args: argparse.Namespace) -> int:
             )
     _write_table(computed.to_frame(), args.out)
     return 0
+
+
+def _print_ranked_json(ds: Any, args: argparse.Namespace, computed: Any) -> None:
+    """JSON of a scored result: summary, the first ``--top`` flagged, and the ``--top`` ranked."""
+    payload = computed.to_dict()
+    payload.pop("scores", None)
+    payload["flagged"] = payload["flagged"][: args.top]
+    payload["ranked"] = _ranked_outliers(ds, args.embedding, computed, args.top)
+    print_json(payload)
 
 
 def _ranked_outliers(
@@ -232,12 +240,7 @@ def _ranked_outliers(
 
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
-    from shoal.workflows import analyse as analysis
-
-    ds = workspace(args).open(args.name)
-    computed = analysis.duplicates(
-        ds, args.embedding, threshold=args.threshold, recompute=args.recompute
-    )
+    _, computed = _compute(args, "duplicates", threshold=args.threshold)
     result = computed.result
     if args.json:
         payload = computed.to_dict()
@@ -260,19 +263,10 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
 
 def cmd_mislabels(args: argparse.Namespace) -> int:
-    from shoal.workflows import analyse as analysis
-
-    ds = workspace(args).open(args.name)
-    computed = analysis.mislabels(
-        ds, args.embedding, label_column=args.label_column, recompute=args.recompute
-    )
+    ds, computed = _compute(args, "mislabels", label_column=args.label_column)
     result = computed.result
     if args.json:
-        payload = computed.to_dict()
-        payload.pop("scores", None)
-        payload["flagged"] = payload["flagged"][: args.top]
-        payload["ranked"] = _ranked_outliers(ds, args.embedding, computed, args.top)
-        print_json(payload)
+        _print_ranked_json(ds, args, computed)
     else:
         print(
             f"{result.n_flagged:,} of {int(result.params.get('n_labelled', 0)):,} labelled samples "

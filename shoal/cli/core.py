@@ -10,6 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from embedding.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EXTRACT_BATCH_SIZE,
+    DEFAULT_MAX_ELEMENTS,
+    DEFAULT_MODEL,
+    DEFAULT_OBJECT_BATCH_SIZE,
+)
 from shoal import jobs
 from shoal.cli._util import (
     CliError,
@@ -18,6 +25,7 @@ from shoal.cli._util import (
     print_counts,
     print_items,
     print_json,
+    run_job,
     workspace,
 )
 
@@ -44,14 +52,15 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("name", help="dataset")
     p.add_argument(
-        "--model", default="efficientnet_lite0", help="registered model name (default: %(default)s)"
+        "--model", default=DEFAULT_MODEL, help="registered model name (default: %(default)s)"
     )
     p.add_argument("--embedding", help="name of the embedding set (default: the model name)")
     p.add_argument(
         "--batch-size",
         type=int,
         default=None,
-        help="images per batch (default: 32, or 8 with --objects)",
+        help=f"images per batch (default: {DEFAULT_BATCH_SIZE}, "
+        f"or {DEFAULT_OBJECT_BATCH_SIZE} with --objects)",
     )
     p.add_argument(
         "--objects",
@@ -80,11 +89,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--embedding", help="name of the embedding set (default: the model file's name)")
     p.add_argument("--weights", help="state_dict file loaded with weights_only=True")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_EXTRACT_BATCH_SIZE)
     p.add_argument(
         "--max-elements",
         type=int,
-        default=10_000,
+        default=DEFAULT_MAX_ELEMENTS,
         help="pool spatial layers down to this many values",
     )
     p.add_argument("--json", action="store_true")
@@ -180,25 +189,16 @@ def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    ws = workspace(args)
-    ws.open(args.name)
-    kind = "embed-objects" if args.objects else "embed"
-    batch_size = args.batch_size or (8 if args.objects else 32)
-    params = {"model": args.model, "name": args.embedding, "batch_size": batch_size}
-    line = ProgressLine(f"embed {args.name}", unit="images")
-    record = jobs.run_inline(
-        ws,
-        kind,
-        dataset=args.name,
-        params=params,
-        observer=lambda p: line(p.done, p.total, p.rate, p.eta_seconds),
+    result = run_job(
+        args,
+        "embed-objects" if args.objects else "embed",
+        {"model": args.model, "name": args.embedding, "batch_size": args.batch_size},
+        label=f"embed {args.name}",
+        what="embedding",
     )
-    if record.state != "done":
-        raise CliError(record.error or f"embedding {record.state}")
     if args.json:
-        print_json(record.result)
+        print_json(result)
     else:
-        result = record.result or {}
         print(
             f"stored embedding set {result.get('embedding')!r}: {result.get('count'):,} x {result.get('dim')}"
         )
@@ -206,8 +206,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    ws = workspace(args)
-    ws.open(args.name)
     params = {
         "model": args.model,
         "layer": args.layer,
@@ -217,17 +215,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "max_elements": args.max_elements,
     }
-    line = ProgressLine(f"extract {args.name}", unit="images")
-    record = jobs.run_inline(
-        ws,
-        "extract",
-        dataset=args.name,
-        params=params,
-        observer=lambda p: line(p.done, p.total, p.rate, p.eta_seconds),
-    )
-    if record.state != "done":
-        raise CliError(record.error or f"extraction {record.state}")
-    written = (record.result or {}).get("embeddings", [])
+    result = run_job(args, "extract", params, label=f"extract {args.name}", what="extraction")
+    written = result.get("embeddings", [])
     if args.json:
         print_json(written)
     for info in [] if args.json else written:
@@ -363,10 +352,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from shoal.cli.demo import ensure_sample_dataset
 
     ws = workspace(args)
-    line = ProgressLine("embed sample", unit="images")
-    name = ensure_sample_dataset(
-        ws, progress=lambda p: line(p.done, p.total, p.rate, p.eta_seconds)
-    )
+    name = ensure_sample_dataset(ws, progress=ProgressLine("embed sample", unit="images").observe)
     print(f"sample dataset {name!r} ready in {ws.root}")
     if args.no_serve:
         return 0

@@ -10,7 +10,7 @@ from shoal import jobs
 from shoal.store import StoreError, Workspace
 
 SAMPLE_DATASET = "sample"
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data" / "tuxpaint"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data" / "tuxpaint"
 
 
 def ensure_sample_dataset(

@@ -182,12 +182,13 @@ class JobKind:
     function: TaskFunction
     params: type[Any] | None = None
 
-    def normalise(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The job's parameters with every default filled in, so equal requests compare equal."""
+    def complete_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The job's parameters with every default filled in (None means the default), so equal
+        requests compare equal."""
         if self.params is None:
             return params
         try:
-            return asdict(self.params(**params))
+            return asdict(self.params(**{k: v for k, v in params.items() if v is not None}))
         except TypeError as error:
             names = ", ".join(f.name for f in fields(self.params))
             raise StoreError(f"bad job parameters {params}: {error} (accepted: {names})") from None
@@ -296,13 +297,11 @@ def submit(
     params: dict[str, Any] | None = None,
 ) -> str:
     """Start a job in a detached worker process and return its id; an identical active job is reused."""
-    params = job_kind(kind).normalise(json.loads(json.dumps(params or {})))
-    existing = find_active(workspace, kind, dataset=dataset, params=params)
+    record = _new_record(kind, dataset, params)
+    existing = find_active(workspace, kind, dataset=dataset, params=record.params)
     if existing is not None:
         return existing.id
-    job_id = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:8]
-    record = JobRecord(id=job_id, kind=kind, dataset=dataset, params=params)
-    workspace.jobs_dir.mkdir(parents=True, exist_ok=True)
+    job_id = record.id
     _save(workspace, record)
     with open(log_path(workspace, job_id), "ab") as log:
         process = subprocess.Popen(
@@ -355,12 +354,16 @@ def run_inline(
     observer: Callable[[JobProgress], None] | None = None,
 ) -> JobRecord:
     """Run a job in this process, recorded like any other so the app shows it too (the CLI's path)."""
-    params = job_kind(kind).normalise(json.loads(json.dumps(params or {})))
+    record = replace(_new_record(kind, dataset, params), pid=os.getpid())
+    _save(workspace, record)
+    return run(workspace, record.id, observer=observer, log_traceback=False)
+
+
+def _new_record(kind: str, dataset: str | None, params: dict[str, Any] | None) -> JobRecord:
+    """A queued record with a fresh id and the kind's complete parameters (JSON-safe)."""
+    params = job_kind(kind).complete_params(json.loads(json.dumps(params or {})))
     job_id = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:8]
-    record = JobRecord(id=job_id, kind=kind, dataset=dataset, params=params)
-    workspace.jobs_dir.mkdir(parents=True, exist_ok=True)
-    _save(workspace, replace(record, pid=os.getpid()))
-    return run(workspace, job_id, observer=observer, log_traceback=False)
+    return JobRecord(id=job_id, kind=kind, dataset=dataset, params=params)
 
 
 def cancel(workspace: Workspace, job_id: str, *, grace_seconds: float = 10.0) -> JobRecord:

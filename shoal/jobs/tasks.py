@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +162,7 @@ def analyse_task(context: JobContext) -> dict[str, Any]:
     embedding = ds.resolve_embedding(params.embedding)
     version = ds.embedding_info(embedding).version
     steps = [s for s in params.steps or ANALYSIS_STEPS if s in ANALYSIS_STEPS]
-    workflows = {
+    workflows: dict[str, Callable[..., Any]] = {
         "knn_graph": analyse.knn_graph,
         "project": analyse.project,
         "outliers": analyse.outliers,

@@ -25,6 +25,7 @@ Example:
     >>> ds = ws.open("flowers"); ds.samples().head()                     # doctest: +SKIP
 """
 
+from shoal.store.checkpoints import BatchCheckpoints, CheckpointMismatchError
 from shoal.store.dataset import (
     REQUIRED_COLUMNS,
     Dataset,
@@ -53,6 +54,8 @@ from shoal.store.files import (
 from shoal.store.workspace import DEFAULT_WORKSPACE, WORKSPACE_ENV, Workspace
 
 __all__ = [
+    "BatchCheckpoints",
+    "CheckpointMismatchError",
     "DEFAULT_WORKSPACE",
     "MAX_NAME_LENGTH",
     "REQUIRED_COLUMNS",

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shoal.store.checkpoints import BatchCheckpoints
 from shoal.store.errors import StoreError, validate_name
 from shoal.store.files import (
     atomic_path,
@@ -259,6 +260,10 @@ class Dataset:
     def partial_dir(self, name: str) -> Path:
         validate_name(name, what="embedding")
         return self._embeddings_dir / f".partial-{name}"
+
+    def batch_checkpoints(self, name: str, manifest: dict[str, Any]) -> BatchCheckpoints:
+        """Resumable per-batch checkpoints of embedding set ``name`` (removed when it is published)."""
+        return BatchCheckpoints(self.partial_dir(name), manifest)
 
     # -- artefacts
     def _artefact_base(self, kind: str, key: str) -> Path:

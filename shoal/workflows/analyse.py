@@ -38,7 +38,7 @@ from shoal.workflows.cache import Computed, cached, result_key
 #: duplicates and mislabels use 15; UMAP's default 15 counts the point itself, so 14).
 GRAPH_NEIGHBORS = 15
 #: The shared graph's search settings (cosine distance; exact or HNSW by size; seed).
-GRAPH_PARAMS = {"metric": "cosine", "method": "auto", "random_state": 0}
+GRAPH_PARAMS: dict[str, Any] = {"metric": "cosine", "method": "auto", "random_state": 0}
 
 
 # --------------------------------------------------------------------------- graph

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.compare import DEFAULT_N_PERMUTATIONS, ComparisonResult, compare
-from analysis.knn import take_rows
+from analysis.blocks import take_rows
+from analysis.compare import ComparisonResult, compare
+from analysis.two_sample import DEFAULT_N_PERMUTATIONS
 from shoal.store import Dataset, StoreError, digest_values
 from shoal.workflows.cache import Computed, cached
 from shoal.workflows.filters import FilterError, describe_filter, parse_filter

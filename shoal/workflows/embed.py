@@ -32,7 +32,7 @@ def embed_dataset(
     should_stop: Callable[[], bool] | None = None,
 ) -> EmbeddingInfo:
     """Embed every image of ``dataset`` and store the set as ``name`` (default: the model name)."""
-    from embedding import create_model, embed_paths
+    from embedding import checkpoint_manifest, create_model, embed_paths
 
     if not dataset.has_images:
         raise StoreError(
@@ -48,7 +48,10 @@ def embed_dataset(
         batch_size=batch_size,
         num_workers=num_workers,
         precision=precision,
-        checkpoint_dir=dataset.partial_dir(name),
+        checkpoints=dataset.batch_checkpoints(
+            name,
+            checkpoint_manifest(paths, embedder, batch_size=batch_size, precision=precision),
+        ),
         progress=progress,
         should_stop=should_stop,
     )

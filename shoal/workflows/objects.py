@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from embedding.defaults import DEFAULT_MODEL, DEFAULT_OBJECT_BATCH_SIZE
+from embedding.inference import resolve_precision
 from embedding.models import create_model
 from embedding.objects import (
     CROP_MARGIN,
@@ -26,7 +27,6 @@ from embedding.objects import (
     ProgressCallback,
     embed_objects,
 )
-from embedding.pipeline import resolve_precision
 from shoal.store import Dataset, EmbeddingInfo, StoreError
 
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from embedding import EmbeddingCancelled, embed_paths
+from embedding.inference import normalize_pixels
 from embedding.objects import (
     ROI_MAX_SIDE,
     ROI_SHORT_SIDE,
@@ -21,9 +22,8 @@ from embedding.objects import (
     resized_size,
     square_crop,
 )
-from embedding.pipeline import normalise
 from shoal import jobs
-from shoal.ingest.detection import import_coco
+from shoal.ingest.coco import import_coco
 from shoal.store import StoreError, Workspace
 from shoal.workflows.objects import default_object_embedding_name, embed_dataset_objects
 
@@ -34,11 +34,21 @@ DETECTION = Path(__file__).resolve().parents[1] / "fixtures" / "detection"
 def embedded(tmp_path_factory: pytest.TempPathFactory):
     """The fixture dataset, imported with predictions and embedded by an 'embed-objects' job."""
     ws = Workspace(tmp_path_factory.mktemp("ws"))
-    import_coco(ws, DETECTION / "detection.json", images=DETECTION, dataset="street",
-                predictions=DETECTION / "predictions.json")
+    import_coco(
+        ws,
+        DETECTION / "detection.json",
+        images=DETECTION,
+        dataset="street",
+        predictions=DETECTION / "predictions.json",
+    )
     seen = []
-    record = jobs.run_inline(ws, "embed-objects", dataset="street", params={"model": "efficientnet_lite0"},
-                             observer=seen.append)
+    record = jobs.run_inline(
+        ws,
+        "embed-objects",
+        dataset="street",
+        params={"model": "efficientnet_lite0"},
+        observer=seen.append,
+    )
     assert record.state == "done", record.error
     return ws.open("street"), record, seen
 
@@ -86,7 +96,10 @@ def test_job_stores_an_object_set_aligned_to_the_objects_table(embedded) -> None
     ds, record, seen = embedded
     objects = ds.objects()
     assert record.result == {
-        "embedding": "efficientnet_lite0-objects", "count": 46, "dim": 1280, "level": "object",
+        "embedding": "efficientnet_lite0-objects",
+        "count": 46,
+        "dim": 1280,
+        "level": "object",
         "image_embedding": "efficientnet_lite0",
     }
     stored = ds.load_embeddings("efficientnet_lite0-objects", level="object")
@@ -97,7 +110,9 @@ def test_job_stores_an_object_set_aligned_to_the_objects_table(embedded) -> None
     assert ds.default_embedding(level="object") == "efficientnet_lite0-objects"
     # The dataset had no image-level set: the same pass stored one, as `shoal embed` makes it.
     images = ds.load_embeddings()
-    assert images.info.level == "sample" and images.ids.tolist() == ds.samples()["sample_id"].tolist()
+    assert (
+        images.info.level == "sample" and images.ids.tolist() == ds.samples()["sample_id"].tolist()
+    )
     assert ds.meta["default_embedding"] == "efficientnet_lite0"
     assert seen[-1].done == seen[-1].total == 4 and seen[-1].unit == "images"
 
@@ -106,7 +121,9 @@ def test_person_boxes_find_person_neighbours_more_often_than_chance(embedded) ->
     ds, _, _ = embedded
     objects = ds.objects()
     labels = (objects["kind"] == "label").to_numpy()
-    vectors = np.asarray(ds.load_embeddings("efficientnet_lite0-objects", level="object").vectors)[labels]
+    vectors = np.asarray(ds.load_embeddings("efficientnet_lite0-objects", level="object").vectors)[
+        labels
+    ]
     categories = objects.loc[labels, "category"].to_numpy()
     person = categories == "person"
     chance = (person.sum() - 1) / (len(categories) - 1)  # 12 / 30 = 0.4
@@ -121,7 +138,9 @@ def test_person_boxes_find_person_neighbours_more_often_than_chance(embedded) ->
 def test_image_vectors_equal_the_normal_pipeline(embedded, label_boxes, lite0) -> None:
     ds = embedded[0]
     paths = label_boxes[0]
-    np.testing.assert_allclose(ds.load_embeddings().vectors, embed_paths(paths, lite0, num_workers=0), atol=1e-5)
+    np.testing.assert_allclose(
+        ds.load_embeddings().vectors, embed_paths(paths, lite0, num_workers=0), atol=1e-5
+    )
 
 
 def test_roi_vectors_do_not_depend_on_batch_companions(label_boxes, lite0) -> None:
@@ -129,7 +148,7 @@ def test_roi_vectors_do_not_depend_on_batch_companions(label_boxes, lite0) -> No
     index = 2  # 500 x 375 like image 1, so the job ran them in one batch
     alone, _ = embed_objects([paths[index]], [boxes[index]], lite0, num_workers=0)
     start = sum(len(b) for b in boxes[:index])
-    _assert_same_vectors(alone, together[start:start + len(boxes[index])])
+    _assert_same_vectors(alone, together[start : start + len(boxes[index])])
 
 
 def test_whole_image_box_pools_like_the_whole_map(label_boxes, lite0) -> None:
@@ -137,10 +156,14 @@ def test_whole_image_box_pools_like_the_whole_map(label_boxes, lite0) -> None:
     width, height = Image.open(path).size
     boxes = [np.array([[0, 0, width, height], [0, 0, width / 2, height]], dtype=float)]
     vectors, _ = embed_objects([path], boxes, lite0, precision="fp32", num_workers=0)
-    resized = Image.open(path).convert("RGB").resize(resized_size(width, height), Image.Resampling.BICUBIC)
+    resized = (
+        Image.open(path)
+        .convert("RGB")
+        .resize(resized_size(width, height), Image.Resampling.BICUBIC)
+    )
     pixels = torch.from_numpy(np.asarray(resized)[None].copy())
     with torch.inference_mode():
-        whole = lite0(normalise(pixels, lite0.data_config)).numpy()
+        whole = lite0(normalize_pixels(pixels, lite0.data_config)).numpy()
     cosine = _unit(vectors) @ _unit(whole).T
     assert cosine[0, 0] > 0.98  # the full box is the whole map, up to roi_align's bilinear sampling
     assert cosine[1, 0] < cosine[0, 0]
@@ -148,7 +171,9 @@ def test_whole_image_box_pools_like_the_whole_map(label_boxes, lite0) -> None:
 
 def test_crop_method_runs_and_agrees_with_roi_align(embedded, label_boxes, lite0) -> None:
     paths, boxes, _, roi = label_boxes
-    crop, crop_images = embed_objects(paths, boxes, lite0, method="crop", batch_size=5, num_workers=0)
+    crop, crop_images = embed_objects(
+        paths, boxes, lite0, method="crop", batch_size=5, num_workers=0
+    )
     assert crop.shape == roi.shape == (31, 1280)
     # Both methods make image vectors with the normal pipeline.
     np.testing.assert_allclose(crop_images, embedded[0].load_embeddings().vectors, atol=1e-5)
@@ -163,10 +188,15 @@ def test_crop_method_runs_and_agrees_with_roi_align(embedded, label_boxes, lite0
 def test_boxes_order_and_images_without_boxes(label_boxes, lite0) -> None:
     paths, boxes, _, roi = label_boxes
     progress = []
-    vectors, images = embed_objects([paths[0], paths[1]], [np.empty((0, 4)), boxes[1][::-1]], lite0,
-                                    num_workers=0, progress=progress.append)
+    vectors, images = embed_objects(
+        [paths[0], paths[1]],
+        [np.empty((0, 4)), boxes[1][::-1]],
+        lite0,
+        num_workers=0,
+        progress=progress.append,
+    )
     start = len(boxes[0])
-    _assert_same_vectors(vectors, roi[start:start + len(boxes[1])][::-1])
+    _assert_same_vectors(vectors, roi[start : start + len(boxes[1])][::-1])
     assert images.shape == (2, 1280)
     assert progress[-1].done == progress[-1].total == 2
     with pytest.raises(EmbeddingCancelled):
@@ -185,15 +215,27 @@ def test_geometry_helpers() -> None:
     crop = square_crop(image, (90, 10, 110, 30), margin=0.5, fill=(0, 0, 255))
     assert crop.size == (40, 40)
     pixels = np.asarray(crop)
-    assert tuple(pixels[20, 5]) == (255, 0, 0) and tuple(pixels[20, 35]) == (0, 0, 255)  # right half is outside
-    assert default_object_embedding_name("torchvision/resnet50", "crop") == "torchvision-resnet50-objects-crop"
+    assert tuple(pixels[20, 5]) == (255, 0, 0) and tuple(pixels[20, 35]) == (
+        0,
+        0,
+        255,
+    )  # right half is outside
+    assert (
+        default_object_embedding_name("torchvision/resnet50", "crop")
+        == "torchvision-resnet50-objects-crop"
+    )
 
 
 def test_dataset_without_objects_is_refused(tmp_path: Path) -> None:
     ws = Workspace(tmp_path / "ws")
     import pandas as pd
 
-    ds = ws.create("plain", pd.DataFrame({"sample_id": ["a"], "source": ["a"], "path": [None], "split": [None],
-                                          "label": [None]}), has_images=False)
+    ds = ws.create(
+        "plain",
+        pd.DataFrame(
+            {"sample_id": ["a"], "source": ["a"], "path": [None], "split": [None], "label": [None]}
+        ),
+        has_images=False,
+    )
     with pytest.raises(StoreError, match="import-coco"):
         embed_dataset_objects(ds)

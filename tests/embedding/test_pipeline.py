@@ -15,17 +15,19 @@ import torch
 from PIL import Image
 
 from embedding import (
-    CheckpointMismatchError,
     EmbeddingCancelled,
     ImageDecodeError,
     Progress,
+    checkpoint_manifest,
     embed_batch,
     embed_images,
     embed_paths,
     resolve_precision,
 )
-from embedding.pipeline import cpu_supports_bf16, default_num_workers
+from embedding.inference import cpu_supports_bf16
+from embedding.pipeline import default_num_workers
 from embedding.preprocess import load_image, resize_crop
+from shoal.store import BatchCheckpoints, CheckpointMismatchError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,11 +130,21 @@ def test_undecodable_file_raises_naming_it(lite0, photo_files, tmp_path, num_wor
     assert caught.value.path == str(broken)
 
 
+def _checkpoints(directory, files, model, *, batch_size, precision="auto"):
+    manifest = checkpoint_manifest(files, model, batch_size=batch_size, precision=precision)
+    return BatchCheckpoints(directory, manifest)
+
+
 def test_checkpoints_resume_and_refuse_mismatches(lite0, photo_files, tmp_path):
     files = photo_files[:9]
     partial = tmp_path / "partial"
     first = embed_paths(
-        files, lite0, batch_size=4, num_workers=0, checkpoint_dir=partial, precision="fp32"
+        files,
+        lite0,
+        batch_size=4,
+        num_workers=0,
+        checkpoints=_checkpoints(partial, files, lite0, batch_size=4, precision="fp32"),
+        precision="fp32",
     )
     manifest = json.loads((partial / "manifest.json").read_text())
     assert manifest["model"] == "efficientnet_lite0" and manifest["precision"] == "fp32"
@@ -149,7 +161,7 @@ def test_checkpoints_resume_and_refuse_mismatches(lite0, photo_files, tmp_path):
         lite0,
         batch_size=4,
         num_workers=0,
-        checkpoint_dir=partial,
+        checkpoints=_checkpoints(partial, files, lite0, batch_size=4, precision="fp32"),
         precision="fp32",
         progress=seen.append,
     )
@@ -159,23 +171,12 @@ def test_checkpoints_resume_and_refuse_mismatches(lite0, photo_files, tmp_path):
     with pytest.raises(
         CheckpointMismatchError, match="batch_size: checkpoint has 4, this run has 3"
     ):
-        embed_paths(
-            files, lite0, batch_size=3, num_workers=0, checkpoint_dir=partial, precision="fp32"
-        )
+        _checkpoints(partial, files, lite0, batch_size=3, precision="fp32")
     if cpu_supports_bf16():
         with pytest.raises(CheckpointMismatchError, match="precision: checkpoint has 'fp32'"):
-            embed_paths(
-                files, lite0, batch_size=4, num_workers=0, checkpoint_dir=partial, precision="bf16"
-            )
+            _checkpoints(partial, files, lite0, batch_size=4, precision="bf16")
     with pytest.raises(CheckpointMismatchError, match="paths_sha256.*delete the directory"):
-        embed_paths(
-            files[::-1],
-            lite0,
-            batch_size=4,
-            num_workers=0,
-            checkpoint_dir=partial,
-            precision="fp32",
-        )
+        _checkpoints(partial, files[::-1], lite0, batch_size=4, precision="fp32")
 
 
 def test_should_stop_cancels_and_keeps_finished_batches(lite0, photo_files, tmp_path):
@@ -192,13 +193,18 @@ def test_should_stop_cancels_and_keeps_finished_batches(lite0, photo_files, tmp_
             lite0,
             batch_size=2,
             num_workers=1,
-            checkpoint_dir=tmp_path,
+            checkpoints=_checkpoints(tmp_path, files, lite0, batch_size=2),
             should_stop=stop_after_two_batches,
         )
     assert len(list(tmp_path.glob("batch-*.npy"))) == 2
     seen: list[Progress] = []
     embed_paths(
-        files, lite0, batch_size=2, num_workers=1, checkpoint_dir=tmp_path, progress=seen.append
+        files,
+        lite0,
+        batch_size=2,
+        num_workers=1,
+        checkpoints=_checkpoints(tmp_path, files, lite0, batch_size=2),
+        progress=seen.append,
     )
     assert seen[0].done == 4 and seen[-1].done == 8
 
@@ -228,10 +234,13 @@ def test_resume_after_kill_reuses_finished_batches(lite0, photo_files, tmp_path)
         f"""
         import json, torch
         torch.set_num_threads(1)
-        from embedding import create_model, embed_paths
+        from embedding import checkpoint_manifest, create_model, embed_paths
+        from shoal.store import BatchCheckpoints
         files = json.load(open({str(list_file)!r}))
-        embed_paths(files, create_model(), batch_size=2, num_workers=1, precision="fp32",
-                    checkpoint_dir={str(partial)!r})
+        model = create_model()
+        manifest = checkpoint_manifest(files, model, batch_size=2, precision="fp32")
+        embed_paths(files, model, batch_size=2, num_workers=1, precision="fp32",
+                    checkpoints=BatchCheckpoints({str(partial)!r}, manifest))
         print("FINISHED")
         """
     )
@@ -269,7 +278,7 @@ def test_resume_after_kill_reuses_finished_batches(lite0, photo_files, tmp_path)
         batch_size=2,
         num_workers=1,
         precision="fp32",
-        checkpoint_dir=partial,
+        checkpoints=_checkpoints(partial, files, lite0, batch_size=2, precision="fp32"),
         progress=seen.append,
     )
     assert seen[0].done == 2 * finished
@@ -281,7 +290,7 @@ def test_resume_after_kill_reuses_finished_batches(lite0, photo_files, tmp_path)
 
 def test_folding_batchnorm_keeps_the_fp32_output(photo_files):
     from embedding import create_model
-    from embedding.pipeline import fold_batchnorm
+    from embedding.inference import fold_batchnorm
 
     plain, folded = create_model(), create_model()
     assert fold_batchnorm(folded) == 49  # every conv + BatchNorm pair of EfficientNet-Lite0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,39 @@ def test_registered_kinds_reach_their_body_in_a_worker(
     record = jobs.wait(workspace, job_id, timeout=120)
     assert record.state == "failed"
     assert "no dataset 'missing'" in (record.error or ""), record.error
+
+
+def test_parameters_are_typed_and_their_defaults_come_from_the_library() -> None:
+    from embedding.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
+
+    embed = jobs.JOB_KINDS["embed"]
+    spelt_out = {"model": DEFAULT_MODEL, "name": None, "batch_size": DEFAULT_BATCH_SIZE}
+    assert embed.complete_params({}) == embed.complete_params(spelt_out) == spelt_out
+    # None means "the default", as the CLI passes an option the user did not give.
+    assert embed.complete_params({"batch_size": None})["batch_size"] == DEFAULT_BATCH_SIZE
+    assert jobs.JOB_KINDS["embed-objects"].complete_params({})["batch_size"] == 8
+
+
+def test_an_unknown_parameter_is_refused_before_a_worker_starts(tmp_path: Path) -> None:
+    from shoal.store import StoreError
+
+    workspace = Workspace(tmp_path / "ws")
+    with pytest.raises(StoreError, match=r"unexpected keyword argument 'modle'.*accepted: model"):
+        jobs.submit(workspace, "embed", dataset="pets", params={"modle": "resnet50"})
+    assert jobs.list_jobs(workspace) == []
+
+
+def test_a_request_with_the_defaults_spelt_out_reuses_the_active_job(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path / "ws")
+    workspace.jobs_dir.mkdir(parents=True)
+    first = jobs.JobRecord(
+        id="1", kind="embed", dataset="pets", params=jobs.JOB_KINDS["embed"].complete_params({})
+    )
+    (workspace.jobs_dir / "1.json").write_text(json.dumps(first.to_dict()))
+    again = jobs.find_active(
+        workspace,
+        "embed",
+        dataset="pets",
+        params=jobs.JOB_KINDS["embed"].complete_params({"batch_size": 32}),
+    )
+    assert again is not None and again.id == "1"

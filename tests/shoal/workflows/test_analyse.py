@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shoal.workflows import analyse as analysis_ws
 from analysis.knn import build_knn_graph
 from shoal.store import StoreError, Workspace
+from shoal.workflows import analyse as analysis_ws
 
 
 @pytest.fixture

@@ -115,9 +115,9 @@ def build_model():
 def test_extract_detector_gives_one_vector_per_image_and_per_box(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from shoal.ingest.detection import import_coco
+    from shoal.ingest.coco import import_coco
 
-    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "detection"
+    fixture = Path(__file__).resolve().parents[2] / "fixtures" / "detection"
     workspace = Workspace(tmp_path / "ws")
     import_coco(
         workspace,
