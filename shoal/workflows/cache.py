@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -22,12 +22,6 @@ from shoal.store import Dataset, EmbeddingSet, artefact_key
 
 #: Bumped when a stored result's layout changes, so old artefacts are recomputed, never misread.
 CACHE_VERSION = 2
-
-
-class StoredResult(Protocol):
-    def to_arrays(self) -> dict[str, np.ndarray]: ...
-
-    def to_meta(self) -> dict[str, Any]: ...
 
 
 ResultT = TypeVar("ResultT")
