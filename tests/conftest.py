@@ -4,6 +4,7 @@ real embeddings fixture."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,3 +44,32 @@ def real() -> dict[str, np.ndarray]:
     if not REAL_EMBEDDINGS.exists():
         pytest.skip(f"{REAL_EMBEDDINGS} is missing; build it with scripts/make_fixtures.py")
     return load_real(REAL_EMBEDDINGS)
+
+
+@pytest.fixture(scope="session")
+def street(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Any, list[Any]]:
+    """The detection fixture (4 real VOC photos, 31 labelled boxes, 15 predictions) imported
+    with its predictions, every box embedded by a real 'embed-objects' job: (workspace, the
+    job's record, the progress it reported)."""
+    from shoal import jobs
+    from shoal.ingest.coco import import_coco
+
+    detection = FIXTURES / "detection"
+    ws = Workspace(tmp_path_factory.mktemp("street-ws"))
+    import_coco(
+        ws,
+        detection / "detection.json",
+        images=detection,
+        dataset="street",
+        predictions=detection / "predictions.json",
+    )
+    seen: list[Any] = []
+    record = jobs.run_inline(
+        ws,
+        "embed-objects",
+        dataset="street",
+        params={"model": "efficientnet_lite0"},
+        observer=seen.append,
+    )
+    assert record.state == "done", record.error
+    return ws, record, seen

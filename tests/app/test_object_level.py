@@ -5,36 +5,18 @@ Box-crop thumbnails and object captions are tested without Streamlit in tests/sh
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from shoal import jobs
 from shoal.app.selection import Selection
 from shoal.app.thumbnails import THUMBNAIL_SIZE
-from shoal.ingest.coco import import_coco
 from shoal.store import Workspace
 from tests.app.test_pages import assert_clean, open_app
 
-DETECTION = Path(__file__).resolve().parents[1] / "fixtures" / "detection"
-
 
 @pytest.fixture(scope="session")
-def street_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """The fixture imported with predictions, its boxes embedded by a real 'embed-objects' job."""
-    ws = Workspace(tmp_path_factory.mktemp("objects_ws"))
-    import_coco(
-        ws,
-        DETECTION / "detection.json",
-        images=DETECTION,
-        dataset="street",
-        predictions=DETECTION / "predictions.json",
-    )
-    record = jobs.run_inline(
-        ws, "embed-objects", dataset="street", params={"model": "efficientnet_lite0"}
-    )
-    assert record.state == "done", record.error
-    return ws
+def street_ws(street) -> Workspace:
+    """The shared detection fixture (tests/conftest.py), its boxes embedded."""
+    return street[0]
 
 
 # --------------------------------------------------------------------------- pages

@@ -22,34 +22,14 @@ from embedding.objects import (
     resized_size,
     square_crop,
 )
-from shoal import jobs
-from shoal.ingest.coco import import_coco
 from shoal.store import StoreError, Workspace
 from shoal.workflows.objects import default_object_embedding_name, embed_dataset_objects
 
-DETECTION = Path(__file__).resolve().parents[1] / "fixtures" / "detection"
-
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory):
-    """The fixture dataset, imported with predictions and embedded by an 'embed-objects' job."""
-    ws = Workspace(tmp_path_factory.mktemp("ws"))
-    import_coco(
-        ws,
-        DETECTION / "detection.json",
-        images=DETECTION,
-        dataset="street",
-        predictions=DETECTION / "predictions.json",
-    )
-    seen = []
-    record = jobs.run_inline(
-        ws,
-        "embed-objects",
-        dataset="street",
-        params={"model": "efficientnet_lite0"},
-        observer=seen.append,
-    )
-    assert record.state == "done", record.error
+def embedded(street):
+    """The shared detection fixture (tests/conftest.py): its dataset, job record and progress."""
+    ws, record, seen = street
     return ws.open("street"), record, seen
 
 
