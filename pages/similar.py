@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 
 import numpy as np
@@ -136,16 +135,15 @@ else:
         suffix = "." + (upload.name.rsplit(".", 1)[-1].lower() if "." in upload.name else "png")
         target = queries_dir() / f"{key}{suffix if suffix in QUERY_IMAGE_SUFFIXES else '.png'}"
         if not target.exists():
-            from PIL import Image, UnidentifiedImageError
+            from shoal.ingest.images import check_image
 
-            try:
-                with Image.open(io.BytesIO(data)) as check:
-                    check.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError) as error:
-                st.error(f"That file is not a readable image: {error}")
-                ui.stop()
             with atomic_path(target) as tmp:
                 tmp.write_bytes(data)
+                # Decoded in full under the importers' pixel cap before it is kept or embedded.
+                reason = check_image(tmp)
+                if reason is not None:
+                    st.error(f"That file cannot be used as a query image: {reason}")
+                    ui.stop()
         image_key = key
     st.session_state["similar_img"] = image_key
     path = query_image_path(image_key) if image_key else None

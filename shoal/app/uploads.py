@@ -140,7 +140,7 @@ def import_uploads(
                 f"upload exactly one .csv/.parquet manifest with its images (got {len(tables)} tables)"
             )
         report = import_manifest(
-            workspace, tables[0], dataset=dataset, split=split, progress=progress
+            workspace, tables[0], dataset=dataset, split=split, progress=progress, confined=True
         )
         outcome = UploadOutcome(dataset=dataset, report=report.to_dict())
     elif mode == "embeddings":

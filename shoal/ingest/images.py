@@ -16,7 +16,6 @@ import os
 import shutil
 import stat
 import tempfile
-import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -58,25 +57,20 @@ def check_image(path: Path, limits: ImportLimits = DEFAULT_LIMITS) -> str | None
         return f"cannot read file: {error.strerror or error}"
     if size == 0:
         return "empty file (0 bytes)"
-    pil_cap = Image.MAX_IMAGE_PIXELS
+    # Pillow's own global cap is left alone (web threads decode at the same time): ours is checked
+    # from the header before decoding, and Pillow's (an error at 2 x 89 Mpx) stays in force.
     try:
-        # Our cap is the authority; PIL's own (warning at 89 Mpx, error at 2x) would override it.
-        Image.MAX_IMAGE_PIXELS = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.format not in PIL_FORMATS:
-                    return (
-                        f"unsupported image format {image.format}; use JPEG, PNG, WebP, BMP or TIFF"
-                    )
-                width, height = image.size
-                if width * height > limits.max_image_pixels:
-                    return (
-                        f"image is {width}x{height} = {width * height:,} pixels, over the cap of "
-                        f"{limits.max_image_pixels:,} (possible decompression bomb); downscale it"
-                    )
-                image.load()  # decodes fully: catches truncated and corrupt data
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        with Image.open(path) as image:
+            if image.format not in PIL_FORMATS:
+                return f"unsupported image format {image.format}; use JPEG, PNG, WebP, BMP or TIFF"
+            width, height = image.size
+            if width * height > limits.max_image_pixels:
+                return (
+                    f"image is {width}x{height} = {width * height:,} pixels, over the cap of "
+                    f"{limits.max_image_pixels:,} (possible decompression bomb); downscale it"
+                )
+            image.load()  # decodes fully: catches truncated and corrupt data
+    except Image.DecompressionBombError as error:
         return f"decompression bomb: {error}"
     except Image.UnidentifiedImageError:
         return (
@@ -84,8 +78,6 @@ def check_image(path: Path, limits: ImportLimits = DEFAULT_LIMITS) -> str | None
         )
     except (OSError, SyntaxError, ValueError) as error:
         return f"truncated or corrupt image: {error}"
-    finally:
-        Image.MAX_IMAGE_PIXELS = pil_cap
     return None
 
 
@@ -273,9 +265,17 @@ def import_manifest(
     split: str | None = None,
     limits: ImportLimits = DEFAULT_LIMITS,
     progress: ProgressCallback | None = None,
+    confined: bool = False,
 ) -> ImportReport:
-    """One row per image: a path column (relative to the manifest) and any metadata columns."""
+    """One row per image: a path column (relative to the manifest) and any metadata columns.
+
+    ``confined`` (the web uploader's setting): every path must be relative and stay inside the
+    manifest's folder, symlinks resolved, and the reasons never name a server path; so a
+    manifest cannot pull in, or probe for, files elsewhere on the server. Without it (the CLI,
+    on the user's own files) absolute paths are accepted.
+    """
     manifest = Path(manifest)
+    folder = manifest.parent.resolve()
     table = read_table(manifest)
     path_column = _find_column(table, PATH_COLUMNS)
     if path_column is None:
@@ -298,10 +298,18 @@ def import_manifest(
             continue
         file = Path(raw)
         file = file if file.is_absolute() else manifest.parent / file
-        if not file.is_file():
+        if confined and (Path(raw).is_absolute() or not _inside(file, folder)):
             report.reject(
                 where,
-                f"image file not found at {file}; paths are relative to the manifest's folder",
+                "path leaves the upload: give a path relative to the manifest, inside the "
+                "uploaded folder (no absolute paths, no '..')",
+            )
+            continue
+        if not file.is_file():
+            shown = raw if confined else str(file)
+            report.reject(
+                where,
+                f"image file not found at {shown}; paths are relative to the manifest's folder",
             )
             continue
         metadata = {k: v for k, v in row.items() if k not in (path_column, id_column)}
@@ -321,6 +329,14 @@ def import_manifest(
             )
         )
     return _store_entries(workspace, dataset, entries, report, limits=limits, progress=progress)
+
+
+def _inside(file: Path, folder: Path) -> bool:
+    """Whether ``file``, with every symlink resolved, lies inside the resolved ``folder``."""
+    try:
+        return file.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -35,7 +35,11 @@ class IngestError(StoreError):
 
 @dataclass(frozen=True)
 class ImportLimits:
-    """Caps that protect the server from hostile or broken uploads."""
+    """Caps that protect the server from hostile or broken uploads.
+
+    ``max_image_pixels`` can only lower Pillow's own limit: Pillow refuses images above twice its
+    ``Image.MAX_IMAGE_PIXELS`` (179 Mpx by default) before this cap is looked at.
+    """
 
     max_image_pixels: int = 100_000_000
     max_zip_total_bytes: int = 20 * 1024**3

@@ -137,3 +137,41 @@ def test_upload_loose_images_with_manifest_and_embeddings(
     assert outcome.embedding == "clip"
     stored = workspace.open("food").load_embeddings("clip")
     np.testing.assert_allclose(stored.vectors, vectors, rtol=1e-6)
+
+
+def test_an_uploaded_manifest_cannot_reach_or_probe_files_outside_its_upload(
+    tmp_path: Path, sample_images: Path
+) -> None:
+    """Regression: a web manifest's path column read any image the server could read, and the
+    reasons ("not found at /...") let a visitor probe the server's filesystem."""
+    workspace = Workspace(tmp_path / "ws")
+    inside, secret = sorted((sample_images / "train" / "food").iterdir())[:2]
+    outside = tmp_path / "server-private"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(secret.read_bytes())
+    folder = upload_dir(workspace)
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "link.jpg").symlink_to(outside / "secret.jpg")
+    rows = [
+        inside.name,  # the one legitimate row
+        str(outside / "secret.jpg"),  # absolute path elsewhere on the server
+        "../" * 8 + str(outside / "secret.jpg").lstrip("/"),  # climbing out
+        "sub/link.jpg",  # a symlink inside the upload pointing out
+        "missing.jpg",  # not there: the reason must not name a server path
+    ]
+    manifest = "path,label\n" + "".join(f"{row},food\n" for row in rows)
+    written, _ = save_uploads(
+        [FakeUpload("list.csv", manifest.encode()), FakeUpload(inside.name, inside.read_bytes())],
+        folder,
+    )
+    outcome = import_uploads(workspace, folder, written, mode="manifest", dataset="food")
+
+    assert outcome.report["imported"] == 1
+    reasons = {item["file"]: item["reason"] for item in outcome.report["rejected"]}
+    assert len(reasons) == 4
+    for file, reason in reasons.items():
+        assert str(tmp_path) not in reason, (file, reason)
+        if "missing.jpg" not in file:
+            assert "leaves the upload" in reason, (file, reason)
+    samples = workspace.open("food").samples()
+    assert samples["source"].tolist() == [inside.name]

@@ -220,3 +220,25 @@ def test_zip_wrapper_folder_with_a_stray_text_file(
     report = import_source(workspace, _zip(entries, tmp_path / "pets.zip"), dataset="pets")
     assert report.labels == {"cats": 1, "dogs": 1}
     assert [r.file for r in report.rejected] == ["notes.txt"]
+
+
+def test_checking_an_image_leaves_pillows_global_cap_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: check_image switched Pillow's process-wide decompression-bomb cap off while it
+    ran, so a web thread decoding at the same moment (the Similar page's query image) had none."""
+    image = tmp_path / "ok.png"
+    Image.new("RGB", (64, 48)).save(image)
+    seen: list[int | None] = []
+    original_open = Image.open
+
+    def open_and_record(*args, **kwargs):
+        seen.append(Image.MAX_IMAGE_PIXELS)
+        return original_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_and_record)
+    default = Image.MAX_IMAGE_PIXELS
+    assert check_image(image) is None
+    assert seen == [default] and default is not None
+    assert "over the cap of 10" in (check_image(image, ImportLimits(max_image_pixels=10)) or "")
+    assert default == Image.MAX_IMAGE_PIXELS
