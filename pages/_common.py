@@ -158,13 +158,31 @@ def env_flag(name: str) -> str | None:
 
 
 def access_gate() -> bool:
-    """True when the visitor may use the app: OIDC login if configured, else a shared token."""
-    if _oidc_configured():
+    """True when the visitor may use the app: OIDC login plus the allow-list if configured
+    (see shoal.app.access), else a shared token. A secrets file that cannot be read refuses
+    everyone rather than falling back to an open app."""
+    from shoal.app.access import AllowList, admission
+
+    try:
+        oidc = _oidc_configured()
+    except Exception as error:  # noqa: BLE001 - any unreadable secrets file: fail closed
+        st.title("Shoal")
+        st.error(
+            "This server's sign-in settings (.streamlit/secrets.toml) cannot be read, so nobody "
+            f"can enter until its administrator fixes them ({type(error).__name__})."
+        )
+        return False
+    if oidc:
         if st.user.is_logged_in:
+            refused = admission(st.user.to_dict(), AllowList.from_env(os.environ))
             with st.sidebar:
                 st.caption(f"Signed in as {st.user.get('email') or st.user.get('name') or 'user'}")
                 st.button("Log out", on_click=st.logout, key="auth_logout")
-            return True
+            if refused is None:
+                return True
+            st.title("Shoal")
+            st.error(refused)
+            return False
         st.title("Shoal")
         st.write("Sign in to look at this team's datasets.")
         st.button("Log in", on_click=st.login, type="primary", key="auth_login")
@@ -188,10 +206,8 @@ def access_gate() -> bool:
 
 
 def _oidc_configured() -> bool:
-    try:
-        return bool(st.secrets.load_if_toml_exists() and "auth" in st.secrets)
-    except Exception:  # noqa: BLE001 - an unreadable secrets file means no OIDC
-        return False
+    """Whether .streamlit/secrets.toml has an [auth] section; raises when it cannot be read."""
+    return bool(st.secrets.load_if_toml_exists() and "auth" in st.secrets)
 
 
 # --------------------------------------------------------------------------- workspace and data

@@ -322,6 +322,25 @@ def test_access_token_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert [t.value for t in at.title] == ["Datasets"]
 
 
+def test_unreadable_sign_in_settings_refuse_everyone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a secrets.toml that could not be parsed meant "no OIDC", so the gate fell
+    open (or back to the token). Streamlit's TOML parser raising is injected here."""
+    import tomllib
+    from streamlit.runtime.secrets import Secrets
+
+    def broken(self: Secrets) -> bool:
+        raise tomllib.TOMLDecodeError("Expected ']' at the end of a table declaration")
+
+    at = open_app(Workspace(tmp_path / "ws"), monkeypatch)
+    monkeypatch.setattr(Secrets, "load_if_toml_exists", broken)
+    at.run()
+    assert_clean(at)
+    assert [t.value for t in at.title] == ["Shoal"] and not at.sidebar.selectbox
+    assert "cannot be read, so nobody can enter" in at.error[0].value
+
+
 # --------------------------------------------------------------------------- background work
 
 
