@@ -24,6 +24,11 @@ import numpy as np
 
 #: Longest selection token kept in a link; a larger selection is shared as its geometry/query.
 MAX_TOKEN_CHARS = 6_000
+#: A drawn selection holds at most this many shapes and lasso vertices in all. Testing a point
+#: against a lasso costs one pass over the points per vertex, so a crafted link with a huge
+#: lasso would cost minutes per rerun; a drawn lasso longer than this is thinned evenly.
+MAX_SHAPES = 32
+MAX_LASSO_VERTICES = 2_000
 
 
 # --------------------------------------------------------------------------- selections
@@ -117,6 +122,12 @@ class Selection:
                     raise ValueError("malformed shape")
                 if not boxes and not lassos:
                     raise ValueError("no shape")
+                vertices = sum(len(xs) for xs, _ in lassos)
+                if len(boxes) + len(lassos) > MAX_SHAPES or vertices > MAX_LASSO_VERTICES:
+                    raise ValueError(
+                        f"{len(boxes) + len(lassos)} shapes with {vertices:,} lasso points; a link "
+                        f"carries at most {MAX_SHAPES} shapes and {MAX_LASSO_VERTICES:,} points"
+                    )
                 return cls(kind="lasso" if lassos else "box", boxes=boxes, lassos=lassos)  # type: ignore[arg-type]
         except (
             ValueError,
@@ -135,10 +146,17 @@ def points_in_polygon(
 ) -> np.ndarray:
     """Boolean mask of the points (x, y) inside the closed polygon (even-odd rule, vectorised)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    inside = np.zeros(x.shape, dtype=bool)
+    poly_x, poly_y = np.asarray(poly_x, dtype=np.float64), np.asarray(poly_y, dtype=np.float64)
+    result = np.zeros(x.shape, dtype=bool)
     count = len(poly_x)
     if count < 3:
-        return inside
+        return result
+    # Only points inside the polygon's bounding box can be inside it: test those alone.
+    candidates = np.flatnonzero(
+        (x >= poly_x.min()) & (x <= poly_x.max()) & (y >= poly_y.min()) & (y <= poly_y.max())
+    )
+    x, y = x[candidates], y[candidates]
+    inside = np.zeros(x.shape, dtype=bool)
     for i in range(count):
         xa, ya = poly_x[i], poly_y[i]
         xb, yb = poly_x[(i + 1) % count], poly_y[(i + 1) % count]
@@ -148,7 +166,18 @@ def points_in_polygon(
         with np.errstate(divide="ignore", invalid="ignore"):
             x_cross = xa + (y - ya) * (xb - xa) / (yb - ya)
         inside ^= crosses & (x < x_cross)
-    return inside
+    result[candidates] = inside
+    return result
+
+
+def thin_lasso(
+    xs: Sequence[float], ys: Sequence[float], max_vertices: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The lasso with at most ``max_vertices`` vertices, taken evenly along its path."""
+    if len(xs) <= max_vertices:
+        return tuple(xs), tuple(ys)
+    keep = np.linspace(0, len(xs) - 1, max(3, max_vertices)).round().astype(int)
+    return tuple(float(xs[i]) for i in keep), tuple(float(ys[i]) for i in keep)
 
 
 def encode_rows(rows: Iterable[int], *, n_rows: int | None = None) -> str:
@@ -227,11 +256,13 @@ def selection_from_event(
         for b in selection.get("box", []) or []
         if len(b.get("x", [])) == 2 and len(b.get("y", [])) == 2
     )
+    drawn = [s for s in selection.get("lasso", []) or [] if len(s.get("x", [])) >= 3]
+    per_lasso = MAX_LASSO_VERTICES // max(1, len(drawn))
     lassos = tuple(
-        (tuple(float(v) for v in s["x"]), tuple(float(v) for v in s["y"]))
-        for s in selection.get("lasso", []) or []
-        if len(s.get("x", [])) >= 3
+        thin_lasso([float(v) for v in s["x"]], [float(v) for v in s["y"]], per_lasso) for s in drawn
     )
+    if len(boxes) + len(lassos) > MAX_SHAPES:  # the latest shapes: what the user drew last
+        boxes, lassos = boxes[-MAX_SHAPES // 2 :], lassos[-MAX_SHAPES // 2 :]
     if boxes or lassos:
         return Selection(kind="lasso" if lassos else "box", boxes=boxes, lassos=lassos)
     rows = []

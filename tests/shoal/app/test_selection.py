@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -176,3 +178,39 @@ def test_share_url_prefers_public_url_and_drops_empty_params() -> None:
         page_base_url(public_url=None, context_url=None, host="box:8501", page_path="")
         == "http://box:8501"
     )
+
+
+def test_a_link_with_a_huge_lasso_is_refused_before_any_work() -> None:
+    """Regression: a 3 KB link with a 600k-vertex lasso cost minutes of CPU per rerun."""
+    import time
+
+    from shoal.app.selection import MAX_LASSO_VERTICES, _pack
+
+    shapes = {"b": [], "l": [[[0] * 600_000, [0] * 600_000]]}
+    token = "g:" + _pack(json.dumps(shapes, separators=(",", ":")).encode())
+    assert len(token) < 8_000
+    started = time.perf_counter()
+    with pytest.raises(
+        SelectionError, match=f"at most 32 shapes and {MAX_LASSO_VERTICES:,} points"
+    ):
+        Selection.from_token(token)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_a_long_drawn_lasso_is_thinned_and_still_selects_its_inside() -> None:
+    angles = np.linspace(0, 2 * np.pi, 5_000, endpoint=False)
+    event = {
+        "selection": {
+            "box": [],
+            "points": [],
+            "lasso": [{"x": np.cos(angles).tolist(), "y": np.sin(angles).tolist()}],
+        }
+    }
+    selection = selection_from_event(event, [])
+    assert selection is not None and len(selection.lassos[0][0]) <= 2_000
+    back = Selection.from_token(selection.to_token())
+    coords = np.random.default_rng(0).uniform(-1.2, 1.2, size=(20_000, 2))
+    chosen = np.zeros(len(coords), dtype=bool)
+    chosen[back.resolve(coords)] = True
+    in_circle = np.hypot(coords[:, 0], coords[:, 1]) < 1.0
+    assert (chosen == in_circle).mean() > 0.999
