@@ -93,6 +93,9 @@ class JobRecord:
     started_at: str | None = None
     finished_at: str | None = None
     pid: int | None = None
+    #: The worker's start time as the kernel counts it: with the pid it names one process, so a
+    #: pid the system has since given to another process is not mistaken for the worker.
+    pid_started: str | None = None
 
     @property
     def active(self) -> bool:
@@ -246,16 +249,21 @@ def get(workspace: Workspace, job_id: str) -> JobRecord:
     if not path.exists():
         raise StoreError(f"no job {job_id!r} in workspace {workspace.root}")
     record = JobRecord.from_dict(read_json(path))
-    if record.state == "running" and record.pid and not _alive(record.pid):
+    if record.active and record.pid and not _alive(record.pid, record.pid_started):
         # Re-read: the worker may have finished between our read and the liveness check.
         record = JobRecord.from_dict(read_json(path))
-        if record.state == "running":
+        if record.active:
+            started = record.state == "running"
             record = replace(
                 record,
                 state="failed",
                 finished_at=utc_now(),
-                error="the worker process stopped unexpectedly (killed or out of memory); "
-                "start the job again — embedding resumes from the last finished batch",
+                error=(
+                    "the worker process stopped unexpectedly (killed or out of memory); "
+                    "start the job again — embedding resumes from the last finished batch"
+                    if started
+                    else "the worker process stopped before the job started; start it again"
+                ),
             )
             _save(workspace, record)
     return record
@@ -314,7 +322,7 @@ def submit(
         )
     # Reap the worker when it exits, so a long-lived server does not collect zombies.
     threading.Thread(target=process.wait, daemon=True).start()
-    _save(workspace, replace(record, pid=process.pid))
+    _save(workspace, replace(record, pid=process.pid, pid_started=_process_start(process.pid)))
     return job_id
 
 
@@ -326,7 +334,13 @@ def run(
     log_traceback: bool = True,
 ) -> JobRecord:
     """Run a job in this process (the worker's entry point; also usable inline from the CLI)."""
-    record = replace(get(workspace, job_id), state="running", started_at=utc_now(), pid=os.getpid())
+    record = replace(
+        get(workspace, job_id),
+        state="running",
+        started_at=utc_now(),
+        pid=os.getpid(),
+        pid_started=_process_start(os.getpid()),
+    )
     _save(workspace, record)
     context = JobContext(workspace, record, observer=observer)
     try:
@@ -354,7 +368,11 @@ def run_inline(
     observer: Callable[[JobProgress], None] | None = None,
 ) -> JobRecord:
     """Run a job in this process, recorded like any other so the app shows it too (the CLI's path)."""
-    record = replace(_new_record(kind, dataset, params), pid=os.getpid())
+    record = replace(
+        _new_record(kind, dataset, params),
+        pid=os.getpid(),
+        pid_started=_process_start(os.getpid()),
+    )
     _save(workspace, record)
     return run(workspace, record.id, observer=observer, log_traceback=False)
 
@@ -382,7 +400,7 @@ def cancel(workspace: Workspace, job_id: str, *, grace_seconds: float = 10.0) ->
         if not record.active:
             return record
         time.sleep(0.2)
-    if record.pid and _alive(record.pid):
+    if record.pid and _alive(record.pid, record.pid_started):
         with contextlib.suppress(ProcessLookupError):  # it may exit between the check and the kill
             os.killpg(record.pid, signal.SIGTERM)
     record = replace(get(workspace, job_id), state="cancelled", finished_at=utc_now())
@@ -401,16 +419,32 @@ def wait(
         time.sleep(poll)
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` runs, and is the one that started at ``started`` (if known)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:  # no /proc (not Linux): the pid is all we know
         return True
     # A zombie (finished child not yet reaped) is not alive for our purposes.
+    return stat[0] != "Z" and (started is None or stat[19] == started)
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (/proc), None if unknown."""
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[19]
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
+            fields = handle.read().rsplit(") ", 1)[1].split()
     except (OSError, IndexError):
-        return True
+        return None
+    return fields if len(fields) > 19 else None

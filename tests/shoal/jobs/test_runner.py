@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from shoal import jobs
@@ -61,3 +64,40 @@ def test_unknown_kind_is_a_clear_error(workspace: Workspace) -> None:
 
     with pytest.raises(StoreError, match="unknown job kind 'nope'"):
         jobs.submit(workspace, "nope")
+
+
+def _write_record(workspace: Workspace, record: jobs.JobRecord) -> None:
+    workspace.jobs_dir.mkdir(parents=True, exist_ok=True)
+    (workspace.jobs_dir / f"{record.id}.json").write_text(json.dumps(record.to_dict()))
+
+
+def test_a_reused_pid_is_not_taken_for_the_worker(workspace: Workspace) -> None:
+    """Regression: jobs were known by a bare pid, so after the worker died and the system gave
+    its pid to another process, the job looked alive and `cancel` could kill that process's
+    group. Here the pid is this test's own process, started at another time than recorded."""
+    record = jobs.JobRecord(
+        id="1",
+        kind=COUNT,
+        dataset="d",
+        params={},
+        state="running",
+        pid=os.getpid(),
+        pid_started="1",
+    )
+    _write_record(workspace, record)
+    seen = jobs.get(workspace, "1")
+    assert seen.state == "failed" and "stopped unexpectedly" in (seen.error or "")
+    assert jobs.cancel(workspace, "1", grace_seconds=0.1).state == "failed"  # and we are alive
+
+
+def test_a_worker_that_died_before_starting_does_not_block_a_new_job(workspace: Workspace) -> None:
+    """Regression: a worker that died before marking its job "running" left a "queued" record
+    forever, and every resubmit of the same job was answered with that dead job's id."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    params = {"total": 1, "delay": 0.01}
+    record = jobs.JobRecord(id="2", kind=COUNT, dataset="d", params=params, pid=dead.pid)
+    _write_record(workspace, record)
+    assert jobs.get(workspace, "2").state == "failed"
+    job_id = jobs.submit(workspace, COUNT, dataset="d", params=params)
+    assert job_id != "2" and jobs.wait(workspace, job_id, timeout=120).state == "done"
