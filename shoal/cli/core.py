@@ -140,6 +140,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = add("serve", "Start the Shoal web app on the workspace.", cmd_serve)
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--address", default="localhost", help="bind address (0.0.0.0 to serve a team)")
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve on a non-local address without an access gate (a private network only)",
+    )
 
     p = add(
         "demo",
@@ -148,6 +153,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--address", default="localhost")
+    p.add_argument("--no-auth", action="store_true", help="as for serve")
     p.add_argument("--no-serve", action="store_true", help="only build the sample dataset")
 
 
@@ -322,8 +328,14 @@ def app_path() -> Path:
     return path
 
 
-def serve(ws_root: Path, *, port: int, address: str) -> int:
+def serve(ws_root: Path, *, port: int, address: str, no_auth: bool = False) -> int:
     app = app_path()
+    if not no_auth and not _loopback(address) and not _gated(app.parent):
+        raise CliError(
+            f"refusing to serve on {address} with no access gate: anyone who can reach it could "
+            "read, upload and delete every dataset. Set SHOAL_ACCESS_TOKEN, or configure sign-in "
+            "(docs/team.md), or pass --no-auth if the network itself is private."
+        )
     env = dict(os.environ, SHOAL_WORKSPACE=str(ws_root))
     command = [
         sys.executable,
@@ -344,8 +356,25 @@ def serve(ws_root: Path, *, port: int, address: str) -> int:
     return subprocess.call(command, env=env, cwd=app.parent)
 
 
+def _loopback(address: str) -> bool:
+    return address in ("localhost", "::1") or address.startswith("127.")
+
+
+def _gated(app_folder: Path) -> bool:
+    """Whether the app will ask visitors to sign in or for the shared token."""
+    import tomllib
+
+    if os.environ.get("SHOAL_ACCESS_TOKEN", "").strip():
+        return True
+    secrets = app_folder / ".streamlit" / "secrets.toml"
+    try:
+        return secrets.exists() and "auth" in tomllib.loads(secrets.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return True  # the app itself then refuses everyone (fail closed)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    return serve(workspace(args).root, port=args.port, address=args.address)
+    return serve(workspace(args).root, port=args.port, address=args.address, no_auth=args.no_auth)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -356,4 +385,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"sample dataset {name!r} ready in {ws.root}")
     if args.no_serve:
         return 0
-    return serve(ws.root, port=args.port, address=args.address)
+    return serve(ws.root, port=args.port, address=args.address, no_auth=args.no_auth)

@@ -328,6 +328,7 @@ def test_unreadable_sign_in_settings_refuse_everyone(
     """Regression: a secrets.toml that could not be parsed meant "no OIDC", so the gate fell
     open (or back to the token). Streamlit's TOML parser raising is injected here."""
     import tomllib
+
     from streamlit.runtime.secrets import Secrets
 
     def broken(self: Secrets) -> bool:

@@ -154,3 +154,26 @@ def test_export_embeddings(
     table = pd.read_parquet(out_file)
     assert table["sample_id"].tolist() == ids and table["label"].tolist() == ["insects"] * 4
     assert [list(v) for v in table["embedding"]] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
+def test_serving_beyond_this_machine_needs_a_gate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: `serve --address 0.0.0.0` with no token and no sign-in started an open app."""
+    from shoal.cli.core import _gated
+
+    monkeypatch.delenv("SHOAL_ACCESS_TOKEN", raising=False)
+    ws = str(tmp_path / "ws")
+    assert main(["serve", "--address", "0.0.0.0", "--workspace", ws]) == 2
+    assert "refusing to serve on 0.0.0.0 with no access gate" in capsys.readouterr().err
+
+    app_folder = tmp_path / "app"
+    (app_folder / ".streamlit").mkdir(parents=True)
+    assert not _gated(app_folder)
+    (app_folder / ".streamlit" / "secrets.toml").write_text('[auth]\nclient_id = "x"\n')
+    assert _gated(app_folder)
+    (app_folder / ".streamlit" / "secrets.toml").write_text("[auth\n")  # the app refuses all
+    assert _gated(app_folder)
+    (app_folder / ".streamlit" / "secrets.toml").unlink()
+    monkeypatch.setenv("SHOAL_ACCESS_TOKEN", "s3cret")
+    assert _gated(app_folder)
