@@ -39,8 +39,24 @@ def rows_table(
     return table
 
 
+#: A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def to_csv_bytes(table: pd.DataFrame) -> bytes:
-    return table.to_csv(index=False).encode()
+    """The table as CSV for a download; text cells a spreadsheet would run as a formula
+    (labels, file names, metadata from an upload) get a leading ``'``, numbers stay numbers."""
+    safe = table.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
+            safe[column] = safe[column].map(_neutralise_formula)
+    return safe.to_csv(index=False).encode()
+
+
+def _neutralise_formula(value: object) -> object:
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def describe_rows(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from shoal.app.scatter import STATUS_COLOURS, metadata_colourings
-from shoal.app.tables import row_ids, tile_caption
+from shoal.app.tables import row_ids, tile_caption, to_csv_bytes
 from shoal.app.thumbnails import object_box
 
 
@@ -31,3 +32,22 @@ def test_object_rows_are_described_by_category_kind_and_status() -> None:
     assert {"category", "kind", "status"} <= set(colourings)
     assert not {"x0", "object_id", "match_id"} & set(colourings)
     assert dict(colourings["status"].colours) == STATUS_COLOURS
+
+
+def test_csv_downloads_do_not_carry_spreadsheet_formulas() -> None:
+    """Regression: a label or file name such as '=HYPERLINK(...)' from an upload was exported as
+    is, and a spreadsheet opening the download ran it."""
+    import io
+
+    table = pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c"],
+            "label": ['=HYPERLINK("http://x","y")', "+cmd", "cat"],
+            "path": ["@SUM(A1)", "-2+3", "dog.jpg"],
+            "score": [-1.5, 2.0, 0.25],
+        }
+    )
+    back = pd.read_csv(io.BytesIO(to_csv_bytes(table)))
+    assert back["label"].tolist() == ['\'=HYPERLINK("http://x","y")', "'+cmd", "cat"]
+    assert back["path"].tolist() == ["'@SUM(A1)", "'-2+3", "dog.jpg"]
+    assert back["score"].tolist() == [-1.5, 2.0, 0.25]
