@@ -13,6 +13,9 @@ from pages import _widgets as widgets
 from shoal.app.selection import Selection
 from shoal.app.tables import row_ids, rows_table
 
+#: The duplicate slider's range (cosine distance): beyond it pairs are not near-duplicates.
+MAX_DUPLICATE_DISTANCE = 0.3
+
 ui.ensure_entrypoint()
 
 SECTIONS = {
@@ -126,6 +129,12 @@ if section == "outliers":
 
 elif section == "duplicates":
     manual = ui.url_state("dup", "outliers_dup", None, cast=float)
+    if manual is not None and not 0.0 <= manual <= MAX_DUPLICATE_DISTANCE:  # NaN fails too
+        st.warning(
+            f"Ignored the link's dup={manual}: a threshold is a cosine distance from 0 to "
+            f"{MAX_DUPLICATE_DISTANCE}; using the automatic one."
+        )
+        manual = st.session_state["outliers_dup"] = None
     automatic = loaders.duplicates(ds, dataset_key, embedding, version, None)
     threshold = None
     if not st.toggle(
@@ -137,8 +146,10 @@ elif section == "duplicates":
         threshold = st.slider(
             "Near-duplicate if cosine distance ≤",
             0.0,
-            0.3,
-            float(manual if manual is not None else min(automatic.threshold, 0.3)),
+            MAX_DUPLICATE_DISTANCE,
+            float(
+                manual if manual is not None else min(automatic.threshold, MAX_DUPLICATE_DISTANCE)
+            ),
             step=0.001,
             format="%.3f",
             key="outliers_dup_slider",

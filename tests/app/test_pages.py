@@ -342,6 +342,18 @@ def test_unreadable_sign_in_settings_refuse_everyone(
     assert "cannot be read, so nobody can enter" in at.error[0].value
 
 
+@pytest.mark.parametrize("dup", ["5", "nan", "-1"])
+def test_a_link_with_an_impossible_duplicate_threshold_still_opens(
+    sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch, dup: str
+) -> None:
+    """Regression: ?dup=5 crashed the Outliers page (a slider value outside its range)."""
+    at = open_app(sample_ws, monkeypatch, page="pages/outliers.py", show="duplicates", dup=dup)
+    at.run()
+    assert_clean(at)
+    assert any("Ignored the link's dup=" in w.value for w in at.warning)
+    assert at.toggle(key="outliers_dup_auto").value is True
+
+
 # --------------------------------------------------------------------------- background work
 
 
