@@ -288,6 +288,9 @@ def list_jobs(
 def find_active(
     workspace: Workspace, kind: str, *, dataset: str | None, params: dict[str, Any]
 ) -> JobRecord | None:
+    """The queued or running job of ``kind`` on ``dataset`` with these parameters (defaults
+    filled in, so ``{}`` finds a job submitted with every default spelt out), or None."""
+    params = job_kind(kind).complete_params(json.loads(json.dumps(params)))
     for record in list_jobs(workspace, dataset=dataset, kind=kind):
         if record.active and record.params == params:
             return record

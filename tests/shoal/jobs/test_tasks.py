@@ -54,10 +54,7 @@ def test_a_request_with_the_defaults_spelt_out_reuses_the_active_job(tmp_path: P
         id="1", kind="embed", dataset="pets", params=jobs.JOB_KINDS["embed"].complete_params({})
     )
     (workspace.jobs_dir / "1.json").write_text(json.dumps(first.to_dict()))
-    again = jobs.find_active(
-        workspace,
-        "embed",
-        dataset="pets",
-        params=jobs.JOB_KINDS["embed"].complete_params({"batch_size": 32}),
-    )
-    assert again is not None and again.id == "1"
+    for asked in ({}, {"batch_size": 32}, {"model": "efficientnet_lite0", "name": None}):
+        again = jobs.find_active(workspace, "embed", dataset="pets", params=asked)
+        assert again is not None and again.id == "1", asked
+    assert jobs.find_active(workspace, "embed", dataset="pets", params={"batch_size": 8}) is None
