@@ -334,12 +334,18 @@ def page_data(*, level: str | None = None, analysis: str | None = None) -> PageD
 
 def analysis_ready(ds: Dataset, embedding: str, n_samples: int) -> bool:
     """Small sets compute in place; a large set needs its 'analyse' job to have finished."""
-    if n_samples <= INLINE_MAX_SAMPLES:
-        return True
+    return n_samples <= INLINE_MAX_SAMPLES or job_done(ds, "analyse", {"embedding": embedding})
+
+
+def job_done(ds: Dataset, kind: str, params: dict[str, Any]) -> bool:
+    """Whether a ``kind`` job with these parameters finished on the current embedding version
+    (its stored results are then a cache hit)."""
+    embedding = ds.resolve_embedding(params.get("embedding"))
     version = embedding_version(ds, embedding)
+    wanted = jobs.job_kind(kind).complete_params(params)
     return any(
-        r.state == "done" and (r.result or {}).get("version") == version
-        for r in jobs.list_jobs(loaders.workspace(), dataset=ds.name, kind="analyse")
+        r.state == "done" and r.params == wanted and (r.result or {}).get("version") == version
+        for r in jobs.list_jobs(loaders.workspace(), dataset=ds.name, kind=kind)
     )
 
 
@@ -347,19 +353,39 @@ def request_analysis(ds: Dataset, embedding: str, n_samples: int, *, what: str) 
     """Show the 'compute' affordance for a large set; True once its results are ready."""
     if analysis_ready(ds, embedding, n_samples):
         return True
-    st.info(
-        f"{ds.name} has {n_samples:,} samples: the {what} is computed once in the background "
-        "(neighbour graph, map, scores) and then opens instantly for everyone."
+    return request_job(
+        ds,
+        "analyse",
+        {"embedding": embedding},
+        what=what,
+        why=f"{ds.name} has {n_samples:,} samples: the {what} is computed once in the background "
+        "(neighbour graph, map, scores) and then opens instantly for everyone.",
     )
-    active = jobs.find_active(
-        loaders.workspace(), "analyse", dataset=ds.name, params={"embedding": embedding}
-    )
+
+
+def request_job(
+    ds: Dataset,
+    kind: str,
+    params: dict[str, Any],
+    *,
+    what: str,
+    why: str | None = None,
+    button: str | None = None,
+) -> bool:
+    """True when a ``kind`` job with ``params`` has finished (its results are then a cache
+    hit); else say ``why`` and show the running job's progress, or a button that starts it."""
+    if job_done(ds, kind, params):
+        return True
+    if why:
+        st.info(why)
+    key = f"{kind}_{what}".replace(" ", "_")
+    active = jobs.find_active(loaders.workspace(), kind, dataset=ds.name, params=params)
     if active is not None:
         st.session_state["job_id"] = active.id
-        job_panel(active.id, key=f"analyse_{what}")
-    elif st.button(f"Compute the {what}", type="primary", key=f"analyse_{what}"):
+        job_panel(active.id, key=key)
+    elif st.button(button or f"Compute the {what}", type="primary", key=key):
         st.session_state["job_id"] = jobs.submit(
-            loaders.workspace(), "analyse", dataset=ds.name, params={"embedding": embedding}
+            loaders.workspace(), kind, dataset=ds.name, params=params
         )
         st.rerun()
     return False

@@ -9,7 +9,6 @@ from analysis.two_sample import available_tests
 from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
-from shoal import jobs
 from shoal.app.scatter import Colouring, build_scatter, hover_for
 from shoal.store import StoreError
 from shoal.workflows.filters import FilterError, parse_filter
@@ -99,30 +98,19 @@ except FilterError as error:
     ui.stop()
 n_pooled = int(reference_mask.sum() + current_mask.sum())
 
-if n_pooled > ui.INLINE_MAX_SAMPLES * 4:
-    params = {
+if n_pooled > ui.INLINE_MAX_SAMPLES * 4 and not ui.request_job(
+    ds,
+    "compare",
+    {
         "embedding": embedding,
         "reference": reference_expr,
         "current": current_expr or None,
         "method": method,
-    }
-    done = [
-        r
-        for r in jobs.list_jobs(loaders.workspace(), dataset=ds.name, kind="compare")
-        if r.state == "done" and r.params == params and (r.result or {}).get("version") == version
-    ]
-    if not done:
-        active = jobs.find_active(loaders.workspace(), "compare", dataset=ds.name, params=params)
-        if active is not None:
-            widgets.job_panel(active.id, key="compare")
-        elif st.button(
-            f"Compare {n_pooled:,} samples in the background", type="primary", key="compare_submit"
-        ):
-            st.session_state["job_id"] = jobs.submit(
-                loaders.workspace(), "compare", dataset=ds.name, params=params
-            )
-            st.rerun()
-        ui.stop()
+    },
+    what="comparison",
+    button=f"Compare {n_pooled:,} samples in the background",
+):
+    ui.stop()
 
 try:
     result = loaders.comparison(

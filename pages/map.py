@@ -60,6 +60,16 @@ def colouring_for(name: str) -> Colouring | None:
         )
     if name in ("novelty", "cluster"):
         reference, current = default_comparison(samples)  # type: ignore[misc]
+        params = {"reference": reference, "current": current, "embedding": embedding}
+        if n_samples > ui.INLINE_MAX_SAMPLES and not ui.request_job(
+            ds,
+            "compare",
+            params,
+            what="comparison",
+            why=f"Colouring {n_samples:,} samples by {name} needs the comparison of {reference} "
+            "with the rest, computed once in the background.",
+        ):
+            return None
         result = loaders.comparison(ds, dataset_key, embedding, version, reference, current, "auto")
         rows = {sample_id: i for i, sample_id in enumerate(samples["sample_id"])}
         current_rows = np.array([rows[i] for i in result.current_ids])

@@ -408,6 +408,19 @@ def test_large_dataset_asks_for_a_background_analysis(
     assert not [b for b in at.button if b.label == "Compute the map"]
     assert "80 samples" in " ".join(c.value for c in at.caption)
 
+    # Colouring by novelty needs a comparison: on a large set a link asks for it as a job too,
+    # instead of running it inline (regression: ?color=novelty computed it at any size).
+    at = open_app(workspace, monkeypatch, page="pages/map.py", color="novelty").run()
+    assert_clean(at)
+    assert [b.label for b in at.button] == ["Compute the comparison"]
+    assert not list((workspace.open("vectors").root / "artefacts").glob("compare/*.npz"))
+    at.button[0].click().run()
+    job_id = at.session_state["job_id"]
+    assert jobs.wait(workspace, job_id, timeout=240).state == "done"
+    at = open_app(workspace, monkeypatch, page="pages/map.py", color="novelty").run()
+    assert_clean(at)
+    assert not at.button and "novelty" in " ".join(c.value for c in at.caption)
+
 
 @pytest.mark.slow
 def test_generate_embeddings_button_runs_the_embed_job(
