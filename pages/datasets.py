@@ -285,7 +285,7 @@ with st.popover("Delete this dataset…", icon=":material/delete:"):
     if st.button(
         "Delete for good", type="primary", disabled=typed != ds.name, key="datasets_delete"
     ):
-        ws.delete(ds.name)
+        jobs.delete_dataset(ws, ds.name)  # stops its jobs first
         st.session_state["dataset"] = None
         st.session_state["embedding"] = None
         st.session_state.pop("datasets_report", None)

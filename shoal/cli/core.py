@@ -298,7 +298,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    workspace(args).delete(args.name)
+    stopped = jobs.delete_dataset(workspace(args), args.name)
+    for record in stopped:
+        print(f"stopped job {record.id} ({record.kind})")
     print(f"deleted dataset {args.name!r}")
     return 0
 

@@ -411,6 +411,22 @@ def cancel(workspace: Workspace, job_id: str, *, grace_seconds: float = 10.0) ->
     return record
 
 
+def delete_dataset(
+    workspace: Workspace, name: str, *, grace_seconds: float = 10.0
+) -> list[JobRecord]:
+    """Stop the dataset's queued and running jobs (as ``cancel``), then delete it; the stopped
+    jobs' records. A job that still writes afterwards is refused by the store (see
+    ``Dataset.check_current``)."""
+    workspace.open(name)  # a clear error for an unknown name before anything is stopped
+    stopped = [
+        cancel(workspace, record.id, grace_seconds=grace_seconds)
+        for record in list_jobs(workspace, dataset=name)
+        if record.active
+    ]
+    workspace.delete(name)
+    return stopped
+
+
 def wait(
     workspace: Workspace, job_id: str, *, timeout: float = 3600.0, poll: float = 0.5
 ) -> JobRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -80,11 +81,30 @@ def digest_values(values: Any) -> str | None:
 
 
 class Dataset:
-    """One dataset directory. Cheap to construct; reads happen on demand."""
+    """One dataset directory. Cheap to construct; reads happen on demand.
 
-    def __init__(self, root: Path):
+    ``uid`` (from ``Workspace.open``/``create``) names this dataset for good: every write checks
+    that the directory still holds it, so a job that outlives a delete (or a delete and a
+    re-import under the same name) writes nothing instead of an orphan folder or stray vectors.
+    """
+
+    def __init__(self, root: Path, *, uid: str | None = None):
         self.root = Path(root)
         self.name = self.root.name
+        self.uid = uid
+
+    def check_current(self) -> None:
+        """Raise StoreError when this dataset was deleted or replaced since it was opened."""
+        if self.uid is None:
+            return
+        meta_file = self.root / "dataset.json"
+        current = read_json(meta_file).get("uid") if meta_file.exists() else None
+        if current != self.uid:
+            raise StoreError(
+                f"dataset {self.name!r} was deleted"
+                + (" and created again" if current else "")
+                + " while this was running; nothing was written"
+            )
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r})"
@@ -95,6 +115,7 @@ class Dataset:
         return dict(read_json(self.root / "dataset.json"))
 
     def update_meta(self, **changes: Any) -> None:
+        self.check_current()
         meta = self.meta
         meta.update(changes)
         write_json(self.root / "dataset.json", meta)
@@ -108,6 +129,7 @@ class Dataset:
         return pd.read_parquet(self.root / "samples.parquet")
 
     def write_samples(self, frame: pd.DataFrame) -> None:
+        self.check_current()
         write_parquet(self.root / "samples.parquet", _check_samples(frame))
 
     def image_file(self, stored_path: str) -> Path:
@@ -136,6 +158,7 @@ class Dataset:
         return pd.read_parquet(path) if path.exists() else None
 
     def write_objects(self, frame: pd.DataFrame) -> None:
+        self.check_current()
         write_parquet(self.root / "objects.parquet", frame)
 
     # -- import report
@@ -233,10 +256,21 @@ class Dataset:
             raise StoreError(f"{len(vectors)} embedding rows but {len(ids_array)} ids")
         if not np.isfinite(vectors).all():
             raise StoreError("embeddings contain NaN or inf")
+        self.check_current()
         version = f"{int(time.time())}{uuid.uuid4().hex[:6]}"
         base = self._embeddings_dir / f"{name}-{version}"
-        write_npy(Path(f"{base}.npy"), vectors)
-        write_npy(Path(f"{base}.ids.npy"), ids_array)
+        files = [Path(f"{base}.npy"), Path(f"{base}.ids.npy")]
+        write_npy(files[0], vectors)
+        write_npy(files[1], ids_array)
+        try:
+            self.check_current()  # deleted while the matrix was written: leave nothing behind
+        except StoreError:
+            for file in files:
+                file.unlink(missing_ok=True)
+            for folder in (self._embeddings_dir, self.root):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty: a folder our write recreated
+            raise
         info = EmbeddingInfo(
             name=name,
             model=model,
@@ -275,6 +309,7 @@ class Dataset:
         self, kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]
     ) -> None:
         """Store arrays (npz, no pickles) and JSON metadata; the JSON is written last and marks completion."""
+        self.check_current()
         base = self._artefact_base(kind, key)
         with atomic_path(base.with_suffix(".npz")) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle

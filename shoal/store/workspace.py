@@ -52,7 +52,9 @@ class Workspace:
                 f"no dataset {name!r} in workspace {self.root} (datasets: {known}); "
                 "create one with `shoal import SOURCE --dataset NAME`"
             )
-        return Dataset(self.datasets_dir / name)
+        return Dataset(
+            self.datasets_dir / name, uid=Dataset(self.datasets_dir / name).meta.get("uid")
+        )
 
     def create(
         self, name: str, samples: pd.DataFrame, *, has_images: bool, staged: Path | None = None
@@ -71,15 +73,16 @@ class Workspace:
         staging = Path(staged) if staged is not None else self.staging_dir(name)
         staging_ds = Dataset(staging)
         staging_ds.write_samples(samples)
+        uid = uuid.uuid4().hex
         write_json(
             staging / "dataset.json",
-            {"name": name, "created_at": utc_now(), "has_images": has_images},
+            {"name": name, "created_at": utc_now(), "has_images": has_images, "uid": uid},
         )
         if target.exists():  # leftover without dataset.json: a crashed earlier attempt
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, target)
-        return Dataset(target)
+        return Dataset(target, uid=uid)
 
     def staging_dir(self, name: str) -> Path:
         """A fresh private directory on the same filesystem, for building a dataset before publishing."""

@@ -101,3 +101,22 @@ def test_a_worker_that_died_before_starting_does_not_block_a_new_job(workspace: 
     assert jobs.get(workspace, "2").state == "failed"
     job_id = jobs.submit(workspace, COUNT, dataset="d", params=params)
     assert job_id != "2" and jobs.wait(workspace, job_id, timeout=120).state == "done"
+
+
+def test_deleting_a_dataset_stops_its_jobs(workspace: Workspace) -> None:
+    """Regression: deleting a dataset left its jobs running (writing into a dataset that was
+    gone); they are now stopped first, and only that dataset's jobs."""
+    import pandas as pd
+
+    samples = pd.DataFrame(
+        {"sample_id": ["s0"], "source": ["x"], "path": [None], "split": [None], "label": [None]}
+    )
+    workspace.create("d", samples, has_images=False)
+    slow = {"total": 400, "delay": 0.05}
+    doomed = jobs.submit(workspace, COUNT, dataset="d", params=slow)
+    other = jobs.submit(workspace, COUNT, dataset="other", params=slow)
+    _wait_for(lambda: jobs.get(workspace, doomed).state == "running", timeout=60)
+    stopped = jobs.delete_dataset(workspace, "d", grace_seconds=20)
+    assert [r.id for r in stopped] == [doomed] and stopped[0].state == "cancelled"
+    assert not workspace.exists("d") and jobs.get(workspace, other).active
+    jobs.cancel(workspace, other)

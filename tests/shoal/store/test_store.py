@@ -152,3 +152,26 @@ def test_reader_never_sees_a_torn_embedding_set(workspace: Workspace) -> None:
         assert len(values) == 1 and loaded.vectors.shape == (500, 256) and len(loaded.ids) == 500
         reads += 1
     assert writer.wait(timeout=60) == 0 and reads > 0
+
+
+def test_a_job_that_outlives_a_delete_writes_nothing(workspace: Workspace) -> None:
+    """Regression: a job still running when its dataset was deleted recreated an orphan folder,
+    and after a re-import under the same name its vectors landed in the new dataset."""
+    ds = workspace.create("pets", _samples(4), has_images=False)
+    job_handle = workspace.open("pets")  # what a running job holds
+    vectors = np.ones((4, 3), dtype=np.float32)
+    ids = [f"s{i}" for i in range(4)]
+
+    workspace.delete("pets")
+    with pytest.raises(StoreError, match="'pets' was deleted while this was running"):
+        job_handle.publish_embeddings("late", vectors, ids, model="m")
+    with pytest.raises(StoreError, match="was deleted"):
+        job_handle.save_artefact("knn", "k1", {"a": np.zeros(2)}, {})
+    assert not ds.root.exists() and workspace.list_datasets() == []
+
+    again = workspace.create("pets", _samples(4), has_images=False)
+    with pytest.raises(StoreError, match="was deleted and created again"):
+        job_handle.publish_embeddings("late", vectors, ids, model="m")
+    assert again.embedding_names() == [] and not list(again.root.rglob("*.npy"))
+    again.publish_embeddings("fresh", vectors, ids, model="m")  # the new handle writes
+    assert workspace.open("pets").embedding_names() == ["fresh"]
