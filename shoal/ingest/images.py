@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from PIL import Image
 
 from shoal.ingest.publish import (
@@ -43,6 +44,8 @@ PIL_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO"}
 SPLIT_FOLDERS = {"train", "training", "val", "valid", "validation", "test", "testing"}
 PATH_COLUMNS = ("path", "image", "image_path", "filepath", "file", "filename", "file_name")
 ID_COLUMNS = ("sample_id", "id", "image_id")
+#: Below this many bytes in all, a zip is not checked for its overall compression ratio.
+ZIP_RATIO_CHECK_BYTES = 64 << 20
 RESERVED_COLUMNS = {"sample_id", "source", "path"}
 
 
@@ -197,12 +200,20 @@ def safe_extract(
             raise IngestError(
                 f"{archive.name} has {len(infos):,} entries, over the cap of {limits.max_zip_entries:,}"
             )
+        files = [info for info in infos if not info.is_dir()]
+        reasons = [_unsafe_entry(info, limits) for info in files]
+        kept = [info for info, reason in zip(files, reasons, strict=True) if reason is None]
+        declared = sum(info.file_size for info in kept)
+        packed = max(1, sum(info.compress_size for info in kept))
+        # Many small entries each pass the per-entry check; together they must pass it too.
+        if declared > ZIP_RATIO_CHECK_BYTES and declared / packed > limits.max_zip_ratio:
+            raise IngestError(
+                f"{archive.name} would expand {declared / packed:,.0f}:1 to {declared:,} bytes, "
+                f"over {limits.max_zip_ratio:.0f}:1 (zip bomb); nothing was extracted"
+            )
         total = 0
-        for info in infos:
+        for info, reason in zip(files, reasons, strict=True):
             name = info.filename
-            if info.is_dir():
-                continue
-            reason = _unsafe_entry(info, limits)
             if reason:
                 report.reject(name, reason)
                 continue
@@ -339,12 +350,25 @@ def _inside(file: Path, folder: Path) -> bool:
         return False
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet table with an error that names the file."""
+def read_table(path: Path, *, limits: ImportLimits = DEFAULT_LIMITS) -> pd.DataFrame:
+    """Read a CSV or Parquet table with an error that names the file.
+
+    A Parquet file's rows × columns are read from its footer first: a small file can decode to
+    billions of cells (one repeated value compresses to nothing), refused before it is loaded.
+    """
     try:
         if path.suffix.lower() == ".csv":
             return pd.read_csv(path)
+        metadata = pq.ParquetFile(path).metadata
+        cells = metadata.num_rows * metadata.num_columns
+        if cells > limits.max_table_cells:
+            raise IngestError(
+                f"{path.name} holds {metadata.num_rows:,} rows x {metadata.num_columns} columns, "
+                f"over the cap of {limits.max_table_cells:,} cells; split it into smaller tables"
+            )
         return pd.read_parquet(path)
+    except IngestError:
+        raise
     except Exception as error:  # noqa: BLE001 - any parser error becomes one clear message
         raise IngestError(f"cannot read {path.name}: {error}") from error
 

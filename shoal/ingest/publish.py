@@ -44,7 +44,8 @@ class ImportLimits:
     max_image_pixels: int = 100_000_000
     max_zip_total_bytes: int = 20 * 1024**3
     max_zip_entries: int = 2_000_000
-    max_zip_ratio: float = 250.0  # uncompressed / compressed for one entry larger than 1 MiB
+    max_zip_ratio: float = 250.0  # uncompressed / compressed: an entry above 1 MiB, or the zip
+    max_table_cells: int = 50_000_000  # rows x columns of a manifest or metadata table
 
 
 DEFAULT_LIMITS = ImportLimits()

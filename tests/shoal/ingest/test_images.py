@@ -242,3 +242,34 @@ def test_checking_an_image_leaves_pillows_global_cap_alone(
     assert seen == [default] and default is not None
     assert "over the cap of 10" in (check_image(image, ImportLimits(max_image_pixels=10)) or "")
     assert default == Image.MAX_IMAGE_PIXELS
+
+
+def test_a_zip_of_many_small_compressible_entries_is_refused(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """Regression: the ratio check looked only at entries above 1 MiB, so thousands of small,
+    highly compressible entries (128 MiB from a ~150 KB zip here) were all extracted."""
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for i in range(2_000):
+            bundle.writestr(f"train/a/{i:04d}.png", b"\0" * (64 << 10))
+    assert archive.stat().st_size < 1_000_000
+    with pytest.raises(
+        IngestError, match=r"would expand .*:1 .* \(zip bomb\); nothing was extracted"
+    ):
+        import_source(workspace, archive, dataset="bomb")
+    assert not workspace.exists("bomb")
+    assert not any((workspace.root / ".staging").rglob("*.png"))
+
+
+def test_a_table_that_decodes_to_too_many_cells_is_refused_from_its_footer(
+    tmp_path: Path,
+) -> None:
+    """Regression: a small Parquet file could decode to many GB before any check."""
+    from shoal.ingest.images import read_table
+
+    table = tmp_path / "meta.parquet"
+    pd.DataFrame({f"c{i}": ["same value"] * 500 for i in range(4)}).to_parquet(table)
+    with pytest.raises(IngestError, match=r"500 rows x 4 columns, over the cap of 1,000 cells"):
+        read_table(table, limits=ImportLimits(max_table_cells=1_000))
+    assert len(read_table(table)) == 500
