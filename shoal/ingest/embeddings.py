@@ -18,7 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shoal.ingest.images import ID_COLUMNS, read_table
-from shoal.ingest.publish import ImportReport, check_new_dataset, publish, staging
+from shoal.ingest.publish import (
+    ImportReport,
+    check_id_lengths,
+    check_new_dataset,
+    publish,
+    staging,
+)
 from shoal.store import Dataset, EmbeddingInfo, StoreError, Workspace, validate_name
 
 USER_MODEL = "user-provided"
@@ -73,9 +79,9 @@ def read_ids_file(path: Path) -> np.ndarray:
     if path.suffix.lower() in (".csv", ".parquet"):
         table = read_table(path)
         return table.iloc[:, 0].astype(str).to_numpy()
-    return np.asarray(
-        [line.strip() for line in path.read_text().splitlines() if line.strip()], dtype=str
-    )
+    lines = pd.Series([line.strip() for line in path.read_text().splitlines() if line.strip()])
+    check_id_lengths(lines, path.name, "id")
+    return lines.to_numpy(dtype=object)
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -115,7 +121,9 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
         or pa.types.is_fixed_size_list(f.type)
         or pa.types.is_large_list(f.type)
     ]
-    ids = np.asarray(table.column(id_column).to_pylist()).astype(str)
+    id_values = pd.Series(table.column(id_column).to_pylist(), dtype=object)
+    check_id_lengths(id_values, path.name, id_column)  # before a fixed-width copy is made
+    ids = id_values.astype(str).to_numpy(dtype=object)
     if list_columns:
         column = "embedding" if "embedding" in list_columns else list_columns[0]
         values = table.column(column).combine_chunks()
@@ -150,6 +158,7 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     frame = read_table(path)
     id_column = _id_column(list(frame.columns), path.name)
+    check_id_lengths(frame[id_column], path.name, id_column, first_row=2)
     return frame[id_column].astype(str).to_numpy(), _numeric_columns(
         frame.drop(columns=[id_column]), path.name
     )
@@ -277,6 +286,7 @@ def create_from_embeddings(
     if metadata_file is not None:
         metadata = read_table(Path(metadata_file))
         id_column = _id_column(list(metadata.columns), Path(metadata_file).name)
+        check_id_lengths(metadata[id_column], Path(metadata_file).name, id_column)
         metadata = metadata.rename(columns={id_column: "sample_id"})
         metadata["sample_id"] = metadata["sample_id"].astype(str)
         if ids is None:

@@ -31,6 +31,7 @@ from shoal.ingest.publish import (
     ImportReport,
     IngestError,
     ProgressCallback,
+    check_id_lengths,
     check_new_dataset,
     publish,
     stable_id,
@@ -296,6 +297,8 @@ def import_manifest(
         )
     id_column = _find_column(table, ID_COLUMNS)
     if id_column is not None:
+        first_row = 2 if manifest.suffix == ".csv" else 1
+        check_id_lengths(table[id_column], manifest.name, id_column, first_row=first_row)
         _check_unique_ids(table[id_column].astype(str), manifest.name, id_column)
     report = ImportReport(dataset=dataset, source=manifest.name)
     entries: list[tuple[Any, ...]] = []

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from shoal.store import Dataset, StoreError, Workspace, utc_now, validate_name
+from shoal.store import MAX_ID_LENGTH, Dataset, StoreError, Workspace, utc_now, validate_name
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -129,3 +129,15 @@ def stable_id(source: str) -> str:
 def value_counts(column: pd.Series) -> dict[str, int]:
     """{value: count} of the non-missing values, sorted by value, as plain str and int."""
     return {str(k): int(v) for k, v in column.dropna().value_counts().sort_index().items()}
+
+
+def check_id_lengths(ids: pd.Series, file_name: str, column: str, *, first_row: int = 1) -> None:
+    """Refuse ids longer than the store keeps (MAX_ID_LENGTH), naming the row; ``first_row`` is
+    how the file counts its first data row (2 for a CSV under its header)."""
+    lengths = ids.astype(str).str.len()
+    if len(lengths) and int(lengths.max()) > MAX_ID_LENGTH:
+        position = int(lengths.to_numpy().argmax())
+        raise IngestError(
+            f"{file_name}: the {column} at row {position + first_row} has "
+            f"{int(lengths.iloc[position]):,} characters; ids are at most {MAX_ID_LENGTH}"
+        )

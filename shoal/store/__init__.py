@@ -27,6 +27,7 @@ Example:
 
 from shoal.store.checkpoints import BatchCheckpoints, CheckpointMismatchError
 from shoal.store.dataset import (
+    MAX_ID_LENGTH,
     REQUIRED_COLUMNS,
     Dataset,
     EmbeddingInfo,
@@ -57,6 +58,7 @@ __all__ = [
     "BatchCheckpoints",
     "CheckpointMismatchError",
     "DEFAULT_WORKSPACE",
+    "MAX_ID_LENGTH",
     "MAX_NAME_LENGTH",
     "REQUIRED_COLUMNS",
     "WORKSPACE_ENV",

@@ -30,6 +30,9 @@ from shoal.store.files import (
 )
 
 REQUIRED_COLUMNS = ("sample_id", "source", "path", "split", "label")
+#: The longest sample or object id, in characters. Ids are stored as a fixed-width array beside
+#: the vectors, so one huge id would make every row that wide (50k characters x 200k rows = 40 GB).
+MAX_ID_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,14 @@ class Dataset:
         """
         validate_name(name, what="embedding")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        ids_array = np.asarray([str(i) for i in ids], dtype=str)
+        texts = [str(i) for i in ids]
+        longest = max(range(len(texts)), key=lambda row: len(texts[row]), default=None)
+        if longest is not None and len(texts[longest]) > MAX_ID_LENGTH:
+            raise StoreError(
+                f"id at row {longest} has {len(texts[longest]):,} characters; ids are at most "
+                f"{MAX_ID_LENGTH}"
+            )
+        ids_array = np.asarray(texts, dtype=str)
         if vectors.ndim != 2:
             raise StoreError(f"embeddings must be a 2-D matrix, got shape {vectors.shape}")
         if len(ids_array) != len(vectors):

@@ -155,3 +155,27 @@ def test_export_round_trips(dataset: Dataset, tmp_path: Path) -> None:
     assert pa.types.is_fixed_size_list(table.schema.field("embedding").type)
     ids, vectors = read_embeddings_file(out)
     assert ids.tolist() == ["a", "b", "c"] and vectors.tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
+def test_a_huge_id_is_refused_naming_its_row(workspace: Workspace, tmp_path: Path) -> None:
+    """Regression: ids became fixed-width numpy strings, so one 50k-character id among 200k
+    rows asked for 40 GB. Ids are capped (MAX_ID_LENGTH) and the file and row are named."""
+    from shoal.ingest.embeddings import create_from_embeddings
+    from shoal.ingest.publish import IngestError
+    from shoal.store import MAX_ID_LENGTH, StoreError
+
+    ids = [f"s{i}" for i in range(200_000)]
+    ids[123_456] = "x" * 50_000
+    vectors = pa.array([[0.5, 1.0]] * len(ids), type=pa.list_(pa.float32()))
+    pq.write_table(pa.table({"sample_id": ids, "embedding": vectors}), tmp_path / "e.parquet")
+    with pytest.raises(
+        IngestError,
+        match=rf"e.parquet: the sample_id at row 123457 has 50,000 characters; "
+        rf"ids are at most {MAX_ID_LENGTH}",
+    ):
+        create_from_embeddings(workspace, "huge", tmp_path / "e.parquet")
+    assert not workspace.exists("huge")
+    # The store refuses them too, whatever path they came by.
+    staged = Dataset(workspace.staging_dir("guard"))
+    with pytest.raises(StoreError, match="id at row 1 has 300 characters"):
+        staged.publish_embeddings("e", np.zeros((2, 2)), ["a", "b" * 300], model="m")
