@@ -52,10 +52,12 @@ from shoal.store.files import (
     write_npy,
     write_parquet,
 )
+from shoal.store.locks import BusyError
 from shoal.store.workspace import DEFAULT_WORKSPACE, WORKSPACE_ENV, Workspace
 
 __all__ = [
     "BatchCheckpoints",
+    "BusyError",
     "CheckpointMismatchError",
     "DEFAULT_WORKSPACE",
     "MAX_ID_LENGTH",

@@ -28,6 +28,7 @@ from shoal.store.files import (
     write_npy,
     write_parquet,
 )
+from shoal.store.locks import exclusive
 
 REQUIRED_COLUMNS = ("sample_id", "source", "path", "split", "label")
 #: The longest sample or object id, in characters. Ids are stored as a fixed-width array beside
@@ -267,39 +268,53 @@ class Dataset:
         if not np.isfinite(vectors).all():
             raise StoreError("embeddings contain NaN or inf")
         self.check_current()
-        version = f"{int(time.time())}{uuid.uuid4().hex[:6]}"
-        base = self._embeddings_dir / f"{name}-{version}"
-        files = [Path(f"{base}.npy"), Path(f"{base}.ids.npy")]
-        write_npy(files[0], vectors)
-        write_npy(files[1], ids_array)
-        try:
-            self.check_current()  # deleted while the matrix was written: leave nothing behind
-        except StoreError:
-            for file in files:
-                file.unlink(missing_ok=True)
-            for folder in (self._embeddings_dir, self.root):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # only when empty: a folder our write recreated
-            raise
-        info = EmbeddingInfo(
-            name=name,
-            model=model,
-            dim=int(vectors.shape[1]),
-            count=int(vectors.shape[0]),
-            level=level,
-            preprocessing=dict(preprocessing or {}),
-            created_at=utc_now(),
-            version=version,
-        )
-        write_json(self._embeddings_dir / f"{name}.json", info.to_dict())
-        for stale in self._embeddings_dir.glob(f"{name}-*.npy"):
-            # Readers that already mapped an old version keep its inode alive until they close it.
-            if not stale.name.startswith(f"{name}-{version}") and _version_of(stale.name, name):
-                stale.unlink(missing_ok=True)
-        shutil.rmtree(self.partial_dir(name), ignore_errors=True)
-        if make_default and self.meta.get("default_embedding") is None:
-            self.update_meta(default_embedding=name)
+        with exclusive(self._lock_file(f"publish-{name}"), what=f"embedding set {name!r}"):
+            version = f"{int(time.time())}{uuid.uuid4().hex[:6]}"
+            base = self._embeddings_dir / f"{name}-{version}"
+            files = [Path(f"{base}.npy"), Path(f"{base}.ids.npy")]
+            write_npy(files[0], vectors)
+            write_npy(files[1], ids_array)
+            try:
+                self.check_current()  # deleted while the matrix was written: leave nothing behind
+            except StoreError:
+                for file in files:
+                    file.unlink(missing_ok=True)
+                for folder in (self._embeddings_dir, self.root):
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()  # only when empty: a folder our write recreated
+                raise
+            info = EmbeddingInfo(
+                name=name,
+                model=model,
+                dim=int(vectors.shape[1]),
+                count=int(vectors.shape[0]),
+                level=level,
+                preprocessing=dict(preprocessing or {}),
+                created_at=utc_now(),
+                version=version,
+            )
+            write_json(self._embeddings_dir / f"{name}.json", info.to_dict())
+            for stale in self._embeddings_dir.glob(f"{name}-*.npy"):
+                # Readers that already mapped an old version keep its inode alive until they close it.
+                if not stale.name.startswith(f"{name}-{version}") and _version_of(stale.name, name):
+                    stale.unlink(missing_ok=True)
+            shutil.rmtree(self.partial_dir(name), ignore_errors=True)
+            if make_default and self.meta.get("default_embedding") is None:
+                self.update_meta(default_embedding=name)
         return info
+
+    def _lock_file(self, what: str) -> Path:
+        return self._embeddings_dir / f".lock-{what}"
+
+    def computing(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Held by a job for the whole computation of embedding set ``name`` (checkpoints,
+        then publishing): a second job on the same set is refused at once, not mixed in."""
+        validate_name(name, what="embedding")
+        return exclusive(
+            self._lock_file(f"compute-{name}"),
+            what=f"embedding set {name!r} of dataset {self.name!r}",
+            wait=False,
+        )
 
     def partial_dir(self, name: str) -> Path:
         validate_name(name, what="embedding")

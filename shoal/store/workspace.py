@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -13,6 +14,7 @@ import pandas as pd
 from shoal.store.dataset import Dataset
 from shoal.store.errors import DatasetNotFoundError, StoreError, validate_name
 from shoal.store.files import utc_now, write_json
+from shoal.store.locks import exclusive
 
 DEFAULT_WORKSPACE = "shoal-workspace"
 WORKSPACE_ENV = "SHOAL_WORKSPACE"
@@ -65,23 +67,24 @@ class Workspace:
         moved into place in one rename, so a half-built dataset is never visible.
         """
         validate_name(name)
-        if self.exists(name):
-            raise StoreError(
-                f"dataset {name!r} already exists; choose another name or `shoal delete {name}`"
+        with self._name_lock(name):  # two imports under one name: one wins, none is removed
+            if self.exists(name):
+                raise StoreError(
+                    f"dataset {name!r} already exists; choose another name or `shoal delete {name}`"
+                )
+            staging = Path(staged) if staged is not None else self.staging_dir(name)
+            target = self.datasets_dir / name
+            staging_ds = Dataset(staging)
+            staging_ds.write_samples(samples)
+            uid = uuid.uuid4().hex
+            write_json(
+                staging / "dataset.json",
+                {"name": name, "created_at": utc_now(), "has_images": has_images, "uid": uid},
             )
-        target = self.datasets_dir / name
-        staging = Path(staged) if staged is not None else self.staging_dir(name)
-        staging_ds = Dataset(staging)
-        staging_ds.write_samples(samples)
-        uid = uuid.uuid4().hex
-        write_json(
-            staging / "dataset.json",
-            {"name": name, "created_at": utc_now(), "has_images": has_images, "uid": uid},
-        )
-        if target.exists():  # leftover without dataset.json: a crashed earlier attempt
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
+            if target.exists():  # leftover without dataset.json: a crashed earlier attempt
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, target)
         return Dataset(target, uid=uid)
 
     def staging_dir(self, name: str) -> Path:
@@ -91,8 +94,12 @@ class Workspace:
         return Path(tempfile.mkdtemp(prefix=f"{validate_name(name)}-", dir=base))
 
     def delete(self, name: str) -> None:
-        dataset = self.open(name)
-        trash = self.root / ".trash" / f"{name}-{uuid.uuid4().hex[:8]}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(dataset.root, trash)  # atomic: the dataset disappears at once, cleanup follows
+        with self._name_lock(name):
+            dataset = self.open(name)
+            trash = self.root / ".trash" / f"{name}-{uuid.uuid4().hex[:8]}"
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(dataset.root, trash)  # atomic: the dataset disappears at once
         shutil.rmtree(trash, ignore_errors=True)
+
+    def _name_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return exclusive(self.root / ".locks" / f"dataset-{validate_name(name)}.lock", what=name)

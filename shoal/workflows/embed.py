@@ -41,26 +41,27 @@ def embed_dataset(
     name = name or default_embedding_name(model)
     samples = dataset.samples()
     paths = [dataset.image_file(p) for p in samples["path"]]
-    embedder = create_model(model)
-    vectors = embed_paths(
-        paths,
-        embedder,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        precision=precision,
-        checkpoints=dataset.batch_checkpoints(
+    with dataset.computing(name):  # a second job on this set is refused, not mixed in
+        embedder = create_model(model)
+        vectors = embed_paths(
+            paths,
+            embedder,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            precision=precision,
+            checkpoints=dataset.batch_checkpoints(
+                name,
+                checkpoint_manifest(paths, embedder, batch_size=batch_size, precision=precision),
+            ),
+            progress=progress,
+            should_stop=should_stop,
+        )
+        info = dataset.publish_embeddings(
             name,
-            checkpoint_manifest(paths, embedder, batch_size=batch_size, precision=precision),
-        ),
-        progress=progress,
-        should_stop=should_stop,
-    )
-    info = dataset.publish_embeddings(
-        name,
-        vectors,
-        samples["sample_id"].astype(str).to_numpy(),
-        model=model,
-        preprocessing=embedder.data_config.to_dict(),
-        make_default=True,
-    )
+            vectors,
+            samples["sample_id"].astype(str).to_numpy(),
+            model=model,
+            preprocessing=embedder.data_config.to_dict(),
+            make_default=True,
+        )
     return info

@@ -50,68 +50,69 @@ def extract_dataset(
     sample_ids = samples["sample_id"].astype(str).to_numpy()
     task_name = cast(Any, task)  # validated by embedding.extract against its Literal of tasks
     name = name or Path(model_spec.split(":")[0]).stem.replace(".", "-")
-    metadata = {**user_model.describe(), "task": task}
+    with dataset.computing(name):  # a second job on this set is refused, not mixed in
+        metadata = {**user_model.describe(), "task": task}
 
-    if task != "detection":
-        chosen = resolve_layer(user_model, task=task_name, layer=layer, images=paths[:1])
-        vectors = extract_embeddings(
-            user_model,
-            paths,
-            task=task_name,
-            layer=chosen,
-            batch_size=batch_size,
-            max_elements=max_elements,
-            progress=progress,
-            should_stop=should_stop,
-        )
-        metadata.update(layer=chosen, max_elements=max_elements)
-        return [
-            dataset.publish_embeddings(
-                name, vectors, sample_ids, model=model_spec, preprocessing=metadata
+        if task != "detection":
+            chosen = resolve_layer(user_model, task=task_name, layer=layer, images=paths[:1])
+            vectors = extract_embeddings(
+                user_model,
+                paths,
+                task=task_name,
+                layer=chosen,
+                batch_size=batch_size,
+                max_elements=max_elements,
+                progress=progress,
+                should_stop=should_stop,
             )
-        ]
+            metadata.update(layer=chosen, max_elements=max_elements)
+            return [
+                dataset.publish_embeddings(
+                    name, vectors, sample_ids, model=model_spec, preprocessing=metadata
+                )
+            ]
 
-    objects = dataset.objects()
-    label_boxes = None
-    if objects is not None and len(objects):
-        by_sample = {sid: group for sid, group in objects.groupby("sample_id", sort=False)}
-        label_boxes = [
-            np.array(by_sample[sid][["x0", "y0", "x1", "y1"]], dtype=np.float32)
-            if sid in by_sample
-            else np.zeros((0, 4), np.float32)
-            for sid in sample_ids
-        ]
-    result = extract_detection(
-        user_model,
-        paths,
-        label_boxes=label_boxes,
-        batch_size=max(1, min(batch_size, 4)),
-        progress=progress,
-        should_stop=should_stop,
-        with_detections=False,
-    )
-    metadata.update(layer=result.image_layer, box_layer=result.box_layer)
-    written = [
-        dataset.publish_embeddings(
-            name, result.image_vectors, sample_ids, model=model_spec, preprocessing=metadata
-        )
-    ]
-    if objects is not None and label_boxes is not None and result.labels is not None:
-        order = np.concatenate(
-            [
-                np.flatnonzero(objects["sample_id"].astype(str).to_numpy() == sid)
+        objects = dataset.objects()
+        label_boxes = None
+        if objects is not None and len(objects):
+            by_sample = {sid: group for sid, group in objects.groupby("sample_id", sort=False)}
+            label_boxes = [
+                np.array(by_sample[sid][["x0", "y0", "x1", "y1"]], dtype=np.float32)
+                if sid in by_sample
+                else np.zeros((0, 4), np.float32)
                 for sid in sample_ids
             ]
+        result = extract_detection(
+            user_model,
+            paths,
+            label_boxes=label_boxes,
+            batch_size=max(1, min(batch_size, 4)),
+            progress=progress,
+            should_stop=should_stop,
+            with_detections=False,
         )
-        object_ids = objects["object_id"].astype(str).to_numpy()[order]
-        written.append(
+        metadata.update(layer=result.image_layer, box_layer=result.box_layer)
+        written = [
             dataset.publish_embeddings(
-                f"{name}-objects",
-                result.labels.vectors,
-                object_ids,
-                model=model_spec,
-                preprocessing=metadata,
-                level="object",
+                name, result.image_vectors, sample_ids, model=model_spec, preprocessing=metadata
             )
-        )
-    return written
+        ]
+        if objects is not None and label_boxes is not None and result.labels is not None:
+            order = np.concatenate(
+                [
+                    np.flatnonzero(objects["sample_id"].astype(str).to_numpy() == sid)
+                    for sid in sample_ids
+                ]
+            )
+            object_ids = objects["object_id"].astype(str).to_numpy()[order]
+            written.append(
+                dataset.publish_embeddings(
+                    f"{name}-objects",
+                    result.labels.vectors,
+                    object_ids,
+                    model=model_spec,
+                    preprocessing=metadata,
+                    level="object",
+                )
+            )
+        return written

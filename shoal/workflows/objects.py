@@ -65,61 +65,62 @@ def embed_dataset_objects(
     if not ds.has_images:
         raise StoreError(f"dataset {ds.name!r} has no stored images to embed")
     name = name or default_object_embedding_name(model, method)
-    samples = ds.samples()
-    sample_ids = samples["sample_id"].astype(str).tolist()
-    rows_of = objects.groupby(objects["sample_id"].astype(str), sort=False).indices
-    unknown = sorted(set(rows_of) - set(sample_ids))
-    if unknown:
-        raise StoreError(
-            f"objects refer to {len(unknown)} sample id(s) not in the samples table, e.g. {unknown[0]!r}"
+    with ds.computing(name):  # a second job on this set is refused, not mixed in
+        samples = ds.samples()
+        sample_ids = samples["sample_id"].astype(str).tolist()
+        rows_of = objects.groupby(objects["sample_id"].astype(str), sort=False).indices
+        unknown = sorted(set(rows_of) - set(sample_ids))
+        if unknown:
+            raise StoreError(
+                f"objects refer to {len(unknown)} sample id(s) not in the samples table, e.g. {unknown[0]!r}"
+            )
+        corners = objects[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float32)
+        rows = [np.asarray(rows_of.get(s, []), dtype=np.int64) for s in sample_ids]
+        embedder = create_model(model)
+        object_vectors, image_vectors = embed_objects(
+            [ds.image_file(p) for p in samples["path"]],
+            [corners[r] for r in rows],
+            embedder,
+            method=method,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            precision=precision,
+            progress=progress,
+            should_stop=should_stop,
         )
-    corners = objects[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float32)
-    rows = [np.asarray(rows_of.get(s, []), dtype=np.int64) for s in sample_ids]
-    embedder = create_model(model)
-    object_vectors, image_vectors = embed_objects(
-        [ds.image_file(p) for p in samples["path"]],
-        [corners[r] for r in rows],
-        embedder,
-        method=method,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        precision=precision,
-        progress=progress,
-        should_stop=should_stop,
-    )
-    aligned = np.empty_like(object_vectors)
-    aligned[np.concatenate(rows)] = object_vectors
-    settings: dict[str, Any] = {
-        "method": method,
-        "precision": resolve_precision(precision, embedder.device),
-    }
-    if method == "roi_align":
-        settings.update(
-            short_side=ROI_SHORT_SIDE,
-            max_side=ROI_MAX_SIDE,
-            output_size=ROI_OUTPUT_SIZE,
-            sampling_ratio=ROI_SAMPLING_RATIO,
-            aligned=True,
-            stride=int(embedder.feature_stride),
-        )
-    else:
-        settings.update(margin=CROP_MARGIN, shape="square around the box")
-    info = ds.publish_embeddings(
-        name,
-        aligned,
-        objects["object_id"].astype(str).to_numpy(),
-        model=model,
-        preprocessing={**embedder.data_config.to_dict(), "objects": settings},
-        level="object",
-    )
-    if ds.default_embedding(level="sample") is None:
-        image_name = model.replace("/", "-")
-        ds.publish_embeddings(
-            image_name,
-            image_vectors,
-            sample_ids,
+        aligned = np.empty_like(object_vectors)
+        aligned[np.concatenate(rows)] = object_vectors
+        settings: dict[str, Any] = {
+            "method": method,
+            "precision": resolve_precision(precision, embedder.device),
+        }
+        if method == "roi_align":
+            settings.update(
+                short_side=ROI_SHORT_SIDE,
+                max_side=ROI_MAX_SIDE,
+                output_size=ROI_OUTPUT_SIZE,
+                sampling_ratio=ROI_SAMPLING_RATIO,
+                aligned=True,
+                stride=int(embedder.feature_stride),
+            )
+        else:
+            settings.update(margin=CROP_MARGIN, shape="square around the box")
+        info = ds.publish_embeddings(
+            name,
+            aligned,
+            objects["object_id"].astype(str).to_numpy(),
             model=model,
-            preprocessing=embedder.data_config.to_dict(),
-            make_default=True,
+            preprocessing={**embedder.data_config.to_dict(), "objects": settings},
+            level="object",
         )
-    return info
+        if ds.default_embedding(level="sample") is None:
+            image_name = model.replace("/", "-")
+            ds.publish_embeddings(
+                image_name,
+                image_vectors,
+                sample_ids,
+                model=model,
+                preprocessing=embedder.data_config.to_dict(),
+                make_default=True,
+            )
+        return info

@@ -175,3 +175,49 @@ def test_a_job_that_outlives_a_delete_writes_nothing(workspace: Workspace) -> No
     assert again.embedding_names() == [] and not list(again.root.rglob("*.npy"))
     again.publish_embeddings("fresh", vectors, ids, model="m")  # the new handle writes
     assert workspace.open("pets").embedding_names() == ["fresh"]
+
+
+_PUBLISHER = """
+import sys
+import numpy as np
+from shoal.store import Workspace
+ds = Workspace(sys.argv[1]).open("race")
+ds.publish_embeddings("e", np.ones((3, 4), np.float32), ["s0", "s1", "s2"], model="m")
+"""
+
+
+def test_publishes_of_one_set_take_turns(workspace: Workspace) -> None:
+    """Regression: two publishes of one embedding set interleaved; one could remove as stale the
+    files the other's pointer was about to name. A publish now waits for the one in progress
+    (held here by the test) and then completes."""
+    from shoal.store.locks import exclusive
+
+    workspace.create("race", _samples(3), has_images=False)
+    ds = workspace.open("race")
+    with exclusive(ds._lock_file("publish-e"), what="e"):
+        writer = subprocess.Popen([sys.executable, "-c", _PUBLISHER, str(workspace.root)])
+        time.sleep(3.0)
+        assert writer.poll() is None, "the second publish did not wait for the first"
+        assert ds.embedding_names() == []
+    assert writer.wait(timeout=120) == 0
+    assert workspace.open("race").load_embeddings("e").vectors.shape == (3, 4)
+
+
+def test_a_second_job_on_one_embedding_set_is_refused(
+    workspace: Workspace, sample_images: Path
+) -> None:
+    """Regression: two embed jobs on one set deleted each other's checkpoints."""
+    from shoal.ingest.images import import_source
+    from shoal.store import BusyError
+    from shoal.workflows.embed import embed_dataset
+
+    folder = next((sample_images / "train").iterdir())
+    import_source(workspace, folder, dataset="pets")
+    ds = workspace.open("pets")
+    with ds.computing("efficientnet_lite0"):
+        with pytest.raises(BusyError, match="being written by another job"):
+            embed_dataset(ds)
+        with pytest.raises(BusyError), workspace.open("pets").computing("efficientnet_lite0"):
+            pass
+    with ds.computing("efficientnet_lite0"):  # released when the first holder is done
+        pass
