@@ -8,7 +8,6 @@ with ``--out FILE`` writes the full per-sample table as CSV or Parquet.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,13 +134,7 @@ def _compute(args: argparse.Namespace, workflow: str, **params: Any) -> tuple[An
     from shoal.workflows import analyse
 
     ds = workspace(args).open(args.name)
-    workflows: dict[str, Callable[..., Any]] = {
-        "project": analyse.project,
-        "outliers": analyse.outliers,
-        "duplicates": analyse.duplicates,
-        "mislabels": analyse.mislabels,
-    }
-    return ds, workflows[workflow](ds, args.embedding, recompute=args.recompute, **params)
+    return ds, analyse.ANALYSES[workflow](ds, args.embedding, recompute=args.recompute, **params)
 
 
 def cmd_project(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,13 +162,6 @@ def analyse_task(context: JobContext) -> dict[str, Any]:
     embedding = ds.resolve_embedding(params.embedding)
     version = ds.embedding_info(embedding).version
     steps = [s for s in params.steps or ANALYSIS_STEPS if s in ANALYSIS_STEPS]
-    workflows: dict[str, Callable[..., Any]] = {
-        "knn_graph": analyse.knn_graph,
-        "project": analyse.project,
-        "outliers": analyse.outliers,
-        "duplicates": analyse.duplicates,
-        "mislabels": analyse.mislabels,
-    }
     skipped = []
     for done, step in enumerate(steps):
         context.report(
@@ -180,7 +173,7 @@ def analyse_task(context: JobContext) -> dict[str, Any]:
         )
         context.check_cancelled()
         try:
-            workflows[step](ds, embedding)
+            analyse.ANALYSES[step](ds, embedding)
         except StoreError as error:
             if step != "mislabels":  # a dataset without labels has nothing to check
                 raise

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -232,6 +232,17 @@ def similar(
     result = search_similar(index, rows=rows, vector=vector, k=k)
     key = result_key(embeddings, "similar")
     return Computed(result, embeddings.ids, ds.name, embeddings.info.name, key, False)
+
+
+#: The stored analyses of an embedding set by name, each ``f(ds, embedding, **params)``: what
+#: the 'analyse' job runs and the CLI's analysis commands call.
+ANALYSES: dict[str, Callable[..., Computed[Any]]] = {
+    "knn_graph": knn_graph,
+    "project": project,
+    "outliers": outliers,
+    "duplicates": duplicates,
+    "mislabels": mislabels,
+}
 
 
 # --------------------------------------------------------------------------- helpers
