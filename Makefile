@@ -31,8 +31,8 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not benchmark and not slow and not browser"
 
 lint: install
-	$(BIN)/ruff check shoal analysis embedding registry pages app.py tests benchmarks scripts
-	$(BIN)/ruff format --check shoal analysis embedding registry pages app.py
+	$(BIN)/ruff check shoal analysis embedding registry pages app.py asgi.py tests benchmarks scripts
+	$(BIN)/ruff format --check shoal analysis embedding registry pages app.py asgi.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -32,10 +32,12 @@ PAGES = {
     ],
 }
 
+# Navigation is declared in every run, hidden until the gate is passed: a run without
+# st.navigation would show Streamlit's auto-discovered list of the pages/ files instead. It
+# comes before the gate's widgets, which would otherwise change identity once it is declared.
+page = st.navigation(PAGES, position="sidebar" if ui.access_allowed() else "hidden")
 if not ui.access_gate():
     st.stop()
-
-page = st.navigation(PAGES)
 st.set_page_config(page_title=f"{page.title} · Shoal")
 if st.session_state.setdefault("_url_initial_page", page.url_path) != page.url_path:
     st.session_state[

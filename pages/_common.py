@@ -162,6 +162,7 @@ def access_gate() -> bool:
     (see shoal.app.access), else a shared token. A secrets file that cannot be read refuses
     everyone rather than falling back to an open app."""
     from shoal.app.access import AllowList, admission
+    from shoal.app.gate import COOKIE_NAME, token_cookie_valid
 
     try:
         oidc = _oidc_configured()
@@ -190,6 +191,8 @@ def access_gate() -> bool:
     token = env_flag("SHOAL_ACCESS_TOKEN")
     if token is None or st.session_state.get("access_ok"):
         return True
+    if token_cookie_valid(token, st.context.cookies.get(COOKIE_NAME)):
+        return True  # passed the server's gate (asgi.py) already
     st.title("Shoal")
     with st.form("access_form"):
         given = st.text_input(
@@ -203,6 +206,27 @@ def access_gate() -> bool:
         time.sleep(1.0)  # slows guessing
         st.error("That token is not right.")
     return False
+
+
+def access_allowed() -> bool:
+    """What :func:`access_gate` will decide, without drawing anything (app.py needs it before
+    declaring the navigation, which must come before any widget of the gate)."""
+    from shoal.app.access import AllowList, admission
+    from shoal.app.gate import COOKIE_NAME, token_cookie_valid
+
+    try:
+        if _oidc_configured():
+            return bool(st.user.is_logged_in) and (
+                admission(st.user.to_dict(), AllowList.from_env(os.environ)) is None
+            )
+    except Exception:  # noqa: BLE001 - unreadable settings: nobody enters
+        return False
+    token = env_flag("SHOAL_ACCESS_TOKEN")
+    return (
+        token is None
+        or bool(st.session_state.get("access_ok"))
+        or token_cookie_valid(token, st.context.cookies.get(COOKIE_NAME))
+    )
 
 
 def _oidc_configured() -> bool:

@@ -145,6 +145,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="serve on a non-local address without an access gate (a private network only)",
     )
+    p.add_argument(
+        "--secrets",
+        type=Path,
+        metavar="TOML",
+        help="sign-in settings ([auth]) from this file instead of ./.streamlit/secrets.toml",
+    )
 
     p = add(
         "demo",
@@ -330,9 +336,19 @@ def app_path() -> Path:
     return path
 
 
-def serve(ws_root: Path, *, port: int, address: str, no_auth: bool = False) -> int:
+def serve(
+    ws_root: Path,
+    *,
+    port: int,
+    address: str,
+    no_auth: bool = False,
+    secrets: Path | None = None,
+) -> int:
     app = app_path()
-    if not no_auth and not _loopback(address) and not _gated(app.parent):
+    if secrets is not None and not secrets.is_file():
+        raise CliError(f"--secrets {secrets}: no such file")
+    secrets = secrets.resolve() if secrets else app.parent / ".streamlit" / "secrets.toml"
+    if not no_auth and not _loopback(address) and not _gated(secrets):
         raise CliError(
             f"refusing to serve on {address} with no access gate: anyone who can reach it could "
             "read, upload and delete every dataset. Set SHOAL_ACCESS_TOKEN, or configure sign-in "
@@ -344,7 +360,7 @@ def serve(ws_root: Path, *, port: int, address: str, no_auth: bool = False) -> i
         "-m",
         "streamlit",
         "run",
-        str(app),
+        str(app.with_name("asgi.py")),  # app.py behind the gate on every route
         "--server.port",
         str(port),
         "--server.address",
@@ -353,6 +369,8 @@ def serve(ws_root: Path, *, port: int, address: str, no_auth: bool = False) -> i
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--secrets.files",
+        str(secrets),
     ]
     print(f"Shoal on http://{address}:{port}  (workspace {ws_root})", flush=True)
     return subprocess.call(command, env=env, cwd=app.parent)
@@ -362,13 +380,13 @@ def _loopback(address: str) -> bool:
     return address in ("localhost", "::1") or address.startswith("127.")
 
 
-def _gated(app_folder: Path) -> bool:
-    """Whether the app will ask visitors to sign in or for the shared token."""
+def _gated(secrets: Path) -> bool:
+    """Whether the server will ask visitors to sign in (``secrets`` has ``[auth]``) or for the
+    shared token."""
     import tomllib
 
     if os.environ.get("SHOAL_ACCESS_TOKEN", "").strip():
         return True
-    secrets = app_folder / ".streamlit" / "secrets.toml"
     try:
         return secrets.exists() and "auth" in tomllib.loads(secrets.read_text())
     except (OSError, tomllib.TOMLDecodeError):
@@ -376,7 +394,13 @@ def _gated(app_folder: Path) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return serve(workspace(args).root, port=args.port, address=args.address, no_auth=args.no_auth)
+    return serve(
+        workspace(args).root,
+        port=args.port,
+        address=args.address,
+        no_auth=args.no_auth,
+        secrets=args.secrets,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

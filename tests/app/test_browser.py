@@ -7,14 +7,8 @@ box selection -> thumbnails -> copy the link -> open it in a new browser context
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import chromium
+from tests.app.servers import shoal_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -30,63 +25,15 @@ SCREENSHOTS = REPO / "artifacts" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1800}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"shoal serve exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not become healthy in {timeout:.0f}s")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not chromium.available():
         pytest.skip("Chromium is not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
     workspace = tmp_path_factory.mktemp("browser-ws")
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("logs") / "serve.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shoal",
-            "serve",
-            "--workspace",
-            str(workspace),
-            "--port",
-            str(port),
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # one process group: the CLI and the streamlit server it starts
-        env={**os.environ, "SHOAL_ACCESS_TOKEN": "", "SHOAL_PUBLIC_URL": ""},
-    )
-    url = f"http://localhost:{port}"
-    try:
-        _wait_healthy(url, process)
+    log = tmp_path_factory.mktemp("logs") / "serve.log"
+    with shoal_server(workspace, log) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -167,13 +167,14 @@ def test_serving_beyond_this_machine_needs_a_gate(
     assert main(["serve", "--address", "0.0.0.0", "--workspace", ws]) == 2
     assert "refusing to serve on 0.0.0.0 with no access gate" in capsys.readouterr().err
 
-    app_folder = tmp_path / "app"
-    (app_folder / ".streamlit").mkdir(parents=True)
-    assert not _gated(app_folder)
-    (app_folder / ".streamlit" / "secrets.toml").write_text('[auth]\nclient_id = "x"\n')
-    assert _gated(app_folder)
-    (app_folder / ".streamlit" / "secrets.toml").write_text("[auth\n")  # the app refuses all
-    assert _gated(app_folder)
-    (app_folder / ".streamlit" / "secrets.toml").unlink()
+    secrets = tmp_path / "secrets.toml"
+    assert not _gated(secrets)
+    secrets.write_text('[auth]\nclient_id = "x"\n')
+    assert _gated(secrets)
+    assert main(["serve", "--secrets", str(tmp_path / "missing.toml"), "--workspace", ws]) == 2
+    assert "no such file" in capsys.readouterr().err
+    secrets.write_text("[auth\n")  # the server refuses all
+    assert _gated(secrets)
+    secrets.unlink()
     monkeypatch.setenv("SHOAL_ACCESS_TOKEN", "s3cret")
-    assert _gated(app_folder)
+    assert _gated(secrets)

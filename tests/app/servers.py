@@ -1,0 +1,82 @@
+"""Start `shoal serve` for a test: on 127.0.0.1, its own process group, stopped afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"shoal serve exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not become healthy in {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def shoal_server(
+    workspace: Path,
+    log_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    host: str = "127.0.0.1",
+    port: int | None = None,
+) -> Iterator[str]:
+    """`shoal serve` on ``port`` (a free one by default) of ``host``; yields its URL, stops it
+    on exit."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "shoal", "serve", "--workspace", str(workspace)]
+    command += ["--address", host, "--port", str(port), *args]
+    with serving(command, f"http://{host}:{port}", log_path, env=env) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(
+    command: list[str], url: str, log_path: Path, *, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """Runs ``command`` (a server that will answer at ``url``) in its own process group."""
+    base_env = {**os.environ, "SHOAL_ACCESS_TOKEN": "", "SHOAL_PUBLIC_URL": ""}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # one process group: the CLI and the server it starts
+            env={**base_env, **(env or {})},
+        )
+        try:
+            wait_healthy(url, process)
+            yield url
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
