@@ -13,6 +13,7 @@ from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
 from shoal import jobs
+from shoal.app.text import escape_markdown
 
 st.set_page_config(
     page_title="Shoal", page_icon="🐟", layout="wide", initial_sidebar_state="expanded"
@@ -65,7 +66,10 @@ with st.sidebar:
     names = ui.dataset_names()
     if st.session_state["dataset"] not in names:
         if st.session_state["dataset"]:
-            st.warning(f"Dataset {st.session_state['dataset']!r} is not in this workspace.")
+            st.warning(
+                f"Dataset {escape_markdown(repr(st.session_state['dataset']))} is not in this "
+                "workspace."
+            )
         st.session_state["dataset"] = names[0] if names else None
     if names:
         st.session_state["_dataset_picker"] = st.session_state["dataset"]

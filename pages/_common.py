@@ -30,6 +30,7 @@ from pages import _loaders as loaders
 from pages._widgets import job_panel
 from shoal import jobs
 from shoal.app.selection import page_base_url, share_url
+from shoal.app.text import escape_markdown, visitor_error
 from shoal.store import Dataset, DatasetNotFoundError, StoreError
 
 #: Analyses of sets up to this size run in the web process; larger ones go to a background job.
@@ -106,7 +107,9 @@ def url_state(
             try:
                 value = cast(raw)
             except (ValueError, TypeError):
-                st.warning(f"Ignored the link's {param}={raw!r}: not a valid value.")
+                st.warning(
+                    f"Ignored the link's {escape_markdown(f'{param}={raw!r}')}: not a valid value."
+                )
         st.session_state[key] = value
     st.session_state["_url_bound"][param] = (key, default)
     return st.session_state[key]
@@ -177,7 +180,8 @@ def access_gate() -> bool:
         if st.user.is_logged_in:
             refused = admission(st.user.to_dict(), AllowList.from_env(os.environ))
             with st.sidebar:
-                st.caption(f"Signed in as {st.user.get('email') or st.user.get('name') or 'user'}")
+                who = st.user.get("email") or st.user.get("name") or "user"
+                st.caption(f"Signed in as {escape_markdown(who)}")
                 st.button("Log out", on_click=st.logout, key="auth_logout")
             if refused is None:
                 return True
@@ -254,7 +258,7 @@ def current_dataset(*, required: bool = True) -> Dataset | None:
     try:
         return loaders.workspace().open(name)
     except (DatasetNotFoundError, StoreError) as error:
-        st.warning(str(error))
+        st.warning(visitor_error(error))
         return None
 
 
@@ -265,11 +269,13 @@ def no_embeddings_notice(ds: Dataset) -> None:
     ]
     if running:
         st.info(
-            f"Embeddings for **{ds.name}** are being generated; this page fills in when they are ready."
+            f"Embeddings for **{escape_markdown(ds.name)}** are being generated; this page fills in when they are ready."
         )
         job_panel(running[0].id, key="notice")
     else:
-        st.info(f"**{ds.name}** has no embeddings yet. Generate them on the Datasets page.")
+        st.info(
+            f"**{escape_markdown(ds.name)}** has no embeddings yet. Generate them on the Datasets page."
+        )
         st.page_link("pages/datasets.py", label="Go to Datasets", icon=":material/folder:")
 
 
@@ -382,8 +388,8 @@ def request_analysis(ds: Dataset, embedding: str, n_samples: int, *, what: str) 
         "analyse",
         {"embedding": embedding},
         what=what,
-        why=f"{ds.name} has {n_samples:,} samples: the {what} is computed once in the background "
-        "(neighbour graph, map, scores) and then opens instantly for everyone.",
+        why=f"{escape_markdown(ds.name)} has {n_samples:,} samples: the {what} is computed once "
+        "in the background (neighbour graph, map, scores) and then opens instantly for everyone.",
     )
 
 

@@ -15,6 +15,7 @@ import streamlit as st
 from pages import _loaders as loaders
 from shoal import jobs
 from shoal.app.tables import describe_rows, tile_caption, to_csv_bytes
+from shoal.app.text import code_span, escape_markdown, visitor_error
 from shoal.app.thumbnails import object_box
 from shoal.store import Dataset, StoreError
 
@@ -30,7 +31,7 @@ def job_panel(job_id: str, *, key: str = "main", on_done: str = "rerun") -> None
     try:
         record = jobs.get(loaders.workspace(), job_id)
     except StoreError:
-        st.caption(f"Job {job_id} is not in this workspace.")
+        st.caption(f"Job {escape_markdown(job_id)} is not in this workspace.")
         return
     if record.active:
         _job_live(job_id, key, on_done)
@@ -39,15 +40,17 @@ def job_panel(job_id: str, *, key: str = "main", on_done: str = "rerun") -> None
 
 
 def _job_summary(record: jobs.JobRecord) -> None:
-    label = f"{record.kind} · {record.dataset or ''}"
+    label = escape_markdown(f"{record.kind} · {record.dataset or ''}")
     if record.state == "done":
         result = record.result or {}
-        detail = ", ".join(
-            f"{k} {v}" for k, v in result.items() if k in ("embedding", "count", "dim", "steps")
+        detail = escape_markdown(
+            ", ".join(
+                f"{k} {v}" for k, v in result.items() if k in ("embedding", "count", "dim", "steps")
+            )
         )
         st.success(f"Job {label} finished" + (f": {detail}" if detail else "") + ".")
     elif record.state == "failed":
-        st.error(f"Job {label} failed: {record.error}")
+        st.error(f"Job {label} failed: {visitor_error(record.error or 'no reason recorded')}")
     elif record.state == "cancelled":
         st.warning(
             f"Job {label} was cancelled; finished work is kept (embedding resumes where it stopped)."
@@ -64,13 +67,13 @@ def _job_live(job_id: str, key: str, on_done: str) -> None:
             _job_summary(record)
             return
         progress = record.progress
-        label = f"{record.kind} · {record.dataset or ''} · {record.state}"
+        label = escape_markdown(f"{record.kind} · {record.dataset or ''} · {record.state}")
         st.progress(
             progress.fraction,
             text=label
             + " — "
             + progress.caption()
-            + (f" · {progress.message}" if progress.message else ""),
+            + (f" · {visitor_error(progress.message)}" if progress.message else ""),
         )
         if st.button("Cancel", key=f"{key}_cancel_{job_id}"):
             with st.spinner("Stopping the job at its next checkpoint…"):
@@ -120,7 +123,10 @@ def gallery(
 def sample_tile(
     ds: Dataset, samples: pd.DataFrame, row: int, *, caption: str | None = None, lines: int = 3
 ) -> None:
-    """One sample: its thumbnail and a few metadata lines, or a metadata card without images."""
+    """One sample: its thumbnail and a few metadata lines, or a metadata card without images.
+
+    ``caption`` is plain text (escaped here, like the sample's own labels and metadata).
+    """
     record = samples.iloc[int(row)]
     path = record.get("path") if "path" in samples else None
     if ds.has_images and isinstance(path, str) and path:
@@ -131,13 +137,15 @@ def sample_tile(
         else:
             image = loaders.thumbnail(root, str(ds.image_file(path)))
         st.image(image, width="stretch")
-        st.caption(
-            "  \n".join(([caption] if caption else []) + tile_caption(samples, int(row))[:lines])
-        )
+        shown = ([caption] if caption else []) + tile_caption(samples, int(row))[:lines]
+        st.caption("  \n".join(escape_markdown(line) for line in shown))
     else:
         details = describe_rows(samples, int(row), limit=8)
         st.markdown(
-            "  \n".join(([f"**{caption}**"] if caption else []) + [f"`{line}`" for line in details])
+            "  \n".join(
+                ([f"**{escape_markdown(caption)}**"] if caption else [])
+                + [code_span(line) for line in details]
+            )
         )
 
 

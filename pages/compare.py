@@ -10,6 +10,7 @@ from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
 from shoal.app.scatter import Colouring, build_scatter, hover_for
+from shoal.app.text import chart_safe_colouring, chart_safe_table, visitor_error
 from shoal.store import StoreError
 from shoal.workflows.filters import FilterError, parse_filter
 
@@ -94,7 +95,7 @@ try:
     reference_mask = parse_filter(reference_expr, samples)
     current_mask = ~reference_mask if not current_expr else parse_filter(current_expr, samples)
 except FilterError as error:
-    st.error(str(error))
+    st.error(visitor_error(error))
     ui.stop()
 n_pooled = int(reference_mask.sum() + current_mask.sum())
 
@@ -117,7 +118,7 @@ try:
         ds, dataset_key, embedding, version, reference_expr, current_expr or None, method
     )
 except (FilterError, StoreError, ValueError) as error:
-    st.error(str(error))
+    st.error(visitor_error(error))
     ui.stop()
 
 verdict = result.verdict()
@@ -218,9 +219,13 @@ else:
     clusters_of[reference_rows] = [f"cluster {c}" for c in result.reference_clusters]
     clusters_of[current_rows] = [f"cluster {c}" for c in result.current_clusters]
     colouring = Colouring.categorical("cluster", clusters_of)
-hover_text, hover_prefix = hover_for(samples)
+hover_text, hover_prefix = hover_for(chart_safe_table(samples))
 payload = build_scatter(
-    coords, colouring, hover_text=hover_text, hover_prefix=hover_prefix, height=520
+    coords,
+    chart_safe_colouring(colouring),
+    hover_text=hover_text,
+    hover_prefix=hover_prefix,
+    height=520,
 )
 st.plotly_chart(payload.figure, key="compare_chart", config={"displaylogo": False})
 if payload.thinned:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pandas as pd
@@ -11,6 +12,7 @@ from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
 from shoal import jobs
+from shoal.app.text import escape_markdown, redact_paths, visitor_error
 from shoal.app.uploads import (
     IMPORT_MODES,
     discard_upload,
@@ -30,6 +32,15 @@ st.title("Datasets")
 
 
 # --------------------------------------------------------------------------- add data
+
+
+def rejected_table(rejected: list[dict]) -> pd.DataFrame:
+    """Rejected files as a table, without server paths (a CLI import's reasons may name them)."""
+    table = pd.DataFrame(rejected, columns=["file", "reason"])
+    return table.assign(
+        file=table["file"].map(lambda v: redact_paths(str(v))),
+        reason=table["reason"].map(lambda v: redact_paths(str(v))),
+    )
 
 
 def run_import(
@@ -62,6 +73,15 @@ def run_import(
     except (StoreError, ValueError) as error:
         bar.empty()
         st.session_state["datasets_report"] = {"dataset": dataset, "error": str(error)}
+        return
+    except Exception as error:  # noqa: BLE001 - a visitor sees a message, the log the traceback
+        logging.getLogger(__name__).exception("import of an upload into %r failed", dataset)
+        bar.empty()
+        st.session_state["datasets_report"] = {
+            "dataset": dataset,
+            "error": f"the import failed unexpectedly ({type(error).__name__}); nothing was "
+            "imported. The server's log has the details for whoever runs Shoal",
+        }
         return
     finally:
         discard_upload(folder)
@@ -164,11 +184,16 @@ report = st.session_state.get("datasets_report")
 if report:
     with st.container(border=True):
         if report.get("error"):
-            st.error(f"Import into {report.get('dataset')!r} failed: {report['error']}")
+            st.error(
+                f"Import into {escape_markdown(report.get('dataset'))} failed: "
+                f"{visitor_error(report['error'])}"
+            )
         else:
             rejected = report.get("rejected") or []
+            source = escape_markdown(redact_paths(str(report.get("source") or "the upload")))
             st.success(
-                f"Imported {report.get('imported', 0):,} samples into **{report['dataset']}** from {report.get('source', 'the upload')}."
+                f"Imported {report.get('imported', 0):,} samples into "
+                f"**{escape_markdown(report['dataset'])}** from {source}."
             )
             cols = st.columns(3)
             cols[0].metric("Imported", f"{report.get('imported', 0):,}")
@@ -176,15 +201,12 @@ if report:
             cols[2].metric("Classes", f"{len(report.get('labels') or {}):,}")
             if report.get("splits"):
                 st.caption(
-                    "Splits: " + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items())
+                    "Splits: "
+                    + ", ".join(f"{escape_markdown(k)} {v:,}" for k, v in report["splits"].items())
                 )
             if rejected:
                 st.warning(f"{len(rejected):,} file(s) were not imported:")
-                st.dataframe(
-                    pd.DataFrame(rejected, columns=["file", "reason"]),
-                    hide_index=True,
-                    width="stretch",
-                )
+                st.dataframe(rejected_table(rejected), hide_index=True, width="stretch")
         if st.button("Dismiss", key="datasets_dismiss"):
             st.session_state.pop("datasets_report", None)
             st.rerun()
@@ -229,18 +251,22 @@ ds = ui.current_dataset()
 if ds is None:
     ui.stop()
 info = describe(ds, ui.dataset_key(ds), ui.dataset_stamp(ds))
-st.subheader(ds.name)
+st.subheader(escape_markdown(ds.name))
 cols = st.columns(4)
 cols[0].metric("Samples", f"{info['samples']:,}")
 cols[1].metric("Classes", f"{len(info['labels']):,}")
 cols[2].metric("Embedding sets", len(info["embeddings"]))
 cols[3].metric("Rejected at import", f"{info['rejected']:,}")
 if info["labels"]:
-    st.caption("Labels: " + ", ".join(f"{k} {v:,}" for k, v in list(info["labels"].items())[:30]))
-st.caption("Columns: " + ", ".join(info["columns"]))
+    st.caption(
+        "Labels: "
+        + ", ".join(f"{escape_markdown(k)} {v:,}" for k, v in list(info["labels"].items())[:30])
+    )
+st.caption("Columns: " + ", ".join(escape_markdown(c) for c in info["columns"]))
 for embedding in info["embeddings"]:
     st.caption(
-        f"Embedding set **{embedding['name']}**: {embedding['count']:,} × {embedding['dim']} from {embedding['model']}, {embedding['created_at']}"
+        f"Embedding set **{escape_markdown(embedding['name'])}**: {embedding['count']:,} × "
+        f"{embedding['dim']} from {escape_markdown(embedding['model'])}, {embedding['created_at']}"
     )
 
 job_id = st.session_state.get("job_id")
@@ -271,15 +297,12 @@ if not info["embeddings"]:
 stored = ds.import_report() or {}
 if stored.get("rejected"):
     with st.expander(f"Files rejected at import ({len(stored['rejected']):,})"):
-        st.dataframe(
-            pd.DataFrame(stored["rejected"], columns=["file", "reason"]),
-            hide_index=True,
-            width="stretch",
-        )
+        st.dataframe(rejected_table(stored["rejected"]), hide_index=True, width="stretch")
 
 with st.popover("Delete this dataset…", icon=":material/delete:"):
     st.write(
-        f"This deletes **{ds.name}**, its images, embeddings and every result computed from it."
+        f"This deletes **{escape_markdown(ds.name)}**, its images, embeddings and every result "
+        "computed from it."
     )
     typed = st.text_input("Type the dataset's name to confirm", key=f"datasets_confirm_{ds.name}")
     if st.button(
@@ -289,5 +312,5 @@ with st.popover("Delete this dataset…", icon=":material/delete:"):
         st.session_state["dataset"] = None
         st.session_state["embedding"] = None
         st.session_state.pop("datasets_report", None)
-        st.toast(f"Deleted {ds.name}.")
+        st.toast(f"Deleted {escape_markdown(ds.name)}.")
         st.rerun()

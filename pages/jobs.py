@@ -11,6 +11,7 @@ from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
 from shoal import jobs
+from shoal.app.text import escape_markdown, redact_paths, visitor_error
 
 ui.ensure_entrypoint()
 
@@ -45,7 +46,7 @@ table = pd.DataFrame(
             "progress": replace(r.progress, eta_seconds=None).caption()  # a snapshot: no ETA
             if r.progress.total
             else "",
-            "error": r.error or "",
+            "error": redact_paths(r.error or ""),
             "created": r.created_at,
             "finished": r.finished_at or "",
         }
@@ -55,6 +56,8 @@ table = pd.DataFrame(
 st.dataframe(table, hide_index=True, width="stretch")
 failed = [r for r in records if r.state == "failed"]
 for record in failed[:5]:
-    with st.expander(f"Failed: {record.kind} on {record.dataset} ({record.created_at})"):
-        st.error(record.error)
+    with st.expander(
+        escape_markdown(f"Failed: {record.kind} on {record.dataset} ({record.created_at})")
+    ):
+        st.error(visitor_error(record.error or "no reason recorded"))
         st.caption(f"The worker's log is in the workspace: jobs/{record.id}.log")

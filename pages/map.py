@@ -14,6 +14,7 @@ from pages import _widgets as widgets
 from shoal.app.scatter import Colouring, build_scatter, hover_for, metadata_colourings
 from shoal.app.selection import MAX_TOKEN_CHARS, Selection, SelectionError, selection_from_event
 from shoal.app.tables import rows_table
+from shoal.app.text import chart_safe_colouring, chart_safe_table, escape_markdown
 from shoal.store import Dataset
 
 ui.ensure_entrypoint()
@@ -89,7 +90,8 @@ def colouring_for(name: str) -> Colouring | None:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def hover(_ds: Dataset, dataset_key: str, stamp: str, embedding: str) -> tuple[np.ndarray, str]:
-    return hover_for(loaders.aligned_samples(_ds, dataset_key, stamp, embedding))
+    """Hover text per row, its labels and metadata escaped (plotly reads them as HTML)."""
+    return hover_for(chart_safe_table(loaders.aligned_samples(_ds, dataset_key, stamp, embedding)))
 
 
 options = colour_names(ds, dataset_key, stamp, embedding)
@@ -103,7 +105,7 @@ colour = controls[0].selectbox("Colour by", options, key="view_color", persist_s
 projection = loaders.projection(ds, dataset_key, embedding, version)
 coords = projection["coords"]
 controls[1].caption(
-    f"{n_samples:,} {'objects' if 'object_id' in samples else 'samples'} · {projection['method'].upper()} of **{embedding}** · trustworthiness "
+    f"{n_samples:,} {'objects' if 'object_id' in samples else 'samples'} · {projection['method'].upper()} of **{escape_markdown(embedding)}** · trustworthiness "
     f"{projection['trustworthiness']:.2f} (1 = every map neighbour is a true neighbour). Drag a box "
     "(or pick lasso in the chart's toolbar) to select; click a point to pick one."
 )
@@ -115,7 +117,7 @@ if token:
         selection = Selection.from_token(token)
         selected_rows = selection.resolve(coords, n_rows=n_samples)
     except SelectionError as error:
-        st.warning(str(error))
+        st.warning(escape_markdown(error))
         st.session_state["view_sel"] = None
         token = None
 
@@ -123,7 +125,7 @@ colouring = colouring_for(colour)
 hover_text, hover_prefix = hover(ds, dataset_key, stamp, embedding)
 payload = build_scatter(
     coords,
-    colouring,
+    chart_safe_colouring(colouring),
     hover_text=hover_text,
     hover_prefix=hover_prefix,
     selected_rows=selected_rows if len(selected_rows) else None,
@@ -159,7 +161,9 @@ if previous is not None and previous[0] == chart_identity and previous[1] != sig
         st.rerun()
 
 if colouring is not None and colouring.description:
-    st.caption(f"Colour: {colouring.name} — {colouring.description}")
+    st.caption(
+        f"Colour: {escape_markdown(colouring.name)} — {escape_markdown(colouring.description)}"
+    )
 
 st.divider()
 if selection is None or not len(selected_rows):

@@ -12,6 +12,7 @@ from pages import _loaders as loaders
 from pages import _widgets as widgets
 from shoal.app.selection import Selection
 from shoal.app.tables import row_ids, rows_table
+from shoal.app.text import escape_markdown
 
 #: The duplicate slider's range (cosine distance): beyond it pairs are not near-duplicates.
 MAX_DUPLICATE_DISTANCE = 0.3
@@ -219,7 +220,11 @@ elif section == "duplicates":
         with st.container(border=True):
             st.caption(
                 f"Group {i + 1}: {len(group)} samples"
-                + (f" · splits: {', '.join(group_splits)}" if len(group_splits) > 1 else "")
+                + (
+                    f" · splits: {escape_markdown(', '.join(group_splits))}"
+                    if len(group_splits) > 1
+                    else ""
+                )
             )
             widgets.gallery(
                 ds, samples, group, key=f"duplicates_group_{i}", per_page=12, min_width=120

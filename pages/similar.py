@@ -13,6 +13,7 @@ from pages import _loaders as loaders
 from pages import _widgets as widgets
 from shoal.app.selection import Selection, SelectionError
 from shoal.app.tables import row_ids, rows_table
+from shoal.app.text import escape_markdown, visitor_error
 from shoal.store import StoreError, atomic_path
 
 ui.ensure_entrypoint()
@@ -99,7 +100,7 @@ if mode == "sample":
     lookup = {sample_id: row for row, sample_id in enumerate(sample_ids)}
     unknown = [s for s in wanted if s not in lookup]
     if unknown:
-        st.warning(f"Unknown sample id(s): {', '.join(unknown[:5])}")
+        st.warning(f"Unknown sample id(s): {escape_markdown(', '.join(unknown[:5]))}")
     query_rows = np.array([lookup[s] for s in wanted if s in lookup], dtype=np.int64)
 elif mode == "selection":
     token = selection_token or st.session_state.get("view_sel")
@@ -119,11 +120,12 @@ elif mode == "selection":
         )
         query_rows = selection.resolve(coords, n_rows=len(samples))
     except SelectionError as error:
-        st.warning(str(error))
+        st.warning(escape_markdown(error))
 else:
     if info.model == "user-provided":
         st.info(
-            f"Embedding set **{embedding}** came from your own model, so Shoal cannot embed a new image into it."
+            f"Embedding set **{escape_markdown(embedding)}** came from your own model, so Shoal "
+            "cannot embed a new image into it."
         )
         ui.stop()
     upload = st.file_uploader(
@@ -142,7 +144,7 @@ else:
                 # Decoded in full under the importers' pixel cap before it is kept or embedded.
                 reason = check_image(tmp)
                 if reason is not None:
-                    st.error(f"That file cannot be used as a query image: {reason}")
+                    st.error(f"That file cannot be used as a query image: {visitor_error(reason)}")
                     ui.stop()
         image_key = key
     st.session_state["similar_img"] = image_key
@@ -151,7 +153,11 @@ else:
         if image_key:
             st.warning("The query image in this link is no longer on the server; drop it in again.")
         ui.stop()
-    st.image(path.read_bytes(), caption=f"Query image (embedded with {info.model})", width=200)
+    st.image(
+        path.read_bytes(),
+        caption=f"Query image (embedded with {escape_markdown(info.model)})",
+        width=200,
+    )
     vector = embed_query_image(str(path), info.model)
 
 if not len(query_rows) and vector is None:
@@ -173,7 +179,7 @@ try:
         k,
     )
 except (StoreError, ValueError) as error:
-    st.error(str(error))
+    st.error(visitor_error(error))
     ui.stop()
 
 st.subheader(f"{len(result.indices):,} nearest")

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shoal.ingest.export import csv_bytes
+
 
 def row_ids(samples: pd.DataFrame) -> np.ndarray:
     """The id of each row: ``object_id`` for a table of objects, else ``sample_id``; (n,) str."""
@@ -39,24 +41,11 @@ def rows_table(
     return table
 
 
-#: A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
 def to_csv_bytes(table: pd.DataFrame) -> bytes:
     """The table as CSV for a download; text cells a spreadsheet would run as a formula
-    (labels, file names, metadata from an upload) get a leading ``'``, numbers stay numbers."""
-    safe = table.copy()
-    for column in safe.columns:
-        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
-            safe[column] = safe[column].map(_neutralise_formula)
-    return safe.to_csv(index=False).encode()
-
-
-def _neutralise_formula(value: object) -> object:
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
+    (labels, file names, metadata from an upload) get a leading ``'``, numbers stay numbers
+    (:mod:`shoal.ingest.export`, which the CLI's ``--out`` uses too)."""
+    return csv_bytes(table)
 
 
 def describe_rows(

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from shoal.store import Workspace
+from shoal.store import StoreError, Workspace
 
 
 class Upload(Protocol):
@@ -60,7 +60,11 @@ def save_uploads(files: Iterable[Upload], target: Path) -> tuple[list[Path], lis
         relative = safe_relative_path(upload.name)
         if relative is None:
             refused.append(
-                (upload.name, "unsafe file name (absolute, '..' or control characters); skipped")
+                (
+                    upload.name,
+                    "unsafe file name (absolute, '..' or control characters); skipped: rename "
+                    "it to a plain relative name",
+                )
             )
             continue
         destination = target.joinpath(*relative.parts)
@@ -105,13 +109,61 @@ def import_uploads(
     """Import files already written under ``folder`` according to ``mode`` (see IMPORT_MODES).
 
     Refused uploads (unsafe names) are added to the report's rejected list, so the user sees
-    every file that did not make it and why.
+    every file that did not make it and why. Reports and errors name the uploaded files as the
+    visitor named them, never the upload's folder on the server.
     """
+    from shoal.ingest.publish import IngestError
+
+    files = [Path(f) for f in files]
+    if not files:
+        listed = "; ".join(f"{name}: {reason}" for name, reason in refused) or "no files"
+        raise IngestError(f"nothing to import: {listed}")
+    try:
+        outcome = _import_by_mode(
+            workspace,
+            folder,
+            files,
+            mode=mode,
+            dataset=dataset,
+            split=split,
+            embedding_name=embedding_name,
+            progress=progress,
+        )
+    except StoreError as error:
+        if not refused:
+            raise
+        listed = "; ".join(f"{name}: {reason}" for name, reason in refused)
+        raise type(error)(f"{error} (not uploaded either: {listed})") from error
+    if refused:
+        outcome.report.setdefault("rejected", [])
+        outcome.report["rejected"] = [
+            *({"file": n, "reason": r} for n, r in refused),
+            *outcome.report["rejected"],
+        ]
+        if workspace.exists(dataset):
+            ds = workspace.open(dataset)
+            stored = ds.import_report()
+            if stored is not None and mode != "embeddings":
+                ds.write_import_report({**stored, "rejected": outcome.report["rejected"]})
+    return outcome
+
+
+def _import_by_mode(
+    workspace: Workspace,
+    folder: Path,
+    files: list[Path],
+    *,
+    mode: str,
+    dataset: str,
+    split: str | None,
+    embedding_name: str,
+    progress: Any,
+) -> UploadOutcome:
+    """The import that ``mode`` names, of ``files`` already written under ``folder``."""
     from shoal.ingest.embeddings import add_embeddings, create_from_embeddings
     from shoal.ingest.images import import_manifest, import_source
     from shoal.ingest.publish import IngestError
 
-    files = [Path(f) for f in files]
     tables = [f for f in files if f.suffix.lower() in (".csv", ".parquet", ".pq")]
     arrays = [f for f in files if f.suffix.lower() == ".npy"]
     if mode == "images":
@@ -131,7 +183,12 @@ def import_uploads(
             )
         else:
             report = import_source(
-                workspace, folder, dataset=dataset, split=split, progress=progress
+                workspace,
+                folder,
+                dataset=dataset,
+                split=split,
+                progress=progress,
+                display_name=upload_name(folder, files),
             )
         outcome = UploadOutcome(dataset=dataset, report=report.to_dict())
     elif mode == "manifest":
@@ -153,6 +210,11 @@ def import_uploads(
             ),
             None,
         )
+        if not workspace.exists(dataset):
+            raise IngestError(
+                f"there is no dataset {dataset!r} (any more) to add embeddings to; choose "
+                "another dataset, or import this one first"
+            )
         ds = workspace.open(dataset)
         info = add_embeddings(ds, embeddings_file, name=embedding_name, ids_file=ids_file)
         outcome = UploadOutcome(
@@ -174,18 +236,19 @@ def import_uploads(
         outcome = UploadOutcome(dataset=dataset, report=report.to_dict(), embedding=embedding_name)
     else:
         raise ValueError(f"unknown import mode {mode!r}; one of {sorted(IMPORT_MODES)}")
-    if refused:
-        outcome.report.setdefault("rejected", [])
-        outcome.report["rejected"] = [
-            *({"file": n, "reason": r} for n, r in refused),
-            *outcome.report["rejected"],
-        ]
-        if workspace.exists(dataset):
-            ds = workspace.open(dataset)
-            stored = ds.import_report()
-            if stored is not None and mode != "embeddings":
-                ds.write_import_report({**stored, "rejected": outcome.report["rejected"]})
     return outcome
+
+
+def upload_name(folder: Path, files: Sequence[Path]) -> str:
+    """How a report names an upload of loose files: their one top folder ("pets", a picked
+    folder), the one file, or "N uploaded files"; never the upload's folder on the server."""
+    relative = [f.relative_to(folder) for f in files if f.is_relative_to(folder)]
+    tops = {r.parts[0] for r in relative}
+    if len(tops) == 1 and all(len(r.parts) > 1 for r in relative):
+        return next(iter(tops))
+    if len(relative) == 1:
+        return relative[0].as_posix()
+    return f"{len(files):,} uploaded files"
 
 
 def _one_embeddings_file(
@@ -201,12 +264,7 @@ def _one_embeddings_file(
         return candidates[0]
     if prefer_metadata and len(tables) == 2 and not arrays:
         # Two tables: the wider one holds the vectors, the other the metadata.
-        widths = [
-            len(pd.read_csv(t, nrows=1).columns)
-            if t.suffix.lower() == ".csv"
-            else _parquet_width(t)
-            for t in tables
-        ]
+        widths = [_table_width(t) for t in tables]
         return tables[int(np.argmax(widths))]
     raise IngestError(
         "upload one embeddings file (.npy, .parquet or .csv)"
@@ -215,10 +273,26 @@ def _one_embeddings_file(
     )
 
 
-def _parquet_width(path: Path) -> int:
+def _table_width(path: Path) -> int:
+    """Columns of a table (a list column counts as many), to tell vectors from metadata; a
+    table that cannot be read is refused here with the reason."""
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(path)
+    from shoal.ingest.images import read_table
+    from shoal.ingest.publish import IngestError, error_text
+
+    if path.suffix.lower() == ".csv":
+        try:
+            return len(pd.read_csv(path, nrows=1).columns)
+        except Exception:  # noqa: BLE001 - read_table says what is wrong with it
+            return len(read_table(path).columns)
+    try:
+        schema = pq.read_schema(path)
+    except Exception as error:  # noqa: BLE001 - any parser error becomes one clear message
+        raise IngestError(
+            f"cannot read {path.name} as Parquet ({error_text(error, path)}); save it again with "
+            "pandas' DataFrame.to_parquet or pyarrow, or upload a CSV"
+        ) from error
     return sum(
         1 if not str(f.type).startswith(("list", "fixed_size_list", "large_list")) else 10_000
         for f in schema

@@ -115,11 +115,13 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 def _write_table(frame: pd.DataFrame, out: str | None) -> None:
     if not out:
         return
+    from shoal.ingest.export import write_csv
+
     path = Path(out)
     if path.suffix.lower() == ".parquet":
         frame.to_parquet(path, index=False)
     elif path.suffix.lower() == ".csv":
-        frame.to_csv(path, index=False)
+        write_csv(frame, path)  # ids, labels and metadata come from uploads: no formula cells
     else:
         raise CliError(f"--out must end in .csv or .parquet, got {out!r}")
     print(f"wrote {len(frame):,} rows to {path}")

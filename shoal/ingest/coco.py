@@ -73,7 +73,10 @@ def import_coco(
         )
     folder = Path(images)
     if not folder.is_dir():
-        raise IngestError(f"images folder {folder} does not exist")
+        raise IngestError(
+            f"images folder {folder} does not exist; give the folder that the images' file_name "
+            "is relative to (--images)"
+        )
     report = DetectionImportReport(dataset=dataset, source=name)
     categories = _categories(payload.get("categories") or [], name, report)
     entries = _image_entries(payload["images"], folder, name, split, report)
@@ -95,6 +98,7 @@ def import_coco(
         iou_threshold=iou_threshold,
         limits=limits,
         progress=progress,
+        missing_hint="put it in the images folder, where its file_name points",
     )
 
 
@@ -132,10 +136,15 @@ def add_predictions(
 def coco_box(bbox: Any) -> tuple[float, float, float, float]:
     """COCO [x, y, width, height] -> (x0, y0, x1, y1); raises on malformed or empty boxes."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        raise BadAnnotation(f"malformed bbox {bbox!r}: expected [x, y, width, height]")
+        raise BadAnnotation(
+            f"malformed bbox {bbox!r}: expected [x, y, width, height]", "fix or drop the box"
+        )
     x, y, width, height = (parse_number(v) for v in bbox)
     if width <= 0 or height <= 0:
-        raise BadAnnotation(f"box has zero or negative size (width {width:g}, height {height:g})")
+        raise BadAnnotation(
+            f"box has zero or negative size (width {width:g}, height {height:g})",
+            "give it a positive width and height, or drop it",
+        )
     return x, y, x + width, y + height
 
 
@@ -165,16 +174,19 @@ def _add_records(
                 raise BadAnnotation(_NOT_A_RECORD[kind])
             image = images.get(str(record.get("image_id")))
             if image is None:
-                raise BadAnnotation(f"unknown image_id {record.get('image_id')!r}")
+                raise BadAnnotation(
+                    f"unknown image_id {record.get('image_id')!r}",
+                    "add it to 'images', or fix the record's image_id",
+                )
             category = category_of(record)
             box = coco_box(record.get("bbox"))
             score = math.nan
             if kind == "inference":
                 if record.get("score") is None:
-                    raise BadAnnotation("missing score")
+                    raise BadAnnotation("missing score", "add a 'score' (the confidence)")
                 score = parse_number(record["score"])
         except BadAnnotation as error:
-            report.reject(origin, f"{error}; skipped")
+            report.reject(origin, error.skipped())
             continue
         image.add_box(origin, category, box, kind, score)
 
@@ -254,7 +266,10 @@ def _category_by_id(categories: dict[str, str]) -> Callable[[dict[str, Any]], st
     def category_of(record: dict[str, Any]) -> str:
         found = categories.get(str(record.get("category_id")))
         if found is None:
-            raise BadAnnotation(f"unknown category_id {record.get('category_id')!r}")
+            raise BadAnnotation(
+                f"unknown category_id {record.get('category_id')!r}",
+                "add it to 'categories', or fix the record's category_id",
+            )
         return found
 
     return category_of
@@ -269,15 +284,29 @@ def _prediction_category(categories: dict[str, str]) -> Callable[[dict[str, Any]
             return by_id(record)
         if isinstance(record.get("category"), str) and record["category"].strip():
             return record["category"].strip()
-        raise BadAnnotation("needs a category_id (or a category name)")
+        raise BadAnnotation(
+            "needs a category_id (or a category name)", "add the prediction's class"
+        )
 
     return category_of
 
 
 def _read_json(path: Path, what: str) -> Any:
+    name = Path(path).name
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as error:
-        raise IngestError(f"{what} file {path} does not exist") from error
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise IngestError(f"{what} file {Path(path).name} is not valid JSON: {error}") from error
+        raise IngestError(f"{what} file {path} does not exist; check the path") from error
+    except UnicodeDecodeError as error:
+        raise IngestError(
+            f"{what} file {name} is not valid JSON: not UTF-8 text (byte "
+            f"{error.object[error.start]:#04x} at position {error.start:,}); save it as UTF-8"
+        ) from error
+    except json.JSONDecodeError as error:
+        raise IngestError(
+            f"{what} file {name} is not valid JSON: {error}; fix it, or export it again"
+        ) from error
+    except RecursionError as error:
+        raise IngestError(
+            f"{what} file {name} is nested too deeply to be COCO JSON; export it again"
+        ) from error

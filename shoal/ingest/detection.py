@@ -196,19 +196,30 @@ def match_counts(objects: pd.DataFrame) -> dict[str, int]:
 
 
 class BadAnnotation(ValueError):
-    """One annotation or prediction record is skipped; the message says why."""
+    """One annotation or prediction record is skipped; the message says why, ``hint`` what to do."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def skipped(self) -> str:
+        """The reason as the import report lists it: what is wrong, skipped, what to do."""
+        return f"{self}; skipped" + (f": {self.hint}" if self.hint else "")
+
+
+NUMBERS = "coordinates and scores must be plain numbers"
 
 
 def parse_number(value: Any) -> float:
     """A finite coordinate or score from JSON or XML text; raises :class:`BadAnnotation`."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise BadAnnotation(f"coordinate {value!r} is not a number")
+        raise BadAnnotation(f"coordinate {value!r} is not a number", NUMBERS)
     try:
         number = float(value)
     except ValueError as error:
-        raise BadAnnotation(f"coordinate {value!r} is not a number") from error
+        raise BadAnnotation(f"coordinate {value!r} is not a number", NUMBERS) from error
     if not math.isfinite(number):
-        raise BadAnnotation(f"coordinate {value!r} is not finite")
+        raise BadAnnotation(f"coordinate {value!r} is not finite", NUMBERS)
     return number
 
 
@@ -228,7 +239,8 @@ def clip_box(
     )
     if clipped[2] - clipped[0] <= 0 or clipped[3] - clipped[1] <= 0:
         raise BadAnnotation(
-            f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies entirely outside the {width}x{height} image"
+            f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies entirely outside the {width}x{height} image",
+            "check that its coordinates are in pixels of this image",
         )
     overhang = max(-x0, -y0, x1 - width, y1 - height)
     note = None
@@ -313,18 +325,20 @@ def publish_boxes(
     iou_threshold: float,
     limits: ImportLimits,
     progress: ProgressCallback | None,
+    missing_hint: str = "put it where the annotations say",
 ) -> DetectionImportReport:
     """Store the images, clip their boxes, match, and publish samples and objects at once.
 
     ``has_predictions``: the import came with a predictions file (even one with no usable box),
     so every box gets a status; without it, status, match and IoU stay missing.
+    ``missing_hint``: what to do about an image file that is not there (it depends on the format).
     """
     with staging(workspace, report.dataset) as staged:
         samples, labels, inferences = [], [], []
         for done, image in enumerate(images, start=1):
             if progress:
                 progress(done - 1, len(images))
-            stored = _store_image(staged, image, report, limits)
+            stored = _store_image(staged, image, report, limits, missing_hint)
             if stored is None:
                 continue
             sample, image_labels, image_inferences = _image_rows(image, stored, report)
@@ -335,7 +349,10 @@ def publish_boxes(
             progress(len(images), len(images))
         if not samples:
             head = "; ".join(f"{r.file}: {r.reason}" for r in report.rejected[:3])
-            raise IngestError(f"no valid image in {report.source}" + (f": {head}" if head else ""))
+            raise IngestError(
+                f"no valid image in {report.source}, so nothing was imported"
+                + (f": {head}" if head else "; check that the annotations list the images")
+            )
 
         objects = _objects_table(
             labels, inferences, has_predictions=has_predictions, iou_threshold=iou_threshold
@@ -362,7 +379,7 @@ def _image_rows(
         try:
             box, note = clip_box(raw["box"], width, height)
         except BadAnnotation as error:
-            report.reject(raw["origin"], f"{error}; skipped")
+            report.reject(raw["origin"], error.skipped())
             continue
         if note:
             report.adjust(raw["origin"], note)
@@ -401,11 +418,15 @@ def _image_rows(
 
 
 def _store_image(
-    staged: Dataset, image: ImageEntry, report: DetectionImportReport, limits: ImportLimits
+    staged: Dataset,
+    image: ImageEntry,
+    report: DetectionImportReport,
+    limits: ImportLimits,
+    missing_hint: str,
 ) -> str | None:
     skipped = f"; its {len(image.boxes)} box(es) skipped" if image.boxes else ""
     if image.file is None:
-        report.reject(image.source, f"image file not found{skipped}")
+        report.reject(image.source, f"image file not found{skipped}; {missing_hint}")
         return None
     reason = check_image(image.file, limits)
     if reason:

@@ -22,6 +22,7 @@ from shoal.ingest.publish import (
     ImportReport,
     check_id_lengths,
     check_new_dataset,
+    error_text,
     publish,
     staging,
 )
@@ -29,6 +30,8 @@ from shoal.store import Dataset, EmbeddingInfo, StoreError, Workspace, validate_
 
 USER_MODEL = "user-provided"
 PathLike = str | os.PathLike[str]
+NPY_MAGIC = b"\x93NUMPY"
+SAVE_NPY = "save a (n_samples, dim) float array with np.save(file, array)"
 
 
 class EmbeddingFileError(StoreError):
@@ -45,7 +48,7 @@ def read_embeddings_file(
     """
     path = Path(path)
     if not path.is_file():
-        raise EmbeddingFileError(f"{path} does not exist")
+        raise EmbeddingFileError(f"{path} does not exist; check the path")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         ids, vectors = None, _read_npy(path)
@@ -61,7 +64,8 @@ def read_embeddings_file(
         ids = read_ids_file(Path(ids_file))
         if len(ids) != len(vectors):
             raise EmbeddingFileError(
-                f"{Path(ids_file).name} has {len(ids)} ids but {path.name} has {len(vectors)} rows"
+                f"{Path(ids_file).name} has {len(ids)} ids but {path.name} has {len(vectors)} "
+                f"rows; give one id per row of {path.name}, in the same order"
             )
     _check_finite(vectors, ids, path.name)
     return ids, vectors
@@ -69,42 +73,77 @@ def read_embeddings_file(
 
 def read_ids_file(path: Path) -> np.ndarray:
     if path.suffix.lower() == ".npy":
+        _check_npy_magic(path)
         try:
             ids = np.load(path, allow_pickle=False)
-        except ValueError as error:
+        except (ValueError, OSError, EOFError) as error:
             raise EmbeddingFileError(
-                f"{path.name}: ids must be a plain string or integer array ({error})"
+                f"{path.name}: ids must be a plain string or integer array "
+                f"({error_text(error, path)}); save them with np.save, or as one id per line"
             ) from error
         return ids.astype(str).ravel()
     if path.suffix.lower() in (".csv", ".parquet"):
         table = read_table(path)
         return table.iloc[:, 0].astype(str).to_numpy()
-    lines = pd.Series([line.strip() for line in path.read_text().splitlines() if line.strip()])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise EmbeddingFileError(
+            f"{path.name} is not UTF-8 text (byte {error.object[error.start]:#04x} at position "
+            f"{error.start:,}); save it as UTF-8, one id per line"
+        ) from error
+    lines = pd.Series([line.strip() for line in text.splitlines() if line.strip()])
     check_id_lengths(lines, path.name, "id")
     return lines.to_numpy(dtype=object)
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    _check_npy_magic(path)
     try:
         vectors = np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as error:
+        if "pickle" in str(error) or "Python objects" in str(error):
+            raise EmbeddingFileError(
+                f"{path.name}: holds Python objects, which cannot be loaded without unpickling "
+                f"(never done here); {SAVE_NPY}"
+            ) from error
         raise EmbeddingFileError(
-            f"{path.name}: cannot load without unpickling ({error}); save a plain numeric array with np.save"
+            f"{path.name} is truncated or damaged ({error_text(error, path)}); {SAVE_NPY}"
+        ) from error
+    except (OSError, EOFError) as error:
+        raise EmbeddingFileError(
+            f"{path.name} is truncated or damaged ({error_text(error, path)}); {SAVE_NPY}"
         ) from error
     return _as_matrix(vectors, path.name)
+
+
+def _check_npy_magic(path: Path) -> None:
+    """Refuse an empty file or one that is not .npy, before numpy guesses at it (an .npz, a
+    pickle)."""
+    with open(path, "rb") as handle:
+        magic = handle.read(len(NPY_MAGIC))
+    if not magic:
+        raise EmbeddingFileError(f"{path.name} is empty (0 bytes); {SAVE_NPY}")
+    if magic != NPY_MAGIC:
+        raise EmbeddingFileError(f"{path.name} is not an .npy file; {SAVE_NPY}")
 
 
 def _as_matrix(vectors: np.ndarray, file_name: str) -> np.ndarray:
     if vectors.dtype.kind not in "fiu":
         raise EmbeddingFileError(
-            f"{file_name}: embeddings must be numeric, got dtype {vectors.dtype}"
+            f"{file_name}: embeddings must be numbers, got dtype {vectors.dtype}; store them as "
+            "float32 (or float64)"
         )
     if vectors.ndim != 2:
         raise EmbeddingFileError(
-            f"{file_name}: expected a 2-D (rows, dim) matrix, got shape {vectors.shape}"
+            f"{file_name}: expected a 2-D matrix of shape (n_samples, dim), got shape "
+            f"{vectors.shape}; reshape it so that each row is one sample's embedding"
         )
     if vectors.shape[0] == 0 or vectors.shape[1] == 0:
-        raise EmbeddingFileError(f"{file_name}: empty embeddings matrix {vectors.shape}")
+        raise EmbeddingFileError(
+            f"{file_name}: empty embeddings matrix {vectors.shape}; give one row per sample and "
+            "at least one numeric column"
+        )
     return np.asarray(vectors, dtype=np.float32)
 
 
@@ -112,7 +151,10 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         table = pq.read_table(path)
     except Exception as error:  # noqa: BLE001
-        raise EmbeddingFileError(f"cannot read {path.name}: {error}") from error
+        raise EmbeddingFileError(
+            f"cannot read {path.name} as Parquet ({error_text(error, path)}); save it again with "
+            "pandas' DataFrame.to_parquet or pyarrow"
+        ) from error
     id_column = _id_column(table.column_names, path.name)
     list_columns = [
         f.name
@@ -130,7 +172,8 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
         value_type = values.type.value_type
         if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
             raise EmbeddingFileError(
-                f"{path.name}: column {column!r} holds {value_type}, not numbers"
+                f"{path.name}: column {column!r} holds {value_type}, not numbers; store each "
+                "embedding as a list of floats"
             )
         lengths = np.asarray(
             values.value_lengths()
@@ -140,13 +183,15 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if values.null_count:
             row = int(np.flatnonzero(np.asarray(values.is_null()))[0])
             raise EmbeddingFileError(
-                f"{path.name}: row {row} (id {str(ids[row])!r}) has no embedding"
+                f"{path.name}: row {row} (id {str(ids[row])!r}) has no embedding; give every row "
+                "a vector, or drop the row"
             )
         if len(set(lengths.tolist())) > 1:
             expected = int(np.bincount(lengths).argmax())
             row = int(np.flatnonzero(lengths != expected)[0])
             raise EmbeddingFileError(
-                f"{path.name}: row {row} (id {str(ids[row])!r}) has dimension {lengths[row]}, expected {expected}"
+                f"{path.name}: row {row} (id {str(ids[row])!r}) has dimension {lengths[row]}, "
+                f"expected {expected}; every row needs the same number of values"
             )
         flat = np.asarray(values.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
         vectors = flat.reshape(len(ids), -1)
@@ -210,11 +255,15 @@ def align_to_ids(
     file_name: str,
     *,
     expected_dim: int | None = None,
+    known_as: str = "the dataset's sample_id column",
 ) -> np.ndarray:
-    """Return vectors reordered to ``known_ids``; refuse duplicates, unknown and missing ids."""
+    """Return vectors reordered to ``known_ids`` (``known_as`` says where they come from, for
+    the message); refuse duplicates, unknown and missing ids."""
     if expected_dim is not None and vectors.shape[1] != expected_dim:
         raise EmbeddingFileError(
-            f"{file_name}: dimension {vectors.shape[1]} does not match this embedding set's {expected_dim}"
+            f"{file_name}: dimension {vectors.shape[1]} does not match this embedding set's "
+            f"{expected_dim}; store it under another embedding name, or give {expected_dim}-d "
+            "vectors"
         )
     if ids is None:
         if len(vectors) != len(known_ids):
@@ -227,7 +276,8 @@ def align_to_ids(
     duplicated = series[series.duplicated()]
     if len(duplicated):
         raise EmbeddingFileError(
-            f"{file_name}: duplicate id {str(duplicated.iloc[0])!r} (row {duplicated.index[0]})"
+            f"{file_name}: duplicate id {str(duplicated.iloc[0])!r} (row {duplicated.index[0]}); "
+            "give each sample's embedding once"
         )
     position = pd.Index(ids)
     unknown = ~pd.Index(ids).isin(known_ids)
@@ -235,7 +285,7 @@ def align_to_ids(
         row = int(np.flatnonzero(unknown)[0])
         raise EmbeddingFileError(
             f"{file_name}: unknown id {str(ids[row])!r} at row {row} ({int(unknown.sum())} unknown ids); "
-            "ids must match the dataset's sample_id column"
+            f"ids must match {known_as}"
         )
     order = position.get_indexer(known_ids)
     if (order < 0).any():
@@ -283,10 +333,14 @@ def create_from_embeddings(
     """A dataset with no images: embeddings plus (optionally) a metadata table keyed by id."""
     check_new_dataset(workspace, dataset)
     ids, vectors = read_embeddings_file(embeddings_file, ids_file=ids_file)
+    known_as = "the dataset's sample_id column"
     if metadata_file is not None:
+        metadata_name = Path(metadata_file).name
         metadata = read_table(Path(metadata_file))
-        id_column = _id_column(list(metadata.columns), Path(metadata_file).name)
-        check_id_lengths(metadata[id_column], Path(metadata_file).name, id_column)
+        id_column = _id_column(list(metadata.columns), metadata_name)
+        first_row = 2 if Path(metadata_file).suffix.lower() == ".csv" else 1
+        check_id_lengths(metadata[id_column], metadata_name, id_column, first_row=first_row)
+        known_as = f"the {id_column} column of {metadata_name}"
         metadata = metadata.rename(columns={id_column: "sample_id"})
         metadata["sample_id"] = metadata["sample_id"].astype(str)
         if ids is None:
@@ -299,14 +353,15 @@ def create_from_embeddings(
         duplicated = metadata["sample_id"][metadata["sample_id"].duplicated()]
         if len(duplicated):
             raise EmbeddingFileError(
-                f"{Path(metadata_file).name}: duplicate id {str(duplicated.iloc[0])!r}"
+                f"{metadata_name}: duplicate id {str(duplicated.iloc[0])!r} (row "
+                f"{int(duplicated.index[0]) + first_row}); give each sample one row, once"
             )
     else:
         if ids is None:
             ids = np.asarray([f"row-{i}" for i in range(len(vectors))])
         metadata = pd.DataFrame({"sample_id": ids})
     known = metadata["sample_id"].to_numpy().astype(str)
-    aligned = align_to_ids(ids, vectors, known, Path(embeddings_file).name)
+    aligned = align_to_ids(ids, vectors, known, Path(embeddings_file).name, known_as=known_as)
     samples = metadata.copy()
     samples["source"] = samples.get("source", samples["sample_id"])
     samples["path"] = None

@@ -12,15 +12,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image
@@ -33,6 +35,8 @@ from shoal.ingest.publish import (
     ProgressCallback,
     check_id_lengths,
     check_new_dataset,
+    check_unique_ids,
+    error_text,
     publish,
     stable_id,
     staging,
@@ -48,6 +52,10 @@ ID_COLUMNS = ("sample_id", "id", "image_id")
 #: Below this many bytes in all, a zip is not checked for its overall compression ratio.
 ZIP_RATIO_CHECK_BYTES = 64 << 20
 RESERVED_COLUMNS = {"sample_id", "source", "path"}
+#: Compression methods Python's zipfile reads (stored, deflate, bzip2, LZMA).
+ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+SUPPORTED_FORMATS = "JPEG, PNG, WebP, BMP or TIFF"
+REZIP = "zip the files again (or upload them as files)"
 
 
 # --------------------------------------------------------------------------- image validation
@@ -58,15 +66,18 @@ def check_image(path: Path, limits: ImportLimits = DEFAULT_LIMITS) -> str | None
     try:
         size = path.stat().st_size
     except OSError as error:
-        return f"cannot read file: {error.strerror or error}"
+        return (
+            f"cannot read file: {error.strerror or error}; check that it can be read, or copy it "
+            "again"
+        )
     if size == 0:
-        return "empty file (0 bytes)"
+        return "empty file (0 bytes); re-export it, or remove it"
     # Pillow's own global cap is left alone (web threads decode at the same time): ours is checked
     # from the header before decoding, and Pillow's (an error at 2 x 89 Mpx) stays in force.
     try:
         with Image.open(path) as image:
             if image.format not in PIL_FORMATS:
-                return f"unsupported image format {image.format}; use JPEG, PNG, WebP, BMP or TIFF"
+                return f"unsupported image format {image.format}; convert it to {SUPPORTED_FORMATS}"
             width, height = image.size
             if width * height > limits.max_image_pixels:
                 return (
@@ -75,13 +86,14 @@ def check_image(path: Path, limits: ImportLimits = DEFAULT_LIMITS) -> str | None
                 )
             image.load()  # decodes fully: catches truncated and corrupt data
     except Image.DecompressionBombError as error:
-        return f"decompression bomb: {error}"
+        return f"possible decompression bomb: {error_text(error, path)}; downscale it"
     except Image.UnidentifiedImageError:
         return (
-            "not an image (content does not match any image format), though its extension says so"
+            "not an image (content does not match any image format), though its extension says "
+            "so; re-export it as an image, or remove it"
         )
     except (OSError, SyntaxError, ValueError) as error:
-        return f"truncated or corrupt image: {error}"
+        return f"truncated or corrupt image: {error_text(error, path)}; re-export or re-save it"
     return None
 
 
@@ -98,15 +110,25 @@ def import_source(
     progress: ProgressCallback | None = None,
     display_name: str | None = None,
 ) -> ImportReport:
-    """Import a folder, a .zip, or a CSV/Parquet manifest as a new dataset."""
+    """Import a folder, a .zip, or a CSV/Parquet manifest as a new dataset.
+
+    ``display_name`` is how the report (and any error) names a folder or zip (the web uploader
+    names the upload, never its folder on the server); by default, the path given.
+    """
     check_new_dataset(workspace, dataset)
     path = Path(source)
     if not path.exists():
-        raise IngestError(f"{path} does not exist")
+        raise IngestError(f"{path} does not exist; check the path")
     suffix = path.suffix.lower()
     if path.is_dir():
         return import_folder(
-            workspace, path, dataset=dataset, split=split, limits=limits, progress=progress
+            workspace,
+            path,
+            dataset=dataset,
+            split=split,
+            limits=limits,
+            progress=progress,
+            report=ImportReport(dataset=dataset, source=display_name or str(path)),
         )
     if suffix == ".zip":
         return import_zip(
@@ -151,7 +173,8 @@ def import_folder(
         if file.suffix.lower() not in IMAGE_SUFFIXES:
             report.reject(
                 relative.as_posix(),
-                f"not an image file extension ({file.suffix or 'none'}); skipped",
+                f"not an image file ({file.suffix or 'no extension'}); rename it if it is an "
+                f"image ({', '.join(sorted(IMAGE_SUFFIXES))}), or remove it",
             )
             continue
         file_split, label = _split_and_label(relative)
@@ -191,15 +214,19 @@ def safe_extract(
     archive: Path, target: Path, report: ImportReport, *, limits: ImportLimits
 ) -> None:
     """Extract the entries that are safe; list every refused entry with its reason in ``report``."""
+    shown = report.source or archive.name
     try:
         bundle = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as error:
-        raise IngestError(f"{archive.name} is not a valid zip file ({error})") from error
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise IngestError(
+            f"{shown} is not a valid zip file ({error_text(error, archive)}); {REZIP}"
+        ) from error
     with bundle:
         infos = bundle.infolist()
         if len(infos) > limits.max_zip_entries:
             raise IngestError(
-                f"{archive.name} has {len(infos):,} entries, over the cap of {limits.max_zip_entries:,}"
+                f"{shown} has {len(infos):,} entries, over the cap of {limits.max_zip_entries:,}; "
+                "split it into several smaller zips"
             )
         files = [info for info in infos if not info.is_dir()]
         reasons = [_unsafe_entry(info, limits) for info in files]
@@ -209,12 +236,16 @@ def safe_extract(
         # Many small entries each pass the per-entry check; together they must pass it too.
         if declared > ZIP_RATIO_CHECK_BYTES and declared / packed > limits.max_zip_ratio:
             raise IngestError(
-                f"{archive.name} would expand {declared / packed:,.0f}:1 to {declared:,} bytes, "
-                f"over {limits.max_zip_ratio:.0f}:1 (zip bomb); nothing was extracted"
+                f"{shown} would expand {declared / packed:,.0f}:1 to {declared:,} bytes, "
+                f"over {limits.max_zip_ratio:.0f}:1 (zip bomb); nothing was extracted. Zip the "
+                "real image files (they compress far less), or split the archive"
             )
         total = 0
+        placed = _Placed()
         for info, reason in zip(files, reasons, strict=True):
             name = info.filename
+            parts = PurePosixPath(name.replace("\\", "/")).parts
+            reason = reason or placed.conflict(parts)
             if reason:
                 report.reject(name, reason)
                 continue
@@ -225,10 +256,10 @@ def safe_extract(
                     "split the archive",
                 )
                 continue
-            destination = target.joinpath(*PurePosixPath(name.replace("\\", "/")).parts)
-            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination = target.joinpath(*parts)
             written = 0
             try:
+                destination.parent.mkdir(parents=True, exist_ok=True)
                 with bundle.open(info) as src, open(destination, "wb") as dst:
                     # Header sizes can lie: count the bytes actually produced.
                     for chunk in iter(lambda: src.read(1 << 20), b""):
@@ -238,13 +269,85 @@ def safe_extract(
                         dst.write(chunk)
             except _Bomb:
                 destination.unlink(missing_ok=True)
-                report.reject(name, "entry expands beyond its declared size (zip bomb); skipped")
+                report.reject(
+                    name, f"entry expands beyond its declared size (zip bomb); skipped: {REZIP}"
+                )
                 continue
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-                destination.unlink(missing_ok=True)
-                report.reject(name, f"corrupt zip entry: {error}")
+            except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, RuntimeError) as error:
+                _discard(destination)
+                detail = (
+                    "its data ends early"
+                    if isinstance(error, EOFError) and not str(error)
+                    else error_text(error, destination)
+                )
+                report.reject(name, f"corrupt zip entry ({detail}); skipped: {REZIP}")
+                continue
+            except OSError as error:
+                _discard(destination)
+                # A full or failing disk is not this entry's fault: the import stops.
+                if error.errno not in _NAME_ERRNOS:
+                    raise IngestError(
+                        f"cannot extract {name} on the server ({error.strerror or error}); "
+                        "nothing was imported: try again later, or tell whoever runs Shoal"
+                    ) from error
+                report.reject(name, _unstorable_name(error))
                 continue
             total += written
+            placed.add(parts)
+
+
+#: Errors that say a zip entry's name cannot be a file here (too long, bad characters, a file
+#: where a folder should be): that entry is skipped, the rest goes on.
+_NAME_ERRNOS = {
+    errno.ENAMETOOLONG,
+    errno.EINVAL,
+    errno.EILSEQ,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EISDIR,
+}
+
+
+def _unstorable_name(error: OSError) -> str:
+    if error.errno == errno.ENAMETOOLONG:
+        return "its name (or a folder in it) is too long to store; skipped: rename it shorter"
+    return (
+        f"its name cannot be stored ({error.strerror or error}); skipped: rename it "
+        "(shorter, plain characters)"
+    )
+
+
+def _discard(path: Path) -> None:
+    with contextlib.suppress(OSError):  # a name the filesystem refused was never created
+        path.unlink(missing_ok=True)
+
+
+class _Placed:
+    """Where a zip's entries were extracted to, to skip an entry that collides with one of them
+    (the same name twice, or a file and a folder of one name) instead of failing the import."""
+
+    def __init__(self) -> None:
+        self.files: set[tuple[str, ...]] = set()
+        self.folders: set[tuple[str, ...]] = set()
+
+    def conflict(self, parts: tuple[str, ...]) -> str | None:
+        if parts in self.files:
+            return "another entry of the zip has the same name; the first is kept: rename one"
+        if parts in self.folders:
+            return (
+                "a folder of the zip has this file's name; skipped: rename the file or the folder"
+            )
+        for end in range(1, len(parts)):
+            if parts[:end] in self.files:
+                return (
+                    f"{'/'.join(parts[:end])!r} is a file in this zip, so nothing can be stored "
+                    "under it; skipped: rename the file or the folder"
+                )
+        return None
+
+    def add(self, parts: tuple[str, ...]) -> None:
+        self.files.add(parts)
+        self.folders.update(parts[:end] for end in range(1, len(parts)))
 
 
 class _Bomb(Exception):
@@ -254,18 +357,32 @@ class _Bomb(Exception):
 def _unsafe_entry(info: zipfile.ZipInfo, limits: ImportLimits) -> str | None:
     name = info.filename.replace("\\", "/")
     parts = PurePosixPath(name).parts
+    relative = "skipped: zip the files by their relative path (e.g. `zip -r photos.zip photos/`)"
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        return "absolute path in zip entry (zip-slip); skipped"
+        return f"absolute path in zip entry (zip-slip); {relative}"
     if ".." in parts:
-        return "'..' in zip entry path (zip-slip); skipped"
+        return f"'..' in zip entry path (zip-slip); {relative}"
     if stat.S_ISLNK(info.external_attr >> 16):
-        return "symbolic link in zip; skipped"
+        return "symbolic link in zip; skipped: put the file itself in the zip"
+    if info.flag_bits & 0x1:
+        return "entry is encrypted; skipped: zip the files again without a password"
+    if info.compress_type not in ZIP_METHODS:
+        return (
+            f"compression method {info.compress_type} is not supported; skipped: zip the files "
+            "again with the usual deflate compression"
+        )
     if info.file_size > (1 << 20) and info.compress_size > 0:
         ratio = info.file_size / info.compress_size
         if ratio > limits.max_zip_ratio:
-            return f"compression ratio {ratio:,.0f}:1 is over {limits.max_zip_ratio:.0f}:1 (zip bomb); skipped"
+            return (
+                f"compression ratio {ratio:,.0f}:1 is over {limits.max_zip_ratio:.0f}:1 (zip bomb); "
+                "skipped: zip the real image files (they compress far less)"
+            )
     if info.file_size > limits.max_zip_total_bytes:
-        return f"entry declares {info.file_size:,} bytes, over the cap (zip bomb); skipped"
+        return (
+            f"entry declares {info.file_size:,} bytes, over the cap of "
+            f"{limits.max_zip_total_bytes:,} (zip bomb?); skipped: downscale it or split the archive"
+        )
     return None
 
 
@@ -288,27 +405,48 @@ def import_manifest(
     """
     manifest = Path(manifest)
     folder = manifest.parent.resolve()
-    table = read_table(manifest)
+    table = read_table(manifest, limits=limits)
+    if table.empty:
+        raise IngestError(
+            f"{manifest.name} has no rows; add one row per image under its header "
+            f"(columns found: {', '.join(map(str, table.columns)) or 'none'})"
+        )
     path_column = _find_column(table, PATH_COLUMNS)
     if path_column is None:
         raise IngestError(
             f"{manifest.name} has no image path column; name one of {', '.join(PATH_COLUMNS)} "
             f"(columns found: {', '.join(map(str, table.columns))})"
         )
+    first_row = 2 if manifest.suffix.lower() == ".csv" else 1
     id_column = _find_column(table, ID_COLUMNS)
     if id_column is not None:
-        first_row = 2 if manifest.suffix == ".csv" else 1
         check_id_lengths(table[id_column], manifest.name, id_column, first_row=first_row)
-        _check_unique_ids(table[id_column].astype(str), manifest.name, id_column)
+        check_unique_ids(
+            table[id_column],
+            manifest.name,
+            id_column,
+            first_row=first_row,
+            hint="give each row its own id",
+        )
     report = ImportReport(dataset=dataset, source=manifest.name)
     entries: list[tuple[Any, ...]] = []
-    for row_number, row in enumerate(
-        table.to_dict("records"), start=2 if manifest.suffix == ".csv" else 1
-    ):
+    for row_number, row in enumerate(table.to_dict("records"), start=first_row):
         raw = row.get(path_column)
-        where = f"row {row_number}" + (f" ({raw})" if isinstance(raw, str) else "")
-        if not isinstance(raw, str) or not raw.strip():
+        where = f"row {row_number}" + (f" ({_shown(raw)})" if isinstance(raw, str) else "")
+        if not _present(raw) or (isinstance(raw, str) and not raw.strip()):
             report.reject(where, f"empty '{path_column}' value; fill it in or drop the row")
+            continue
+        if not isinstance(raw, str):
+            report.reject(
+                where,
+                f"'{path_column}' value {raw!r} is not a file path; give the path of an image "
+                "file, relative to the manifest",
+            )
+            continue
+        if any(ord(ch) < 32 for ch in raw):
+            report.reject(
+                where, "path contains a NUL or control character; remove it from the manifest"
+            )
             continue
         file = Path(raw)
         file = file if file.is_absolute() else manifest.parent / file
@@ -319,8 +457,13 @@ def import_manifest(
                 "uploaded folder (no absolute paths, no '..')",
             )
             continue
-        if not file.is_file():
-            shown = raw if confined else str(file)
+        try:
+            found = file.is_file()
+        except OSError as error:  # e.g. a name longer than the filesystem allows
+            report.reject(where, _unusable_path(error))
+            continue
+        if not found:
+            shown = _shown(raw) if confined else str(file)
             report.reject(
                 where,
                 f"image file not found at {shown}; paths are relative to the manifest's folder",
@@ -349,8 +492,22 @@ def _inside(file: Path, folder: Path) -> bool:
     """Whether ``file``, with every symlink resolved, lies inside the resolved ``folder``."""
     try:
         return file.resolve().is_relative_to(folder)
-    except (OSError, RuntimeError):  # a symlink loop
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
         return False
+
+
+def _shown(raw: str, limit: int = 80) -> str:
+    """A path from a manifest as a message shows it: control characters as '?', long ones cut."""
+    text = "".join("?" if ord(ch) < 32 else ch for ch in raw)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _unusable_path(error: OSError) -> str:
+    if error.errno == errno.ENAMETOOLONG:
+        return (
+            "path is too long for the server's filesystem; rename the file (or its folders) shorter"
+        )
+    return f"cannot look this path up ({error.strerror or error}); rename the file"
 
 
 def read_table(path: Path, *, limits: ImportLimits = DEFAULT_LIMITS) -> pd.DataFrame:
@@ -359,9 +516,9 @@ def read_table(path: Path, *, limits: ImportLimits = DEFAULT_LIMITS) -> pd.DataF
     A Parquet file's rows × columns are read from its footer first: a small file can decode to
     billions of cells (one repeated value compresses to nothing), refused before it is loaded.
     """
+    if path.suffix.lower() == ".csv":
+        return _read_csv_table(path)
     try:
-        if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
         metadata = pq.ParquetFile(path).metadata
         cells = metadata.num_rows * metadata.num_columns
         if cells > limits.max_table_cells:
@@ -373,7 +530,35 @@ def read_table(path: Path, *, limits: ImportLimits = DEFAULT_LIMITS) -> pd.DataF
     except IngestError:
         raise
     except Exception as error:  # noqa: BLE001 - any parser error becomes one clear message
-        raise IngestError(f"cannot read {path.name}: {error}") from error
+        raise IngestError(
+            f"cannot read {path.name} as Parquet ({error_text(error, path)}); save it again "
+            "with pandas' DataFrame.to_parquet or pyarrow, or upload a CSV"
+        ) from error
+
+
+def _read_csv_table(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError as error:
+        raise IngestError(
+            f"{path.name} is empty; save it as a CSV with a header row (column names) and one row "
+            "per item"
+        ) from error
+    except UnicodeDecodeError as error:
+        raise IngestError(
+            f"{path.name} is not UTF-8 text (byte {error.object[error.start]:#04x} at position "
+            f"{error.start:,}); save it as UTF-8 CSV"
+        ) from error
+    except pd.errors.ParserError as error:
+        raise IngestError(
+            f"cannot read {path.name}: {error_text(error, path)}; every row needs as many fields "
+            "as the header (quote values that contain commas)"
+        ) from error
+    except Exception as error:  # noqa: BLE001 - any parser error becomes one clear message
+        raise IngestError(
+            f"cannot read {path.name} as CSV ({error_text(error, path)}); save it again as a "
+            "UTF-8 CSV with a header row"
+        ) from error
 
 
 # --------------------------------------------------------------------------- storing
@@ -416,10 +601,13 @@ def _store_entries(
 
 def _nothing_imported(report: ImportReport) -> str:
     if not report.rejected:
-        return f"no images found in {report.source}; supported: {', '.join(sorted(IMAGE_SUFFIXES))}"
+        return (
+            f"no image files in {report.source}; add {SUPPORTED_FORMATS} files "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     head = "; ".join(f"{r.file}: {r.reason}" for r in report.rejected[:3])
     more = f" (and {len(report.rejected) - 3} more)" if len(report.rejected) > 3 else ""
-    return f"no valid image in {report.source}: {head}{more}"
+    return f"no valid image in {report.source}, so nothing was imported: {head}{more}"
 
 
 def _split_and_label(relative: Path) -> tuple[str | None, str | None]:
@@ -462,18 +650,13 @@ def _find_column(table: pd.DataFrame, candidates: tuple[str, ...]) -> str | None
     return next((lowered[c] for c in candidates if c in lowered), None)
 
 
-def _check_unique_ids(ids: pd.Series, file_name: str, column: str) -> None:
-    duplicated = ids[ids.duplicated()]
-    if len(duplicated):
-        rows = ids.index[ids == duplicated.iloc[0]].tolist()
-        raise IngestError(
-            f"{file_name}: duplicate {column} {duplicated.iloc[0]!r} (rows {', '.join(str(r + 2) for r in rows[:5])}); "
-            "ids must be unique"
-        )
-
-
 def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and np.isnan(value)) and value != ""
+    if value is None or (isinstance(value, str) and value == ""):
+        return False
+    try:
+        return not bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or array: present
+        return True
 
 
 def _text_or_none(value: Any) -> str | None:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -139,5 +140,59 @@ def check_id_lengths(ids: pd.Series, file_name: str, column: str, *, first_row: 
         position = int(lengths.to_numpy().argmax())
         raise IngestError(
             f"{file_name}: the {column} at row {position + first_row} has "
-            f"{int(lengths.iloc[position]):,} characters; ids are at most {MAX_ID_LENGTH}"
+            f"{int(lengths.iloc[position]):,} characters; ids are at most {MAX_ID_LENGTH}: "
+            "shorten it"
         )
+
+
+def check_unique_ids(
+    ids: pd.Series, file_name: str, column: str, *, first_row: int, hint: str
+) -> None:
+    """Refuse a repeated id, naming it and the rows that hold it (counted from ``first_row``)."""
+    ids = ids.astype(str).reset_index(drop=True)
+    duplicated = ids[ids.duplicated()]
+    if len(duplicated):
+        value = duplicated.iloc[0]
+        rows = ids.index[ids == value].tolist()[:5]
+        raise IngestError(
+            f"{file_name}: duplicate {column} {value!r} "
+            f"(rows {', '.join(str(r + first_row) for r in rows)}); {hint}"
+        )
+
+
+# --------------------------------------------------------------------------- messages
+
+#: An absolute path in quotes ('/srv/ws/x.parquet', "C:\\data\\x"), spaces and all.
+_QUOTED_PATH = re.compile(r"""(['"])((?:/|[A-Za-z]:[\\/])[^'"\n]*)\1""")
+#: A bare absolute path of two or more parts: /srv/ws/x, C:\\data\\x. Not a URL's //host/x, not
+#: a relative a/b, not a ratio.
+_BARE_PATH = re.compile(
+    r"""(?<![\w.:/\\~-])(?:/[^\s'"/;,()\[\]]+){2,}/?|(?<![\w])[A-Za-z]:\\[^\s'";,()]+"""
+)
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with every absolute filesystem path cut to its last part.
+
+    For messages that may reach a web visitor: a library's error often names the full path of
+    the file it could not read, and the server's folders are nobody's business.
+
+    >>> redact_paths("cannot open '/srv/shoal/.uploads/upload-1/e.parquet': bad footer")
+    "cannot open 'e.parquet': bad footer"
+    """
+    text = _QUOTED_PATH.sub(lambda m: m.group(1) + _last_part(m.group(2)) + m.group(1), text)
+    return _BARE_PATH.sub(lambda m: _last_part(m.group(0)), text)
+
+
+def _last_part(path: str) -> str:
+    parts = [p for p in re.split(r"[\\/]", path) if p]
+    return parts[-1] if parts else path
+
+
+def error_text(error: BaseException, *files: Path) -> str:
+    """A library error as one short clause: ``files`` named by their name, other paths cut."""
+    text = str(error).strip() or type(error).__name__
+    for file in files:
+        for form in sorted({str(file), str(Path(file).absolute())}, key=len, reverse=True):
+            text = text.replace(form, Path(file).name)
+    return redact_paths(text).rstrip(".")

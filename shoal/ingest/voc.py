@@ -32,6 +32,7 @@ from shoal.ingest.publish import (
     IngestError,
     ProgressCallback,
     check_new_dataset,
+    error_text,
 )
 from shoal.store import Workspace
 
@@ -63,7 +64,8 @@ def import_voc(
     layout = _voc_layout(folder)
     if not layout:
         raise IngestError(
-            f"no VOC .xml annotation files under {folder} (looked in Annotations/ and beside images)"
+            f"no VOC .xml annotation files under {folder}; put them in Annotations/ (with the "
+            "images in JPEGImages/), or beside the images"
         )
     splits = _voc_splits(folder)
     report = DetectionImportReport(dataset=dataset, source=folder.name)
@@ -92,6 +94,7 @@ def import_voc(
         iou_threshold=iou_threshold,
         limits=limits,
         progress=halfway if progress else None,
+        missing_hint="put it in JPEGImages/ or beside its .xml file",
     )
 
 
@@ -109,11 +112,19 @@ def _read_annotation(
     try:
         tree = ElementTree.parse(xml)
     except (ElementTree.ParseError, OSError) as error:
-        report.reject(where, f"not a readable XML file ({error}); skipped")
+        report.reject(
+            where,
+            f"not a readable XML file ({error_text(error, xml)}); skipped: fix it, or export it "
+            "again (entity declarations are not read)",
+        )
         return None
     annotation = tree.getroot()
     if annotation.tag != "annotation":
-        report.reject(where, f"root element is <{annotation.tag}>, not <annotation>; skipped")
+        report.reject(
+            where,
+            f"root element is <{annotation.tag}>, not <annotation>; skipped: give Pascal VOC "
+            "annotation files",
+        )
         return None
     file = _voc_image_file(xml, root, _text(annotation, "filename"))
     source = (
@@ -123,7 +134,9 @@ def _read_annotation(
     )
     key = file.stem if file is not None else xml.stem
     if key in entries:
-        report.reject(where, f"a second annotation file for image {key!r}; skipped")
+        report.reject(
+            where, f"a second annotation file for image {key!r}; skipped: keep one per image"
+        )
         return None
     size = annotation.find("size")
     width, height = _text(size, "width"), _text(size, "height")
@@ -145,20 +158,23 @@ def _read_annotation(
         try:
             name = _text(obj, "name")
             if not name:
-                raise BadAnnotation("object has no <name>")
+                raise BadAnnotation("object has no <name>", "add the class name in <name>")
             bndbox = obj.find("bndbox")
             if bndbox is None:
-                raise BadAnnotation("object has no <bndbox>")
+                raise BadAnnotation(
+                    "object has no <bndbox>", "add a <bndbox> with xmin, ymin, xmax and ymax"
+                )
             xmin, ymin, xmax, ymax = (
                 parse_number(_text(bndbox, t)) for t in ("xmin", "ymin", "xmax", "ymax")
             )
             if xmax <= xmin - 1 or ymax <= ymin - 1:
                 raise BadAnnotation(
                     f"box has zero or negative size (xmin {xmin:g}, xmax {xmax:g}, "
-                    f"ymin {ymin:g}, ymax {ymax:g})"
+                    f"ymin {ymin:g}, ymax {ymax:g})",
+                    "xmax and ymax must be at least xmin and ymin",
                 )
         except BadAnnotation as error:
-            report.reject(origin, f"{error}; skipped")
+            report.reject(origin, error.skipped())
             continue
         image.add_box(origin, name, (xmin - 1, ymin - 1, xmax, ymax))
     return image
@@ -170,7 +186,7 @@ def _prediction_category(record: dict[str, Any]) -> str:
         value = record.get(name_key)
         if isinstance(value, str) and value.strip():
             return value.strip()
-    raise BadAnnotation("needs a category name ('category')")
+    raise BadAnnotation("needs a category name ('category')", "add the class name")
 
 
 def _voc_layout(folder: Path) -> list[tuple[Path, Path]]:

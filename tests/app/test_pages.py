@@ -463,3 +463,118 @@ def test_link_chooses_the_embedding_set(tmp_path: Path, monkeypatch: pytest.Monk
     at.sidebar.selectbox(key="_embedding_picker").select("user").run()
     assert_clean(at)
     assert "emb" not in at.query_params or at.query_params["emb"] == "user"
+
+
+# --------------------------------------------------------------------------- user text on the page
+
+EVIL = ["[click](http://evil)", "<img src=x onerror=alert(1)>", "**bold**", "`[tick](http://evil)`"]
+
+
+def _evil_dataset(workspace: Workspace, tmp_path: Path) -> None:
+    """'vectors': 40 samples labelled with Markdown and HTML, a metadata column named like a link."""
+    from shoal.ingest.embeddings import create_from_embeddings
+
+    vectors = np.random.default_rng(8).normal(size=(40, 8)).astype(np.float32)
+    np.save(tmp_path / "vectors.npy", vectors)
+    import pandas as pd
+
+    pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(40)],
+            "label": [EVIL[i % 4] for i in range(40)],
+            "[col](http://evil)": ["x"] * 40,
+        }
+    ).to_csv(tmp_path / "meta.csv", index=False)
+    create_from_embeddings(
+        workspace, "vectors", tmp_path / "vectors.npy", metadata_file=tmp_path / "meta.csv"
+    )
+
+
+def _markdown_bodies(at: AppTest) -> list[str]:
+    kinds = ("markdown", "caption", "error", "warning", "info", "success", "subheader", "title")
+    return [element.value for kind in kinds for element in at.get(kind)]
+
+
+def test_labels_metadata_and_link_params_are_escaped_in_markdown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: labels, metadata column names and link parameters reached st.caption and
+    st.warning as Markdown, so ``[click](http://evil)`` became a link and ``**bold**`` bold."""
+    from shoal.app.text import escape_markdown
+
+    workspace = Workspace(tmp_path / "ws")
+    _evil_dataset(workspace, tmp_path)
+
+    datasets = open_app(workspace, monkeypatch).run()
+    assert_clean(datasets)
+    captions = [c.value for c in datasets.caption]
+    labels = "Labels: " + ", ".join(f"{escape_markdown(label)} 10" for label in sorted(EVIL))
+    assert labels in captions, captions
+    assert any(escape_markdown("[col](http://evil)") in c for c in captions), captions
+
+    similar = open_app(workspace, monkeypatch, page="pages/similar.py", q=EVIL[0]).run()
+    assert_clean(similar)
+    warnings = [w.value for w in similar.warning]
+    assert warnings == [f"Unknown sample id(s): {escape_markdown(EVIL[0])}"]
+
+    for body in _markdown_bodies(datasets) + _markdown_bodies(similar):
+        for raw in EVIL:
+            assert raw not in body, body
+
+
+def test_metadata_cards_keep_labels_in_code_spans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoal.app.text import code_span
+
+    workspace = Workspace(tmp_path / "ws")
+    _evil_dataset(workspace, tmp_path)
+    token = Selection.from_rows([0, 1, 2, 3], n_rows=40).to_token()
+    at = open_app(workspace, monkeypatch, page="pages/map.py", sel=token, color="label").run()
+    assert_clean(at)
+    cards = [m.value for m in at.markdown if "sample_id" in m.value]
+    assert len(cards) == 4
+    for row, card in enumerate(cards):
+        assert code_span(f"label: {EVIL[row]}") in card.split("  \n"), card
+
+
+def test_chart_hover_and_legend_do_not_read_labels_as_html(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: plotly renders <b>, <a href> and <img> in hover text and legends; labels went
+    there unescaped."""
+    import json
+
+    workspace = Workspace(tmp_path / "ws")
+    _evil_dataset(workspace, tmp_path)
+    at = open_app(workspace, monkeypatch, page="pages/map.py", color="label").run()
+    assert_clean(at)
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = {trace["name"] for trace in figure["data"]}
+    assert "&lt;img src=x onerror=alert(1)&gt;" in names and not any("<" in n for n in names)
+    hover = " ".join(str(text) for trace in figure["data"] for text in trace["customdata"])
+    assert "&lt;img src=x onerror=alert(1)&gt;" in hover and "<img" not in hover
+    assert "[click](http://evil)" in hover  # Markdown means nothing to plotly: shown as is
+
+
+def test_job_errors_do_not_show_server_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a failed job's error (often an exception's text) was shown whole, server
+    paths included, on the Jobs page and in the job panel."""
+    workspace = Workspace(tmp_path / "ws")
+    _embeddings_only_dataset(workspace, tmp_path, np.eye(6, 4, dtype=np.float32) + 1)
+    secret = workspace.root / "datasets" / "vectors" / "images" / "ab" / "x.jpg"
+    job_id = _record(
+        workspace,
+        state="failed",
+        error=f"[Errno 2] No such file or directory: '{secret}' (see [docs](http://evil))",
+    )
+    for page in ("pages/jobs.py", None):  # the Jobs page, and the job panel of the link's job
+        at = open_app(workspace, monkeypatch, page=page, job=job_id).run()
+        assert_clean(at)
+        errors = [e.value for e in at.error]
+        assert errors and all(str(tmp_path) not in e for e in errors), errors
+        assert any("x\\.jpg" in e and "\\[docs\\]" in e for e in errors), errors
+        for table in (d.value for d in at.dataframe):
+            assert str(tmp_path) not in table.to_string(), table

@@ -51,3 +51,15 @@ def test_csv_downloads_do_not_carry_spreadsheet_formulas() -> None:
     assert back["label"].tolist() == ['\'=HYPERLINK("http://x","y")', "'+cmd", "cat"]
     assert back["path"].tolist() == ["'@SUM(A1)", "'-2+3", "dog.jpg"]
     assert back["score"].tolist() == [-1.5, 2.0, 0.25]
+
+
+def test_csv_column_names_cannot_run_as_formulas_either() -> None:
+    """A metadata column from an upload becomes a header cell: it is neutralised like a value."""
+    import io
+
+    import pandas as pd
+
+    table = pd.DataFrame({"=cmd()": ["a"], "label": pd.Categorical(["+x"]), "n": [-1]})
+    back = pd.read_csv(io.BytesIO(to_csv_bytes(table)))
+    assert list(back.columns) == ["'=cmd()", "label", "n"]
+    assert back.loc[0, "label"] == "'+x" and back.loc[0, "n"] == -1

@@ -175,3 +175,30 @@ def test_an_uploaded_manifest_cannot_reach_or_probe_files_outside_its_upload(
             assert "leaves the upload" in reason, (file, reason)
     samples = workspace.open("food").samples()
     assert samples["source"].tolist() == [inside.name]
+
+
+@pytest.mark.parametrize(
+    ("names", "shown"),
+    [
+        (["pets/cat/a.jpg", "pets/dog/b.jpg"], "pets"),
+        (["a.jpg"], "a.jpg"),
+        (["a.jpg", "b.jpg"], "2 uploaded files"),
+        (["pets/a.jpg", "c.jpg"], "2 uploaded files"),
+    ],
+)
+def test_an_upload_is_reported_by_its_own_name_never_the_server_folder(
+    tmp_path: Path, sample_images: Path, names: list[str], shown: str
+) -> None:
+    """Regression: an upload of loose files or a picked folder was reported (and shown on the
+    Datasets page) as "imported N images from /srv/<workspace>/.uploads/upload-..."."""
+    workspace = Workspace(tmp_path / "ws")
+    images = sorted(sample_images.glob("train/*/*.jpg"))
+    folder = upload_dir(workspace)
+    written, _ = save_uploads(
+        [FakeUpload(n, p.read_bytes()) for n, p in zip(names, images, strict=False)], folder
+    )
+    outcome = import_uploads(workspace, folder, written, mode="images", dataset="up")
+    discard_upload(folder)
+    assert outcome.report["source"] == shown
+    stored = workspace.open("up").import_report()
+    assert str(tmp_path) not in str(stored) and str(tmp_path) not in str(outcome.report)

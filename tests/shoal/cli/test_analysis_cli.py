@@ -86,3 +86,43 @@ def test_project_writes_coordinates(capsys, ws_root, tmp_path) -> None:
     assert "trustworthiness" in out
     frame = pd.read_parquet(tmp_path / "p.parquet")
     assert len(frame) == 404 and {"x", "y", "neighborhood_preservation"} <= set(frame.columns)
+
+
+def test_out_csv_neutralises_formula_cells(capsys, tmp_path) -> None:
+    """Regression: ``--out x.csv`` wrote ids and labels from an upload as they were, so a
+    spreadsheet opening the export ran ``=HYPERLINK(...)`` or ``+cmd`` as formulas. The CLI now
+    writes CSV through the same neutraliser as the web app's downloads."""
+    rng = np.random.default_rng(7)
+    vectors = np.concatenate([rng.normal(size=(30, 8)), rng.normal(size=(30, 8)) + 3])
+    ids = ['=HYPERLINK("http://evil","x")', "+cmd", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    ids += [f"s{i}" for i in range(len(vectors) - len(ids))]
+    labels = ["=1+1", "+a", "-b"] * (len(vectors) // 3)
+    samples = pd.DataFrame(
+        {"sample_id": ids, "source": "x", "path": None, "split": None, "label": labels}
+    )
+    root = tmp_path / "ws"
+    Workspace(root).create("fx", samples, has_images=False).publish_embeddings(
+        "user", vectors, ids, model="user-provided"
+    )
+    exports = {
+        "outliers": ["outliers", "fx"],
+        "mislabels": ["mislabels", "fx"],
+        "similar": ["similar", "fx", "--sample", "s10", "-k", "20"],
+        "duplicates": ["duplicates", "fx", "--threshold", "2.0"],
+    }
+    for name, argv in exports.items():
+        out = tmp_path / f"{name}.csv"
+        run(capsys, *argv, "--workspace", str(root), "--out", str(out))
+        table = pd.read_csv(out, dtype=str, keep_default_na=False)
+        text = [cell for column in table.columns for cell in table[column]]
+        risky = [c for c in text if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+        assert not [c for c in risky if not _is_number(c)], (name, risky)
+        assert any(c.startswith("'") for c in text), (name, "no id or label was exported")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

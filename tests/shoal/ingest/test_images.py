@@ -273,3 +273,43 @@ def test_a_table_that_decodes_to_too_many_cells_is_refused_from_its_footer(
     with pytest.raises(IngestError, match=r"500 rows x 4 columns, over the cap of 1,000 cells"):
         read_table(table, limits=ImportLimits(max_table_cells=1_000))
     assert len(read_table(table)) == 500
+
+
+@pytest.mark.parametrize("file_first", [True, False], ids=["file-first", "folder-first"])
+def test_zip_with_a_file_and_a_folder_of_one_name_imports_the_rest(
+    workspace: Workspace, sample_images: Path, tmp_path: Path, file_first: bool
+) -> None:
+    """Regression: a zip holding both ``cats/a`` (a file) and ``cats/a/b.jpg`` aborted the whole
+    import with FileExistsError (NotADirectoryError the other way round) and a server path.
+    Now the later entry is skipped, named in the report, and everything else is imported."""
+    images = [p.read_bytes() for p in _real_images(sample_images, 4)]
+    clash = [("pets/cats/a", images[0]), ("pets/cats/a/b.jpg", images[1])]
+    clash = clash if file_first else clash[::-1]
+    entries = dict([("pets/cats/c.jpg", images[2]), *clash, ("pets/dogs/d.jpg", images[3])])
+    report = import_source(workspace, _zip(entries, tmp_path / "pets.zip"), dataset="pets")
+    kept, skipped = clash[0][0], clash[1][0]  # the first in the zip wins
+    reasons = {r.file: r.reason for r in report.rejected}
+    assert skipped in reasons and "rename" in reasons[skipped], reasons
+    assert str(tmp_path) not in reasons[skipped]
+    sources = set(workspace.open("pets").samples()["source"])
+    assert {"cats/c.jpg", "dogs/d.jpg"} <= sources
+    if kept.endswith(".jpg"):
+        assert "cats/a/b.jpg" in sources
+    else:  # 'a' (no image extension) is listed as not an image: nothing of the clash is lost silently
+        assert "cats/a" in reasons
+
+
+def test_zip_with_one_name_twice_keeps_the_first(
+    workspace: Workspace, sample_images: Path, tmp_path: Path
+) -> None:
+    """Regression: a second entry of the same name silently overwrote the first."""
+    first, second = (p.read_bytes() for p in _real_images(sample_images, 2))
+    archive = tmp_path / "twice.zip"
+    with zipfile.ZipFile(archive, "w") as bundle, pytest.warns(UserWarning, match="Duplicate"):
+        bundle.writestr("x/cats/a.jpg", first)
+        bundle.writestr("x/cats/a.jpg", second)
+    report = import_source(workspace, archive, dataset="twice")
+    assert [r.file for r in report.rejected] == ["x/cats/a.jpg"]
+    assert "same name" in report.rejected[0].reason
+    ds = workspace.open("twice")
+    assert ds.image_file(ds.samples()["path"].iloc[0]).read_bytes() == first
