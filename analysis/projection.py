@@ -1,4 +1,4 @@
-"""2-D (or 3-D) maps of an embedding set with UMAP, fed by the shared kNN graph.
+"""2-D (or 3-D) maps of an embedding set with UMAP (or t-SNE, or PCA), fed by the shared kNN graph.
 
 UMAP's own first step is a nearest-neighbour search over the raw vectors; here the graph built
 once by :func:`analysis.knn.build_knn_graph` is handed to it (``precomputed_knn``), and UMAP only
@@ -51,6 +51,12 @@ MIN_UMAP_SAMPLES = 16
 #: samples, 200 above), since the layout starts from PCA rather than a random-ish start.
 DEFAULT_EPOCHS_SMALL = 250
 DEFAULT_EPOCHS_LARGE = 100
+#: The layouts :func:`project` draws: UMAP (default), t-SNE (openTSNE, on the shared graph) and
+#: the first principal components (linear, instant at any size, distances between clusters mean
+#: something; clusters overlap).
+METHODS = ("umap", "tsne", "pca")
+#: t-SNE fits every point (no transform step here): above this many samples use UMAP or PCA.
+MAX_TSNE_SAMPLES = 200_000
 
 
 def _umap() -> Any:
@@ -126,8 +132,14 @@ def project(
     trustworthiness_sample: int = TRUSTWORTHINESS_SAMPLE,
     metric: str = "cosine",
     random_state: int = 0,
+    method: str = "umap",
 ) -> Projection:
-    """UMAP map of (n_samples, dim) embeddings, reusing ``graph`` (built here when None).
+    """A map of (n_samples, dim) embeddings, reusing ``graph`` (built here when None).
+
+    ``method``: ``"umap"`` (default), ``"tsne"`` (openTSNE with uniform affinities on the shared
+    kNN graph: the kNN-graph t-SNE of Linderman et al. 2019, so the graph is not searched again,
+    started from the PCA layout and otherwise openTSNE's defaults) or ``"pca"`` (the first
+    principal components of the normalised vectors). The result's ``method`` says what was drawn.
 
     ``n_neighbors`` counts UMAP-style (the point itself included), so a 15-neighbour map needs a
     graph with at least 14 neighbours. Fixed ``random_state`` makes the layout reproducible.
@@ -136,7 +148,16 @@ def project(
     """
     if n_components not in (2, 3):
         raise ValueError(f"n_components must be 2 or 3, got {n_components}")
+    if method not in METHODS:
+        raise ValueError(
+            f"unknown projection method {method!r}; choose one of {', '.join(METHODS)}"
+        )
     n_samples = len(embeddings)
+    if method == "tsne" and n_samples > MAX_TSNE_SAMPLES:
+        raise ValueError(
+            f"t-SNE maps up to {MAX_TSNE_SAMPLES:,} samples here, this set has {n_samples:,}: "
+            "use UMAP (which places the rest into a fitted sample) or PCA"
+        )
     if graph is None:
         graph = build_knn_graph(
             embeddings,
@@ -170,9 +191,13 @@ def project(
         pca_components, normalize=metric == "cosine", random_state=random_state
     ).fit_transform(embeddings)
     transformed = np.zeros(n_samples, dtype=bool)
-    if n_samples < MIN_UMAP_SAMPLES or graph.n_neighbors < 2:
+    requested, params["method"] = method, method
+    if method == "pca" or n_samples < MIN_UMAP_SAMPLES or graph.n_neighbors < 2:
         coords = _pca_coords(reduced, n_components)
         method = "pca"
+    elif requested == "tsne":
+        coords = _fit_tsne(reduced, graph, n_components, random_state)
+        method = "tsne"
     elif n_samples <= max_fit_samples:
         coords = _fit_umap(
             reduced, graph, n_components, n_neighbors, min_dist, n_epochs, metric, random_state
@@ -219,6 +244,42 @@ def _pca_coords(reduced: np.ndarray, n_components: int) -> np.ndarray:
     width = min(n_components, reduced.shape[1])
     coords[:, :width] = reduced[:, :width]
     return coords
+
+
+def _fit_tsne(
+    reduced: np.ndarray, graph: KnnGraph, n_components: int, random_state: int
+) -> np.ndarray:
+    """openTSNE on the shared graph: uniform affinities over each point's k neighbours."""
+    try:
+        from openTSNE import TSNEEmbedding, affinity, initialization
+        from openTSNE.nearest_neighbors import PrecomputedNeighbors
+    except ImportError as error:
+        raise ImportError("Shoal's t-SNE map needs openTSNE: pip install openTSNE") from error
+    indices = graph.indices.astype(np.int64, copy=True)
+    distances = graph.distances.astype(np.float64, copy=True)
+    missing = (indices < 0) | ~np.isfinite(distances)
+    if missing.any():  # an unreachable neighbour: point at itself, which uniform weights skip
+        rows = np.broadcast_to(np.arange(len(indices))[:, None], indices.shape)
+        indices[missing], distances[missing] = rows[missing], 0.0
+    affinities = affinity.Uniform(
+        knn_index=PrecomputedNeighbors(indices, distances),
+        k_neighbors=graph.n_neighbors,
+        random_state=random_state,
+    )
+    start = initialization.rescale(reduced[:, :n_components].astype(np.float64))
+    if start.shape[1] < n_components:
+        start = initialization.random(len(reduced), n_components, random_state=random_state)
+    embedding = TSNEEmbedding(
+        start,
+        affinities,
+        negative_gradient_method="auto",  # Barnes-Hut below 10,000 points, FFT above
+        random_state=random_state,
+        n_jobs=-1,
+        verbose=False,
+    )
+    embedding = embedding.optimize(n_iter=250, exaggeration=12, momentum=0.5)
+    embedding = embedding.optimize(n_iter=500, momentum=0.8)
+    return np.asarray(embedding, dtype=np.float32)
 
 
 def _umap_knn(graph: KnnGraph, n_neighbors: int) -> tuple[np.ndarray, np.ndarray, int]:

@@ -62,9 +62,11 @@ def neighbors(
     return graph.indices, graph.distances
 
 
-@st.cache_data(show_spinner="Computing the map (UMAP)…", max_entries=8)
-def projection(_ds: Dataset, dataset_key: str, embedding: str, version: str) -> dict[str, Any]:
-    result = analyse.project(_ds, embedding).result
+@st.cache_data(show_spinner="Computing the map…", max_entries=8)
+def projection(
+    _ds: Dataset, dataset_key: str, embedding: str, version: str, method: str = "umap"
+) -> dict[str, Any]:
+    result = analyse.project(_ds, embedding, method=method).result
     return {
         "coords": result.coords,
         "preservation": result.neighborhood_preservation,

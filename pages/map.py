@@ -1,4 +1,5 @@
-"""Map: the UMAP projection as a WebGL scatter, coloured by any column; select to see the images."""
+"""Map: a UMAP (or t-SNE, PCA) map as a WebGL scatter, coloured by any column; select to see
+the images."""
 
 from __future__ import annotations
 
@@ -55,7 +56,10 @@ def colouring_for(name: str) -> Colouring | None:
             name, result.scores, description=f"{result.method}, higher = more unusual"
         )
     if name == "projection trust":
-        preservation = loaders.projection(ds, dataset_key, embedding, version)["preservation"]
+        layout = st.session_state.get("view_layout", "umap")
+        preservation = loaders.projection(ds, dataset_key, embedding, version, layout)[
+            "preservation"
+        ]
         return Colouring.continuous(
             name, preservation, description="share of true neighbours kept on the map"
         )
@@ -100,14 +104,46 @@ if ui.url_state("color", "view_color", default_colour) not in options:
     st.session_state["view_color"] = default_colour
 token = ui.url_state("sel", "view_sel", None)
 
-controls = st.columns([2, 3])
+LAYOUTS = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}
+if ui.url_state("layout", "view_layout", "umap") not in LAYOUTS:
+    st.session_state["view_layout"] = "umap"
+
+controls = st.columns([2, 1, 3])
 colour = controls[0].selectbox("Colour by", options, key="view_color", persist_state="session")
-projection = loaders.projection(ds, dataset_key, embedding, version)
+layout = controls[1].selectbox(
+    "Layout",
+    list(LAYOUTS),
+    format_func=LAYOUTS.get,
+    key="view_layout",
+    on_change=lambda: st.session_state.update(view_sel=None),  # a selection is drawn on one map
+    help="UMAP: local and global structure (default). t-SNE: tighter clusters, distances between "
+    "them mean little. PCA: linear and exact, clusters overlap. All from the same neighbour graph.",
+)
+if (
+    layout != "umap"
+    and n_samples > ui.INLINE_MAX_SAMPLES
+    and not ui.request_job(
+        ds,
+        "analyse",
+        {"embedding": embedding, "steps": ["project"], "projection": layout},
+        what=f"{LAYOUTS[layout]} map",
+        why=f"The {LAYOUTS[layout]} map of {n_samples:,} samples is computed once in the "
+        "background, then opens instantly for everyone.",
+    )
+):
+    ui.stop()
+try:
+    projection = loaders.projection(ds, dataset_key, embedding, version, layout)
+except ValueError as error:  # e.g. t-SNE beyond its size limit: say so, keep the page
+    st.warning(escape_markdown(error))
+    ui.stop()
 coords = projection["coords"]
-controls[1].caption(
-    f"{n_samples:,} {'objects' if 'object_id' in samples else 'samples'} · {projection['method'].upper()} of **{escape_markdown(embedding)}** · trustworthiness "
-    f"{projection['trustworthiness']:.2f} (1 = every map neighbour is a true neighbour). Drag a box "
-    "(or pick lasso in the chart's toolbar) to select; click a point to pick one."
+drawn = LAYOUTS.get(projection["method"], projection["method"].upper())
+controls[2].caption(
+    f"{n_samples:,} {'objects' if 'object_id' in samples else 'samples'} · {drawn} of "
+    f"**{escape_markdown(embedding)}** · trustworthiness {projection['trustworthiness']:.2f} "
+    "(1 = every map neighbour is a true neighbour). Drag a box (or pick lasso in the chart's "
+    "toolbar) to select; click a point to pick one."
 )
 
 selection = None

@@ -18,6 +18,7 @@ from shoal.cli._util import CliError, add_command, print_json, workspace
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     from analysis.outliers import SCORERS
+    from analysis.projection import METHODS as PROJECTION_METHODS
 
     def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
         parser = add_command(subparsers, common, name, help_text, func)
@@ -30,8 +31,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
     p = add(
         "project",
-        "2-D (or 3-D) UMAP map of a dataset's embeddings, from the shared kNN graph.",
+        "2-D (or 3-D) map of a dataset's embeddings (UMAP, t-SNE or PCA) from the shared kNN graph.",
         cmd_project,
+    )
+    p.add_argument(
+        "--method",
+        choices=PROJECTION_METHODS,
+        default="umap",
+        help="layout: umap, tsne (openTSNE on the same graph) or pca (default: %(default)s)",
     )
     p.add_argument("--components", type=int, choices=(2, 3), default=2)
     p.add_argument(
@@ -147,6 +154,7 @@ def cmd_project(args: argparse.Namespace) -> int:
         n_neighbors=args.neighbors,
         min_dist=args.min_dist,
         random_state=args.seed,
+        method=args.method,
     )
     result = computed.result
     if args.json:

@@ -145,6 +145,7 @@ def embed_objects_task(context: JobContext) -> dict[str, Any]:
 class AnalyseParams:
     embedding: str | None = None  # default: the dataset's default set
     steps: tuple[str, ...] | None = None  # default: ANALYSIS_STEPS
+    projection: str = "umap"  # the map's layout: umap, tsne or pca
 
 
 @task("analyse", params=AnalyseParams)
@@ -173,7 +174,8 @@ def analyse_task(context: JobContext) -> dict[str, Any]:
         )
         context.check_cancelled()
         try:
-            analyse.ANALYSES[step](ds, embedding)
+            options = {"method": params.projection} if step == "project" else {}
+            analyse.ANALYSES[step](ds, embedding, **options)
         except StoreError as error:
             if step != "mislabels":  # a dataset without labels has nothing to check
                 raise

@@ -84,10 +84,12 @@ def project(
     n_neighbors: int = 15,
     min_dist: float = 0.1,
     random_state: int = 0,
+    method: str = "umap",
     recompute: bool = False,
     **options: Any,
 ) -> Computed[Projection]:
-    """UMAP map of an embedding set from its shared graph (artefact 'projection')."""
+    """A map of an embedding set from its shared graph (artefact 'projection'): ``method``
+    "umap" (default), "tsne" or "pca" (see :func:`analysis.projection.project`)."""
     embeddings = ds.load_embeddings(embedding)
     graph = _graph(ds, embeddings, max(GRAPH_NEIGHBORS, n_neighbors - 1))
     params = {
@@ -97,6 +99,7 @@ def project(
         "random_state": random_state,
         "graph": graph.key,
         "graph_neighbors": graph.result.n_neighbors,
+        **({} if method == "umap" else {"method": method}),  # UMAP keeps its earlier key
         **options,
     }
 
@@ -108,6 +111,7 @@ def project(
             n_neighbors=n_neighbors,
             min_dist=min_dist,
             random_state=random_state,
+            method=method,
             **options,
         )
 

@@ -93,3 +93,35 @@ def test_round_trip() -> None:
     again = Projection.from_arrays(result.to_arrays(), result.to_meta())
     np.testing.assert_array_equal(again.coords, result.coords)
     assert again.trustworthiness == result.trustworthiness
+
+
+@pytest.mark.slow
+def test_tsne_and_pca_layouts_from_the_same_graph(real: dict[str, np.ndarray]) -> None:
+    """t-SNE (openTSNE on the shared graph) keeps neighbourhoods at least as well as UMAP;
+    PCA is the linear baseline both beat."""
+    x = real["fmnist"][:1500]
+    graph = build_knn_graph(x, n_neighbors=15)
+    maps = {m: project(x, graph=graph, method=m) for m in ("umap", "tsne", "pca")}
+    for method, result in maps.items():
+        assert result.method == method and result.params["method"] == method
+        assert result.coords.shape == (1500, 2) and np.isfinite(result.coords).all()
+    assert maps["tsne"].trustworthiness >= maps["umap"].trustworthiness - 0.01
+    assert maps["pca"].trustworthiness < min(
+        maps["umap"].trustworthiness, maps["tsne"].trustworthiness
+    )
+
+
+def test_layout_choices_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import analysis.projection as projection
+
+    x, _ = clustered_embeddings(200, dim=16, seed=2)
+    with pytest.raises(ValueError, match="choose one of umap, tsne, pca"):
+        project(x, method="mds")
+    monkeypatch.setattr(projection, "MAX_TSNE_SAMPLES", 100)
+    with pytest.raises(ValueError, match="t-SNE maps up to 100 samples here, this set has 200"):
+        project(x, method="tsne")
+    assert project(x, method="pca").method == "pca"
+    monkeypatch.undo()
+    graph = build_knn_graph(x, n_neighbors=15)
+    first, again = (project(x, graph=graph, method="tsne", random_state=1) for _ in range(2))
+    np.testing.assert_allclose(first.coords, again.coords, atol=1e-3)  # reproducible

@@ -122,6 +122,20 @@ def test_link_restores_map_colouring_and_selection(
 
 
 @pytest.mark.slow
+def test_link_opens_the_map_in_its_layout(
+    sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = open_app(sample_ws, monkeypatch, page="pages/map.py", ds="sample", layout="pca").run()
+    assert_clean(at)
+    assert at.selectbox(key="view_layout").value == "pca"
+    assert any(" · PCA of " in c.value for c in at.caption)
+    assert at.query_params["layout"] == "pca"
+    at = open_app(sample_ws, monkeypatch, page="pages/map.py", ds="sample", layout="mds").run()
+    assert_clean(at)
+    assert at.selectbox(key="view_layout").value == "umap"
+
+
+@pytest.mark.slow
 def test_link_restores_box_selection_against_all_points(
     sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

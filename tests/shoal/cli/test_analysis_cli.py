@@ -86,6 +86,8 @@ def test_project_writes_coordinates(capsys, ws_root, tmp_path) -> None:
     assert "trustworthiness" in out
     frame = pd.read_parquet(tmp_path / "p.parquet")
     assert len(frame) == 404 and {"x", "y", "neighborhood_preservation"} <= set(frame.columns)
+    out = run(capsys, "project", "fx", "--workspace", ws_root, "--method", "pca")
+    assert "with pca" in out and "trustworthiness" in out
 
 
 def test_out_csv_neutralises_formula_cells(capsys, tmp_path) -> None:
