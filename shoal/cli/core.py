@@ -167,12 +167,16 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from shoal.ingest.embeddings import create_from_embeddings
+    from shoal.ingest.embeddings import create_from_embeddings, embeddings_table_columns
     from shoal.ingest.images import import_source
 
     ws = workspace(args)
     source = Path(args.source)
-    if source.suffix.lower() == ".npy" or args.metadata:
+    if (
+        source.suffix.lower() == ".npy"
+        or args.metadata
+        or embeddings_table_columns(source) is not None  # ids + vectors (+ metadata), no images
+    ):
         report = create_from_embeddings(
             ws, args.dataset, source, metadata_file=args.metadata, ids_file=args.ids
         )

@@ -321,6 +321,35 @@ def add_embeddings(
     )
 
 
+def embeddings_table_columns(path: PathLike) -> tuple[str, list[str]] | None:
+    """For a Parquet file of embeddings (an id column and a list-of-numbers vector column, no
+    image path column): its vector column and the other columns (metadata to keep). None for
+    any other file. Reads the schema only."""
+    from shoal.ingest.images import PATH_COLUMNS
+
+    path = Path(path)
+    if path.suffix.lower() != ".parquet":
+        return None
+    try:
+        schema = pq.read_schema(path)
+    except Exception:  # noqa: BLE001 - not readable as Parquet: the importers will say why
+        return None
+    vectors = [f.name for f in schema if _is_list(f.type)]
+    lowered = {name.lower() for name in schema.names}
+    if not vectors or lowered & set(PATH_COLUMNS):
+        return None
+    vector = "embedding" if "embedding" in vectors else vectors[0]
+    return vector, [
+        name for name in schema.names if name != vector and not _is_list(schema.field(name).type)
+    ]
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind)
+    )
+
+
 def create_from_embeddings(
     workspace: Workspace,
     dataset: str,
@@ -330,13 +359,21 @@ def create_from_embeddings(
     ids_file: PathLike | None = None,
     name: str = "user",
 ) -> ImportReport:
-    """A dataset with no images: embeddings plus (optionally) a metadata table keyed by id."""
+    """A dataset with no images: embeddings plus (optionally) a metadata table keyed by id.
+
+    A Parquet embeddings file with other columns besides the id and the vector (label, split,
+    anything) is its own metadata table when ``metadata_file`` is not given.
+    """
     check_new_dataset(workspace, dataset)
     ids, vectors = read_embeddings_file(embeddings_file, ids_file=ids_file)
+    layout = embeddings_table_columns(embeddings_file) if metadata_file is None else None
+    metadata_columns = None
+    if layout is not None and ids is not None and len(layout[1]) > 1:
+        metadata_file, metadata_columns = embeddings_file, layout[1]  # its own metadata
     known_as = "the dataset's sample_id column"
     if metadata_file is not None:
         metadata_name = Path(metadata_file).name
-        metadata = read_table(Path(metadata_file))
+        metadata = read_table(Path(metadata_file), columns=metadata_columns)
         id_column = _id_column(list(metadata.columns), metadata_name)
         first_row = 2 if Path(metadata_file).suffix.lower() == ".csv" else 1
         check_id_lengths(metadata[id_column], metadata_name, id_column, first_row=first_row)

@@ -510,8 +510,11 @@ def _unusable_path(error: OSError) -> str:
     return f"cannot look this path up ({error.strerror or error}); rename the file"
 
 
-def read_table(path: Path, *, limits: ImportLimits = DEFAULT_LIMITS) -> pd.DataFrame:
-    """Read a CSV or Parquet table with an error that names the file.
+def read_table(
+    path: Path, *, limits: ImportLimits = DEFAULT_LIMITS, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """Read a CSV or Parquet table (only ``columns`` of a Parquet file, if given) with an error
+    that names the file.
 
     A Parquet file's rows × columns are read from its footer first: a small file can decode to
     billions of cells (one repeated value compresses to nothing), refused before it is loaded.
@@ -526,7 +529,7 @@ def read_table(path: Path, *, limits: ImportLimits = DEFAULT_LIMITS) -> pd.DataF
                 f"{path.name} holds {metadata.num_rows:,} rows x {metadata.num_columns} columns, "
                 f"over the cap of {limits.max_table_cells:,} cells; split it into smaller tables"
             )
-        return pd.read_parquet(path)
+        return pd.read_parquet(path, columns=columns)
     except IngestError:
         raise
     except Exception as error:  # noqa: BLE001 - any parser error becomes one clear message

@@ -178,3 +178,47 @@ def test_serving_beyond_this_machine_needs_a_gate(
     secrets.unlink()
     monkeypatch.setenv("SHOAL_ACCESS_TOKEN", "s3cret")
     assert _gated(secrets)
+
+
+def test_import_of_an_embeddings_parquet_makes_an_embeddings_only_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], real: dict[str, np.ndarray]
+) -> None:
+    """Regression: a Parquet of sample_id + a vector column was refused ("has no image path
+    column") unless --metadata was given. Its other columns are kept as metadata."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shoal.store import Workspace
+
+    vectors = real["fmnist"][:300]
+    labels = [str(v) for v in real["fmnist_labels"][:300]]
+    ids = [f"img-{i:04d}" for i in range(300)]
+    table = pa.table(
+        {
+            "sample_id": ids,
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(vectors.ravel()), vectors.shape[1]
+            ),
+            "label": labels,
+            "camera": ["a", "b", "c"] * 100,
+        }
+    )
+    source = tmp_path / "emb.parquet"
+    pq.write_table(table, source)
+    ws = str(tmp_path / "ws")
+    code, out, _ = _run(capsys, "import", str(source), "--dataset", "d", "--workspace", ws)
+    assert code == 0 and "imported 300 samples" in out
+    ds = Workspace(Path(ws)).open("d")
+    samples = ds.samples()
+    assert samples["sample_id"].tolist() == ids and samples["label"].tolist() == labels
+    assert samples["camera"].tolist() == ["a", "b", "c"] * 100
+    assert samples["path"].isna().all()
+    stored = ds.load_embeddings()
+    assert list(stored.ids) == ids
+    np.testing.assert_allclose(np.asarray(stored.vectors), vectors)
+    # Only ids and vectors: still recognised, still no --metadata needed.
+    pq.write_table(table.select(["sample_id", "embedding"]), source)
+    code, out, _ = _run(capsys, "import", str(source), "--dataset", "e", "--workspace", ws)
+    assert code == 0 and "imported 300 samples" in out
+    assert isinstance(Workspace(Path(ws)).open("e").samples(), pd.DataFrame)
