@@ -4,7 +4,9 @@ One kNN graph per embedding set (:mod:`analysis.knn`) feeds the projection
 (:mod:`analysis.projection`), outlier scores (:mod:`analysis.outliers`), near-duplicates
 (:mod:`analysis.duplicates`) and label checks (:mod:`analysis.mislabels`); similarity search
 (:mod:`analysis.similar`) reuses the same exact index. :mod:`analysis.compare` tells whether two
-sets differ (the permutation tests of :mod:`analysis.two_sample`) and where. One PCA
+sets differ (the permutation tests of :mod:`analysis.two_sample`) and where;
+:mod:`analysis.selection` picks what to label next and :mod:`analysis.splits` keeps duplicate
+groups inside one split. One PCA
 (:mod:`analysis.pca`) serves them all, and every stored result shares one storage contract
 (:class:`analysis.results.ArrayRecord`). These modules import nothing of ``shoal``: the workflows
 in ``shoal.workflows`` read a stored dataset, run them and cache their results.
@@ -22,22 +24,29 @@ from analysis.knn import KnnGraph, NeighborIndex, build_knn_graph
 from analysis.mislabels import MislabelResult, score_mislabels
 from analysis.outliers import SCORERS, OutlierResult, register_scorer, score_outliers
 from analysis.projection import Projection, project
+from analysis.selection import Selection, select_novel, select_samples
 from analysis.similar import SimilarResult, search_similar
+from analysis.splits import LeakFreeSplits, leak_free_splits
 
 __all__ = [
     "SCORERS",
     "DuplicateResult",
     "KnnGraph",
+    "LeakFreeSplits",
     "MislabelResult",
     "NeighborIndex",
     "OutlierResult",
     "Projection",
+    "Selection",
     "SimilarResult",
     "build_knn_graph",
     "find_duplicates",
     "l2_normalize",
     "project",
+    "leak_free_splits",
     "register_scorer",
+    "select_novel",
+    "select_samples",
     "score_mislabels",
     "score_outliers",
     "search_similar",

@@ -24,12 +24,41 @@ Default scorer ``"knn"``, an outlier at either of two scales:
 Each is turned into a robust z-score of its logarithm (median and 1.4826 · MAD, as below) and the
 default score is the larger of the two.
 
-Flagging rule (:func:`analysis.results.robust_threshold`): a sample is flagged when its log-score
-exceeds median + 3.5 robust standard deviations (1.4826 · MAD) of all log-scores, the
-modified-z-score cut-off of Iglewicz & Hoaglin; for the default score, already a robust z-score,
-when it exceeds 3.5. Logs because distance-like scores are skewed to the right. A clean set flags
-next to nothing; the share flagged follows the data and is not a fixed percentage. A user
-threshold on the score itself overrides the rule.
+Flagging rule (default; :func:`fdr_threshold`): flags chosen from the score distribution itself
+at a stated false-discovery rate, ``fdr = 0.05``. Most samples of a data set are ordinary, so
+the bulk of its scores shows what an ordinary score looks like: a Gaussian *empirical null*
+(Efron 2004) is fitted to it, N(median, (1.4826 · MAD)²) of the log-scores (of the scores
+themselves for the default score, already a robust z, and for ``isolation_forest``). Each sample
+gets the p-value of its score under that null, and the Benjamini–Hochberg step-up procedure
+flags the largest set in which the expected share of ordinary samples is at most ``fdr``
+(:func:`analysis.results.gaussian_fdr_cut`).
+
+* Nothing unusual: the first flag needs p < fdr / n (a null z of 4.1 at n = 2,000, 4.8 at
+  50,000), so a clean set gets no flag in about 95% of cases, however large it is.
+* Many unusual samples: the cut moves down with them (the R-th flag needs only
+  p < fdr · R / n): with 100 clear outliers among 2,000 it sits near z = 2.8. A fixed cut (the
+  earlier z > 3.5) misses part of such a crowd: 12-19 of 100 photos among 2,000 garments.
+* Why Gaussian: the log kNN distances of real embeddings have a *lighter* upper tail than the
+  Gaussian fitted to their bulk (5,000 Fashion-MNIST EfficientNet-Lite0 vectors: 99.9th
+  percentile at z = 2.8 against 3.1), so the null errs towards fewer flags. A set made of
+  sub-populations gets its minority flagged, as it should: among 500 trousers alone the rule
+  flags 29, trousers whose nearest Fashion-MNIST neighbours are half dresses and coats.
+
+Measured on planted real outliers (benchmarks/bench_flags.py, 2,000 samples, 0.5-5% planted,
+5 seeds): foreign photos, scattered or in tight clumps, are flagged with precision and recall
+about 0.98 at every contamination level; nothing is flagged on real sets with nothing planted
+(Fashion-MNIST draws of 1,000 to 5,000, the digits, the photos). Where the ranking's AUROC is
+high but the foreign samples sit *inside* the inliers' own upper tail (scanned digits among
+garments: AUROC 0.97, yet no threshold reaches precision and recall 0.5), the rule flags
+nothing rather than a crowd of ordinary samples; when it flags, precision stays above 0.8 on
+every planted set.
+
+The threshold is reported on the score's own scale (``scores > threshold`` is flagged), also
+when nothing is flagged, and ``params`` records the ``rule``, ``fdr``, the null's ``centre``
+and ``robust_sd``, the cut as a null z-score ``z`` and ``n_tests``. ``threshold=`` (a score)
+overrides the rule. ``z_threshold=`` selects the earlier fixed rule instead: flagged when the
+(log-)score exceeds median + z robust SDs (Iglewicz & Hoaglin's modified z-score,
+:func:`flag_threshold`; for the default score, when it exceeds z).
 
 Example:
     >>> import numpy as np
@@ -54,6 +83,7 @@ from analysis.knn import KnnGraph, build_knn_graph, prepare_rows
 from analysis.pca import BlockPCA
 from analysis.results import (
     ArrayRecord,
+    gaussian_fdr_cut,
     ids_or_rows,
     jsonable,
     log_with_floor,
@@ -62,7 +92,10 @@ from analysis.results import (
 )
 from registry import Registry
 
-#: Modified z-score above which a sample is flagged (Iglewicz & Hoaglin, 1993).
+#: False-discovery rate of the default flags (Benjamini & Hochberg, 1995).
+DEFAULT_FDR = 0.05
+#: Cut-off of the fixed robust rule (modified z-score, Iglewicz & Hoaglin, 1993), used only when
+#: asked for with ``z_threshold=``.
 DEFAULT_Z_THRESHOLD = 3.5
 
 
@@ -180,7 +213,8 @@ def score_outliers(
     graph: KnnGraph | None = None,
     method: str = "knn",
     threshold: float | None = None,
-    z_threshold: float = DEFAULT_Z_THRESHOLD,
+    fdr: float = DEFAULT_FDR,
+    z_threshold: float | None = None,
     n_neighbors: int = 15,
     metric: str = "cosine",
     random_state: int = 0,
@@ -190,7 +224,8 @@ def score_outliers(
 
     embeddings: (n_samples, dim), needed when ``graph`` is None or the scorer reads vectors
     (``"isolation_forest"``). graph: the shared kNN graph (built with ``n_neighbors`` if None).
-    threshold: flag ``scores > threshold`` instead of the robust rule (see module docstring).
+    fdr: false-discovery rate of the default rule (see module docstring). threshold: flag
+    ``scores > threshold`` instead. z_threshold: use the fixed robust rule with this cut instead.
     """
     spec = SCORERS[method]
     if graph is None:
@@ -210,12 +245,17 @@ def score_outliers(
         )
 
     rule: dict[str, Any]
-    if threshold is None and spec.standardized:
+    if threshold is not None:
+        rule = {"rule": "user", "threshold": float(threshold)}
+    elif z_threshold is not None and spec.standardized:
         threshold, rule = float(z_threshold), {"rule": "robust z-score > z", "z": z_threshold}
-    elif threshold is None:
+    elif z_threshold is not None:
         threshold, rule = flag_threshold(scores, z=z_threshold, log_scale=spec.log_scale)
     else:
-        rule = {"rule": "user", "threshold": float(threshold)}
+        # A standardized score is a robust z already: its null is fitted on the scores as they are.
+        threshold, rule = fdr_threshold(
+            scores, fdr=fdr, log_scale=spec.log_scale and not spec.standardized
+        )
     flagged = scores > threshold
     flagged_indices = np.flatnonzero(flagged)
     flagged_indices = flagged_indices[np.argsort(-scores[flagged_indices], kind="stable")]
@@ -239,10 +279,46 @@ def score_outliers(
     )
 
 
+def fdr_threshold(
+    scores: np.ndarray, *, fdr: float = DEFAULT_FDR, log_scale: bool = True
+) -> tuple[float, dict[str, Any]]:
+    """Score threshold of the default rule: Benjamini–Hochberg at ``fdr`` against a Gaussian null
+    fitted to the bulk of the scores (of log-scores if ``log_scale``); see the module docstring.
+
+    Returns the threshold on the original score scale (``scores > threshold`` are flagged; finite
+    even when nothing is) and a record of the rule.
+
+    >>> scores = np.r_[np.random.default_rng(0).normal(size=1000), [6.0, 7.0]]
+    >>> threshold, rule = fdr_threshold(scores, log_scale=False)
+    >>> int((scores > threshold).sum()), rule["fdr"]
+    (2, 0.05)
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    floor = 0.0
+    values = scores[np.isfinite(scores)]
+    if log_scale:
+        values, floor = log_with_floor(values)
+    cut = gaussian_fdr_cut(values, fdr=fdr)
+    threshold = cut.threshold
+    if log_scale and np.isfinite(threshold):
+        threshold = float(np.exp(threshold) - floor)
+    return threshold, {
+        "rule": f"false-discovery rate {100 * fdr:g}% (Benjamini-Hochberg, Gaussian null of the "
+        + ("log-scores" if log_scale else "scores")
+        + ")",
+        "fdr": fdr,
+        "z": cut.z,
+        "centre": cut.centre,
+        "robust_sd": cut.spread,
+        "n_tests": int(values.size),
+    }
+
+
 def flag_threshold(
     scores: np.ndarray, *, z: float = DEFAULT_Z_THRESHOLD, log_scale: bool = True
 ) -> tuple[float, dict[str, Any]]:
-    """Score threshold of the robust rule: median + z robust SDs, on log-scores if ``log_scale``.
+    """Score threshold of the fixed robust rule: median + z robust SDs, on log-scores if
+    ``log_scale`` (the default rule before the false-discovery-rate one; kept for comparison).
 
     Returns the threshold on the original score scale and a record of how it was reached.
     """
@@ -267,7 +343,7 @@ def flag_threshold(
 
 @register_scorer(
     "knn",
-    score_range="robust z-score, (-inf, inf); inliers mostly within +-3, flagged above 3.5",
+    score_range="robust z-score, (-inf, inf); inliers mostly within +-3",
     needs_embeddings=True,
     standardized=True,
 )

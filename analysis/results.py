@@ -1,5 +1,5 @@
 """What the analysis results share: one way to store them, JSON-safe conversion, robust
-thresholds.
+thresholds, and a false-discovery-rate cut against a fitted null.
 
 :class:`ArrayRecord` gives a frozen result dataclass ``to_arrays`` / ``to_meta`` / ``from_arrays``,
 the storage contract of ``shoal.workflows.cache``: fields annotated ``np.ndarray`` (or
@@ -25,7 +25,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -163,9 +163,15 @@ def robust_threshold(values: np.ndarray, *, z: float = 3.5) -> tuple[float, floa
 
     The robust SD is 1.4826 · MAD, or 1.2533 · mean absolute deviation when more than half the
     values are equal (MAD = 0). ``z = 3.5`` is Iglewicz & Hoaglin's cut-off for the modified
-    z-score: about 0.05% of a normal sample exceeds it, so a clean set flags almost nothing and
-    the share flagged follows the data instead of being fixed. Non-finite values are ignored;
-    with fewer than ``MIN_VALUES_FOR_SPREAD`` values the threshold is infinite (no flags).
+    z-score: about 0.02% of a normal sample exceeds it on one side. Non-finite values are ignored; with
+    fewer than ``MIN_VALUES_FOR_SPREAD`` values the threshold is infinite (no flags).
+
+    Who cuts here: the near-duplicate rule (:mod:`analysis.duplicates`), on the low side: a pair
+    is a near-duplicate when its distance is below exp(m - 3.5 s), m and s the median and
+    robust SD of every sample's log nearest-neighbour distance (a fixed z, not a rate: copies
+    sit many robust SDs below the bulk, whatever their number); and the outliers' earlier
+    fixed rule, on request. The outliers' default rule cuts with :func:`gaussian_fdr_cut` instead, whose null
+    uses this centre and spread.
     """
     finite = np.asarray(values, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
@@ -194,3 +200,52 @@ def robust_z(values: np.ndarray, *, log_scale: bool = False) -> np.ndarray:
     if not np.isfinite(centre) or spread == 0:
         return np.where(np.isfinite(values), 0.0, values)
     return (values - centre) / spread
+
+
+class NullCut(NamedTuple):
+    """Where :func:`gaussian_fdr_cut` cuts: ``threshold`` on the values' scale, the null's
+    ``centre`` and ``spread``, the cut as a null z-score ``z``, and ``n_flagged`` values above it."""
+
+    threshold: float
+    centre: float
+    spread: float
+    z: float
+    n_flagged: int
+
+
+def gaussian_fdr_cut(values: np.ndarray, *, fdr: float) -> NullCut:
+    """Benjamini–Hochberg cut at false-discovery rate ``fdr`` on the upper tail of ``values``,
+    against a Gaussian null fitted to their bulk (an *empirical null*, Efron 2004).
+
+    The null is N(centre, spread²) with the median and robust SD of :func:`robust_threshold`:
+    most values are ordinary, so the bulk of the distribution tells what ordinary looks like,
+    and a few extreme values move neither statistic. Each value gets the one-sided p-value
+    ``P(N > value)`` and the Benjamini & Hochberg (1995) step-up procedure keeps the largest R
+    with ``p_(R) <= fdr * R / n``: the threshold is the value whose p-value is ``fdr * R / n``,
+    so exactly the R largest values exceed it. Under the null the expected share of ordinary
+    values among those above the threshold is at most ``fdr``; a set with nothing unusual gets
+    no flag with probability about ``1 - fdr``. When nothing is flagged (R = 0) the threshold is
+    still reported, as the value a single sample would have to exceed (p = ``fdr / n``).
+    The cut adapts to contamination: many clearly unusual values lower it, none raise it to
+    the Bonferroni level. Non-finite values are ignored; with fewer than
+    ``MIN_VALUES_FOR_SPREAD`` values or zero spread the threshold is infinite (no flags).
+
+    >>> cut = gaussian_fdr_cut(np.r_[np.linspace(-2, 2, 200), 9.0], fdr=0.05)
+    >>> cut.n_flagged, round(cut.z, 2)
+    (1, 3.48)
+    """
+    from scipy.special import ndtr, ndtri
+
+    if not 0.0 < fdr < 1.0:
+        raise ValueError(f"fdr must be in (0, 1), got {fdr}")
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    _, centre, spread = robust_threshold(finite)
+    if not np.isfinite(centre) or spread == 0.0 or finite.size < MIN_VALUES_FOR_SPREAD:
+        return NullCut(float("inf"), centre, spread, float("inf"), 0)
+    n = finite.size
+    p_values = np.sort(ndtr(-(finite - centre) / spread))
+    below = np.flatnonzero(p_values <= fdr * np.arange(1, n + 1) / n)
+    n_flagged = int(below[-1] + 1) if below.size else 0
+    z = float(-ndtri(fdr * max(n_flagged, 1) / n))
+    return NullCut(centre + z * spread, centre, spread, z, n_flagged)

@@ -75,6 +75,22 @@ def projection(
     }
 
 
+@st.cache_data(show_spinner="Picking samples to label…", max_entries=8)
+def picks(
+    _ds: Dataset,
+    dataset_key: str,
+    embedding: str,
+    version: str,
+    n_select: int,
+    where: str | None,
+    novel_vs: str,
+) -> pd.DataFrame:
+    """The selection's table (pick order): see shoal.workflows.selection.select."""
+    from shoal.workflows.selection import select
+
+    return select(_ds, n_select, embedding, where=where, novel_vs=novel_vs).to_frame()
+
+
 @st.cache_data(show_spinner="Scoring outliers…", max_entries=16)
 def outliers(
     _ds: Dataset, dataset_key: str, embedding: str, version: str, method: str = "knn"

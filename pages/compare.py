@@ -168,6 +168,49 @@ widgets.gallery(
     ],
 )
 
+st.subheader("Pick what to label next")
+st.caption(
+    "The current samples that best cover what the reference lacks: the most novel first, each "
+    "next one far from the reference and from every earlier pick (k-center greedy seeded with "
+    "the reference), so no two picks are near-copies."
+)
+n_picks = int(
+    st.number_input(
+        "How many",
+        1,
+        max(1, len(current_rows)),
+        min(24, max(1, len(current_rows))),
+        key="compare_n",
+    )
+)
+try:
+    picks = loaders.picks(
+        ds, dataset_key, embedding, version, n_picks, current_expr or None, reference_expr
+    )
+except (FilterError, StoreError, ValueError) as error:
+    st.error(visitor_error(error))
+else:
+    picked_rows = np.array([row_of[i] for i in picks["sample_id"]], dtype=np.int64)
+    st.caption(
+        f"After {len(picks):,} picks every current sample is within cosine distance "
+        f"{picks['radius'].iloc[-1]:.3f} of the reference or a pick."
+        if len(picks)
+        else "Nothing to pick."
+    )
+    widgets.download_csv(
+        "Export picks CSV", picks, file_name=f"{ds.name}-to-label.csv", key="compare_picks_export"
+    )
+    widgets.gallery(
+        ds,
+        samples,
+        picked_rows,
+        key="compare_picks",
+        captions=[
+            f"#{p.pick} · covers {p.represented:,} · d {p.pick_distance:.3f}"
+            for p in picks.itertuples(index=False)
+        ],
+    )
+
 st.subheader("Clusters that changed share")
 clusters = result.clusters_frame()
 st.dataframe(

@@ -10,6 +10,7 @@ from analysis.outliers import SCORERS
 from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
+from shoal.app.charts import score_histogram
 from shoal.app.selection import Selection
 from shoal.app.tables import row_ids, rows_table
 from shoal.app.text import escape_markdown
@@ -87,20 +88,64 @@ if section == "outliers":
     result = loaders.outliers(ds, dataset_key, embedding, version, method)
     indices, distances = loaders.neighbors(ds, dataset_key, embedding, version)
     order = np.argsort(-result.scores, kind="stable")
-    flagged = int(result.n_flagged)
+    finite = result.scores[np.isfinite(result.scores)]
+    low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    manual = ui.url_state("cut", "outliers_cut", None, cast=float)
+    if manual is not None and not low <= manual <= high:  # NaN fails too
+        st.warning(
+            f"Ignored the link's cut={escape_markdown(manual)}: this scorer's scores run from "
+            f"{low:.3g} to {high:.3g}; using the automatic threshold."
+        )
+        manual = st.session_state["outliers_cut"] = None
+    threshold = result.threshold
+    if not st.toggle(
+        "Automatic threshold",
+        value=manual is None,
+        key=f"outliers_cut_auto_{method}",
+        help="Chosen from this dataset's own scores: "
+        + escape_markdown(result.params.get("rule", "")),
+    ):
+        threshold = st.slider(
+            "Flag scores above",
+            low,
+            max(high, low + 1e-6),
+            float(manual if manual is not None else np.clip(result.threshold, low, high)),
+            format="%.3f",
+            key=f"outliers_cut_slider_{method}",
+        )
+        st.session_state["outliers_cut"] = threshold
+    else:
+        st.session_state["outliers_cut"] = None
+    flagged_mask = result.scores > threshold
+    flagged = int(flagged_mask.sum())
+    st.plotly_chart(
+        score_histogram(result.scores, threshold, x_title=f"{method} score"),
+        key="outliers_histogram",
+        config={"displayModeBar": False},
+    )
+    rule = (
+        escape_markdown(result.params.get("rule", "user threshold"))
+        if st.session_state["outliers_cut"] is None
+        else "your threshold"
+    )
     st.caption(
-        f"**{flagged:,}** of {len(samples):,} samples flagged (score > {result.threshold:.3g}; "
-        f"{result.params.get('rule', 'user threshold')}). Scores: {result.score_range}, higher = more unusual. "
-        "Each row shows the sample, then its nearest neighbours: a true outlier's neighbours are far and unlike it."
+        f"**{flagged:,}** of {len(samples):,} samples flagged (score > {threshold:.3g}; "
+        f"{rule}). Scores: {escape_markdown(result.score_range)}, higher = more unusual. Each row "
+        "shows the sample, then its nearest neighbours: a true outlier's neighbours are far and "
+        "unlike it."
     )
     shown = order[: max(flagged, ITEMS_PER_PAGE)] if flagged else order[: ITEMS_PER_PAGE * 3]
     if not flagged:
-        st.info("Nothing crosses the threshold; showing the highest-scoring samples anyway.")
+        st.info(
+            "Nothing crosses the threshold: no sample is more unusual than this dataset's own "
+            "spread explains. The highest-scoring samples are shown anyway; move the threshold "
+            "to flag them."
+        )
     table = rows_table(
         samples,
         shown,
         outlier_score=result.scores[shown],
-        flagged=result.flagged[shown],
+        flagged=flagged_mask[shown],
         neighbours=[" ".join(sample_ids[indices[r, :NEIGHBORS_SHOWN]]) for r in shown],
         neighbour_distances=[
             " ".join(f"{d:.3f}" for d in distances[r, :NEIGHBORS_SHOWN]) for r in shown
@@ -111,19 +156,19 @@ if section == "outliers":
         widgets.download_csv(
             "Export CSV",
             rows_table(
-                samples, order, outlier_score=result.scores[order], flagged=result.flagged[order]
+                samples, order, outlier_score=result.scores[order], flagged=flagged_mask[order]
             ),
             file_name=f"{ds.name}-outliers-{method}.csv",
             key="outliers_export",
         )
     with actions:
-        show_on_map(np.flatnonzero(result.flagged), "outliers_map")
+        show_on_map(np.flatnonzero(flagged_mask), "outliers_map")
     for i in paged(len(shown), "outliers_page"):
         row = int(shown[i])
         evidence_row(
             row,
             f"#{i + 1} · score {result.scores[row]:.3g}"
-            + (" · flagged" if result.flagged[row] else ""),
+            + (" · flagged" if flagged_mask[row] else ""),
             indices[row],
             [f"d = {d:.3f}" for d in distances[row]],
         )
@@ -236,8 +281,9 @@ else:
         ui.stop()
     result = loaders.mislabels(ds, dataset_key, embedding, version)
     st.caption(
-        f"**{result.n_flagged:,}** of {len(samples):,} samples flagged: their neighbours mostly carry another label "
-        "(score = 1 − neighbours' support for the given label, higher = more likely wrong)."
+        f"**{result.n_flagged:,}** of {len(samples):,} samples flagged: none of their labelled "
+        "neighbours carries their label (score = 1 − neighbours' support for the given label, "
+        "higher = more likely wrong; the suggestion is the neighbours' strongest class)."
     )
     flagged = result.flagged_indices
     table = rows_table(

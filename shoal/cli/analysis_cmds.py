@@ -57,10 +57,15 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "--threshold", type=float, help="flag scores above this instead of the robust rule"
     )
     p.add_argument(
+        "--fdr",
+        type=float,
+        default=0.05,
+        help="false-discovery rate of the default flagging rule (default: %(default)s)",
+    )
+    p.add_argument(
         "--z",
         type=float,
-        default=3.5,
-        help="robust z cut-off of the default rule (default: %(default)s)",
+        help="flag by a fixed robust z cut-off instead of the false-discovery rule (was 3.5)",
     )
     p.add_argument(
         "--top", type=int, default=20, help="flagged samples to list (default: %(default)s)"
@@ -75,6 +80,60 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "--threshold", type=float, help="cosine distance (default: data-relative, see docs)"
     )
     p.add_argument("--top", type=int, default=20, help="pairs to list (default: %(default)s)")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="list byte-identical image files instead (by content hash; no embeddings needed)",
+    )
+
+    p = add(
+        "splits",
+        "Check a dataset's splits for copies that cross them, and make a leak-free assignment.",
+        cmd_splits,
+    )
+    p.add_argument(
+        "--policy",
+        choices=("priority", "majority", "balanced"),
+        default="priority",
+        help="where a leaking group goes: the first split of --priority (default), the split "
+        "holding most of it, or the one keeping split sizes closest to the original",
+    )
+    p.add_argument(
+        "--priority",
+        help="split order, comma-separated (default: largest first, e.g. train,val,test)",
+    )
+    p.add_argument(
+        "--exact-only", action="store_true", help="only byte-identical files, no near-duplicates"
+    )
+    p.add_argument("--threshold", type=float, help="near-duplicate cosine distance (as duplicates)")
+    p.add_argument(
+        "--save-column",
+        metavar="NAME",
+        help="write the leak-free split into the samples table as this new column",
+    )
+
+    p = add(
+        "select",
+        "Pick N samples to label next: covering the dataset, a subset, or what a reference lacks.",
+        cmd_select,
+    )
+    p.add_argument("--n", type=int, default=100, help="how many to pick (default: %(default)s)")
+    p.add_argument("--where", help="pick among these samples, a filter (e.g. split=unlabelled)")
+    p.add_argument(
+        "--covered", help="samples already labelled: count as covered, never picked (a filter)"
+    )
+    p.add_argument(
+        "--novel-vs",
+        metavar="FILTER",
+        help="a reference (e.g. split=train): pick the most novel samples outside it, all distinct",
+    )
+    p.add_argument(
+        "--method",
+        choices=("k-means", "k-center"),
+        help="k-means: typical samples of every region (default); k-center: farthest first "
+        "(default with --novel-vs)",
+    )
+    p.add_argument("--seed", type=int, default=0)
 
     p = add(
         "mislabels", "Rank samples whose label disagrees with their neighbours'.", cmd_mislabels
@@ -184,7 +243,12 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 def cmd_outliers(args: argparse.Namespace) -> int:
     ds, computed = _compute(
-        args, "outliers", method=args.method, threshold=args.threshold, z_threshold=args.z
+        args,
+        "outliers",
+        method=args.method,
+        threshold=args.threshold,
+        fdr=args.fdr,
+        z_threshold=args.z,
     )
     result = computed.result
     if args.json:
@@ -194,6 +258,7 @@ def cmd_outliers(args: argparse.Namespace) -> int:
             f"{result.n_flagged:,} of {len(result.scores):,} samples flagged as outliers "
             f"({result.method}, score > {result.threshold:.4g}){_cached_note(computed)}"
         )
+        print(f"  rule: {result.params.get('rule', 'user threshold')}")
         for position, row in enumerate(result.flagged_indices[: args.top]):
             neighbours = ", ".join(
                 str(computed.sample_ids[j]) for j in result.neighbor_indices[position][:3]
@@ -243,6 +308,8 @@ def _ranked_outliers(
 
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
+    if args.exact:
+        return _exact_duplicates(args)
     _, computed = _compute(args, "duplicates", threshold=args.threshold)
     result = computed.result
     if args.json:
@@ -262,6 +329,103 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
             flag = "  LEAK" if item.cross_split else ""
             print(f"  {item.a}\t{item.b}\t{item.distance:.4f}{flag}")
     _write_table(computed.to_frame(), args.out)
+    return 0
+
+
+def _exact_duplicates(args: argparse.Namespace) -> int:
+    from shoal.workflows.splits import exact_duplicates
+
+    frame = exact_duplicates(workspace(args).open(args.name))
+    n_groups = int(frame["group"].nunique())
+    crossing = frame.groupby("group")["split"].nunique(dropna=True) > 1
+    if args.json:
+        print_json(
+            {
+                "n_groups": n_groups,
+                "n_samples": len(frame),
+                "n_groups_across_splits": int(crossing.sum()),
+                "groups": frame.head(max(args.top, 0) * 10).to_dict(orient="records"),
+            }
+        )
+    else:
+        print(f"{len(frame):,} samples are byte-identical copies, in {n_groups:,} groups")
+        if crossing.any():
+            print(f"  {int(crossing.sum()):,} groups cross splits (leakage)")
+        for group, members in list(frame.groupby("group"))[: args.top]:
+            leak = "  LEAK" if crossing.get(group, False) else ""
+            listed = ", ".join(f"{m.sample_id} ({m.split})" for m in members.itertuples())
+            print(f"  {group}: {listed}{leak}")
+    _write_table(frame, args.out)
+    return 0
+
+
+def cmd_splits(args: argparse.Namespace) -> int:
+    from shoal.workflows.splits import leak_free, save_split_column
+
+    ds = workspace(args).open(args.name)
+    priority = [p.strip() for p in args.priority.split(",") if p.strip()] if args.priority else None
+    plan = leak_free(
+        ds,
+        args.embedding,
+        policy=args.policy,
+        priority=priority,
+        near=not args.exact_only,
+        threshold=args.threshold,
+    )
+    result = plan.result
+    if args.json:
+        print_json(plan.result.to_dict(sample_ids=plan.sample_ids) | {"embedding": plan.embedding})
+    else:
+        kinds = "exact copies" if args.exact_only else "exact and near-duplicate copies"
+        print(
+            f"{result.n_leaking_groups:,} groups of {kinds} cross splits "
+            f"({result.n_leaking_samples:,} samples); the leak-free assignment moves "
+            f"{result.n_moved:,} ({args.policy})"
+        )
+        for move in result.moves_frame().itertuples(index=False):
+            print(f"  {move.n_samples:,} from {move.source} to {move.target}")
+        for split in result.proportions_frame().itertuples(index=False):
+            print(f"  {split.split}: {split.n_before:,} -> {split.n_after:,}")
+    if args.save_column:
+        save_split_column(ds, plan, args.save_column)
+        print(f"saved the leak-free split as column {args.save_column!r}")
+    _write_table(plan.to_frame(), args.out)
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from shoal.workflows.selection import select
+
+    ds = workspace(args).open(args.name)
+    try:
+        picked = select(
+            ds,
+            args.n,
+            args.embedding,
+            where=args.where,
+            covered=args.covered,
+            novel_vs=args.novel_vs,
+            method=args.method,
+            random_state=args.seed,
+        )
+    except ValueError as error:  # a filter that selects nothing, n < 1 (FilterError included)
+        raise CliError(str(error)) from error
+    result, frame = picked.result, picked.to_frame()
+    if args.json:
+        print_json(picked.to_dict())
+    else:
+        print(
+            f"picked {result.n_selected:,} of {result.n_candidates:,} candidates ({result.method}"
+            f"{f', {result.n_seeds:,} covered already' if result.n_seeds else ''}): every "
+            f"candidate is now within {result.radius:.3f} of a pick (mean {result.mean_distance:.3f}"
+            f", cosine distance)"
+        )
+        for row in frame.head(20).itertuples(index=False):
+            extra = " ".join(str(getattr(row, c)) for c in ("split", "label") if c in frame.columns)
+            print(f"  {row.pick}\t{row.sample_id}\t{extra}\tcovers {row.represented:,}")
+        if len(frame) > 20:
+            print(f"  ... {len(frame) - 20:,} more (--out picks.csv for all)")
+    _write_table(frame, args.out)
     return 0
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 from analysis.duplicates import DuplicateResult, find_duplicates
 from analysis.knn import KnnGraph, NeighborIndex, build_knn_graph
 from analysis.mislabels import MislabelResult, score_mislabels
-from analysis.outliers import DEFAULT_Z_THRESHOLD, OutlierResult, score_outliers
+from analysis.outliers import DEFAULT_FDR, OutlierResult, score_outliers
 from analysis.projection import Projection
 from analysis.projection import project as project_embeddings
 from analysis.similar import SimilarResult, search_similar
@@ -125,16 +125,20 @@ def outliers(
     method: str = "knn",
     n_neighbors: int = GRAPH_NEIGHBORS,
     threshold: float | None = None,
-    z_threshold: float = DEFAULT_Z_THRESHOLD,
+    fdr: float = DEFAULT_FDR,
+    z_threshold: float | None = None,
     random_state: int = 0,
     recompute: bool = False,
 ) -> Computed[OutlierResult]:
-    """Outlier scores and flags (artefact 'outliers'); see analysis.outliers for the rule."""
+    """Outlier scores and flags (artefact 'outliers'); see analysis.outliers for the rule:
+    by default a false-discovery rate ``fdr``; a ``z_threshold`` gives the fixed robust-z rule,
+    a ``threshold`` a fixed score cut."""
     embeddings = ds.load_embeddings(embedding)
     graph = _graph(ds, embeddings, n_neighbors)
     params = {
         "method": method,
         "threshold": threshold,
+        "fdr": fdr,
         "z_threshold": z_threshold,
         "random_state": random_state,
         "graph": graph.key,
@@ -147,6 +151,7 @@ def outliers(
             graph=graph.result,
             method=method,
             threshold=threshold,
+            fdr=fdr,
             z_threshold=z_threshold,
             random_state=random_state,
         )
@@ -207,6 +212,7 @@ def mislabels(
         "graph_neighbors": graph.result.n_neighbors,
         "labels": digest_values(labels),
         "label_column": label_column,
+        "rule": "no_support",  # analysis.mislabels' default since the calibrated flags
     }
 
     def compute() -> MislabelResult:

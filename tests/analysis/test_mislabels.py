@@ -72,3 +72,32 @@ def test_mismatched_length() -> None:
     graph = build_knn_graph(np.eye(6), n_neighbors=2)
     with pytest.raises(ValueError, match="labels"):
         score_mislabels(["a"] * 5, graph=graph)
+
+
+def test_flag_needs_a_labelled_neighbourhood_without_the_label() -> None:
+    # Two tight groups; row 0 sits in group "a" but is labelled "b".
+    rng = np.random.default_rng(3)
+    x = np.r_[rng.normal(size=(12, 4)), rng.normal(size=(12, 4)) + 20.0]
+    labels = np.array(["a"] * 12 + ["b"] * 12, dtype=object)
+    labels[0] = "b"
+    graph = build_knn_graph(x, n_neighbors=6, metric="euclidean", method="exact")
+    result = score_mislabels(labels, graph=graph)
+    assert result.flagged_indices.tolist() == [0] and result.suggested_labels[0] == "a"
+    assert result.params["flag_rule"] == "no_support"
+    assert result.params["min_labelled_neighbors"] == 3
+    # Mostly unlabelled neighbours: "none of them agrees" is no evidence.
+    sparse = labels.copy()
+    sparse[1:10] = None
+    assert not score_mislabels(sparse, graph=graph).flagged[0]
+
+
+def test_rules_and_errors() -> None:
+    x, clusters = clustered_embeddings(300, dim=16, n_clusters=3, seed=4)
+    noisy, _ = flip_labels(clusters, 0.1, seed=4)
+    graph = build_knn_graph(x, n_neighbors=10)
+    default = score_mislabels(noisy, graph=graph)
+    liberal = score_mislabels(noisy, graph=graph, rule="confident_joint")
+    assert liberal.params["flag_rule"] == "confident_joint"
+    np.testing.assert_array_equal(default.scores, liberal.scores)
+    with pytest.raises(ValueError, match="unknown mislabel rule"):
+        score_mislabels(noisy, graph=graph, rule="nope")

@@ -166,3 +166,19 @@ def test_user_threshold_and_tiny_sets() -> None:
         tiny = score_outliers(np.random.default_rng(0).normal(size=(n_samples, 4)))
         assert tiny.scores.shape == (n_samples,)
         assert not tiny.flagged.any()
+
+
+def test_default_rule_record_and_the_fixed_rule_on_request() -> None:
+    x, _ = clustered_embeddings(400, dim=16, seed=8)
+    default = score_outliers(x)
+    assert default.params["fdr"] == 0.05 and default.params["rule"].startswith("false-discovery")
+    # The threshold is on the score's scale even when nothing crosses it.
+    assert np.isfinite(default.threshold) and default.threshold == pytest.approx(
+        default.params["centre"] + default.params["z"] * default.params["robust_sd"]
+    )
+    fixed = score_outliers(x, z_threshold=3.5)
+    assert fixed.threshold == 3.5 and fixed.params["rule"] == "robust z-score > z"
+    local = score_outliers(x, method="knn_local", z_threshold=3.5)
+    assert local.params["rule"].startswith("median + z * robust_sd")
+    stricter = score_outliers(x, method="knn_local", fdr=0.001)
+    assert stricter.threshold > score_outliers(x, method="knn_local").threshold

@@ -136,6 +136,33 @@ def test_link_opens_the_map_in_its_layout(
 
 
 @pytest.mark.slow
+def test_outlier_threshold_shows_on_a_histogram_and_moves_with_the_link(
+    sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the fixed z > 3.5 flagged nothing on real sets and the page only said
+    "Nothing crosses the threshold"; the threshold could not be seen or moved."""
+    import shoal.workflows.analyse as aw
+
+    scores = aw.outliers(sample_ws.open("sample")).result.scores
+    at = open_app(sample_ws, monkeypatch, page="pages/outliers.py").run()
+    assert_clean(at)
+    assert at.get("plotly_chart"), "the score histogram"
+    assert at.toggle(key="outliers_cut_auto_knn").value is True
+    assert "cut" not in at.query_params
+    cut = float(np.quantile(scores, 0.9))
+    at = open_app(sample_ws, monkeypatch, page="pages/outliers.py", cut=str(cut)).run()
+    assert_clean(at)
+    assert at.toggle(key="outliers_cut_auto_knn").value is False
+    expected = int((scores > at.slider(key="outliers_cut_slider_knn").value).sum())
+    captions = " ".join(c.value for c in at.caption)
+    assert f"**{expected:,}** of {len(scores):,} samples flagged" in captions
+    assert "your threshold" in captions and float(at.query_params["cut"]) == pytest.approx(cut)
+    at = open_app(sample_ws, monkeypatch, page="pages/outliers.py", cut="1e9").run()
+    assert_clean(at)
+    assert any("Ignored the link's cut=" in w.value for w in at.warning)
+
+
+@pytest.mark.slow
 def test_link_restores_box_selection_against_all_points(
     sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,6 +200,9 @@ def test_link_restores_comparison_and_similar_query(
     counts = sample_ws.open("sample").samples()["split"].value_counts()
     expected = f"{counts['test']} / {counts['train']}"
     assert [m.value for m in at.metric if m.label == "Reference / current"] == [expected]
+    assert "Pick what to label next" in [h.value for h in at.subheader]
+    assert at.number_input(key="compare_n").value == 24
+    assert any("every current sample is within cosine distance" in c.value for c in at.caption)
 
     first_id = sample_ws.open("sample").samples()["sample_id"].iloc[0]
     at = open_app(sample_ws, monkeypatch, page="pages/similar.py", q=first_id, k="12").run()
