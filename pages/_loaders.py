@@ -91,6 +91,36 @@ def picks(
     return select(_ds, n_select, embedding, where=where, novel_vs=novel_vs).to_frame()
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def exact_duplicates(_ds: Dataset, dataset_key: str, stamp: str) -> pd.DataFrame:
+    """Byte-identical image files (shoal.workflows.splits.exact_duplicates)."""
+    from shoal.workflows.splits import exact_duplicates as find
+
+    return find(_ds)
+
+
+@st.cache_data(show_spinner="Checking the splits…", max_entries=8)
+def leak_free(
+    _ds: Dataset,
+    dataset_key: str,
+    stamp: str,
+    embedding: str,
+    version: str,
+    policy: str,
+    threshold: float | None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """The leak-free plan: (per-sample table, moves, counts); see shoal.workflows.splits."""
+    from shoal.workflows.splits import leak_free as plan_splits
+
+    plan = plan_splits(_ds, embedding, policy=policy, threshold=threshold)
+    counts = {
+        "leaking_groups": plan.result.n_leaking_groups,
+        "leaking_samples": plan.result.n_leaking_samples,
+        "moved": plan.result.n_moved,
+    }
+    return plan.to_frame(), plan.result.moves_frame(), counts
+
+
 @st.cache_data(show_spinner="Scoring outliers…", max_entries=16)
 def outliers(
     _ds: Dataset, dataset_key: str, embedding: str, version: str, method: str = "knn"

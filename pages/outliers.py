@@ -13,7 +13,7 @@ from pages import _widgets as widgets
 from shoal.app.charts import score_histogram
 from shoal.app.selection import Selection
 from shoal.app.tables import row_ids, rows_table
-from shoal.app.text import escape_markdown
+from shoal.app.text import code_span, escape_markdown, visitor_error
 
 #: The duplicate slider's range (cosine distance): beyond it pairs are not near-duplicates.
 MAX_DUPLICATE_DISTANCE = 0.3
@@ -214,10 +214,71 @@ elif section == "duplicates":
     )
     groups = result.groups()
     leaks = int(result.cross_split.sum())
-    cols = st.columns(3)
+    exact = loaders.exact_duplicates(ds, dataset_key, stamp)
+    cols = st.columns(4)
     cols[0].metric("Pairs", f"{len(result.pairs):,}")
     cols[1].metric("Groups", f"{len(groups):,}")
     cols[2].metric("Pairs across splits (leakage)", f"{leaks:,}")
+    cols[3].metric(
+        "Byte-identical files",
+        f"{len(exact):,}",
+        help=f"{exact['group'].nunique() if len(exact) else 0:,} groups of files with the same "
+        "bytes (same SHA-256), whatever their names.",
+    )
+    has_splits = (
+        "split" in samples and samples["split"].notna().any() and "object_id" not in samples
+    )
+    if has_splits:
+        with st.expander("Leak-free split: keep every group of copies in one split"):
+            policy = st.segmented_control(
+                "Move each leaking group to",
+                ["priority", "majority", "balanced"],
+                format_func={
+                    "priority": "the largest split it touches (train)",
+                    "majority": "where most of it is",
+                    "balanced": "keep split sizes",
+                }.get,
+                default="priority",
+                required=True,
+                key="outliers_split_policy",
+            )
+            plan, moves, counts = loaders.leak_free(
+                ds, dataset_key, stamp, embedding, version, policy, threshold
+            )
+            st.caption(
+                f"{counts['leaking_groups']:,} groups of exact or near copies cross splits "
+                f"({counts['leaking_samples']:,} samples); the leak-free assignment moves "
+                f"{counts['moved']:,} of them, whole groups only, and nothing else."
+            )
+            if len(moves):
+                st.dataframe(moves, hide_index=True)
+            actions = st.container(horizontal=True)
+            with actions:
+                widgets.download_csv(
+                    "Download the leak-free split",
+                    plan,
+                    file_name=f"{ds.name}-leak-free-split.csv",
+                    key="duplicates_split_export",
+                )
+            column = actions.text_input(
+                "Column name",
+                "clean_split",
+                key="outliers_split_column",
+                label_visibility="collapsed",
+            )
+            if actions.button("Save as a new column", key="outliers_split_save"):
+                from shoal.store import StoreError
+                from shoal.workflows.splits import leak_free, save_split_column
+
+                try:
+                    save_split_column(
+                        ds, leak_free(ds, embedding, policy=policy, threshold=threshold), column
+                    )
+                    st.success(
+                        f"Saved as column {code_span(column)}: colour the Map or compare by it."
+                    )
+                except StoreError as error:
+                    st.error(visitor_error(error))
     only_leaks = st.toggle(
         "Only groups that leak across splits", key="outliers_only_leaks", value=leaks > 0
     )

@@ -113,6 +113,9 @@ def leak_free(
 def save_split_column(ds: Dataset, plan: SplitPlan, column: str = "clean_split") -> int:
     """Write ``plan``'s clean split into the samples table as ``column`` (never over ``split``);
     samples outside the plan's embedding set keep their own split. Returns how many moved."""
+    column = column.strip()
+    if not column or len(column) > 64 or not column.isprintable():
+        raise StoreError(f"{column!r} cannot name a column: use 1 to 64 printable characters")
     if column in ("split", "sample_id", "path", "label", "source"):
         raise StoreError(f"{column!r} is one of the dataset's own columns; pick a new name")
     samples = ds.samples()

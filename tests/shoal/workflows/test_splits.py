@@ -35,6 +35,7 @@ def leaky(sample_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Work
             target = upload / split / image.parent.name / image.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(image, target)
+
     def planted(split: str, image: Path, name: str) -> Path:
         target = upload / split / image.parent.name / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,3 +116,23 @@ def test_the_cli_saves_the_leak_free_split_as_a_new_column(
         from shoal.workflows.splits import save_split_column
 
         save_split_column(leaky.open("leaky"), leak_free(leaky.open("leaky")), "split")
+
+
+def test_the_duplicates_page_offers_the_leak_free_split(
+    leaky: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.app.test_pages import assert_clean, open_app
+
+    at = open_app(leaky, monkeypatch, page="pages/outliers.py", ds="leaky", show="duplicates")
+    at.run()
+    assert_clean(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Byte-identical files"] == "4"
+    captions = " ".join(c.value for c in at.caption)
+    assert "2 groups of exact or near copies cross splits (4 samples)" in captions
+    assert "moves 2 of them" in captions
+    at.button(key="outliers_split_save").click().run()
+    assert_clean(at)
+    assert at.success and "`clean_split`" in at.success[0].value
+    samples = leaky.open("leaky").samples()
+    assert int((samples["split"] != samples["clean_split"]).sum()) == 2
