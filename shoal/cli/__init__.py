@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,6 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, CliError) as error:
         print(f"shoal: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`shoal ... --json | head`): stop quietly, as other tools do.
+        # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a pipe closed early
     except KeyboardInterrupt:
         print(
             "shoal: interrupted; finished work is kept (embedding resumes where it stopped)",

@@ -442,7 +442,7 @@ def cmd_mislabels(args: argparse.Namespace) -> int:
         for row in result.flagged_indices[: args.top]:
             print(
                 f"  {computed.sample_ids[row]}\tscore {result.scores[row]:.3f}\t"
-                f"suggested {result.suggested_labels[row]!r} ({result.suggested_posterior[row]:.2f})"
+                f"suggested {str(result.suggested_labels[row])!r} ({result.suggested_posterior[row]:.2f})"
             )
     _write_table(computed.to_frame(), args.out)
     return 0

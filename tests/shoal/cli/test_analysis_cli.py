@@ -128,3 +128,25 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_mislabel_suggestions_print_as_plain_labels(capsys, ws_root) -> None:
+    """Regression: the list printed `suggested np.str_('pullover')`."""
+    out = run(capsys, "mislabels", "fx", "--workspace", ws_root, "--top", "5")
+    assert "suggested '" in out and "np.str_" not in out
+
+
+def test_json_piped_into_a_reader_that_stops_early_ends_quietly(ws_root) -> None:
+    """Regression: `shoal ... --json | head` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "shoal", "outliers", "fx", "--json", "--top", "400"]
+    process = subprocess.Popen(
+        [*command, "--workspace", ws_root], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == b"{"
+    process.stdout.close()  # like `head -1`
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    assert process.wait(timeout=120) in (0, 141)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
