@@ -115,7 +115,9 @@ with st.container(border=True):
         "images": "Drop image files (JPEG, PNG, WebP, BMP, TIFF) or one .zip. In a zip or folder, "
         "`train/cat/1.jpg` means split train, label cat.",
         "manifest": "Drop one .csv/.parquet with a `path` column (relative to the manifest) plus "
-        "any metadata columns (label, split, prediction, …), and the images it names.",
+        "any metadata columns (label, split, prediction, …), and the images it names; or one "
+        "Parquet file that holds the images (an `image` column of bytes, as Hugging Face "
+        "`datasets` writes), with its label and split columns.",
         "embeddings": "Drop one .npy/.parquet/.csv of vectors for an existing dataset: rows keyed by "
         "`sample_id` (or an .npy in sample order, optionally with an ids file).",
         "embeddings_only": "Drop one embeddings file (.npy/.parquet/.csv) and optionally a metadata "

@@ -35,7 +35,7 @@ class Upload(Protocol):
 
 IMPORT_MODES = {
     "images": "Images: files, a folder, or a .zip (class from sub-folder names)",
-    "manifest": "A CSV/Parquet manifest + the images it names",
+    "manifest": "A CSV/Parquet manifest + the images it names, or a Parquet of images",
     "embeddings": "An embeddings file for an existing dataset",
     "embeddings_only": "Embeddings + metadata, no images",
 }
@@ -196,9 +196,16 @@ def _import_by_mode(
             raise IngestError(
                 f"upload exactly one .csv/.parquet manifest with its images (got {len(tables)} tables)"
             )
-        report = import_manifest(
-            workspace, tables[0], dataset=dataset, split=split, progress=progress, confined=True
-        )
+        from shoal.ingest.image_parquet import import_image_parquet, is_image_parquet
+
+        if is_image_parquet(tables[0]):  # the images are inside it (datasets-style Parquet)
+            report = import_image_parquet(
+                workspace, tables[0], dataset=dataset, split=split, progress=progress
+            )
+        else:
+            report = import_manifest(
+                workspace, tables[0], dataset=dataset, split=split, progress=progress, confined=True
+            )
         outcome = UploadOutcome(dataset=dataset, report=report.to_dict())
     elif mode == "embeddings":
         embeddings_file = _one_embeddings_file(files, arrays, tables)

@@ -140,6 +140,13 @@ def import_source(
             progress=progress,
             display_name=display_name,
         )
+    if suffix in (".parquet", ".pq"):
+        from shoal.ingest.image_parquet import import_image_parquet, is_image_parquet
+
+        if is_image_parquet(path):  # the images are in the file (datasets-style Parquet)
+            return import_image_parquet(
+                workspace, path, dataset=dataset, split=split, limits=limits, progress=progress
+            )
     if suffix in (".csv", ".parquet", ".pq"):
         return import_manifest(
             workspace, path, dataset=dataset, split=split, limits=limits, progress=progress

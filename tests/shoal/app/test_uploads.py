@@ -202,3 +202,30 @@ def test_an_upload_is_reported_by_its_own_name_never_the_server_folder(
     assert outcome.report["source"] == shown
     stored = workspace.open("up").import_report()
     assert str(tmp_path) not in str(stored) and str(tmp_path) not in str(outcome.report)
+
+
+def test_an_uploaded_parquet_of_images_is_imported_from_its_own_bytes(
+    tmp_path: Path, sample_images: Path
+) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = sorted((sample_images / "train" / "food").iterdir())[:3]
+    buffer = io.BytesIO()
+    pq.write_table(
+        pa.table(
+            {
+                "image": [{"bytes": p.read_bytes(), "path": p.name} for p in images],
+                "label": ["food"] * 3,
+            }
+        ),
+        buffer,
+    )
+    workspace = Workspace(tmp_path / "ws")
+    folder = upload_dir(workspace)
+    written, _ = save_uploads([FakeUpload("train.parquet", buffer.getvalue())], folder)
+    outcome = import_uploads(workspace, folder, written, mode="manifest", dataset="food")
+    assert outcome.report["imported"] == 3 and outcome.report["source"] == "train.parquet"
+    assert workspace.open("food").samples()["label"].tolist() == ["food"] * 3
