@@ -233,6 +233,16 @@ def access_allowed() -> bool:
     )
 
 
+def signed_in_user() -> str | None:
+    """The signed-in user's email (OIDC), for the provenance of what they save; else None."""
+    try:
+        if _oidc_configured() and st.user.is_logged_in:
+            return str(st.user.get("email") or st.user.get("name") or "") or None
+    except Exception:  # noqa: BLE001 - no settings, no user
+        return None
+    return None
+
+
 def _oidc_configured() -> bool:
     """Whether .streamlit/secrets.toml has an [auth] section; raises when it cannot be read."""
     return bool(st.secrets.load_if_toml_exists() and "auth" in st.secrets)

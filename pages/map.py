@@ -15,8 +15,15 @@ from pages import _widgets as widgets
 from shoal.app.scatter import Colouring, build_scatter, hover_for, metadata_colourings
 from shoal.app.selection import MAX_TOKEN_CHARS, Selection, SelectionError, selection_from_event
 from shoal.app.tables import rows_table
-from shoal.app.text import chart_safe_colouring, chart_safe_table, escape_markdown
-from shoal.store import Dataset
+from shoal.app.text import (
+    chart_safe_colouring,
+    chart_safe_table,
+    code_span,
+    escape_markdown,
+    visitor_error,
+)
+from shoal.store import Dataset, StoreError
+from shoal.store.collections import Collections
 
 ui.ensure_entrypoint()
 
@@ -44,9 +51,21 @@ def default_comparison(table) -> tuple[str, str | None] | None:
     return f"split={reference}", None
 
 
+LEVEL = "object" if "object_id" in samples else "sample"
+ID_COLUMN = "object_id" if LEVEL == "object" else "sample_id"
+shelf = Collections(ds)
+COLLECTION_PREFIX = "collection: "
+
+
 def colouring_for(name: str) -> Colouring | None:
     if name == "none":
         return None
+    if name.startswith(COLLECTION_PREFIX):
+        members = set(shelf.get(name[len(COLLECTION_PREFIX) :]).ids)
+        inside = samples[ID_COLUMN].astype(str).isin(members).to_numpy()
+        return Colouring.categorical(
+            name, np.where(inside, "in the collection", "other").astype(object)
+        )
     metadata = metadata_colourings(samples)
     if name in metadata:
         return metadata[name]
@@ -98,7 +117,9 @@ def hover(_ds: Dataset, dataset_key: str, stamp: str, embedding: str) -> tuple[n
     return hover_for(chart_safe_table(loaders.aligned_samples(_ds, dataset_key, stamp, embedding)))
 
 
-options = colour_names(ds, dataset_key, stamp, embedding)
+options = colour_names(ds, dataset_key, stamp, embedding) + [
+    COLLECTION_PREFIX + c.name for c in shelf.list() if c.level == LEVEL
+]
 default_colour = next((c for c in ("category", "label") if c in options), "none")
 if ui.url_state("color", "view_color", default_colour) not in options:
     st.session_state["view_color"] = default_colour
@@ -206,6 +227,37 @@ if selection is None or not len(selected_rows):
     st.caption("No selection. Drag on the map to select samples; their images appear here.")
     ui.stop()
 
+
+def save_collection(ids: list[str]) -> None:
+    """A new collection of the selection, or the selection added to an existing one."""
+    existing = [c.name for c in shelf.list() if c.level == LEVEL]
+    target = st.selectbox("Collection", ["a new collection", *existing], key="view_collection")
+    name = (
+        st.text_input("Name", key="view_collection_name", placeholder="e.g. blurry-night-shots")
+        if target == "a new collection"
+        else target
+    )
+    note = st.text_input("Note", key="view_collection_note") if target == "a new collection" else ""
+    if not st.button("Save", type="primary", key="view_collection_save"):
+        return
+    try:
+        if target == "a new collection":
+            shelf.create(
+                (name or "").strip(),
+                ids,
+                level=LEVEL,
+                note=note,
+                provenance={"page": "map", "selection": token, "colour": colour, "layout": layout},
+                created_by=ui.signed_in_user(),
+            )
+        else:
+            shelf.add(name, ids)
+    except StoreError as error:
+        st.error(visitor_error(error))
+        return
+    st.success(f"{len(ids):,} saved in collection {code_span(name)}.")
+
+
 st.subheader(f"{len(selected_rows):,} selected")
 extra = {"map_x": coords[selected_rows, 0], "map_y": coords[selected_rows, 1]}
 if colouring is not None and colouring.kind == "continuous":
@@ -219,6 +271,8 @@ with st.container(horizontal=True):
     widgets.download_csv(
         "Export selection (CSV)", table, file_name=f"{ds.name}-selection.csv", key="view_export"
     )
+    with st.popover("Save as collection", icon=":material/bookmark_add:"):
+        save_collection(samples[ID_COLUMN].astype(str).to_numpy()[selected_rows].tolist())
     if st.button("Clear selection", icon=":material/close:", key="view_clear"):
         st.session_state["view_sel"] = None
         st.rerun()

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "shoal.cli.core",
     "shoal.cli.analysis_cmds",
     "shoal.cli.objects_cmds",
+    "shoal.cli.collections_cmds",
 )
 
 

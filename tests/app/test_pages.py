@@ -163,6 +163,36 @@ def test_outlier_threshold_shows_on_a_histogram_and_moves_with_the_link(
 
 
 @pytest.mark.slow
+def test_a_map_selection_is_saved_as_a_collection_and_colours_the_map(
+    tmp_path: Path, embedded_sample: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from shoal.store.collections import Collections
+
+    workspace = Workspace(tmp_path / "ws")  # a copy: this test writes collections
+    shutil.copytree(embedded_sample.root, workspace.root)
+    samples = workspace.open("sample").samples()
+    rows = [3, 10, 42]
+    token = Selection.from_rows(rows, n_rows=len(samples)).to_token()
+    at = open_app(workspace, monkeypatch, page="pages/map.py", ds="sample", sel=token).run()
+    assert_clean(at)
+    at.text_input(key="view_collection_name").input("odd-ones")
+    at.text_input(key="view_collection_note").input("found on the map")
+    at.button(key="view_collection_save").click().run()
+    assert_clean(at)
+    assert at.success and "3 saved in collection `odd-ones`" in at.success[0].value
+    saved = Collections(workspace.open("sample")).get("odd-ones")
+    assert set(saved.ids) == set(samples["sample_id"].iloc[rows])
+    assert saved.note == "found on the map" and saved.provenance["selection"] == token
+    at = open_app(
+        workspace, monkeypatch, page="pages/map.py", ds="sample", color="collection: odd-ones"
+    ).run()
+    assert_clean(at)
+    assert at.selectbox(key="view_color").value == "collection: odd-ones"
+
+
+@pytest.mark.slow
 def test_link_restores_box_selection_against_all_points(
     sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,160 @@
+"""``shoal collections``: keep a finding as a named set of samples, grow it, export it."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from pathlib import Path
+from typing import Any
+
+from shoal.cli._util import CliError, add_command, print_json, workspace
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    parser = add_command(
+        subparsers,
+        common,
+        "collections",
+        "Named sets of samples (or boxes) of a dataset: list, create, add, remove, rename, "
+        "delete, show/export.",
+        cmd_collections,
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+
+    def action(name: str, help_text: str, *, named: bool = True) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=help_text, description=help_text, parents=[common])
+        p.add_argument("dataset")
+        if named:
+            p.add_argument("name", help="collection")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        return p
+
+    action("list", "The dataset's collections.", named=False)
+    p = action("show", "A collection's samples with their metadata (--out to export).")
+    p.add_argument("--out", metavar="FILE", help="write the rows (.csv or .parquet)")
+    for verb, text in (
+        ("create", "A new collection."),
+        ("add", "Add samples to a collection."),
+        ("remove", "Remove samples from a collection."),
+    ):
+        p = action(verb, text)
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--ids", nargs="+", metavar="ID", help="sample (or object) ids")
+        source.add_argument("--ids-file", type=Path, help="a file with one id per line")
+        source.add_argument("--where", help="the samples a filter selects, e.g. 'label=cat'")
+        if verb == "create":
+            p.add_argument("--note", default="", help="what the collection is for")
+            p.add_argument("--objects", action="store_true", help="ids are object (box) ids")
+            p.add_argument("--replace", action="store_true", help="overwrite one of this name")
+    p = action("rename", "Rename a collection.")
+    p.add_argument("new_name")
+    action("delete", "Delete a collection (the samples stay in the dataset).")
+
+
+def cmd_collections(args: argparse.Namespace) -> int:
+    from shoal.store.collections import Collections
+
+    if not getattr(args, "action", None):
+        raise CliError(
+            "say what to do: shoal collections {list,show,create,add,remove,rename,delete} DATASET …"
+        )
+    ds = workspace(args).open(args.dataset)
+    shelf = Collections(ds)
+    if args.action == "list":
+        summaries = [c.summary() for c in shelf.list()]
+        if args.json:
+            print_json(summaries)
+        elif not summaries:
+            print(f"dataset {ds.name!r} has no collections yet")
+        for item in summaries if not args.json else []:
+            note = f"  {item['note']}" if item["note"] else ""
+            print(f"{item['name']}\t{item['size']:,} {item['level']}s\t{item['updated_at']}{note}")
+        return 0
+    if args.action == "show":
+        return _show(ds, shelf.get(args.name), args)
+    if args.action in ("create", "add", "remove"):
+        ids = _ids(ds, args)
+        if args.action == "create":
+            collection = shelf.create(
+                args.name,
+                ids,
+                level="object" if args.objects else "sample",
+                note=args.note,
+                provenance={"cli": _provenance(args)},
+                created_by=_user(),
+                replace_existing=args.replace,
+            )
+        elif args.action == "add":
+            collection = shelf.add(args.name, ids)
+        else:
+            collection = shelf.remove(args.name, ids)
+    elif args.action == "rename":
+        collection = shelf.rename(args.name, args.new_name)
+    else:
+        shelf.delete(args.name)
+        print(f"deleted collection {args.name!r} of {ds.name!r}")
+        return 0
+    if args.json:
+        print_json(collection.summary())
+    else:
+        print(
+            f"collection {collection.name!r} of {ds.name!r}: {collection.size:,} {collection.level}s"
+        )
+    return 0
+
+
+def _ids(ds: Any, args: argparse.Namespace) -> list[str]:
+    if args.ids:
+        return [str(i) for i in args.ids]
+    if args.ids_file:
+        try:
+            lines = args.ids_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise CliError(f"cannot read {args.ids_file}: {error}") from error
+        return [line.strip() for line in lines if line.strip()]
+    from shoal.workflows.filters import FilterError, parse_filter
+
+    samples = ds.samples()
+    try:
+        mask = parse_filter(args.where, samples)
+    except FilterError as error:
+        raise CliError(str(error)) from error
+    return samples.loc[mask, "sample_id"].astype(str).tolist()
+
+
+def _show(ds: Any, collection: Any, args: argparse.Namespace) -> int:
+    from shoal.cli.analysis_cmds import _write_table
+
+    table = ds.objects() if collection.level == "object" else ds.samples()
+    key = "object_id" if collection.level == "object" else "sample_id"
+    rows = table.set_index(table[key].astype(str)).loc[list(collection.ids)].reset_index(drop=True)
+    if args.json:
+        print_json(collection.summary() | {"ids": list(collection.ids)})
+    else:
+        print(f"{collection.name}: {collection.size:,} {collection.level}s of {ds.name!r}")
+        if collection.note:
+            print(f"  {collection.note}")
+        print(
+            f"  made {collection.created_at}"
+            + (f" by {collection.created_by}" if collection.created_by else "")
+        )
+        for row in rows.head(20).itertuples(index=False):
+            print(
+                "  "
+                + "\t".join(str(getattr(row, c, "")) for c in (key, "split", "label") if c in rows)
+            )
+    _write_table(rows, args.out)
+    return 0
+
+
+def _provenance(args: argparse.Namespace) -> str:
+    if args.where:
+        return f"where {args.where}"
+    return f"ids from {args.ids_file}" if args.ids_file else "ids on the command line"
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name to record is fine
+        return None
