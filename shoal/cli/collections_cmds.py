@@ -46,6 +46,16 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
             p.add_argument("--note", default="", help="what the collection is for")
             p.add_argument("--objects", action="store_true", help="ids are object (box) ids")
             p.add_argument("--replace", action="store_true", help="overwrite one of this name")
+    p = action("grow", "More like these: the samples nearest to any member of a collection.")
+    p.add_argument("--from", dest="source", metavar="DATASET", help="search this dataset instead")
+    p.add_argument("--k", type=int, default=50, help="how many to find (default: %(default)s)")
+    p.add_argument("--max-distance", type=float, help="cosine distance cut-off")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--add", action="store_true", help="add what was found to the collection")
+    keep.add_argument(
+        "--save-as", metavar="NAME", help="save what was found as a new collection of its dataset"
+    )
+    p.add_argument("--out", metavar="FILE", help="write the candidates (.csv or .parquet)")
     p = action("rename", "Rename a collection.")
     p.add_argument("new_name")
     action("delete", "Delete a collection (the samples stay in the dataset).")
@@ -72,6 +82,8 @@ def cmd_collections(args: argparse.Namespace) -> int:
         return 0
     if args.action == "show":
         return _show(ds, shelf.get(args.name), args)
+    if args.action == "grow":
+        return _grow(ds, shelf, args)
     if args.action in ("create", "add", "remove"):
         ids = _ids(ds, args)
         if args.action == "create":
@@ -144,6 +156,38 @@ def _show(ds: Any, collection: Any, args: argparse.Namespace) -> int:
                 + "\t".join(str(getattr(row, c, "")) for c in (key, "split", "label") if c in rows)
             )
     _write_table(rows, args.out)
+    return 0
+
+
+def _grow(ds: Any, shelf: Any, args: argparse.Namespace) -> int:
+    from shoal.cli.analysis_cmds import _write_table
+    from shoal.store.collections import Collections
+    from shoal.workflows.collections import grow
+
+    target = workspace(args).open(args.source) if args.source else ds
+    if args.add and target.root != ds.root:
+        raise CliError("--add keeps samples of the collection's own dataset; use --save-as NAME")
+    found = grow(ds, args.name, target=target, k=args.k, max_distance=args.max_distance)
+    if args.json:
+        print_json({"dataset": target.name, "found": found.to_dict(orient="records")})
+    else:
+        cut = f" within {args.max_distance:g}" if args.max_distance is not None else ""
+        print(f"{len(found):,} samples of {target.name!r}{cut} nearest to {args.name!r}")
+        for row in found.head(20).itertuples(index=False):
+            print(f"  {row.sample_id}\t{row.distance:.3f}\tnear {row.nearest_member}")
+    ids = found["sample_id"].tolist()
+    if args.add:
+        print(f"collection {args.name!r}: {shelf.add(args.name, ids).size:,} samples")
+    elif args.save_as:
+        made = Collections(target).create(
+            args.save_as,
+            ids,
+            note=f"grown from {ds.name}/{args.name}",
+            provenance={"grown_from": f"{ds.name}/{args.name}", "max_distance": args.max_distance},
+            created_by=_user(),
+        )
+        print(f"collection {made.name!r} of {target.name!r}: {made.size:,} samples")
+    _write_table(found, args.out)
     return 0
 
 
