@@ -56,6 +56,15 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "--save-as", metavar="NAME", help="save what was found as a new collection of its dataset"
     )
     p.add_argument("--out", metavar="FILE", help="write the candidates (.csv or .parquet)")
+    p = action("export", "Export a collection: a table, COCO, or a zip of its images.")
+    p.add_argument(
+        "--format",
+        choices=("csv", "parquet", "coco", "zip"),
+        default=None,
+        help="default: from --out's suffix (.csv, .parquet, .json = COCO, .zip)",
+    )
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--with-embeddings", action="store_true", help="Parquet: add the vectors")
     p = action("rename", "Rename a collection.")
     p.add_argument("new_name")
     action("delete", "Delete a collection (the samples stay in the dataset).")
@@ -84,6 +93,8 @@ def cmd_collections(args: argparse.Namespace) -> int:
         return _show(ds, shelf.get(args.name), args)
     if args.action == "grow":
         return _grow(ds, shelf, args)
+    if args.action == "export":
+        return _export(ds, shelf.get(args.name), args)
     if args.action in ("create", "add", "remove"):
         ids = _ids(ds, args)
         if args.action == "create":
@@ -188,6 +199,35 @@ def _grow(ds: Any, shelf: Any, args: argparse.Namespace) -> int:
         )
         print(f"collection {made.name!r} of {target.name!r}: {made.size:,} samples")
     _write_table(found, args.out)
+    return 0
+
+
+def _export(ds: Any, collection: Any, args: argparse.Namespace) -> int:
+    from shoal.workflows import exports
+
+    if collection.level != "sample":
+        raise CliError("exports take collections of samples; boxes export with their images")
+    out = Path(args.out)
+    kind = args.format or {
+        ".csv": "csv",
+        ".parquet": "parquet",
+        ".json": "coco",
+        ".zip": "zip",
+    }.get(out.suffix.lower())
+    if kind is None:
+        raise CliError(f"say --format, or end --out in .csv, .parquet, .json or .zip ({out.name})")
+    if kind in ("csv", "parquet"):
+        written = {
+            "table": exports.export_table(
+                ds, collection.ids, out, with_embeddings=args.with_embeddings
+            )
+        }
+    elif kind == "coco":
+        written = exports.export_coco(ds, collection.ids, out)
+    else:
+        written = {"images": exports.export_images(ds, collection.ids, out)}
+    for what, path in written.items():
+        print(f"wrote {what} of {collection.size:,} samples to {path}")
     return 0
 
 

@@ -1,0 +1,207 @@
+"""Send a collection (or any list of samples) on: to a table, to COCO, to a folder of images.
+
+Every export is written into a temporary file or folder beside its target and renamed into
+place when complete, so a failed export never leaves half a file where the user looks.
+
+- :func:`export_table`: CSV (formula cells neutralised) or Parquet of the samples' rows, with
+  their embeddings as a list column if asked.
+- :func:`export_coco`: a COCO detection JSON of the images, with their labelled boxes (and, as a
+  separate results file, the model's predicted boxes) at object level data; image-level
+  datasets get the images and their label as a category of the whole image.
+- :func:`export_images`: a zip of the image files (named ``<sample_id><suffix>``) plus a
+  ``files.csv`` that maps each back to its sample, split and label.
+
+Example:
+    >>> from shoal.store import Workspace                                  # doctest: +SKIP
+    >>> ds = Workspace().open("street")                                    # doctest: +SKIP
+    >>> export_coco(ds, ds.samples().sample_id[:10], "street-10.json")     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from shoal.ingest.export import write_csv
+from shoal.store import Dataset, StoreError
+from shoal.store.files import atomic_path
+
+
+def rows_for(ds: Dataset, sample_ids: Iterable[str]) -> pd.DataFrame:
+    """The samples table's rows for ``sample_ids``, in that order; unknown ids are refused."""
+    samples = ds.samples()
+    wanted = [str(i) for i in sample_ids]
+    indexed = samples.set_index(samples["sample_id"].astype(str), drop=False)
+    missing = [i for i in wanted if i not in indexed.index]
+    if missing:
+        raise StoreError(
+            f"{len(missing):,} id(s) are not samples of {ds.name!r}, e.g. {missing[0]!r}"
+        )
+    return indexed.loc[wanted].reset_index(drop=True)
+
+
+def export_table(
+    ds: Dataset,
+    sample_ids: Iterable[str],
+    out: str | os.PathLike[str],
+    *,
+    embedding: str | None = None,
+    with_embeddings: bool = False,
+) -> Path:
+    """``.csv`` or ``.parquet`` of the rows (Parquet may carry the vectors as a list column)."""
+    out = Path(out)
+    rows = rows_for(ds, sample_ids)
+    if with_embeddings:
+        if out.suffix.lower() != ".parquet":
+            raise StoreError(
+                "embeddings go into a .parquet export (a CSV cell cannot hold a vector)"
+            )
+        stored = ds.load_embeddings(embedding)
+        position = pd.Index(stored.ids.astype(str)).get_indexer(rows["sample_id"].astype(str))
+        if (position < 0).any():
+            raise StoreError(f"some samples have no vector in embedding set {stored.info.name!r}")
+        rows["embedding"] = list(np.asarray(stored.vectors[position], dtype=np.float32))
+    with atomic_path(out) as tmp:
+        if out.suffix.lower() == ".parquet":
+            rows.to_parquet(tmp, index=False)
+        elif out.suffix.lower() == ".csv":
+            write_csv(rows, tmp)
+        else:
+            raise StoreError(f"export to .csv or .parquet, not {out.name!r}")
+    return out
+
+
+def export_coco(
+    ds: Dataset, sample_ids: Iterable[str], out: str | os.PathLike[str]
+) -> dict[str, Path]:
+    """A COCO detection JSON of the samples' images (``file_name`` = the stored image, relative
+    to the dataset folder) and labelled boxes; predicted boxes, if any, go to a COCO results
+    file beside it (``<name>.predictions.json``). Returns the files written."""
+    out = Path(out)
+    rows = rows_for(ds, sample_ids)
+    if not ds.has_images or rows["path"].isna().any():
+        raise StoreError(f"dataset {ds.name!r} has samples without images: COCO needs images")
+    objects = ds.objects()
+    boxes = (
+        objects[objects["sample_id"].astype(str).isin(set(rows["sample_id"].astype(str)))]
+        if objects is not None
+        else None
+    )
+    if boxes is not None:
+        names = sorted(boxes["category"].dropna().astype(str).unique())
+    else:
+        names = sorted(rows["label"].dropna().astype(str).unique())
+    category_id = {name: i + 1 for i, name in enumerate(names)}
+    images, image_id = [], {}
+    for number, row in enumerate(rows.itertuples(index=False), start=1):
+        width, height = _size(ds, row)
+        image_id[str(row.sample_id)] = number
+        images.append(
+            {
+                "id": number,
+                "file_name": str(row.path),
+                "width": width,
+                "height": height,
+                "shoal_sample_id": str(row.sample_id),
+            }
+        )
+    annotations: list[dict[str, Any]] = []
+    predictions: list[dict[str, Any]] = []
+    if boxes is not None:
+        for box in boxes.itertuples(index=False):
+            x0, y0, x1, y1 = (float(box.x0), float(box.y0), float(box.x1), float(box.y1))
+            record = {
+                "image_id": image_id[str(box.sample_id)],
+                "category_id": category_id[str(box.category)],
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+            }
+            if box.kind == "label":
+                annotations.append(
+                    record
+                    | {
+                        "id": len(annotations) + 1,
+                        "area": (x1 - x0) * (y1 - y0),
+                        "iscrowd": 0,
+                        "shoal_object_id": str(box.object_id),
+                    }
+                )
+            else:
+                predictions.append(record | {"score": float(box.score)})
+    else:  # image-level labels: a box around the whole image, so COCO tools can read them
+        for image, row in zip(images, rows.itertuples(index=False), strict=True):
+            if isinstance(row.label, str):
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image["id"],
+                        "category_id": category_id[row.label],
+                        "bbox": [0.0, 0.0, float(image["width"]), float(image["height"])],
+                        "area": float(image["width"] * image["height"]),
+                        "iscrowd": 0,
+                    }
+                )
+    document = {
+        "info": {"description": f"exported from Shoal dataset {ds.name}"},
+        "images": images,
+        "categories": [{"id": i, "name": n} for n, i in category_id.items()],
+        "annotations": annotations,
+    }
+    written = {"coco": out}
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(document))
+    if predictions:
+        results = out.with_name(out.stem + ".predictions.json")
+        with atomic_path(results) as tmp:
+            tmp.write_text(json.dumps(predictions))
+        written["predictions"] = results
+    return written
+
+
+def export_images(ds: Dataset, sample_ids: Iterable[str], out: str | os.PathLike[str]) -> Path:
+    """A ``.zip`` of the image files plus ``files.csv`` (file, sample_id, split, label)."""
+    out = Path(out)
+    if out.suffix.lower() != ".zip":
+        raise StoreError(f"images are exported as a .zip, not {out.name!r}")
+    rows = rows_for(ds, sample_ids)
+    if rows["path"].isna().any():
+        raise StoreError(f"dataset {ds.name!r} has samples without images to export")
+    listing = []
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as bundle:
+        for row in rows.itertuples(index=False):
+            name = f"{_safe(str(row.sample_id))}{Path(str(row.path)).suffix}"
+            bundle.write(ds.image_file(str(row.path)), f"images/{name}")
+            listing.append(
+                {
+                    "file": f"images/{name}",
+                    "sample_id": row.sample_id,
+                    "split": row.split,
+                    "label": row.label,
+                }
+            )
+        table = pd.DataFrame(listing)
+        bundle.writestr("files.csv", table.to_csv(index=False))
+    return out
+
+
+def _size(ds: Dataset, row: Any) -> tuple[int, int]:
+    width, height = getattr(row, "width", None), getattr(row, "height", None)
+    if (
+        isinstance(width, (int, float, np.integer, np.floating))
+        and not pd.isna(width)
+        and not pd.isna(height)
+    ):
+        return int(width), int(height)
+    with Image.open(ds.image_file(str(row.path))) as image:  # the header only
+        return image.size
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:200] or "sample"
