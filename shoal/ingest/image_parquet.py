@@ -106,7 +106,7 @@ def import_image_parquet(
     if id_column is not None:
         ids = parquet.read(columns=[id_column]).column(id_column).to_pandas()
         check_id_lengths(ids, path.name, id_column)
-        check_unique_ids(ids, path.name, id_column, hint="give each row its own id")
+        check_unique_ids(ids, path.name, id_column, first_row=1, hint="give each row its own id")
     report = ImportReport(dataset=dataset, source=path.name)
     rows: list[dict[str, Any]] = []
     row_number = 0

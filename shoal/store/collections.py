@@ -21,6 +21,7 @@ import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from shoal.store.dataset import Dataset
@@ -168,7 +169,7 @@ class Collections:
             self._path(name).unlink()
 
     # -- helpers
-    def _path(self, name: str):  # type: ignore[no-untyped-def]
+    def _path(self, name: str) -> Path:
         return self.folder / f"{validate_name(name, what='collection')}.json"
 
     @contextlib.contextmanager

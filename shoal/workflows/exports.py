@@ -138,13 +138,14 @@ def export_coco(
     else:  # image-level labels: a box around the whole image, so COCO tools can read them
         for image, row in zip(images, rows.itertuples(index=False), strict=True):
             if isinstance(row.label, str):
+                width, height = int(image["width"]), int(image["height"])  # type: ignore[call-overload]
                 annotations.append(
                     {
                         "id": len(annotations) + 1,
                         "image_id": image["id"],
                         "category_id": category_id[row.label],
-                        "bbox": [0.0, 0.0, float(image["width"]), float(image["height"])],
-                        "area": float(image["width"] * image["height"]),
+                        "bbox": [0.0, 0.0, float(width), float(height)],
+                        "area": float(width * height),
                         "iscrowd": 0,
                     }
                 )
@@ -198,7 +199,7 @@ def _size(ds: Dataset, row: Any) -> tuple[int, int]:
         and not pd.isna(width)
         and not pd.isna(height)
     ):
-        return int(width), int(height)
+        return int(width), int(height)  # type: ignore[arg-type]
     with Image.open(ds.image_file(str(row.path))) as image:  # the header only
         return image.size
 

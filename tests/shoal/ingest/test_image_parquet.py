@@ -76,10 +76,16 @@ def test_raw_bytes_columns_work_and_a_file_of_nothing_but_bad_rows_says_so(
 ) -> None:
     image = sorted(sample_images.glob("train/*/*.jpg"))[0]
     source = tmp_path / "raw.parquet"
-    pq.write_table(pa.table({"img": [image.read_bytes()], "label": ["cat"]}), source)
+    table = pa.table({"img": [image.read_bytes()], "label": ["cat"], "id": ["photo-1"]})
+    pq.write_table(table, source)
     ws = str(tmp_path / "ws")
     assert main(["import", str(source), "--dataset", "raw", "--workspace", ws]) == 0
     assert "imported 1 samples" in capsys.readouterr().out
+    assert Workspace(Path(ws)).open("raw").samples()["sample_id"].tolist() == ["photo-1"]
+    twice = tmp_path / "twice.parquet"
+    pq.write_table(pa.concat_tables([table, table]), twice)
+    with pytest.raises(IngestError, match="duplicate id 'photo-1'"):
+        import_source(Workspace(Path(ws)), twice, dataset="twice")
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"image": [b"junk", b""], "label": ["a", "b"]}), bad)
     with pytest.raises(IngestError, match="no images imported from bad.parquet"):
