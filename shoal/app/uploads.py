@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -79,10 +78,9 @@ def save_uploads(files: Iterable[Upload], target: Path) -> tuple[list[Path], lis
 
 
 def upload_dir(workspace: Workspace) -> Path:
-    """A fresh private folder for one upload, on the workspace's filesystem."""
-    base = workspace.root / ".uploads"
-    base.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="upload-", dir=base))
+    """A fresh private folder for one upload, on the workspace's filesystem, held by this
+    process so that the workspace sweep never removes it while the upload is in use."""
+    return workspace.scratch_dir(".uploads", "upload-")
 
 
 @dataclass

@@ -15,8 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
-import tempfile
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from shoal.ingest.images import ID_COLUMNS, RESERVED_COLUMNS, _scratch_root, check_image
+from shoal.ingest.images import ID_COLUMNS, RESERVED_COLUMNS, check_image
 from shoal.ingest.publish import (
     DEFAULT_LIMITS,
     ImportLimits,
@@ -110,8 +112,8 @@ def import_image_parquet(
     report = ImportReport(dataset=dataset, source=path.name)
     rows: list[dict[str, Any]] = []
     row_number = 0
-    scratch = _scratch_root(workspace)
-    with staging(workspace, dataset) as staged, tempfile.TemporaryDirectory(dir=scratch) as tmp:
+    scratch = workspace.scratch_dir(".staging", "parquet-")  # held: the sweep leaves it alone
+    with staging(workspace, dataset) as staged, _removed(scratch) as tmp:
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
             images = batch.column(column).to_pylist()
             others = batch.select(metadata_columns).to_pylist() if metadata_columns else []
@@ -212,3 +214,11 @@ def _class_names(schema: pa.Schema) -> dict[str, list[str]]:
         and feature.get("_type") == "ClassLabel"
         and isinstance(feature.get("names"), list)
     }
+
+
+@contextlib.contextmanager
+def _removed(folder: Path) -> Iterator[Path]:
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -17,7 +17,6 @@ import errno
 import os
 import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -201,7 +200,7 @@ def import_zip(
 ) -> ImportReport:
     """Extract a zip safely (no zip-slip, no bombs) and import it as a folder."""
     report = ImportReport(dataset=dataset, source=display_name or Path(archive).name)
-    scratch = Path(tempfile.mkdtemp(prefix="unzip-", dir=_scratch_root(workspace)))
+    scratch = workspace.scratch_dir(".staging", "unzip-")  # held: the sweep leaves it alone
     try:
         safe_extract(Path(archive), scratch, report, limits=limits)
         return import_folder(

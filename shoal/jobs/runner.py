@@ -3,7 +3,10 @@
 A job record (``jobs/<id>.json``) holds state, progress, error and result. The worker rewrites it
 atomically as it goes, so a page refresh, a second tab, a teammate or the CLI all read the same
 truth. A job is cancelled by a flag file the task polls between batches; a worker that died is
-noticed from its pid and reported as failed (resumable tasks continue when run again).
+noticed from its pid and reported as failed (resumable tasks continue when run again). A job
+whose record cannot be saved at the end (a full disk) still ends with its error in the record,
+written in place. Now and then the end of a job sweeps the workspace (:func:`sweep`): what
+crashed imports left behind, old query images and old finished job records.
 
 Example:
     >>> job_id = submit(Workspace(), "embed", dataset="pets", params={})     # doctest: +SKIP
@@ -18,6 +21,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,14 +31,31 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from registry import Registry
-from shoal.store import Dataset, StoreError, Workspace, read_json, utc_now, write_json
+from shoal.store import (
+    Dataset,
+    DiskFullError,
+    StoreError,
+    Workspace,
+    fsync_directory,
+    json_default,
+    read_json,
+    utc_now,
+    write_json,
+)
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("done", "failed", "cancelled")
+#: Finished job records (with their logs) older than this are removed by :func:`sweep`.
+JOB_RECORD_MAX_AGE = 30 * 24 * 3600.0
+#: The end of a job sweeps the workspace at most this often (:func:`sweep_if_due`).
+SWEEP_INTERVAL = 3600.0
+#: Below this much free space a worker that stopped without a word is said to have hit a full disk.
+LOW_DISK_BYTES = 1 << 20
 
 
 class JobCancelled(Exception):
@@ -127,6 +148,7 @@ class JobContext:
         self.observer = observer
         self._min_interval = min_interval
         self._last_write = 0.0
+        self.opened: list[Dataset] = []
 
     @property
     def params(self) -> dict[str, Any]:
@@ -136,7 +158,9 @@ class JobContext:
         return _cancel_flag(self.workspace, self.record.id).exists()
 
     def dataset(self) -> Dataset:
-        return self.workspace.open(str(self.record.dataset))
+        dataset = self.workspace.open(str(self.record.dataset))
+        self.opened.append(dataset)
+        return dataset
 
     def report_images(self, update: Any) -> None:
         """Report an ``embedding.Progress`` (done, total, images_per_second, eta_seconds); stop if cancelled."""
@@ -172,7 +196,8 @@ class JobContext:
             return
         self._last_write = now
         self.record = replace(self.record, progress=progress)
-        _save(self.workspace, self.record)
+        with contextlib.suppress(DiskFullError):  # progress can wait; the work's own writes say
+            _save(self.workspace, self.record)
 
 
 TaskFunction = Callable[[JobContext], dict[str, Any] | None]
@@ -244,14 +269,23 @@ def _save(workspace: Workspace, record: JobRecord) -> None:
     write_json(_record_path(workspace, record.id), record.to_dict())
 
 
+def _read_record(path: Path) -> JobRecord:
+    try:
+        return JobRecord.from_dict(read_json(path))
+    except (StoreError, TypeError, ValueError, AttributeError) as error:
+        raise StoreError(
+            f"job record {path} is damaged ({error}); delete it (it only describes a past job)"
+        ) from error
+
+
 def get(workspace: Workspace, job_id: str) -> JobRecord:
     path = _record_path(workspace, job_id)
     if not path.exists():
         raise StoreError(f"no job {job_id!r} in workspace {workspace.root}")
-    record = JobRecord.from_dict(read_json(path))
+    record = _read_record(path)
     if record.active and record.pid and not _alive(record.pid, record.pid_started):
         # Re-read: the worker may have finished between our read and the liveness check.
-        record = JobRecord.from_dict(read_json(path))
+        record = _read_record(path)
         if record.active:
             started = record.state == "running"
             record = replace(
@@ -259,14 +293,30 @@ def get(workspace: Workspace, job_id: str) -> JobRecord:
                 state="failed",
                 finished_at=utc_now(),
                 error=(
-                    "the worker process stopped unexpectedly (killed or out of memory); "
-                    "start the job again — embedding resumes from the last finished batch"
+                    "the worker process stopped unexpectedly (killed or out of memory)"
+                    + _disk_hint(workspace)
+                    + "; start the job again — finished work it saved (embedding batches, "
+                    "analysis steps) is reused"
                     if started
-                    else "the worker process stopped before the job started; start it again"
+                    else "the worker process stopped before the job started"
+                    + _disk_hint(workspace)
+                    + "; start it again"
                 ),
             )
-            _save(workspace, record)
+            with contextlib.suppress(StoreError, OSError):  # a reader on a full disk still reads
+                _save(workspace, record)
     return record
+
+
+def _disk_hint(workspace: Workspace) -> str:
+    """', and the workspace's disk is full (… free)' when it nearly is, else ''."""
+    try:
+        free = shutil.disk_usage(workspace.root).free
+    except OSError:
+        return ""
+    return (
+        f", and the workspace's disk is full ({free:,} bytes free)" if free < LOW_DISK_BYTES else ""
+    )
 
 
 def list_jobs(
@@ -356,10 +406,42 @@ def run(
     except Exception as error:  # noqa: BLE001 - every failure is recorded for the user
         if log_traceback and not isinstance(error, StoreError):
             traceback.print_exc()  # into the job's log file, for whoever debugs the worker
-        message = str(error) or type(error).__name__
+        message = _dataset_gone(context) or str(error) or type(error).__name__
         final = replace(context.record, state="failed", error=message, finished_at=utc_now())
-    _save(workspace, final)
+    _save_final(workspace, final)
+    sweep_if_due(workspace)
     return final
+
+
+def _dataset_gone(context: JobContext) -> str | None:
+    """Why the job failed when its dataset was deleted under it (a missing image, a store
+    refusal...): the deletion, said plainly; None when its datasets are all still there."""
+    for dataset in context.opened:
+        try:
+            dataset.check_current()
+        except StoreError as gone:
+            return str(gone)
+    return None
+
+
+def _save_final(workspace: Workspace, record: JobRecord) -> None:
+    """Save a job's final record. On a full disk there may be no room for the temporary copy
+    of an atomic write: then the record is overwritten in place (the job's error in it), since
+    a record left 'running' would be reported as a crash."""
+    try:
+        _save(workspace, record)
+    except (DiskFullError, OSError) as error:
+        path = _record_path(workspace, record.id)
+        payload = json.dumps(record.to_dict(), default=json_default).encode()
+        try:
+            with open(path, "r+b") as handle:
+                handle.write(payload)
+                handle.truncate()
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            print(f"cannot save the record of job {record.id}: {error}", file=sys.stderr)
+            raise error from None
 
 
 def run_inline(
@@ -425,6 +507,66 @@ def delete_dataset(
     ]
     workspace.delete(name)
     return stopped
+
+
+def sweep(
+    workspace: Workspace, *, job_max_age: float = JOB_RECORD_MAX_AGE, **workspace_ages: float
+) -> list[Path]:
+    """Remove finished job records (and their logs and flags) older than ``job_max_age``
+    seconds, damaged ones as old, then sweep the workspace (``Workspace.sweep``, which takes
+    ``max_age`` and ``query_max_age``); returns what was removed. Active jobs are never touched.
+
+    >>> sweep(Workspace(), job_max_age=7 * 24 * 3600)                            # doctest: +SKIP
+    """
+    removed = workspace.sweep(**workspace_ages)
+    if not workspace.jobs_dir.exists():
+        return removed
+    cutoff = time.time() - job_max_age
+    for path in sorted(workspace.jobs_dir.iterdir()):
+        if not path.exists():  # went with its record, earlier in this loop
+            continue
+        if path.suffix == ".json":
+            try:
+                record = get(workspace, path.stem)
+            except StoreError:  # damaged: judged by the file's age
+                record = None
+            if record is not None and record.active:
+                continue
+            if _finished_at(record, path) >= cutoff:
+                continue
+        elif path.suffix not in (".log", ".cancel") or path.with_suffix(".json").exists():
+            continue  # a record's log or flag goes with its record
+        elif path.stat().st_mtime >= cutoff:
+            continue
+        for file in (path, path.with_suffix(".log"), path.with_suffix(".cancel")):
+            if file.exists():
+                file.unlink(missing_ok=True)
+                removed.append(file)
+    return removed
+
+
+def _finished_at(record: JobRecord | None, path: Path) -> float:
+    """When the job ended (or was created), in seconds since the epoch."""
+    stamp = None if record is None else record.finished_at or record.created_at
+    try:
+        return datetime.fromisoformat(str(stamp)).timestamp()
+    except ValueError:
+        return path.stat().st_mtime
+
+
+def sweep_if_due(workspace: Workspace) -> None:
+    """Sweep the workspace when the last sweep is more than SWEEP_INTERVAL ago; never raises
+    (it runs at the end of every job, which it must not fail)."""
+    marker = workspace.root / ".cache" / "last-sweep"
+    try:
+        if marker.exists() and time.time() - marker.stat().st_mtime < SWEEP_INTERVAL:
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        fsync_directory(marker.parent)
+        sweep(workspace)
+    except (OSError, StoreError) as error:
+        print(f"sweeping {workspace.root} failed: {error}", file=sys.stderr)
 
 
 def wait(

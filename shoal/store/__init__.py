@@ -14,11 +14,17 @@ Layout::
         embeddings/.partial-<name>/                  resumable per-batch checkpoints
         artefacts/<kind>/<key>.npz + .json           kNN graph, projection, scores, ...
       jobs/                       the job runner's records
+      .staging/ .uploads/         imports and uploads in progress (held by their process)
+      .trash/                     datasets being deleted
+      .cache/queries/             query images of the Similar page
 
-Writers go through a temporary file in the same directory and ``os.replace``, so a crash at any
-moment leaves the previous state readable, and a reader sees either the old or the new file.
-An embedding set is published by replacing only its small JSON pointer: the matrix it names is
-written in full first, under a fresh version name.
+Writers go through a temporary file in the same directory, ``os.replace`` and an fsync of the
+directory, so a crash at any moment leaves the previous state readable, and a reader sees either
+the old or the new file. An embedding set is published by replacing only its small JSON pointer:
+the matrix it names is written in full first, under a fresh version name. A full disk is a
+``DiskFullError`` naming the file, a damaged file a ``CorruptFileError`` naming it (a damaged
+cached result or checkpoint is computed again). ``Workspace.sweep`` removes what crashed work
+left behind.
 
 Example:
     >>> ws = Workspace("/tmp/ws")                                        # doctest: +SKIP
@@ -37,15 +43,20 @@ from shoal.store.dataset import (
 )
 from shoal.store.errors import (
     MAX_NAME_LENGTH,
+    CorruptFileError,
     DatasetNotFoundError,
+    DiskFullError,
     InvalidNameError,
     StoreError,
     validate_name,
 )
 from shoal.store.files import (
     atomic_path,
+    fsync_directory,
     json_default,
+    make_dirs,
     read_json,
+    replace_durably,
     sha256_file,
     utc_now,
     write_json,
@@ -53,16 +64,26 @@ from shoal.store.files import (
     write_parquet,
 )
 from shoal.store.locks import BusyError
-from shoal.store.workspace import DEFAULT_WORKSPACE, WORKSPACE_ENV, Workspace
+from shoal.store.workspace import (
+    DEFAULT_WORKSPACE,
+    QUERY_MAX_AGE,
+    SCRATCH_MAX_AGE,
+    WORKSPACE_ENV,
+    Workspace,
+)
 
 __all__ = [
     "BatchCheckpoints",
     "BusyError",
     "CheckpointMismatchError",
+    "CorruptFileError",
     "DEFAULT_WORKSPACE",
+    "DiskFullError",
     "MAX_ID_LENGTH",
     "MAX_NAME_LENGTH",
+    "QUERY_MAX_AGE",
     "REQUIRED_COLUMNS",
+    "SCRATCH_MAX_AGE",
     "WORKSPACE_ENV",
     "Dataset",
     "DatasetNotFoundError",
@@ -74,8 +95,11 @@ __all__ = [
     "artefact_key",
     "atomic_path",
     "digest_values",
+    "fsync_directory",
     "json_default",
+    "make_dirs",
     "read_json",
+    "replace_durably",
     "sha256_file",
     "utc_now",
     "validate_name",

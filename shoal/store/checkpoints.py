@@ -2,7 +2,9 @@
 
 One ``.npy`` per finished batch plus a manifest that pins what the batches mean (model,
 precision, batch size, a digest of the inputs...). A directory whose manifest differs belongs to
-another run and is refused, never mixed in. Every file is written atomically.
+another run and is refused, never mixed in. Every file is written atomically. A damaged batch
+is computed again; a damaged manifest makes every batch be computed again (nothing says what
+they were).
 
 Example:
     >>> checkpoints = dataset.batch_checkpoints("lite0", manifest)             # doctest: +SKIP
@@ -12,13 +14,19 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shoal.store.errors import StoreError
+from shoal.store.errors import CorruptFileError, StoreError
 from shoal.store.files import read_json, write_json, write_npy
+
+#: Guards a write of new files: the block appends each file's path before writing it, and the
+#: guard removes them when the write fails or the owner is gone (``Dataset._writing``).
+WriteGuard = Callable[[], contextlib.AbstractContextManager[list[Path]]]
 
 MANIFEST = "manifest.json"
 
@@ -30,12 +38,21 @@ class CheckpointMismatchError(StoreError):
 class BatchCheckpoints:
     """Finished batches ``[start, end)`` of a (total, dim) float32 result, kept in ``directory``."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
+    def __init__(
+        self, directory: Path, manifest: dict[str, Any], *, writing: WriteGuard | None = None
+    ) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._writing = writing or _unguarded
         path = self.directory / MANIFEST
+        stored = None
         if path.exists():
-            stored = read_json(path)
+            with contextlib.suppress(CorruptFileError):
+                stored = read_json(path)
+            if not isinstance(stored, dict):
+                stored = None
+                for batch in self.directory.glob("batch-*.npy"):  # of an unknown run: discarded
+                    batch.unlink(missing_ok=True)
+        if stored is not None:
             differing = [key for key in manifest if stored.get(key) != manifest[key]]
             if differing:
                 details = "; ".join(
@@ -48,7 +65,9 @@ class BatchCheckpoints:
                     "directory to start over."
                 )
         else:
-            write_json(path, manifest)
+            with self._writing() as written:
+                written.append(path)
+                write_json(path, manifest)
         for stale in self.directory.glob(".*.tmp"):  # left by a killed run
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
@@ -61,10 +80,20 @@ class BatchCheckpoints:
         path = self._file(start, end)
         if not path.exists():
             return None
-        vectors = np.load(path, allow_pickle=False)
+        try:
+            vectors = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return None  # damaged: computed again
         if vectors.shape != (end - start, dim) or vectors.dtype != np.float32:
             return None
         return vectors
 
     def save(self, start: int, end: int, vectors: np.ndarray) -> None:
-        write_npy(self._file(start, end), vectors)
+        with self._writing() as written:
+            written.append(self._file(start, end))
+            write_npy(written[0], vectors)
+
+
+@contextlib.contextmanager
+def _unguarded() -> Iterator[list[Path]]:
+    yield []

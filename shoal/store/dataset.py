@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
 import shutil
 import time
 import uuid
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from shoal.store.checkpoints import BatchCheckpoints
-from shoal.store.errors import StoreError, validate_name
+from shoal.store.errors import CorruptFileError, StoreError, validate_name
 from shoal.store.files import (
     atomic_path,
     json_default,
@@ -31,6 +36,16 @@ from shoal.store.files import (
 from shoal.store.locks import exclusive
 
 REQUIRED_COLUMNS = ("sample_id", "source", "path", "split", "label")
+#: What reading a damaged .npy, .npz or .parquet file raises (truncated, garbage, empty).
+UNREADABLE = (
+    OSError,
+    ValueError,
+    EOFError,
+    KeyError,
+    zipfile.BadZipFile,
+    zlib.error,
+    pa.ArrowException,
+)
 #: The longest sample or object id, in characters. Ids are stored as a fixed-width array beside
 #: the vectors, so one huge id would make every row that wide (50k characters x 200k rows = 40 GB).
 MAX_ID_LENGTH = 256
@@ -102,7 +117,10 @@ class Dataset:
         if self.uid is None:
             return
         meta_file = self.root / "dataset.json"
-        current = read_json(meta_file).get("uid") if meta_file.exists() else None
+        try:
+            current = read_json(meta_file).get("uid")
+        except FileNotFoundError:
+            current = None
         if current != self.uid:
             raise StoreError(
                 f"dataset {self.name!r} was deleted"
@@ -116,7 +134,15 @@ class Dataset:
     # -- metadata
     @property
     def meta(self) -> dict[str, Any]:
-        return dict(read_json(self.root / "dataset.json"))
+        path = self.root / "dataset.json"
+        try:
+            return dict(read_json(path))
+        except (CorruptFileError, TypeError, ValueError) as error:
+            raise CorruptFileError(
+                f"dataset {self.name!r} is damaged: {path} cannot be read ({error}). Restore the "
+                f"file from a backup, or delete the dataset with `shoal delete {self.name}` and "
+                "import it again"
+            ) from error
 
     def update_meta(self, **changes: Any) -> None:
         self.check_current()
@@ -130,7 +156,19 @@ class Dataset:
 
     # -- samples
     def samples(self) -> pd.DataFrame:
-        return pd.read_parquet(self.root / "samples.parquet")
+        return self._read_table("samples.parquet")
+
+    def _read_table(self, file_name: str) -> pd.DataFrame:
+        path = self.root / file_name
+        try:
+            return pd.read_parquet(path)
+        except FileNotFoundError:
+            raise
+        except UNREADABLE as error:
+            raise CorruptFileError(
+                f"dataset {self.name!r} is damaged: {path} cannot be read ({error}). Delete the "
+                f"dataset with `shoal delete {self.name}` and import it again"
+            ) from error
 
     def write_samples(self, frame: pd.DataFrame) -> None:
         self.check_current()
@@ -158,8 +196,11 @@ class Dataset:
 
     # -- objects (detection datasets)
     def objects(self) -> pd.DataFrame | None:
-        path = self.root / "objects.parquet"
-        return pd.read_parquet(path) if path.exists() else None
+        return (
+            self._read_table("objects.parquet")
+            if (self.root / "objects.parquet").exists()
+            else None
+        )
 
     def write_objects(self, frame: pd.DataFrame) -> None:
         self.check_current()
@@ -186,7 +227,12 @@ class Dataset:
         )
 
     def default_embedding(self, *, level: str = "sample") -> str | None:
-        names = [n for n in self.embedding_names() if self.embedding_info(n).level == level]
+        """The dataset's default set of ``level``; a set whose pointer is damaged is passed over."""
+        names = []
+        for name in self.embedding_names():
+            with contextlib.suppress(CorruptFileError):
+                if self.embedding_info(name).level == level:
+                    names.append(name)
         preferred = self.meta.get("default_embedding")
         if preferred in names:
             return str(preferred)
@@ -201,7 +247,19 @@ class Dataset:
                 f"dataset {self.name!r} has no embedding set {name!r} (available: {available}); "
                 f"run `shoal embed {self.name}` or `shoal add-embeddings {self.name} FILE`"
             )
-        return EmbeddingInfo(**read_json(pointer))
+        try:
+            return EmbeddingInfo(**read_json(pointer))
+        except (CorruptFileError, TypeError) as error:
+            raise CorruptFileError(
+                f"embedding set {name!r} of dataset {self.name!r} is damaged: {pointer} cannot "
+                f"be read ({error}). {self._recompute_hint(name)}"
+            ) from error
+
+    def _recompute_hint(self, name: str) -> str:
+        return (
+            f"Compute it again with `shoal embed {self.name} --embedding {name}` (or add it "
+            f"again with `shoal add-embeddings`), or delete {self._embeddings_dir / name}.json"
+        )
 
     def resolve_embedding(self, name: str | None, *, level: str = "sample") -> str:
         if name:
@@ -223,10 +281,8 @@ class Dataset:
             info = self.embedding_info(resolved)
             base = self._embeddings_dir / f"{info.name}-{info.version}"
             try:
-                vectors = np.load(
-                    f"{base}.npy", mmap_mode="r" if mmap else None, allow_pickle=False
-                )
-                ids = np.load(f"{base}.ids.npy", allow_pickle=False)
+                vectors = self._load_matrix(Path(f"{base}.npy"), info, mmap=mmap)
+                ids = self._load_matrix(Path(f"{base}.ids.npy"), info, mmap=False)
             except FileNotFoundError:
                 # A writer published a newer version and removed this one between our two reads.
                 if attempt == 4:
@@ -235,6 +291,25 @@ class Dataset:
                 continue
             return EmbeddingSet(vectors=vectors, ids=ids, info=info)
         raise AssertionError("unreachable")
+
+    def _load_matrix(self, path: Path, info: EmbeddingInfo, *, mmap: bool) -> np.ndarray:
+        """The vectors (count, dim) or the ids (count,) of a set; CorruptFileError when damaged."""
+        try:
+            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except FileNotFoundError:
+            raise
+        except UNREADABLE as error:
+            problem = f"cannot be read ({error})"
+        else:
+            ids = path.name.endswith(".ids.npy")
+            expected = (info.count,) if ids else (info.count, info.dim)
+            if array.shape == expected:
+                return array
+            problem = f"holds {array.shape}, not {expected} ({'ids' if ids else 'vectors'})"
+        raise CorruptFileError(
+            f"embedding set {info.name!r} of dataset {self.name!r} is damaged: {path} "
+            f"{problem}. {self._recompute_hint(info.name)}"
+        )
 
     def publish_embeddings(
         self,
@@ -271,29 +346,29 @@ class Dataset:
         with exclusive(self._lock_file(f"publish-{name}"), what=f"embedding set {name!r}"):
             version = f"{int(time.time())}{uuid.uuid4().hex[:6]}"
             base = self._embeddings_dir / f"{name}-{version}"
-            files = [Path(f"{base}.npy"), Path(f"{base}.ids.npy")]
-            write_npy(files[0], vectors)
-            write_npy(files[1], ids_array)
-            try:
-                self.check_current()  # deleted while the matrix was written: leave nothing behind
-            except StoreError:
-                for file in files:
-                    file.unlink(missing_ok=True)
-                for folder in (self._embeddings_dir, self.root):
-                    with contextlib.suppress(OSError):
-                        folder.rmdir()  # only when empty: a folder our write recreated
-                raise
-            info = EmbeddingInfo(
-                name=name,
-                model=model,
-                dim=int(vectors.shape[1]),
-                count=int(vectors.shape[0]),
-                level=level,
-                preprocessing=dict(preprocessing or {}),
-                created_at=utc_now(),
-                version=version,
-            )
-            write_json(self._embeddings_dir / f"{name}.json", info.to_dict())
+            pointer = self._embeddings_dir / f"{name}.json"
+            # A failed write, or one into a dataset deleted meanwhile, leaves no file behind.
+            with self._writing() as written:
+                for file, array in (
+                    (Path(f"{base}.npy"), vectors),
+                    (Path(f"{base}.ids.npy"), ids_array),
+                ):
+                    written.append(file)
+                    write_npy(file, array)
+                self.check_current()  # before the switch: after it, readers see the new files
+                info = EmbeddingInfo(
+                    name=name,
+                    model=model,
+                    dim=int(vectors.shape[1]),
+                    count=int(vectors.shape[0]),
+                    level=level,
+                    preprocessing=dict(preprocessing or {}),
+                    created_at=utc_now(),
+                    version=version,
+                )
+                if not pointer.exists():
+                    written.append(pointer)  # a first version: the pointer is ours to take back
+                write_json(pointer, info.to_dict())
             for stale in self._embeddings_dir.glob(f"{name}-*.npy"):
                 # Readers that already mapped an old version keep its inode alive until they close it.
                 if not stale.name.startswith(f"{name}-{version}") and _version_of(stale.name, name):
@@ -303,6 +378,27 @@ class Dataset:
                 self.update_meta(default_embedding=name)
         return info
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[list[Path]]:
+        """Guard a write of new files (the block appends each one's path before writing it).
+
+        When the block fails, or this dataset turns out to be deleted (or deleted and created
+        again) by the time it ends, the files are removed, with any folder the write recreated,
+        so a failed write or a job that outlived a delete leaves nothing behind.
+        """
+        self.check_current()
+        written: list[Path] = []
+        try:
+            yield written
+            self.check_current()
+        except BaseException:
+            for file in written:
+                file.unlink(missing_ok=True)
+            for folder in _parents_within(written, self.root):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty: a folder the write created
+            raise
+
     def _lock_file(self, what: str) -> Path:
         return self._embeddings_dir / f".lock-{what}"
 
@@ -310,6 +406,7 @@ class Dataset:
         """Held by a job for the whole computation of embedding set ``name`` (checkpoints,
         then publishing): a second job on the same set is refused at once, not mixed in."""
         validate_name(name, what="embedding")
+        self.check_current()
         return exclusive(
             self._lock_file(f"compute-{name}"),
             what=f"embedding set {name!r} of dataset {self.name!r}",
@@ -322,7 +419,7 @@ class Dataset:
 
     def batch_checkpoints(self, name: str, manifest: dict[str, Any]) -> BatchCheckpoints:
         """Resumable per-batch checkpoints of embedding set ``name`` (removed when it is published)."""
-        return BatchCheckpoints(self.partial_dir(name), manifest)
+        return BatchCheckpoints(self.partial_dir(name), manifest, writing=self._writing)
 
     # -- artefacts
     def _artefact_base(self, kind: str, key: str) -> Path:
@@ -334,11 +431,13 @@ class Dataset:
         self, kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]
     ) -> None:
         """Store arrays (npz, no pickles) and JSON metadata; the JSON is written last and marks completion."""
-        self.check_current()
         base = self._artefact_base(kind, key)
-        with atomic_path(base.with_suffix(".npz")) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
-        write_json(base.with_suffix(".json"), {"saved_at": utc_now(), **meta})
+        with self._writing() as written:
+            written.append(base.with_suffix(".npz"))
+            with atomic_path(written[0]) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
+            written.append(base.with_suffix(".json"))
+            write_json(written[1], {"saved_at": utc_now(), **meta})
 
     def load_artefact(
         self, kind: str, key: str
@@ -347,28 +446,69 @@ class Dataset:
         meta_path, data_path = base.with_suffix(".json"), base.with_suffix(".npz")
         if not meta_path.exists() or not data_path.exists():
             return None
-        meta = read_json(meta_path)
-        with np.load(data_path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        try:
+            meta = read_json(meta_path)
+            with np.load(data_path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (CorruptFileError, *UNREADABLE):
+            return None  # a damaged result is computed again, and stored over the damaged one
+        if not isinstance(meta, dict):
+            return None
         return arrays, meta
 
     def describe(self) -> dict[str, Any]:
-        samples = self.samples()
-        embeddings = [self.embedding_info(n).to_dict() for n in self.embedding_names()]
-        objects = self.objects()
-        report = self.import_report() or {}
+        """What the dataset holds, for listings. A damaged file does not make it fail: what it
+        would have given is left empty and ``problems`` says which file and what to do."""
+        problems: list[str] = []
+        empty = pd.DataFrame(columns=list(REQUIRED_COLUMNS))
+        no_meta: dict[str, Any] = {}
+        meta = _or_problem(lambda: self.meta, no_meta, problems)
+        samples = _or_problem(self.samples, empty, problems)
+        objects = _or_problem(self.objects, None, problems)
+        report = _or_problem(self.import_report, None, problems) or {}
+        embeddings = []
+        for name in self.embedding_names():
+            info: EmbeddingInfo | None = _or_problem(
+                functools.partial(self.embedding_info, name), None, problems
+            )
+            if info is not None:
+                embeddings.append(info.to_dict())
         return {
             "name": self.name,
-            "created_at": self.meta.get("created_at"),
-            "has_images": self.has_images,
+            "created_at": meta.get("created_at"),
+            "has_images": bool(meta.get("has_images", False)),
             "samples": int(len(samples)),
             "columns": list(samples.columns),
             "splits": _counts(samples, "split"),
             "labels": _counts(samples, "label"),
             "objects": None if objects is None else int(len(objects)),
             "embeddings": embeddings,
-            "rejected": len(report.get("rejected", [])),
+            "rejected": len(report.get("rejected", [])) if isinstance(report, dict) else 0,
+            "problems": problems,
         }
+
+
+T = TypeVar("T")
+
+
+def _or_problem(read: Callable[[], T], default: T, problems: list[str]) -> T:
+    """``read()``, or ``default`` with the reason added to ``problems`` when a file is damaged."""
+    try:
+        return read()
+    except StoreError as error:
+        problems.append(str(error))
+        return default
+
+
+def _parents_within(files: list[Path], root: Path) -> list[Path]:
+    """The folders between each file and ``root`` (``root`` included), deepest first."""
+    folders = set()
+    for file in files:
+        for parent in file.parents:
+            if parent != root and root not in parent.parents:
+                break
+            folders.add(parent)
+    return sorted(folders, key=lambda folder: len(folder.parts), reverse=True)
 
 
 def _version_of(file_name: str, name: str) -> bool:

@@ -20,6 +20,15 @@ class InvalidNameError(StoreError):
     pass
 
 
+class DiskFullError(StoreError):
+    """A write ran out of room (disk full, quota, file size limit); the file was not written."""
+
+
+class CorruptFileError(StoreError, ValueError):
+    """A stored file cannot be read back (truncated, garbage); the message names it. A
+    ValueError too, as json's own error is, so older ``except ValueError`` still holds."""
+
+
 def validate_name(name: str, *, what: str = "dataset") -> str:
     """Return ``name`` if it is safe as a single path component, else raise InvalidNameError."""
     if not isinstance(name, str) or not name:
