@@ -18,6 +18,7 @@ from shoal.app.tables import describe_rows, tile_caption, to_csv_bytes
 from shoal.app.text import code_span, escape_markdown, visitor_error
 from shoal.app.thumbnails import object_box
 from shoal.store import Dataset, StoreError
+from shoal.store.collections import Collections
 
 GALLERY_PAGE_SIZE = 24
 JOB_POLL_SECONDS = 1.0
@@ -158,3 +159,50 @@ def download_csv(label: str, table: pd.DataFrame, *, file_name: str, key: str) -
         key=key,
         icon=":material/download:",
     )
+
+
+# --------------------------------------------------------------------------- collections
+
+
+def save_as_collection(
+    ds: Dataset,
+    ids: Sequence[str],
+    *,
+    level: str,
+    provenance: dict,
+    key: str,
+    created_by: str | None = None,
+    label: str = "Save as collection",
+) -> None:
+    """A popover that keeps ``ids`` as a new collection, or adds them to an existing one."""
+    with st.popover(label, icon=":material/bookmark_add:", disabled=not len(ids)):
+        shelf = Collections(ds)
+        existing = [c.name for c in shelf.list() if c.level == level]
+        target = st.selectbox(
+            "Collection", ["a new collection", *existing], key=f"{key}_collection"
+        )
+        new = target == "a new collection"
+        name = (
+            st.text_input("Name", key=f"{key}_collection_name", placeholder="e.g. blurry-night")
+            if new
+            else target
+        )
+        note = st.text_input("Note", key=f"{key}_collection_note") if new else ""
+        if not st.button(f"Save {len(ids):,}", type="primary", key=f"{key}_collection_save"):
+            return
+        try:
+            if new:
+                shelf.create(
+                    (name or "").strip(),
+                    [str(i) for i in ids],
+                    level=level,
+                    note=note,
+                    provenance=provenance,
+                    created_by=created_by,
+                )
+            else:
+                shelf.add(name, [str(i) for i in ids])
+        except StoreError as error:
+            st.error(visitor_error(error))
+            return
+        st.success(f"{len(ids):,} saved in collection {code_span(name)}.")

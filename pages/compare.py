@@ -150,12 +150,22 @@ extra = samples.set_index(samples["sample_id"].astype(str)).drop(
     columns=[c for c in ("sample_id", "path") if c in samples]
 )
 novelty_table = novelty_table.join(extra, on="sample_id").sort_values("novelty", ascending=False)
-widgets.download_csv(
-    "Export novelty CSV",
-    novelty_table,
-    file_name=f"{ds.name}-novelty.csv",
-    key="compare_novelty_export",
-)
+with st.container(horizontal=True):
+    widgets.download_csv(
+        "Export novelty CSV",
+        novelty_table,
+        file_name=f"{ds.name}-novelty.csv",
+        key="compare_novelty_export",
+    )
+    widgets.save_as_collection(
+        ds,
+        [result.current_ids[i] for i in np.flatnonzero(result.novelty_flags)],
+        level="sample",
+        provenance={"page": "compare", "reference": reference_expr, "current": current_expr},
+        key="compare_novel",
+        created_by=ui.signed_in_user(),
+        label="Save the novel ones as a collection",
+    )
 widgets.gallery(
     ds,
     samples,
@@ -197,9 +207,22 @@ else:
         if len(picks)
         else "Nothing to pick."
     )
-    widgets.download_csv(
-        "Export picks CSV", picks, file_name=f"{ds.name}-to-label.csv", key="compare_picks_export"
-    )
+    with st.container(horizontal=True):
+        widgets.download_csv(
+            "Export picks CSV",
+            picks,
+            file_name=f"{ds.name}-to-label.csv",
+            key="compare_picks_export",
+        )
+        widgets.save_as_collection(
+            ds,
+            picks["sample_id"].astype(str).tolist(),
+            level="sample",
+            provenance={"page": "compare", "picks_novel_vs": reference_expr, "n": n_picks},
+            key="compare_picks",
+            created_by=ui.signed_in_user(),
+            label="Save the picks as a collection",
+        )
     widgets.gallery(
         ds,
         samples,

@@ -18,11 +18,9 @@ from shoal.app.tables import rows_table
 from shoal.app.text import (
     chart_safe_colouring,
     chart_safe_table,
-    code_span,
     escape_markdown,
-    visitor_error,
 )
-from shoal.store import Dataset, StoreError
+from shoal.store import Dataset
 from shoal.store.collections import Collections
 
 ui.ensure_entrypoint()
@@ -228,36 +226,6 @@ if selection is None or not len(selected_rows):
     ui.stop()
 
 
-def save_collection(ids: list[str]) -> None:
-    """A new collection of the selection, or the selection added to an existing one."""
-    existing = [c.name for c in shelf.list() if c.level == LEVEL]
-    target = st.selectbox("Collection", ["a new collection", *existing], key="view_collection")
-    name = (
-        st.text_input("Name", key="view_collection_name", placeholder="e.g. blurry-night-shots")
-        if target == "a new collection"
-        else target
-    )
-    note = st.text_input("Note", key="view_collection_note") if target == "a new collection" else ""
-    if not st.button("Save", type="primary", key="view_collection_save"):
-        return
-    try:
-        if target == "a new collection":
-            shelf.create(
-                (name or "").strip(),
-                ids,
-                level=LEVEL,
-                note=note,
-                provenance={"page": "map", "selection": token, "colour": colour, "layout": layout},
-                created_by=ui.signed_in_user(),
-            )
-        else:
-            shelf.add(name, ids)
-    except StoreError as error:
-        st.error(visitor_error(error))
-        return
-    st.success(f"{len(ids):,} saved in collection {code_span(name)}.")
-
-
 st.subheader(f"{len(selected_rows):,} selected")
 extra = {"map_x": coords[selected_rows, 0], "map_y": coords[selected_rows, 1]}
 if colouring is not None and colouring.kind == "continuous":
@@ -271,8 +239,14 @@ with st.container(horizontal=True):
     widgets.download_csv(
         "Export selection (CSV)", table, file_name=f"{ds.name}-selection.csv", key="view_export"
     )
-    with st.popover("Save as collection", icon=":material/bookmark_add:"):
-        save_collection(samples[ID_COLUMN].astype(str).to_numpy()[selected_rows].tolist())
+    widgets.save_as_collection(
+        ds,
+        samples[ID_COLUMN].astype(str).to_numpy()[selected_rows].tolist(),
+        level=LEVEL,
+        provenance={"page": "map", "selection": token, "colour": colour, "layout": layout},
+        key="view",
+        created_by=ui.signed_in_user(),
+    )
     if st.button("Clear selection", icon=":material/close:", key="view_clear"):
         st.session_state["view_sel"] = None
         st.rerun()

@@ -44,6 +44,22 @@ section = st.segmented_control(
 sample_ids = row_ids(samples)
 
 
+ID_COLUMN = "object_id" if "object_id" in samples else "sample_id"
+LEVEL = "object" if ID_COLUMN == "object_id" else "sample"
+
+
+def keep(rows: np.ndarray, key: str, provenance: dict) -> None:
+    """Save the rows as a collection (a popover beside the other actions)."""
+    widgets.save_as_collection(
+        ds,
+        samples[ID_COLUMN].astype(str).to_numpy()[np.asarray(rows, dtype=np.int64)].tolist(),
+        level=LEVEL,
+        provenance={"page": "outliers", **provenance},
+        key=key,
+        created_by=ui.signed_in_user(),
+    )
+
+
 def show_on_map(rows: np.ndarray, key: str) -> None:
     if st.button(
         "Show these on the map", icon=":material/scatter_plot:", key=key, disabled=not len(rows)
@@ -163,6 +179,12 @@ if section == "outliers":
         )
     with actions:
         show_on_map(np.flatnonzero(flagged_mask), "outliers_map")
+    with actions:
+        keep(
+            np.flatnonzero(flagged_mask),
+            "outliers",
+            {"section": "outliers", "method": method, "threshold": float(threshold)},
+        )
     for i in paged(len(shown), "outliers_page"):
         row = int(shown[i])
         evidence_row(
@@ -310,6 +332,12 @@ elif section == "duplicates":
             np.unique(result.pairs.ravel()) if len(result.pairs) else np.empty(0, int),
             "duplicates_map",
         )
+    with actions:
+        keep(
+            np.unique(np.concatenate(groups)) if groups else np.empty(0, int),
+            "duplicates",
+            {"section": "duplicates", "threshold": result.threshold, "only_leaks": only_leaks},
+        )
     if not groups:
         st.info(
             "No near-duplicates at this threshold."
@@ -361,6 +389,8 @@ else:
         )
     with actions:
         show_on_map(flagged, "mislabels_map")
+    with actions:
+        keep(flagged, "mislabels", {"section": "mislabels"})
     if not len(flagged):
         st.success("No label disagrees with its neighbourhood.")
     for i in paged(len(flagged), "mislabels_page"):

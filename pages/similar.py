@@ -199,6 +199,19 @@ with actions:
     widgets.download_csv(
         "Export CSV", table, file_name=f"{ds.name}-similar.csv", key="similar_export"
     )
+with actions:
+    id_column = "object_id" if "object_id" in samples else "sample_id"
+    widgets.save_as_collection(
+        ds,
+        samples[id_column].astype(str).to_numpy()[result.indices].tolist(),
+        level="object" if id_column == "object_id" else "sample",
+        provenance={
+            "page": "similar",
+            "query": [str(q) for q in samples[id_column].to_numpy()[query_rows]],
+        },
+        key="similar",
+        created_by=ui.signed_in_user(),
+    )
 if actions.button("Show on the map", icon=":material/scatter_plot:", key="similar_map"):
     st.session_state["view_sel"] = Selection.from_rows(
         np.r_[query_rows, result.indices], n_rows=len(samples)

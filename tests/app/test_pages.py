@@ -193,6 +193,41 @@ def test_a_map_selection_is_saved_as_a_collection_and_colours_the_map(
 
 
 @pytest.mark.slow
+def test_flagged_outliers_and_similar_results_are_saved_as_collections(
+    tmp_path: Path, embedded_sample: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import shoal.workflows.analyse as aw
+    from shoal.store.collections import Collections
+
+    workspace = Workspace(tmp_path / "ws")
+    shutil.copytree(embedded_sample.root, workspace.root)
+    ds = workspace.open("sample")
+    scores = aw.outliers(ds).result.scores
+    cut = float(np.sort(scores)[-6])  # the five highest scores are above it
+    at = open_app(workspace, monkeypatch, page="pages/outliers.py", cut=str(cut)).run()
+    assert_clean(at)
+    at.text_input(key="outliers_collection_name").input("odd")
+    at.button(key="outliers_collection_save").click().run()
+    assert_clean(at)
+    saved = Collections(ds).get("odd")
+    expected = set(ds.samples()["sample_id"].to_numpy()[np.flatnonzero(scores > cut)])
+    assert set(saved.ids) == expected and len(expected) == 5
+    assert saved.provenance["page"] == "outliers"
+
+    first_id = ds.samples()["sample_id"].iloc[0]
+    at = open_app(workspace, monkeypatch, page="pages/similar.py", q=first_id, k="12").run()
+    assert_clean(at)
+    at.selectbox(key="similar_collection").set_value("odd")
+    at.button(key="similar_collection_save").click().run()
+    assert_clean(at)
+    found = aw.similar(ds, sample_ids=[first_id], k=12)
+    similar_ids = set(found.sample_ids[found.result.indices])
+    assert set(Collections(ds).get("odd").ids) == expected | similar_ids
+
+
+@pytest.mark.slow
 def test_link_restores_box_selection_against_all_points(
     sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
