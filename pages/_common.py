@@ -363,7 +363,11 @@ def page_data(*, level: str | None = None, analysis: str | None = None) -> PageD
         no_embeddings_notice(ds)
         stop()
     key, stamp = dataset_key(ds), dataset_stamp(ds)
-    samples = loaders.aligned_samples(ds, key, stamp, embedding)
+    try:
+        samples = loaders.aligned_samples(ds, key, stamp, embedding)
+    except StoreError as error:  # a damaged embedding set or table: say so, keep the app
+        st.error(visitor_error(error))
+        stop()
     if analysis is not None and not request_analysis(ds, embedding, len(samples), what=analysis):
         stop()
     return PageData(ds, embedding, key, stamp, embedding_version(ds, embedding), samples)

@@ -231,3 +231,27 @@ def test_the_datasets_page_lists_a_workspace_with_damaged_datasets(
     assert not app.exception, [e.value for e in app.exception]
     listed = app.dataframe[0].value
     assert sorted(listed["dataset"]) == ["matrix", "meta", "pointer", "sound", "table"]
+
+
+def test_a_page_on_a_damaged_set_says_so_and_keeps_the_app(
+    fresh_workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: selecting a dataset whose matrix is damaged showed Streamlit's exception box."""
+    from streamlit.testing.v1 import AppTest
+
+    _points(fresh_workspace, "matrix")
+    matrix = fresh_workspace.open("matrix")
+    _truncate(
+        matrix.root / "embeddings" / f"vectors-{matrix.embedding_info('vectors').version}.npy", 10
+    )
+    monkeypatch.setenv("SHOAL_WORKSPACE", str(fresh_workspace.root))
+    monkeypatch.delenv("SHOAL_ACCESS_TOKEN", raising=False)
+    app = AppTest.from_file(
+        str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=120
+    )
+    app.query_params["ds"] = "matrix"
+    app.switch_page("pages/map.py")
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.error and "shoal embed" in app.error[0].value
+    assert str(fresh_workspace.root) not in app.error[0].value  # no server path for visitors
