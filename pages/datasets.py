@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -22,6 +24,7 @@ from shoal.app.uploads import (
     upload_dir,
 )
 from shoal.store import Dataset, StoreError
+from shoal.store.collections import Collections
 
 ui.ensure_entrypoint()
 
@@ -217,6 +220,21 @@ if report:
 # --------------------------------------------------------------------------- the workspace's datasets
 
 
+def collection_file(ds: Dataset, ids: tuple[str, ...], suffix: str) -> bytes:
+    """A collection's export (shoal.workflows.exports), made when the download is asked for."""
+    from shoal.workflows import exports
+
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / f"export{suffix}"
+        if suffix in (".csv", ".parquet"):
+            exports.export_table(ds, ids, target)
+        elif suffix == ".json":
+            exports.export_coco(ds, ids, target)
+        else:
+            exports.export_images(ds, ids, target)
+        return target.read_bytes()
+
+
 @st.cache_data(show_spinner=False)
 def describe(_ds: Dataset, dataset_key: str, stamp: str) -> dict:
     return _ds.describe()
@@ -300,6 +318,48 @@ stored = ds.import_report() or {}
 if stored.get("rejected"):
     with st.expander(f"Files rejected at import ({len(stored['rejected']):,})"):
         st.dataframe(rejected_table(stored["rejected"]), hide_index=True, width="stretch")
+
+shelf = Collections(ds)
+kept = shelf.list()
+if kept:
+    st.subheader("Collections")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "collection": c.name,
+                    "size": c.size,
+                    "of": f"{c.level}s",
+                    "note": c.note,
+                    "made by": c.created_by or "",
+                    "from": c.provenance.get("page", next(iter(c.provenance), "")),
+                    "updated": c.updated_at,
+                }
+                for c in kept
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    chosen = shelf.get(
+        st.selectbox("Export or delete", [c.name for c in kept], key="datasets_collection")
+    )
+    with st.container(horizontal=True):
+        formats = {"CSV": ".csv", "Parquet": ".parquet"}
+        if chosen.level == "sample" and ds.has_images:
+            formats |= {"COCO": ".json", "Images (zip)": ".zip"}
+        for label, suffix in formats.items():
+            st.download_button(
+                label,
+                data=lambda suffix=suffix: collection_file(ds, chosen.ids, suffix),
+                file_name=f"{ds.name}-{chosen.name}{suffix}",
+                key=f"datasets_collection_{suffix}",
+                icon=":material/download:",
+                disabled=chosen.level != "sample",
+            )
+        if st.button("Delete collection", key="datasets_collection_delete"):
+            shelf.delete(chosen.name)
+            st.rerun()
 
 with st.popover("Delete this dataset…", icon=":material/delete:"):
     st.write(

@@ -228,6 +228,30 @@ def test_flagged_outliers_and_similar_results_are_saved_as_collections(
 
 
 @pytest.mark.slow
+def test_the_datasets_page_lists_exports_and_deletes_collections(
+    tmp_path: Path, embedded_sample: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from shoal.store.collections import Collections
+
+    workspace = Workspace(tmp_path / "ws")
+    shutil.copytree(embedded_sample.root, workspace.root)
+    ds = workspace.open("sample")
+    Collections(ds).create("odd", ds.samples()["sample_id"].head(4), note="look again")
+    at = open_app(workspace, monkeypatch, page="pages/datasets.py", ds="sample").run()
+    assert_clean(at)
+    assert "Collections" in [h.value for h in at.subheader]
+    listed = at.dataframe[-1].value
+    assert listed["collection"].tolist() == ["odd"] and listed["size"].tolist() == [4]
+    labels = [b.label for b in at.get("download_button")]
+    assert {"CSV", "Parquet", "COCO", "Images (zip)"} <= set(labels)
+    at.button(key="datasets_collection_delete").click().run()
+    assert_clean(at)
+    assert Collections(ds).names() == []
+
+
+@pytest.mark.slow
 def test_link_restores_box_selection_against_all_points(
     sample_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
