@@ -272,6 +272,8 @@ if ds is None:
     ui.stop()
 info = describe(ds, ui.dataset_key(ds), ui.dataset_stamp(ds))
 st.subheader(escape_markdown(ds.name))
+for problem in info.get("problems", []):
+    st.warning(visitor_error(problem))
 cols = st.columns(4)
 cols[0].metric("Samples", f"{info['samples']:,}")
 cols[1].metric("Classes", f"{len(info['labels']):,}")

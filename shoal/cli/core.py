@@ -137,6 +137,16 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--cancel", metavar="JOB_ID", help="ask a running job to stop")
     p.add_argument("--json", action="store_true")
 
+    p = add(
+        "sweep",
+        "Remove leftovers: abandoned uploads and staging folders, old query images, old finished "
+        "job records (never anything a live process holds, never a dataset).",
+        cmd_sweep,
+    )
+    p.add_argument(
+        "--older-than", type=float, default=30.0, metavar="DAYS", help="(default: %(default)s)"
+    )
+
     p = add("serve", "Start the Shoal web app on the workspace.", cmd_serve)
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--address", default="localhost", help="bind address (0.0.0.0 to serve a team)")
@@ -304,6 +314,24 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(
             f"  rejected at import: {info['rejected']:,} file(s) (see `shoal info {info['name']} --json`)"
         )
+    for problem in info.get("problems", []):
+        print(f"  damaged: {problem}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from shoal.jobs.runner import sweep
+
+    day = 24 * 3600.0
+    removed = sweep(
+        workspace(args),
+        job_max_age=args.older_than * day,
+        max_age=args.older_than * day,
+        query_max_age=args.older_than * day,
+    )
+    print(f"removed {len(removed):,} leftover(s) older than {args.older_than:g} day(s)")
+    for path in removed:
+        print(f"  {path}")
     return 0
 
 
@@ -358,6 +386,10 @@ def serve(
             "read, upload and delete every dataset. Set SHOAL_ACCESS_TOKEN, or configure sign-in "
             "(docs/team.md), or pass --no-auth if the network itself is private."
         )
+    from shoal.jobs.runner import sweep_if_due
+    from shoal.store import Workspace
+
+    sweep_if_due(Workspace(ws_root))  # what crashed work left behind, at most hourly
     env = dict(os.environ, SHOAL_WORKSPACE=str(ws_root))
     command = [
         sys.executable,

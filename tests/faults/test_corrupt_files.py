@@ -255,3 +255,49 @@ def test_a_page_on_a_damaged_set_says_so_and_keeps_the_app(
     assert not app.exception, [e.value for e in app.exception]
     assert app.error and "shoal embed" in app.error[0].value
     assert str(fresh_workspace.root) not in app.error[0].value  # no server path for visitors
+
+
+def test_a_damaged_table_is_reported_by_info_and_on_the_datasets_page(
+    fresh_workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from shoal.cli import main
+
+    _points(fresh_workspace, "table")
+    _truncate(fresh_workspace.datasets_dir / "table" / "samples.parquet", 100)
+    assert main(["info", "table", "--workspace", str(fresh_workspace.root)]) == 0
+    assert "  damaged: " in capsys.readouterr().out
+    monkeypatch.setenv("SHOAL_WORKSPACE", str(fresh_workspace.root))
+    monkeypatch.delenv("SHOAL_ACCESS_TOKEN", raising=False)
+    app = AppTest.from_file(
+        str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=120
+    )
+    app.query_params["ds"] = "table"
+    app.switch_page("pages/datasets.py")
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    warnings = [w.value for w in app.warning]
+    assert any("samples" in w for w in warnings)
+    assert not any(str(fresh_workspace.root) in w for w in warnings)
+
+
+def test_shoal_sweep_removes_an_abandoned_upload(
+    fresh_workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import time
+
+    from shoal.cli import main
+
+    abandoned = fresh_workspace.root / ".uploads" / "upload-old"
+    abandoned.mkdir(parents=True)
+    (abandoned / "photo.jpg").write_bytes(b"x")
+    old = time.time() - 3 * 24 * 3600
+    for path in (abandoned / "photo.jpg", abandoned):
+        os.utime(path, (old, old))
+    live = fresh_workspace.scratch_dir(".uploads", "upload-")  # held by this process
+    os.utime(live, (old, old))
+    assert main(["sweep", "--older-than", "1", "--workspace", str(fresh_workspace.root)]) == 0
+    assert "removed 1 leftover(s)" in capsys.readouterr().out
+    assert not abandoned.exists() and live.exists()
