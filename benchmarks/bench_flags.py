@@ -147,14 +147,9 @@ def clean_sets(real: dict[str, np.ndarray], seeds: int) -> dict[str, np.ndarray]
 
 def flipped_labels(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Labels with ``share`` of them changed to another class at random, and the flip mask."""
-    rng = np.random.default_rng([seed, 3])
-    classes = np.unique(labels)
-    flipped = np.zeros(len(labels), dtype=bool)
-    flipped[rng.choice(len(labels), int(round(share * len(labels))), replace=False)] = True
-    noisy = labels.copy()
-    for row in np.flatnonzero(flipped):
-        noisy[row] = rng.choice(classes[classes != labels[row]])
-    return noisy, flipped
+    from benchmarks.real_data import flip_labels
+
+    return flip_labels(labels, share, np.random.default_rng([seed, 3]))
 
 
 def label_sets(real: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:

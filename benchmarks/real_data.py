@@ -86,3 +86,16 @@ def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any,
     started = time.perf_counter()
     value = function(*args, **kwargs)
     return value, time.perf_counter() - started
+
+
+def flip_labels(
+    labels: np.ndarray, share: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels with ``share`` of them changed to a different random class, and the flip mask."""
+    classes = np.unique(labels)
+    flipped = np.zeros(len(labels), dtype=bool)
+    flipped[rng.choice(len(labels), int(round(share * len(labels))), replace=False)] = True
+    noisy = labels.copy()
+    for row in np.flatnonzero(flipped):
+        noisy[row] = rng.choice(classes[classes != labels[row]])
+    return noisy, flipped

@@ -164,9 +164,6 @@ def access_gate() -> bool:
     """True when the visitor may use the app: OIDC login plus the allow-list if configured
     (see shoal.app.access), else a shared token. A secrets file that cannot be read refuses
     everyone rather than falling back to an open app."""
-    from shoal.app.access import AllowList, admission
-    from shoal.app.gate import COOKIE_NAME, token_cookie_valid
-
     try:
         oidc = _oidc_configured()
     except Exception as error:  # noqa: BLE001 - any unreadable secrets file: fail closed
@@ -178,7 +175,7 @@ def access_gate() -> bool:
         return False
     if oidc:
         if st.user.is_logged_in:
-            refused = admission(st.user.to_dict(), AllowList.from_env(os.environ))
+            refused = _refusal()
             with st.sidebar:
                 who = st.user.get("email") or st.user.get("name") or "user"
                 st.caption(f"Signed in as {escape_markdown(who)}")
@@ -193,10 +190,8 @@ def access_gate() -> bool:
         st.button("Log in", on_click=st.login, type="primary", key="auth_login")
         return False
     token = env_flag("SHOAL_ACCESS_TOKEN")
-    if token is None or st.session_state.get("access_ok"):
+    if token is None or _token_passed(token):
         return True
-    if token_cookie_valid(token, st.context.cookies.get(COOKIE_NAME)):
-        return True  # passed the server's gate (asgi.py) already
     st.title("Shoal")
     with st.form("access_form"):
         given = st.text_input(
@@ -215,21 +210,28 @@ def access_gate() -> bool:
 def access_allowed() -> bool:
     """What :func:`access_gate` will decide, without drawing anything (app.py needs it before
     declaring the navigation, which must come before any widget of the gate)."""
-    from shoal.app.access import AllowList, admission
-    from shoal.app.gate import COOKIE_NAME, token_cookie_valid
-
     try:
         if _oidc_configured():
-            return bool(st.user.is_logged_in) and (
-                admission(st.user.to_dict(), AllowList.from_env(os.environ)) is None
-            )
+            return bool(st.user.is_logged_in) and _refusal() is None
     except Exception:  # noqa: BLE001 - unreadable settings: nobody enters
         return False
     token = env_flag("SHOAL_ACCESS_TOKEN")
-    return (
-        token is None
-        or bool(st.session_state.get("access_ok"))
-        or token_cookie_valid(token, st.context.cookies.get(COOKIE_NAME))
+    return token is None or _token_passed(token)
+
+
+def _refusal() -> str | None:
+    """Why the signed-in (OIDC) user may not enter, or None (shoal.app.access)."""
+    from shoal.app.access import AllowList, admission
+
+    return admission(st.user.to_dict(), AllowList.from_env(os.environ))
+
+
+def _token_passed(token: str) -> bool:
+    """The shared token was entered in this session, or at the server's gate (its cookie)."""
+    from shoal.app.gate import COOKIE_NAME, token_cookie_valid
+
+    return bool(st.session_state.get("access_ok")) or token_cookie_valid(
+        token, st.context.cookies.get(COOKIE_NAME)
     )
 
 

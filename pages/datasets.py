@@ -343,9 +343,8 @@ if kept:
         hide_index=True,
         width="stretch",
     )
-    chosen = shelf.get(
-        st.selectbox("Export or delete", [c.name for c in kept], key="datasets_collection")
-    )
+    by_name = {c.name: c for c in kept}
+    chosen = by_name[st.selectbox("Export or delete", list(by_name), key="datasets_collection")]
     with st.container(horizontal=True):
         formats = {"CSV": ".csv", "Parquet": ".parquet"}
         if chosen.level == "sample" and ds.has_images:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from shoal.ingest.export import map_text_cells
 from shoal.ingest.publish import redact_paths
 
 if TYPE_CHECKING:
@@ -71,14 +72,7 @@ def escape_chart(value: object) -> str:
 
 def chart_safe_table(samples: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``samples`` whose text cells are escaped for plotly (numbers untouched)."""
-    safe = samples.copy()
-    for column in safe.columns:
-        series = safe[column]
-        if isinstance(series.dtype, pd.CategoricalDtype):
-            series = series.astype(object)
-        if series.dtype == object or pd.api.types.is_string_dtype(series):
-            safe[column] = series.map(lambda v: escape_chart(v) if isinstance(v, str) else v)
-    return safe
+    return map_text_cells(samples, lambda v: escape_chart(v) if isinstance(v, str) else v)
 
 
 def chart_safe_colouring(colouring: Colouring | None) -> Colouring | None:

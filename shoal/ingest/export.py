@@ -13,7 +13,9 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -28,15 +30,22 @@ def neutralise_formula(value: object) -> object:
     return value
 
 
-def neutralise_formulas(table: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``table`` whose text cells and column names cannot run as formulas."""
-    safe = table.copy()
-    for column in safe.columns:
-        series = safe[column]
+def map_text_cells(table: pd.DataFrame, function: Callable[[Any], Any]) -> pd.DataFrame:
+    """A copy of ``table`` with ``function`` applied to every cell of its text (and categorical)
+    columns; numeric columns are left as they are."""
+    mapped = table.copy()
+    for column in mapped.columns:
+        series = mapped[column]
         if isinstance(series.dtype, pd.CategoricalDtype):
             series = series.astype(object)
         if series.dtype == object or pd.api.types.is_string_dtype(series):
-            safe[column] = series.map(neutralise_formula)
+            mapped[column] = series.map(function)
+    return mapped
+
+
+def neutralise_formulas(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` whose text cells and column names cannot run as formulas."""
+    safe = map_text_cells(table, neutralise_formula)
     safe.columns = [neutralise_formula(c) for c in safe.columns]
     return safe
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from shoal.ingest.images import ID_COLUMNS, RESERVED_COLUMNS, check_image
+from shoal.ingest.images import ID_COLUMNS, RESERVED_COLUMNS, check_image, check_table_cells
 from shoal.ingest.publish import (
     DEFAULT_LIMITS,
     ImportLimits,
@@ -97,12 +97,7 @@ def import_image_parquet(
         raise IngestError(f"{path.name} has no column of image bytes")
     n_rows = parquet.metadata.num_rows
     metadata_columns = [name for name in schema.names if name != column]
-    cells = n_rows * max(len(metadata_columns), 1)
-    if cells > limits.max_table_cells:
-        raise IngestError(
-            f"{path.name} holds {n_rows:,} rows x {len(metadata_columns)} metadata columns, over "
-            f"the cap of {limits.max_table_cells:,} cells; split it into smaller files"
-        )
+    check_table_cells(path.name, n_rows, max(len(metadata_columns), 1), limits)
     names = _class_names(schema)
     id_column = next((c for c in ID_COLUMNS if c in metadata_columns), None)
     if id_column is not None:

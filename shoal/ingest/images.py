@@ -529,12 +529,7 @@ def read_table(
         return _read_csv_table(path)
     try:
         metadata = pq.ParquetFile(path).metadata
-        cells = metadata.num_rows * metadata.num_columns
-        if cells > limits.max_table_cells:
-            raise IngestError(
-                f"{path.name} holds {metadata.num_rows:,} rows x {metadata.num_columns} columns, "
-                f"over the cap of {limits.max_table_cells:,} cells; split it into smaller tables"
-            )
+        check_table_cells(path.name, metadata.num_rows, metadata.num_columns, limits)
         return pd.read_parquet(path, columns=columns)
     except IngestError:
         raise
@@ -543,6 +538,15 @@ def read_table(
             f"cannot read {path.name} as Parquet ({error_text(error, path)}); save it again "
             "with pandas' DataFrame.to_parquet or pyarrow, or upload a CSV"
         ) from error
+
+
+def check_table_cells(name: str, n_rows: int, n_columns: int, limits: ImportLimits) -> None:
+    """Refuse a table of more than ``limits.max_table_cells`` cells, from its own footer."""
+    if n_rows * n_columns > limits.max_table_cells:
+        raise IngestError(
+            f"{name} holds {n_rows:,} rows x {n_columns} columns, over the cap of "
+            f"{limits.max_table_cells:,} cells; split it into smaller tables"
+        )
 
 
 def _read_csv_table(path: Path) -> pd.DataFrame:

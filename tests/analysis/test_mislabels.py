@@ -6,19 +6,12 @@ from sklearn.metrics import roc_auc_score
 
 from analysis.knn import build_knn_graph
 from analysis.mislabels import MislabelResult, encode_labels, score_mislabels
+from benchmarks.real_data import flip_labels as flip_labels_with
 from tests.analysis.synthetic import clustered_embeddings
 
 
 def flip_labels(labels: np.ndarray, share: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Labels with ``share`` of them changed to a different random class, and the flip mask."""
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    flipped = np.zeros(len(labels), dtype=bool)
-    flipped[rng.choice(len(labels), int(round(share * len(labels))), replace=False)] = True
-    noisy = labels.copy()
-    for row in np.flatnonzero(flipped):
-        noisy[row] = rng.choice(classes[classes != labels[row]])
-    return noisy, flipped
+    return flip_labels_with(labels, share, np.random.default_rng(seed))
 
 
 def test_flipped_fashion_mnist_labels_are_found(real: dict[str, np.ndarray]) -> None:
