@@ -10,7 +10,11 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +24,7 @@ import pyarrow.parquet as pq
 from shoal.ingest.images import ID_COLUMNS, read_table
 from shoal.ingest.publish import (
     ImportReport,
+    ProgressCallback,
     check_id_lengths,
     check_new_dataset,
     error_text,
@@ -32,43 +37,179 @@ USER_MODEL = "user-provided"
 PathLike = str | os.PathLike[str]
 NPY_MAGIC = b"\x93NUMPY"
 SAVE_NPY = "save a (n_samples, dim) float array with np.save(file, array)"
+#: Rows per block when an embeddings file is read and written (16k x 1280 float32 = 84 MB).
+READ_BLOCK_ROWS = 16384
 
 
 class EmbeddingFileError(StoreError):
     """An embeddings file is malformed; the message says where and what to do."""
 
 
-def read_embeddings_file(
-    path: PathLike, *, ids_file: PathLike | None = None
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """Read ``(ids or None, vectors (n, dim) float32)`` from .npy, .parquet or .csv.
+@dataclass
+class EmbeddingsFile:
+    """An embeddings file, opened from its own metadata (npy header, Parquet footer, CSV header)
+    and read back in blocks of ``block_rows`` rows: peak memory is one block, whatever its size.
+
+    ``ids``: one per row (from the file's id column, or ``ids_file``), or None for an .npy
+    without ``ids_file``. ``rows`` and ``dim`` are known before any vector is read.
+    """
+
+    path: Path
+    kind: str  # "npy", "parquet" or "csv"
+    rows: int
+    dim: int
+    ids: np.ndarray | None
+    vector_column: str | None = None  # a Parquet list column; None: one column per dimension
+    value_columns: list[str] = field(default_factory=list)  # csv/parquet numeric columns
+    npy_offset: int = 0
+    npy_dtype: np.dtype[Any] | None = None
+    block_rows: int = READ_BLOCK_ROWS
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the float32 matrix it makes."""
+        return self.rows * self.dim * 4
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first_row, vectors)``: float32 blocks in file order, each checked finite."""
+        if self.kind == "npy":
+            read = self._npy_blocks()
+        elif self.kind == "parquet":
+            read = self._parquet_blocks()
+        else:
+            read = self._csv_blocks()
+        for first_row, block in read:
+            _check_finite(block, self.ids, self.name, first_row=first_row)
+            yield first_row, block
+
+    def read_all(self) -> np.ndarray:
+        """The whole matrix in memory (small files, tests)."""
+        matrix = np.empty((self.rows, self.dim), dtype=np.float32)
+        for first_row, block in self.blocks():
+            matrix[first_row : first_row + len(block)] = block
+        return matrix
+
+    def _npy_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        # Plain reads, not a memory map: mapped pages would count against this process.
+        assert self.npy_dtype is not None
+        row_bytes = self.dim * self.npy_dtype.itemsize
+        with open(self.path, "rb") as handle:
+            handle.seek(self.npy_offset)
+            for first_row in range(0, self.rows, self.block_rows):
+                n = min(self.block_rows, self.rows - first_row)
+                raw = handle.read(n * row_bytes)
+                if len(raw) < n * row_bytes:
+                    raise EmbeddingFileError(
+                        f"{self.name} is truncated: it ends inside row {first_row + len(raw) // row_bytes}; "
+                        f"{SAVE_NPY}"
+                    )
+                block = np.frombuffer(raw, dtype=self.npy_dtype).reshape(n, self.dim)
+                yield first_row, block.astype(np.float32)
+
+    def _parquet_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        columns = [self.vector_column] if self.vector_column else self.value_columns
+        first_row = 0
+        for batch in _parquet_file(self.path).iter_batches(
+            batch_size=self.block_rows, columns=columns, use_threads=False
+        ):
+            if self.vector_column is None:
+                block = _numeric_columns(batch.to_pandas(), self.name, first_row=first_row)
+            else:
+                block = self._list_block(batch.column(0), first_row)
+            yield first_row, block
+            first_row += len(block)
+
+    def _list_block(self, values: Any, first_row: int) -> np.ndarray:
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if values.null_count:
+            row = first_row + int(np.flatnonzero(np.asarray(values.is_null()))[0])
+            raise EmbeddingFileError(
+                f"{self.name}: row {row} (id {self._id(row)!r}) has no embedding; give every row "
+                "a vector, or drop the row"
+            )
+        lengths = np.asarray(pa.compute.list_value_length(values))
+        wrong = np.flatnonzero(lengths != self.dim)
+        if len(wrong):
+            row = first_row + int(wrong[0])
+            raise EmbeddingFileError(
+                f"{self.name}: row {row} (id {self._id(row)!r}) has dimension "
+                f"{int(lengths[wrong[0]])}, expected {self.dim}; every row needs the same number "
+                "of values"
+            )
+        flat = values.flatten().to_numpy(zero_copy_only=False)
+        return np.asarray(flat, dtype=np.float32).reshape(len(values), self.dim)
+
+    def _csv_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        first_row = 0
+        for chunk in _csv_chunks(self.path, self.block_rows, usecols=self.value_columns):
+            # ``first_row + 2``: a CSV counts its header as line 1.
+            yield first_row, _numeric_columns(chunk, self.name, first_row=first_row)
+            first_row += len(chunk)
+
+    def _id(self, row: int) -> str:
+        return "" if self.ids is None else str(self.ids[row])
+
+
+def open_embeddings_file(
+    path: PathLike, *, ids_file: PathLike | None = None, block_rows: int | None = None
+) -> EmbeddingsFile:
+    """Open an .npy, .parquet or .csv embeddings file and check its layout from its metadata.
 
     An .npy file carries no ids: rows are in manifest order unless ``ids_file`` (one id per line,
-    or a one-column CSV/.npy) names them.
+    or a one-column CSV/.npy) names them. Vectors are checked block by block as they are read.
     """
     path = Path(path)
     if not path.is_file():
         raise EmbeddingFileError(f"{path} does not exist; check the path")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        ids, vectors = None, _read_npy(path)
+        opened = _open_npy(path)
     elif suffix in (".parquet", ".pq"):
-        ids, vectors = _read_parquet(path)
+        opened = _open_parquet(path)
     elif suffix == ".csv":
-        ids, vectors = _read_csv(path)
+        opened = _open_csv(path)
     else:
         raise EmbeddingFileError(
             f"{path.name}: unsupported embeddings format; use .npy, .parquet or .csv"
         )
+    opened.block_rows = block_rows or READ_BLOCK_ROWS
     if ids_file is not None:
         ids = read_ids_file(Path(ids_file))
-        if len(ids) != len(vectors):
+        if len(ids) != opened.rows:
             raise EmbeddingFileError(
-                f"{Path(ids_file).name} has {len(ids)} ids but {path.name} has {len(vectors)} "
+                f"{Path(ids_file).name} has {len(ids)} ids but {path.name} has {opened.rows} "
                 f"rows; give one id per row of {path.name}, in the same order"
             )
-    _check_finite(vectors, ids, path.name)
-    return ids, vectors
+        opened.ids = ids
+    return opened
+
+
+def read_embeddings_file(
+    path: PathLike, *, ids_file: PathLike | None = None
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """``(ids or None, vectors (n, dim) float32)`` of a whole file, in memory (small files;
+    importers stream with :func:`open_embeddings_file`)."""
+    opened = open_embeddings_file(path, ids_file=ids_file)
+    vectors = opened.read_all()
+    return opened.ids, vectors
+
+
+def check_room(opened: EmbeddingsFile, folder: Path) -> None:
+    """Refuse, before writing anything, a matrix the disk under ``folder`` cannot hold."""
+    needed = opened.nbytes + opened.rows * 64  # the vectors, and room for the ids
+    folder = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise EmbeddingFileError(
+            f"{opened.name}: {opened.rows:,} rows x {opened.dim} values need {needed / 1e9:.1f} GB "
+            f"as float32, but only {free / 1e9:.1f} GB is free under {folder}; free some space or "
+            "put the workspace on a larger disk (--workspace)"
+        )
 
 
 def read_ids_file(path: Path) -> np.ndarray:
@@ -97,24 +238,43 @@ def read_ids_file(path: Path) -> np.ndarray:
     return lines.to_numpy(dtype=object)
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def _open_npy(path: Path) -> EmbeddingsFile:
     _check_npy_magic(path)
     try:
-        vectors = np.load(path, allow_pickle=False, mmap_mode="r")
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(handle)
+            offset = handle.tell()
     except ValueError as error:
-        if "pickle" in str(error) or "Python objects" in str(error):
-            raise EmbeddingFileError(
-                f"{path.name}: holds Python objects, which cannot be loaded without unpickling "
-                f"(never done here); {SAVE_NPY}"
-            ) from error
         raise EmbeddingFileError(
             f"{path.name} is truncated or damaged ({error_text(error, path)}); {SAVE_NPY}"
         ) from error
-    except (OSError, EOFError) as error:
+    if dtype.hasobject:
         raise EmbeddingFileError(
-            f"{path.name} is truncated or damaged ({error_text(error, path)}); {SAVE_NPY}"
-        ) from error
-    return _as_matrix(vectors, path.name)
+            f"{path.name}: holds Python objects, which cannot be loaded without unpickling "
+            f"(never done here); {SAVE_NPY}"
+        )
+    _check_matrix(dtype, shape, path.name)
+    if fortran:
+        raise EmbeddingFileError(
+            f"{path.name} is stored in Fortran (column-major) order; save "
+            "np.ascontiguousarray(array) instead"
+        )
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    size = path.stat().st_size
+    if size < expected:
+        raise EmbeddingFileError(
+            f"{path.name} is truncated or damaged ({size:,} bytes, its header promises "
+            f"{expected:,}); {SAVE_NPY}"
+        )
+    return EmbeddingsFile(
+        path, "npy", int(shape[0]), int(shape[1]), None, npy_offset=offset, npy_dtype=dtype
+    )
 
 
 def _check_npy_magic(path: Path) -> None:
@@ -128,88 +288,140 @@ def _check_npy_magic(path: Path) -> None:
         raise EmbeddingFileError(f"{path.name} is not an .npy file; {SAVE_NPY}")
 
 
-def _as_matrix(vectors: np.ndarray, file_name: str) -> np.ndarray:
-    if vectors.dtype.kind not in "fiu":
+def _check_matrix(dtype: np.dtype[Any], shape: tuple[int, ...], file_name: str) -> None:
+    if dtype.kind not in "fiu":
         raise EmbeddingFileError(
-            f"{file_name}: embeddings must be numbers, got dtype {vectors.dtype}; store them as "
+            f"{file_name}: embeddings must be numbers, got dtype {dtype}; store them as "
             "float32 (or float64)"
         )
-    if vectors.ndim != 2:
+    if len(shape) != 2:
         raise EmbeddingFileError(
             f"{file_name}: expected a 2-D matrix of shape (n_samples, dim), got shape "
-            f"{vectors.shape}; reshape it so that each row is one sample's embedding"
+            f"{shape}; reshape it so that each row is one sample's embedding"
         )
-    if vectors.shape[0] == 0 or vectors.shape[1] == 0:
+    if shape[0] == 0 or shape[1] == 0:
         raise EmbeddingFileError(
-            f"{file_name}: empty embeddings matrix {vectors.shape}; give one row per sample and "
+            f"{file_name}: empty embeddings matrix {shape}; give one row per sample and "
             "at least one numeric column"
         )
-    return np.asarray(vectors, dtype=np.float32)
 
 
-def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _parquet_file(path: Path) -> pq.ParquetFile:
     try:
-        table = pq.read_table(path)
+        # Pages are decoded as they are read, not a whole row group (a file written in one go
+        # by pandas is one row group of up to a million rows).
+        return pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
     except Exception as error:  # noqa: BLE001
         raise EmbeddingFileError(
             f"cannot read {path.name} as Parquet ({error_text(error, path)}); save it again with "
             "pandas' DataFrame.to_parquet or pyarrow"
         ) from error
-    id_column = _id_column(table.column_names, path.name)
-    list_columns = [
-        f.name
-        for f in table.schema
-        if pa.types.is_list(f.type)
-        or pa.types.is_fixed_size_list(f.type)
-        or pa.types.is_large_list(f.type)
-    ]
-    id_values = pd.Series(table.column(id_column).to_pylist(), dtype=object)
+
+
+def _open_parquet(path: Path) -> EmbeddingsFile:
+    parquet = _parquet_file(path)
+    schema = parquet.schema_arrow
+    id_column = _id_column(schema.names, path.name)
+    try:
+        id_values = pd.Series(
+            parquet.read(columns=[id_column], use_threads=False).column(0).to_pylist(),
+            dtype=object,
+        )
+    except Exception as error:  # noqa: BLE001
+        raise EmbeddingFileError(
+            f"cannot read {path.name} as Parquet ({error_text(error, path)}); save it again with "
+            "pandas' DataFrame.to_parquet or pyarrow"
+        ) from error
     check_id_lengths(id_values, path.name, id_column)  # before a fixed-width copy is made
     ids = id_values.astype(str).to_numpy(dtype=object)
-    if list_columns:
-        column = "embedding" if "embedding" in list_columns else list_columns[0]
-        values = table.column(column).combine_chunks()
-        value_type = values.type.value_type
-        if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
+    rows = len(ids)
+    list_columns = [f.name for f in schema if _is_list(f.type)]
+    if not list_columns:
+        value_columns = [name for name in schema.names if name != id_column]
+        if rows == 0 or not value_columns:
             raise EmbeddingFileError(
-                f"{path.name}: column {column!r} holds {value_type}, not numbers; store each "
-                "embedding as a list of floats"
+                f"{path.name}: empty embeddings matrix ({rows}, {len(value_columns)}); give one "
+                "row per sample and at least one numeric column"
             )
-        lengths = np.asarray(
-            values.value_lengths()
-            if hasattr(values, "value_lengths")
-            else pa.compute.list_value_length(values)
+        return EmbeddingsFile(
+            path, "parquet", rows, len(value_columns), ids, value_columns=value_columns
         )
-        if values.null_count:
-            row = int(np.flatnonzero(np.asarray(values.is_null()))[0])
-            raise EmbeddingFileError(
-                f"{path.name}: row {row} (id {str(ids[row])!r}) has no embedding; give every row "
-                "a vector, or drop the row"
-            )
-        if len(set(lengths.tolist())) > 1:
-            expected = int(np.bincount(lengths).argmax())
-            row = int(np.flatnonzero(lengths != expected)[0])
-            raise EmbeddingFileError(
-                f"{path.name}: row {row} (id {str(ids[row])!r}) has dimension {lengths[row]}, "
-                f"expected {expected}; every row needs the same number of values"
-            )
-        flat = np.asarray(values.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
-        vectors = flat.reshape(len(ids), -1)
-        return ids, _as_matrix(vectors.astype(np.float32), path.name)
-    frame = table.to_pandas()
-    return ids, _numeric_columns(frame.drop(columns=[id_column]), path.name)
+    column = "embedding" if "embedding" in list_columns else list_columns[0]
+    kind = schema.field(column).type
+    if not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+        raise EmbeddingFileError(
+            f"{path.name}: column {column!r} holds {kind.value_type}, not numbers; store each "
+            "embedding as a list of floats"
+        )
+    if rows == 0:
+        raise EmbeddingFileError(
+            f"{path.name}: empty embeddings matrix (0 rows); give one row per sample"
+        )
+    if pa.types.is_fixed_size_list(kind):
+        dim = int(kind.list_size)
+    else:  # the first row with a vector says how long every row must be
+        dim = 0
+        for batch in parquet.iter_batches(batch_size=1024, columns=[column], use_threads=False):
+            lengths = pa.compute.list_value_length(batch.column(0)).drop_null()
+            if len(lengths):
+                dim = int(lengths[0].as_py())
+                break
+    if dim == 0:
+        raise EmbeddingFileError(
+            f"{path.name}: column {column!r} holds no values; store each embedding as a list of "
+            "floats"
+        )
+    return EmbeddingsFile(path, "parquet", rows, dim, ids, vector_column=column)
 
 
-def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    frame = read_table(path)
-    id_column = _id_column(list(frame.columns), path.name)
-    check_id_lengths(frame[id_column], path.name, id_column, first_row=2)
-    return frame[id_column].astype(str).to_numpy(), _numeric_columns(
-        frame.drop(columns=[id_column]), path.name
+def _open_csv(path: Path) -> EmbeddingsFile:
+    try:
+        header = pd.read_csv(path, nrows=0)
+    except pd.errors.EmptyDataError as error:
+        raise EmbeddingFileError(
+            f"{path.name} is empty; save it as a CSV with a header row (id column, then one "
+            "column per dimension)"
+        ) from error
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise EmbeddingFileError(
+            f"cannot read {path.name} as CSV ({error_text(error, path)}); save it as UTF-8 CSV "
+            "with a header row"
+        ) from error
+    columns = [str(c) for c in header.columns]
+    id_column = _id_column(columns, path.name)
+    parts = [
+        chunk[id_column]
+        for chunk in _csv_chunks(path, READ_BLOCK_ROWS * 4, usecols=[id_column], dtype=str)
+    ]
+    id_values = pd.concat(parts, ignore_index=True) if parts else pd.Series([], dtype=object)
+    check_id_lengths(id_values, path.name, id_column, first_row=2)
+    value_columns = [c for c in columns if c != id_column]
+    if len(id_values) == 0 or not value_columns:
+        raise EmbeddingFileError(
+            f"{path.name}: empty embeddings matrix ({len(id_values)}, {len(value_columns)}); "
+            "give one row per sample and at least one numeric column"
+        )
+    return EmbeddingsFile(
+        path,
+        "csv",
+        len(id_values),
+        len(value_columns),
+        id_values.astype(str).to_numpy(dtype=object),
+        value_columns=value_columns,
     )
 
 
-def _numeric_columns(frame: pd.DataFrame, file_name: str) -> np.ndarray:
+def _csv_chunks(path: Path, rows: int, **options: Any) -> Iterator[pd.DataFrame]:
+    try:
+        yield from pd.read_csv(path, chunksize=rows, **options)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise EmbeddingFileError(
+            f"cannot read {path.name} as CSV ({error_text(error, path)}); save it as UTF-8 CSV "
+            "with a header row"
+        ) from error
+
+
+def _numeric_columns(frame: pd.DataFrame, file_name: str, *, first_row: int = 0) -> np.ndarray:
     bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if bad:
         column = bad[0]
@@ -220,10 +432,11 @@ def _numeric_columns(frame: pd.DataFrame, file_name: str) -> np.ndarray:
             else 0
         )
         raise EmbeddingFileError(
-            f"{file_name}: column {column!r} is not numeric (row {row + 1}: {frame[column].iloc[row]!r}); "
-            "an embeddings table holds an id column and numeric columns only"
+            f"{file_name}: column {column!r} is not numeric (row {first_row + row + 1}: "
+            f"{frame[column].iloc[row]!r}); an embeddings table holds an id column and numeric "
+            "columns only"
         )
-    return _as_matrix(frame.to_numpy(dtype=np.float64).astype(np.float32), file_name)
+    return frame.to_numpy(dtype=np.float32)
 
 
 def _id_column(columns: list[str], file_name: str) -> str:
@@ -236,16 +449,67 @@ def _id_column(columns: list[str], file_name: str) -> str:
     )
 
 
-def _check_finite(vectors: np.ndarray, ids: np.ndarray | None, file_name: str) -> None:
+def _check_finite(
+    vectors: np.ndarray, ids: np.ndarray | None, file_name: str, *, first_row: int = 0
+) -> None:
     finite = np.isfinite(vectors)
     if not finite.all():
         row = int(np.flatnonzero(~finite.all(axis=1))[0])
         column = int(np.flatnonzero(~finite[row])[0])
-        where = f"row {row}" + (f" (id {str(ids[row])!r})" if ids is not None else "")
+        where = f"row {first_row + row}" + (
+            f" (id {str(ids[first_row + row])!r})" if ids is not None else ""
+        )
         raise EmbeddingFileError(
             f"{file_name}: {where} has a non-finite value ({vectors[row, column]}) in column {column}; "
             "every embedding value must be a finite number"
         )
+
+
+def target_rows(
+    ids: np.ndarray | None,
+    n_rows: int,
+    known_ids: np.ndarray,
+    file_name: str,
+    *,
+    known_as: str = "the dataset's sample_id column",
+) -> np.ndarray | None:
+    """For each row of a file, the row of ``known_ids`` it belongs to (``known_as`` says where
+    they come from, for the message); None when the file is already in that order. Refuses
+    duplicates, unknown and missing ids."""
+    if ids is None:
+        if n_rows != len(known_ids):
+            raise EmbeddingFileError(
+                f"{file_name}: {n_rows} rows but the dataset has {len(known_ids)} samples; rows of an .npy "
+                "file must follow the samples table order, or pass --ids FILE"
+            )
+        return None
+    series = pd.Series(ids)
+    duplicated = series[series.duplicated()]
+    if len(duplicated):
+        raise EmbeddingFileError(
+            f"{file_name}: duplicate id {str(duplicated.iloc[0])!r} (row {duplicated.index[0]}); "
+            "give each sample's embedding once"
+        )
+    known = pd.Index(known_ids)
+    rows = known.get_indexer(ids)
+    unknown = rows < 0
+    if unknown.any():
+        row = int(np.flatnonzero(unknown)[0])
+        raise EmbeddingFileError(
+            f"{file_name}: unknown id {str(ids[row])!r} at row {row} ({int(unknown.sum())} unknown ids); "
+            f"ids must match {known_as}"
+        )
+    if len(rows) < len(known_ids):
+        missing = np.ones(len(known_ids), dtype=bool)
+        missing[rows] = False
+        example = known_ids[np.flatnonzero(missing)[0]]
+        raise EmbeddingFileError(
+            f"{file_name}: no embedding for {len(known_ids) - len(rows)} sample(s), e.g. "
+            f"{str(example)!r}; give one row per sample"
+        )
+    if np.array_equal(rows, np.arange(len(rows))):
+        return None
+    return rows.astype(np.int64)
 
 
 def align_to_ids(
@@ -257,43 +521,55 @@ def align_to_ids(
     expected_dim: int | None = None,
     known_as: str = "the dataset's sample_id column",
 ) -> np.ndarray:
-    """Return vectors reordered to ``known_ids`` (``known_as`` says where they come from, for
-    the message); refuse duplicates, unknown and missing ids."""
-    if expected_dim is not None and vectors.shape[1] != expected_dim:
+    """Return in-memory vectors reordered to ``known_ids`` (see :func:`target_rows`)."""
+    _check_dim(vectors.shape[1], expected_dim, file_name)
+    rows = target_rows(ids, len(vectors), known_ids, file_name, known_as=known_as)
+    if rows is None:
+        return vectors
+    aligned = np.empty_like(vectors)
+    aligned[rows] = vectors
+    return aligned
+
+
+def _check_dim(dim: int, expected_dim: int | None, file_name: str) -> None:
+    if expected_dim is not None and dim != expected_dim:
         raise EmbeddingFileError(
-            f"{file_name}: dimension {vectors.shape[1]} does not match this embedding set's "
+            f"{file_name}: dimension {dim} does not match this embedding set's "
             f"{expected_dim}; store it under another embedding name, or give {expected_dim}-d "
             "vectors"
         )
-    if ids is None:
-        if len(vectors) != len(known_ids):
-            raise EmbeddingFileError(
-                f"{file_name}: {len(vectors)} rows but the dataset has {len(known_ids)} samples; rows of an .npy "
-                "file must follow the samples table order, or pass --ids FILE"
-            )
-        return vectors
-    series = pd.Series(ids)
-    duplicated = series[series.duplicated()]
-    if len(duplicated):
-        raise EmbeddingFileError(
-            f"{file_name}: duplicate id {str(duplicated.iloc[0])!r} (row {duplicated.index[0]}); "
-            "give each sample's embedding once"
-        )
-    position = pd.Index(ids)
-    unknown = ~pd.Index(ids).isin(known_ids)
-    if unknown.any():
-        row = int(np.flatnonzero(unknown)[0])
-        raise EmbeddingFileError(
-            f"{file_name}: unknown id {str(ids[row])!r} at row {row} ({int(unknown.sum())} unknown ids); "
-            f"ids must match {known_as}"
-        )
-    order = position.get_indexer(known_ids)
-    if (order < 0).any():
-        missing = known_ids[order < 0]
-        raise EmbeddingFileError(
-            f"{file_name}: no embedding for {len(missing)} sample(s), e.g. {str(missing[0])!r}; give one row per sample"
-        )
-    return vectors[order]
+
+
+def write_aligned(
+    dataset: Dataset,
+    name: str,
+    opened: EmbeddingsFile,
+    rows: np.ndarray | None,
+    known_ids: np.ndarray,
+    *,
+    model: str = USER_MODEL,
+    make_default: bool = False,
+    progress: ProgressCallback | None = None,
+) -> EmbeddingInfo:
+    """Stream ``opened`` into a new version of ``dataset``'s set ``name``, row ``i`` of the file
+    going to row ``rows[i]`` (None: in order); the set's ids are ``known_ids``."""
+    check_room(opened, dataset.root)
+    with dataset.writing_embeddings(
+        name,
+        count=opened.rows,
+        dim=opened.dim,
+        model=model,
+        preprocessing={"source_file": opened.name},
+        make_default=make_default,
+    ) as draft:
+        draft.ids = known_ids
+        for first_row, block in opened.blocks():
+            target = None if rows is None else rows[first_row : first_row + len(block)]
+            draft.write(block, rows=target, first_row=first_row)
+            if progress is not None:
+                progress(first_row + len(block), opened.rows)
+    assert draft.info is not None
+    return draft.info
 
 
 def add_embeddings(
@@ -303,21 +579,18 @@ def add_embeddings(
     name: str = "user",
     ids_file: PathLike | None = None,
     model: str = USER_MODEL,
+    progress: ProgressCallback | None = None,
 ) -> EmbeddingInfo:
     """Validate an embeddings file against the dataset's samples and store it as ``name``
-    (the dataset's default set when it has none yet)."""
+    (the dataset's default set when it has none yet), streamed block by block."""
     validate_name(name, what="embedding")
-    ids, vectors = read_embeddings_file(file, ids_file=ids_file)
+    opened = open_embeddings_file(file, ids_file=ids_file)
     known = dataset.samples()["sample_id"].astype(str).to_numpy()
     expected_dim = dataset.embedding_info(name).dim if name in dataset.embedding_names() else None
-    aligned = align_to_ids(ids, vectors, known, Path(file).name, expected_dim=expected_dim)
-    return dataset.publish_embeddings(
-        name,
-        aligned,
-        known,
-        model=model,
-        preprocessing={"source_file": Path(file).name},
-        make_default=True,
+    _check_dim(opened.dim, expected_dim, opened.name)
+    rows = target_rows(opened.ids, opened.rows, known, opened.name)
+    return write_aligned(
+        dataset, name, opened, rows, known, model=model, make_default=True, progress=progress
     )
 
 
@@ -358,14 +631,17 @@ def create_from_embeddings(
     metadata_file: PathLike | None = None,
     ids_file: PathLike | None = None,
     name: str = "user",
+    progress: ProgressCallback | None = None,
 ) -> ImportReport:
     """A dataset with no images: embeddings plus (optionally) a metadata table keyed by id.
 
     A Parquet embeddings file with other columns besides the id and the vector (label, split,
-    anything) is its own metadata table when ``metadata_file`` is not given.
+    anything) is its own metadata table when ``metadata_file`` is not given. The vectors are
+    streamed to the store block by block: peak memory does not grow with the number of rows.
     """
     check_new_dataset(workspace, dataset)
-    ids, vectors = read_embeddings_file(embeddings_file, ids_file=ids_file)
+    opened = open_embeddings_file(embeddings_file, ids_file=ids_file)
+    ids = opened.ids
     layout = embeddings_table_columns(embeddings_file) if metadata_file is None else None
     metadata_columns = None
     if layout is not None and ids is not None and len(layout[1]) > 1:
@@ -381,9 +657,9 @@ def create_from_embeddings(
         metadata = metadata.rename(columns={id_column: "sample_id"})
         metadata["sample_id"] = metadata["sample_id"].astype(str)
         if ids is None:
-            if len(metadata) != len(vectors):
+            if len(metadata) != opened.rows:
                 raise EmbeddingFileError(
-                    f"{Path(embeddings_file).name} has {len(vectors)} rows but {Path(metadata_file).name} has "
+                    f"{opened.name} has {opened.rows} rows but {metadata_name} has "
                     f"{len(metadata)}; rows must match one to one, or give ids"
                 )
             ids = metadata["sample_id"].to_numpy()
@@ -395,11 +671,11 @@ def create_from_embeddings(
             )
     else:
         if ids is None:
-            ids = np.asarray([f"row-{i}" for i in range(len(vectors))])
+            ids = np.asarray([f"row-{i}" for i in range(opened.rows)])
         metadata = pd.DataFrame({"sample_id": ids})
     known = metadata["sample_id"].to_numpy().astype(str)
-    aligned = align_to_ids(ids, vectors, known, Path(embeddings_file).name, known_as=known_as)
-    samples = metadata.copy()
+    rows = target_rows(ids, opened.rows, known, opened.name, known_as=known_as)
+    samples = metadata
     samples["source"] = samples.get("source", samples["sample_id"])
     samples["path"] = None
     for column in ("split", "label"):
@@ -407,34 +683,47 @@ def create_from_embeddings(
             samples[column] = None
         else:
             samples[column] = samples[column].map(lambda v: None if pd.isna(v) else str(v))
-    report = ImportReport(dataset=dataset, source=Path(embeddings_file).name)
+    report = ImportReport(dataset=dataset, source=opened.name)
+    check_room(opened, workspace.root)
     with staging(workspace, dataset) as staged:
-        staged.publish_embeddings(
-            name,
-            aligned,
-            known,
-            model=USER_MODEL,
-            preprocessing={"source_file": Path(embeddings_file).name},
-        )
+        write_aligned(staged, name, opened, rows, known, progress=progress)
         publish(workspace, staged, samples, report, has_images=False)
     workspace.open(dataset).update_meta(default_embedding=name)
     return report
 
 
 def export_embeddings(dataset: Dataset, out: PathLike, *, embedding: str | None = None) -> Path:
-    """Write ``sample_id``, ``embedding`` (fixed-size list of float32) and the samples' metadata."""
+    """Write ``sample_id``, ``embedding`` (fixed-size list of float32) and the samples' metadata,
+    one row group per block of rows (the vectors are never all in memory)."""
     embedded = dataset.load_embeddings(embedding)
     samples = dataset.samples().set_index("sample_id").reindex(embedded.ids).reset_index()
-    dim = embedded.info.dim
-    flat = pa.array(np.asarray(embedded.vectors, dtype=np.float32).ravel(), type=pa.float32())
-    column = pa.FixedSizeListArray.from_arrays(flat, dim)
     metadata = pa.Table.from_pandas(samples.drop(columns=["sample_id"]), preserve_index=False)
-    table = pa.table({"sample_id": pa.array(embedded.ids.astype(str)), "embedding": column})
-    for name in metadata.column_names:
-        table = table.append_column(name, metadata.column(name))
+    dim = embedded.info.dim
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(table, tmp)
+    writer: pq.ParquetWriter | None = None
+    try:
+        for start in range(0, len(embedded.ids), READ_BLOCK_ROWS):
+            stop = min(len(embedded.ids), start + READ_BLOCK_ROWS)
+            flat = pa.array(
+                np.asarray(embedded.vectors[start:stop], dtype=np.float32).ravel(),
+                type=pa.float32(),
+            )
+            table = pa.table(
+                {
+                    "sample_id": pa.array(embedded.ids[start:stop].astype(str)),
+                    "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+                }
+            )
+            part = metadata.slice(start, stop - start)
+            for name in part.column_names:
+                table = table.append_column(name, part.column(name))
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
     os.replace(tmp, out)
     return out

@@ -34,6 +34,7 @@ from shoal.store.files import (
     write_parquet,
 )
 from shoal.store.locks import exclusive
+from shoal.store.vectors import NonFiniteRowError, VectorFile, VectorWriter
 
 REQUIRED_COLUMNS = ("sample_id", "source", "path", "split", "label")
 #: What reading a damaged .npy, .npz or .parquet file raises (truncated, garbage, empty).
@@ -49,6 +50,8 @@ UNREADABLE = (
 #: The longest sample or object id, in characters. Ids are stored as a fixed-width array beside
 #: the vectors, so one huge id would make every row that wide (50k characters x 200k rows = 40 GB).
 MAX_ID_LENGTH = 256
+#: Rows per block when an in-memory matrix is written out.
+WRITE_BLOCK_ROWS = 16384
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,55 @@ class EmbeddingInfo:
 
 @dataclass(frozen=True)
 class EmbeddingSet:
-    """vectors: (count, dim) float32, possibly memory-mapped; ids: (count,) str, row for row."""
+    """vectors: (count, dim) float32, a :class:`VectorFile` (read in block copies) or an array;
+    ids: (count,) str, row for row."""
 
-    vectors: np.ndarray
+    vectors: Any
     ids: np.ndarray
     info: EmbeddingInfo
+
+
+class EmbeddingDraft:
+    """An embedding set being written (see :meth:`Dataset.writing_embeddings`)."""
+
+    def __init__(self, writer: VectorWriter):
+        self.writer = writer
+        self.ids: Any = None
+        self.info: EmbeddingInfo | None = None
+
+    def write(
+        self, block: np.ndarray, *, rows: np.ndarray | None = None, first_row: int = 0
+    ) -> None:
+        """Write a block of rows (next in order, or at ``rows``). ``first_row`` numbers the
+        block's rows in the messages: a NaN or inf is refused naming its row."""
+        try:
+            self.writer.write(block, rows=rows)
+        except NonFiniteRowError as error:
+            raise StoreError(
+                f"embeddings contain NaN or inf (row {first_row + error.row})"
+            ) from error
+
+    def finish(self) -> None:
+        missing = self.writer.missing()
+        if len(missing):
+            raise StoreError(
+                f"no vector was written for {len(missing):,} of {self.writer.count:,} rows "
+                f"(first: row {int(missing[0])})"
+            )
+        if self.ids is None or len(self.ids) != self.writer.count:
+            given = "no" if self.ids is None else f"{len(self.ids):,}"
+            raise StoreError(f"{self.writer.count:,} embedding rows but {given} ids")
+
+    def ids_array(self) -> np.ndarray:
+        texts = pd.Series(self.ids, dtype=object).astype(str)
+        lengths = texts.str.len().to_numpy()
+        longest = int(lengths.argmax()) if len(lengths) else None
+        if longest is not None and lengths[longest] > MAX_ID_LENGTH:
+            raise StoreError(
+                f"id at row {longest} has {int(lengths[longest]):,} characters; ids are at most "
+                f"{MAX_ID_LENGTH}"
+            )
+        return texts.to_numpy().astype(str)
 
 
 def artefact_key(info: EmbeddingInfo, **params: Any) -> str:
@@ -292,10 +339,16 @@ class Dataset:
             return EmbeddingSet(vectors=vectors, ids=ids, info=info)
         raise AssertionError("unreachable")
 
-    def _load_matrix(self, path: Path, info: EmbeddingInfo, *, mmap: bool) -> np.ndarray:
-        """The vectors (count, dim) or the ids (count,) of a set; CorruptFileError when damaged."""
+    def _load_matrix(self, path: Path, info: EmbeddingInfo, *, mmap: bool) -> Any:
+        """The vectors (count, dim) or the ids (count,) of a set; CorruptFileError when damaged.
+
+        ``mmap``: the vectors as a :class:`VectorFile` (read in blocks, never resident whole)."""
         try:
-            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            array = (
+                VectorFile(path)
+                if mmap and not path.name.endswith(".ids.npy")
+                else np.load(path, allow_pickle=False)
+            )
         except FileNotFoundError:
             raise
         except UNREADABLE as error:
@@ -322,61 +375,107 @@ class Dataset:
         level: str = "sample",
         make_default: bool = False,
     ) -> EmbeddingInfo:
-        """Publish an embedding set atomically; earlier versions are removed after the switch.
+        """Publish an in-memory embedding set atomically (see :meth:`writing_embeddings`, which
+        streams one in blocks); earlier versions are removed after the switch."""
+        shape = np.shape(vectors)
+        if len(shape) != 2:
+            raise StoreError(f"embeddings must be a 2-D matrix, got shape {shape}")
+        if len(ids) != shape[0]:
+            raise StoreError(f"{shape[0]} embedding rows but {len(ids)} ids")
+        with self.writing_embeddings(
+            name,
+            count=shape[0],
+            dim=shape[1],
+            model=model,
+            preprocessing=preprocessing,
+            level=level,
+            make_default=make_default,
+        ) as draft:
+            draft.ids = ids
+            for start in range(0, shape[0], WRITE_BLOCK_ROWS):
+                draft.write(np.asarray(vectors[start : start + WRITE_BLOCK_ROWS]), first_row=start)
+        assert draft.info is not None
+        return draft.info
 
-        ``make_default``: when the dataset has no default embedding set yet, this one becomes it.
+    @contextlib.contextmanager
+    def writing_embeddings(
+        self,
+        name: str,
+        *,
+        count: int,
+        dim: int,
+        model: str,
+        preprocessing: dict[str, Any] | None = None,
+        level: str = "sample",
+        make_default: bool = False,
+    ) -> Iterator[EmbeddingDraft]:
+        """Stream a new version of embedding set ``name`` to disk and publish it when the block
+        ends: ``draft.write(block)`` (in order, or ``rows=``), and ``draft.ids`` set before the
+        end. Peak memory is one block plus the ids. A failure, or an exception in the block,
+        leaves nothing behind and the previous version in place. ``draft.info`` is the published
+        set's info afterwards.
         """
         validate_name(name, what="embedding")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        texts = [str(i) for i in ids]
-        longest = max(range(len(texts)), key=lambda row: len(texts[row]), default=None)
-        if longest is not None and len(texts[longest]) > MAX_ID_LENGTH:
-            raise StoreError(
-                f"id at row {longest} has {len(texts[longest]):,} characters; ids are at most "
-                f"{MAX_ID_LENGTH}"
-            )
-        ids_array = np.asarray(texts, dtype=str)
-        if vectors.ndim != 2:
-            raise StoreError(f"embeddings must be a 2-D matrix, got shape {vectors.shape}")
-        if len(ids_array) != len(vectors):
-            raise StoreError(f"{len(vectors)} embedding rows but {len(ids_array)} ids")
-        if not np.isfinite(vectors).all():
-            raise StoreError("embeddings contain NaN or inf")
         self.check_current()
-        with exclusive(self._lock_file(f"publish-{name}"), what=f"embedding set {name!r}"):
-            version = f"{int(time.time())}{uuid.uuid4().hex[:6]}"
-            base = self._embeddings_dir / f"{name}-{version}"
-            pointer = self._embeddings_dir / f"{name}.json"
-            # A failed write, or one into a dataset deleted meanwhile, leaves no file behind.
-            with self._writing() as written:
-                for file, array in (
-                    (Path(f"{base}.npy"), vectors),
-                    (Path(f"{base}.ids.npy"), ids_array),
-                ):
-                    written.append(file)
-                    write_npy(file, array)
-                self.check_current()  # before the switch: after it, readers see the new files
-                info = EmbeddingInfo(
-                    name=name,
-                    model=model,
-                    dim=int(vectors.shape[1]),
-                    count=int(vectors.shape[0]),
-                    level=level,
-                    preprocessing=dict(preprocessing or {}),
-                    created_at=utc_now(),
-                    version=version,
+        lock = self._lock_file(f"publish-{name}")
+        first_lock = not lock.exists()
+        try:
+            with exclusive(lock, what=f"embedding set {name!r}"):
+                yield from self._write_embeddings(
+                    name, count, dim, model, preprocessing, level, make_default
                 )
-                if not pointer.exists():
-                    written.append(pointer)  # a first version: the pointer is ours to take back
-                write_json(pointer, info.to_dict())
-            for stale in self._embeddings_dir.glob(f"{name}-*.npy"):
-                # Readers that already mapped an old version keep its inode alive until they close it.
-                if not stale.name.startswith(f"{name}-{version}") and _version_of(stale.name, name):
-                    stale.unlink(missing_ok=True)
-            shutil.rmtree(self.partial_dir(name), ignore_errors=True)
-            if make_default and self.meta.get("default_embedding") is None:
-                self.update_meta(default_embedding=name)
-        return info
+        except BaseException:
+            if first_lock:  # a refused first write leaves the folder as it found it
+                lock.unlink(missing_ok=True)
+            raise
+
+    def _write_embeddings(
+        self,
+        name: str,
+        count: int,
+        dim: int,
+        model: str,
+        preprocessing: dict[str, Any] | None,
+        level: str,
+        make_default: bool,
+    ) -> Iterator[EmbeddingDraft]:
+        version = f"{int(time.time())}{uuid.uuid4().hex[:6]}"
+        base = self._embeddings_dir / f"{name}-{version}"
+        pointer = self._embeddings_dir / f"{name}.json"
+        # A failed write, or one into a dataset deleted meanwhile, leaves no file behind.
+        with self._writing() as written:
+            vectors_file, ids_file = Path(f"{base}.npy"), Path(f"{base}.ids.npy")
+            written.extend([vectors_file, ids_file])
+            with atomic_path(vectors_file) as tmp:
+                draft = EmbeddingDraft(VectorWriter(tmp, count=count, dim=dim))
+                try:
+                    yield draft
+                    draft.finish()
+                finally:
+                    draft.writer.close()
+            write_npy(ids_file, draft.ids_array())
+            self.check_current()  # before the switch: after it, readers see the new files
+            info = EmbeddingInfo(
+                name=name,
+                model=model,
+                dim=int(dim),
+                count=int(count),
+                level=level,
+                preprocessing=dict(preprocessing or {}),
+                created_at=utc_now(),
+                version=version,
+            )
+            if not pointer.exists():
+                written.append(pointer)  # a first version: the pointer is ours to take back
+            write_json(pointer, info.to_dict())
+        draft.info = info
+        for stale in self._embeddings_dir.glob(f"{name}-*.npy"):
+            # Readers that already mapped an old version keep its inode alive until they close it.
+            if not stale.name.startswith(f"{name}-{version}") and _version_of(stale.name, name):
+                stale.unlink(missing_ok=True)
+        shutil.rmtree(self.partial_dir(name), ignore_errors=True)
+        if make_default and self.meta.get("default_embedding") is None:
+            self.update_meta(default_embedding=name)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[list[Path]]:
