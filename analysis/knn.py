@@ -135,14 +135,37 @@ def _raw_to_distance(raw: np.ndarray, metric: str) -> np.ndarray:
     return np.sqrt(np.maximum(raw, 0.0))
 
 
+class PreparedRows:
+    """Rows of a reference matrix prepared for ``metric`` when read (``rows[a:b]``,
+    ``rows[indices]``): what an HNSW index re-ranks with, without a prepared copy of the set."""
+
+    def __init__(self, reference: Any, metric: str):
+        self.reference = reference
+        self.metric = metric
+        self.shape = tuple(int(s) for s in reference.shape)
+        self.ndim = 2
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return prepare_rows(np.asarray(self.reference[key])[None, :], self.metric)[0]
+        return prepare_rows(np.asarray(self.reference[key]), self.metric)
+
+
 class NeighborIndex:
     """Search a fixed reference set for the nearest rows to query vectors.
 
-    reference: (n_reference, dim) embeddings. The prepared (normalised for cosine, float32) matrix
-    is kept as ``vectors_`` (valid while the index lives), so repeated queries cost one matrix
-    product each. ``method="exact"`` scans every row (faiss flat / BLAS); ``"hnsw"`` finds
-    candidates with a faiss HNSW graph (over a PCA-reduced copy for wide vectors) and re-ranks
-    them by exact distance: approximate recall, exact distances, for very large references.
+    reference: (n_reference, dim) embeddings: an array, a memory map or the store's block reader.
+    ``vectors_[rows]`` gives prepared rows (normalised for cosine, float32). ``method="exact"``
+    keeps the prepared matrix in memory and scans every row (faiss flat / BLAS), so repeated
+    queries cost one matrix product each. ``"hnsw"`` finds candidates with a faiss HNSW graph
+    (over a PCA-reduced copy for wide vectors) and re-ranks them by exact distance, reading the
+    candidates' rows from ``reference``: approximate recall, exact distances, and no copy of the
+    set in memory, for very large references. An HNSW index is stored and loaded with
+    :meth:`to_arrays` / :meth:`from_arrays`.
 
     Example:
         >>> reference = np.random.default_rng(0).normal(size=(50, 4))
@@ -164,14 +187,16 @@ class NeighborIndex:
         if method not in ("exact", "hnsw"):
             raise ValueError(f"NeighborIndex method must be 'exact' or 'hnsw', got {method!r}")
         self.method = method
-        reference = np.asarray(reference) if not isinstance(reference, np.memmap) else reference
-        if reference.ndim != 2:
+        if not hasattr(reference, "shape") or not hasattr(reference, "__getitem__"):
+            reference = np.asarray(reference)
+        if len(reference.shape) != 2:
             raise ValueError(
                 f"reference must be 2-D (n_reference, dim), got shape {reference.shape}"
             )
         self.n_reference, self.dim = (int(s) for s in reference.shape)
         faiss = _faiss()
         self._reducer: BlockPCA | None = None
+        self._reference = reference
         if method == "exact":
             faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
             index = faiss.IndexFlat(self.dim, faiss_metric)
@@ -179,7 +204,7 @@ class NeighborIndex:
                 index.add(prepare_rows(reference[start : start + BLOCK_ROWS], metric))
             # A zero-copy view of faiss' own storage: the prepared matrix lives once in memory.
             flat = faiss.downcast_index(index)
-            self.vectors_ = (
+            self.vectors_: Any = (
                 faiss.rev_swig_ptr(flat.get_xb(), self.n_reference * self.dim).reshape(
                     self.n_reference, self.dim
                 )
@@ -187,15 +212,12 @@ class NeighborIndex:
                 else np.empty((0, self.dim), dtype=np.float32)
             )
         else:
-            self.vectors_ = np.empty((self.n_reference, self.dim), dtype=np.float32)
-            for start in range(0, self.n_reference, BLOCK_ROWS):
-                self.vectors_[start : start + BLOCK_ROWS] = prepare_rows(
-                    reference[start : start + BLOCK_ROWS], metric
-                )
+            # No prepared copy: rows are read from ``reference`` (a memory map or the store's
+            # block reader) and prepared as needed, so the index holds only the search graph
+            # over the reduced vectors (about 0.65 GB for 1M rows).
+            self.vectors_ = PreparedRows(reference, metric)
             searched_dim = self.dim
             if self.dim > 2 * HNSW_REDUCED_DIM and self.n_reference > HNSW_REDUCED_DIM:
-                # Imported here: analysis.pca reads its blocks with this module's helpers.
-
                 self._reducer = BlockPCA(HNSW_REDUCED_DIM, random_state=random_state).fit(
                     self.vectors_
                 )
@@ -203,12 +225,62 @@ class NeighborIndex:
             # Candidates by Euclidean distance: on normalised vectors it orders like cosine.
             index = faiss.IndexHNSWFlat(searched_dim, HNSW_M, faiss.METRIC_L2)
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            # Each row's norm, so a re-ranked cosine is one dot product of the raw row.
+            self._norms = np.empty(self.n_reference, dtype=np.float32)
             for start in range(0, self.n_reference, BLOCK_ROWS):
-                index.add(self._reduce(self.vectors_[start : start + BLOCK_ROWS]))
+                raw = np.asarray(reference[start : start + BLOCK_ROWS], dtype=np.float32)
+                self._norms[start : start + len(raw)] = np.sqrt(np.einsum("ij,ij->i", raw, raw))
+                index.add(self._reduce(prepare_rows(raw, metric)))
         self._index = index
         self._squared_norms = (
-            np.einsum("ij,ij->i", self.vectors_, self.vectors_) if metric == "euclidean" else None
+            np.einsum("ij,ij->i", self.vectors_, self.vectors_)
+            if metric == "euclidean" and method == "exact"
+            else None
         )
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The search structure as arrays (a stored artefact); the vectors are not in it."""
+        if self.method != "hnsw":
+            raise ValueError("only an HNSW index is stored; an exact one is rebuilt from the set")
+        arrays = {"faiss": _faiss().serialize_index(self._index), "norms": self._norms}
+        if self._reducer is not None:
+            arrays["pca_mean"] = self._reducer.mean_
+            arrays["pca_components"] = self._reducer.components_
+        return arrays
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "method": self.method,
+            "n_reference": self.n_reference,
+            "dim": self.dim,
+        }
+
+    @classmethod
+    def from_arrays(
+        cls, reference: Any, arrays: dict[str, np.ndarray], meta: dict[str, Any]
+    ) -> NeighborIndex:
+        """An HNSW index stored with :meth:`to_arrays`, over the same ``reference`` rows."""
+        if tuple(reference.shape) != (meta["n_reference"], meta["dim"]):
+            raise ValueError(
+                f"the stored index covers {meta['n_reference']} x {meta['dim']} rows, the "
+                f"reference is {tuple(reference.shape)}"
+            )
+        index = cls.__new__(cls)
+        index.metric, index.method = meta["metric"], "hnsw"
+        index.n_reference, index.dim = int(meta["n_reference"]), int(meta["dim"])
+        index._reference = reference
+        index.vectors_ = PreparedRows(reference, index.metric)
+        index._reducer = None
+        if "pca_mean" in arrays:
+            reducer = BlockPCA(len(arrays["pca_components"]))
+            reducer.mean_, reducer.components_ = arrays["pca_mean"], arrays["pca_components"]
+            reducer.n_components_ = len(arrays["pca_components"])
+            index._reducer = reducer
+        index._index = _faiss().deserialize_index(np.asarray(arrays["faiss"], dtype=np.uint8))
+        index._squared_norms = None
+        index._norms = arrays["norms"]
+        return index
 
     def _reduce(self, block: np.ndarray) -> np.ndarray:
         if self._reducer is None:
@@ -273,20 +345,25 @@ class NeighborIndex:
         _, candidates = self._index.search(self._reduce(block), n_candidates)
         candidates = candidates.astype(np.int64)
         distances = np.full(candidates.shape, np.inf, dtype=np.float32)
-        # Small row groups keep the gathered candidate vectors to a few tens of MB.
-        step = max(1, (1 << 22) // max(1, n_candidates * self.dim))
+        # Query groups whose candidates' vectors come to about 64 MB: each distinct candidate
+        # row is read once per group, in ascending order (sequential reads of a file).
+        step = max(1, (1 << 24) // max(1, n_candidates * self.dim))
         for start in range(0, len(block), step):
             found = candidates[start : start + step]
             valid = found >= 0
-            gathered = self.vectors_[np.where(valid, found, 0)]
+            rows, position = np.unique(np.where(valid, found, 0), return_inverse=True)
+            position = position.reshape(found.shape)
+            gathered = np.asarray(self._reference[rows], dtype=np.float32)[position]
             queries = block[start : start + step, None, :]
             if self.metric == "cosine":
-                exact = np.clip(
-                    1.0
-                    - np.einsum("ijk,ijk->ij", gathered, np.broadcast_to(queries, gathered.shape)),
-                    0.0,
-                    2.0,
+                norms = self._norms[rows][position]
+                products = np.einsum(
+                    "ijk,ijk->ij", gathered, np.broadcast_to(queries, gathered.shape)
                 )
+                similarity = np.divide(
+                    products, norms, out=np.zeros_like(products), where=norms > 0
+                )
+                exact = np.clip(1.0 - similarity, 0.0, 2.0)
             else:
                 exact = np.sqrt(np.maximum(((gathered - queries) ** 2).sum(axis=2), 0.0))
             distances[start : start + step] = np.where(valid, exact, np.inf)
@@ -358,12 +435,14 @@ def build_knn_graph(
     metric: str = "cosine",
     method: str = "auto",
     random_state: int = 0,
+    index: NeighborIndex | None = None,
 ) -> KnnGraph:
     """The k nearest other samples of every sample.
 
-    embeddings: (n_samples, dim), may be a memory map; it is read in blocks, and a normalised copy
-    of the whole set exists only inside the search index. ``method="auto"`` is exact up to
-    ``EXACT_MAX_SAMPLES`` samples and HNSW beyond. Self-matches are removed, including when exact
+    embeddings: (n_samples, dim), may be a memory map or the store's block reader; it is read in
+    blocks. An exact search holds a normalised copy of the set; HNSW holds only its search graph
+    over reduced vectors. ``method="auto"`` is exact up to ``EXACT_MAX_SAMPLES`` samples and HNSW
+    beyond. ``index``: a NeighborIndex over ``embeddings`` already built (to keep it). Self-matches are removed, including when exact
     duplicates tie with the sample itself. With fewer than ``n_neighbors + 1`` samples the graph
     holds all ``n_samples - 1`` others.
 
@@ -397,7 +476,13 @@ def build_knn_graph(
         empty_idx = np.zeros((n_samples, 0), dtype=np.int64)
         return KnnGraph(empty_idx, np.zeros((n_samples, 0), np.float32), metric, method, 0, params)
 
-    index = NeighborIndex(embeddings, metric=metric, method=method, random_state=random_state)
+    if index is None:
+        index = NeighborIndex(embeddings, metric=metric, method=method, random_state=random_state)
+    elif (index.metric, index.method, index.n_reference) != (metric, method, n_samples):
+        raise ValueError(
+            f"the given index is {index.method} {index.metric} over {index.n_reference} rows, "
+            f"not {method} {metric} over {n_samples}"
+        )
     indices = np.empty((n_samples, k), dtype=np.int64)
     distances = np.empty((n_samples, k), dtype=np.float32)
     # One extra neighbour: the sample itself, removed below.
