@@ -25,18 +25,20 @@ COMMAND_MODULES = (
 )
 
 
+WORKSPACE_HELP = "workspace directory (default: $SHOAL_WORKSPACE or ./shoal-workspace)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--workspace",
-        metavar="DIR",
-        default=None,
-        help="workspace directory (default: $SHOAL_WORKSPACE or ./shoal-workspace)",
-    )
     parser = argparse.ArgumentParser(
         prog="shoal",
         description="Understand and improve image datasets through embeddings.",
-        parents=[common],
+    )
+    parser.add_argument("--workspace", metavar="DIR", default=None, help=WORKSPACE_HELP)
+    # After the command too (`shoal import --workspace DIR ...`). Its default is SUPPRESS: a
+    # sub-command's default would overwrite a --workspace given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--workspace", metavar="DIR", default=argparse.SUPPRESS, help=WORKSPACE_HELP
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True

@@ -222,3 +222,12 @@ def test_import_of_an_embeddings_parquet_makes_an_embeddings_only_dataset(
     code, out, _ = _run(capsys, "import", str(source), "--dataset", "e", "--workspace", ws)
     assert code == 0 and "imported 300 samples" in out
     assert isinstance(Workspace(Path(ws)).open("e").samples(), pd.DataFrame)
+
+
+def test_workspace_before_the_command_is_used(tmp_path: Path) -> None:
+    """Regression: `shoal --workspace DIR import ...` wrote to ./shoal-workspace: the
+    sub-command's own --workspace default overwrote the one given before it."""
+    args = build_parser().parse_args(["--workspace", str(tmp_path), "datasets"])
+    assert args.workspace == str(tmp_path)
+    args = build_parser().parse_args(["datasets", "--workspace", str(tmp_path / "b")])
+    assert args.workspace == str(tmp_path / "b")
