@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,6 +44,9 @@ HNSW_MIN_CANDIDATES = 32
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 64
+
+#: Threads that re-rank HNSW candidates (gathering their rows dominates a large graph's build).
+RERANK_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 #: Query batches up to this size are answered with a numpy product instead of faiss.
 SMALL_QUERY_BATCH = 16
@@ -338,6 +343,22 @@ class NeighborIndex:
         raw, found = self._index.search(np.ascontiguousarray(block), k)
         return found.astype(np.int64), _raw_to_distance(raw, self.metric)
 
+    def _exact_distances(self, queries: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """Exact distances from prepared ``queries`` (q, dim) to their candidate rows ``found``
+        (q, c); inf where a candidate is -1."""
+        valid = found >= 0
+        rows, position = np.unique(np.where(valid, found, 0), return_inverse=True)
+        position = position.reshape(found.shape)
+        gathered = np.asarray(self._reference[rows], dtype=np.float32)[position]
+        if self.metric == "cosine":
+            norms = self._norms[rows][position]
+            products = np.einsum("ijk,ik->ij", gathered, queries)
+            similarity = np.divide(products, norms, out=np.zeros_like(products), where=norms > 0)
+            exact = np.clip(1.0 - similarity, 0.0, 2.0)
+        else:
+            exact = np.sqrt(np.maximum(((gathered - queries[:, None, :]) ** 2).sum(axis=2), 0.0))
+        return np.where(valid, exact, np.inf)
+
     def _hnsw_search(self, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """HNSW candidates in the (reduced) search space, then exact distances to re-rank them."""
         n_candidates = min(self.n_reference, max(HNSW_MIN_CANDIDATES, 2 * k))
@@ -346,27 +367,23 @@ class NeighborIndex:
         candidates = candidates.astype(np.int64)
         distances = np.full(candidates.shape, np.inf, dtype=np.float32)
         # Query groups whose candidates' vectors come to about 64 MB: each distinct candidate
-        # row is read once per group, in ascending order (sequential reads of a file).
+        # row is read once per group, in ascending order. Groups run on RERANK_THREADS threads
+        # (numpy's gathers and products release the GIL): the reads, not the arithmetic, cost.
         step = max(1, (1 << 24) // max(1, n_candidates * self.dim))
-        for start in range(0, len(block), step):
+        starts = range(0, len(block), step)
+
+        def rerank(start: int) -> None:
             found = candidates[start : start + step]
-            valid = found >= 0
-            rows, position = np.unique(np.where(valid, found, 0), return_inverse=True)
-            position = position.reshape(found.shape)
-            gathered = np.asarray(self._reference[rows], dtype=np.float32)[position]
-            queries = block[start : start + step, None, :]
-            if self.metric == "cosine":
-                norms = self._norms[rows][position]
-                products = np.einsum(
-                    "ijk,ijk->ij", gathered, np.broadcast_to(queries, gathered.shape)
-                )
-                similarity = np.divide(
-                    products, norms, out=np.zeros_like(products), where=norms > 0
-                )
-                exact = np.clip(1.0 - similarity, 0.0, 2.0)
-            else:
-                exact = np.sqrt(np.maximum(((gathered - queries) ** 2).sum(axis=2), 0.0))
-            distances[start : start + step] = np.where(valid, exact, np.inf)
+            distances[start : start + step] = self._exact_distances(
+                block[start : start + step], found
+            )
+
+        if len(starts) > 1 and RERANK_THREADS > 1:
+            with ThreadPoolExecutor(RERANK_THREADS) as pool:
+                list(pool.map(rerank, starts))
+        else:
+            for start in starts:
+                rerank(start)
         order = np.lexsort((candidates, distances), axis=-1)[:, :k]
         indices = np.take_along_axis(candidates, order, axis=1)
         distances = np.take_along_axis(distances, order, axis=1)
