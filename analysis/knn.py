@@ -38,9 +38,11 @@ EXACT_MAX_SAMPLES = 20_000
 #: for 1280-d CNN features), for at least ``HNSW_MIN_CANDIDATES`` (or 2k) candidates that are then
 #: re-ranked by their exact full-dimensional distance; so every returned distance is exact and
 #: recall@10 against exact search stays above 0.95 (tests/analysis/test_knn.py checks it; about
-#: 0.998 on real EfficientNet embeddings).
+#: 0.998 on real EfficientNet embeddings). The denser the set, the less 128 axes tell its nearest
+#: points apart: on 300k real-derived vectors (benchmarks/bench_scale.py's set) 32 candidates gave
+#: recall@10 0.967, 48 gave 0.991 and 64 0.995; at 1M, 32 gave 0.86.
 HNSW_REDUCED_DIM = 128
-HNSW_MIN_CANDIDATES = 32
+HNSW_MIN_CANDIDATES = 48
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 64
@@ -244,14 +246,19 @@ class NeighborIndex:
         )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The search structure as arrays (a stored artefact); the vectors are not in it."""
+        """The search structure's small arrays (PCA axes, row norms); its graph is written by
+        :meth:`write_graph`. The vectors are in neither."""
         if self.method != "hnsw":
             raise ValueError("only an HNSW index is stored; an exact one is rebuilt from the set")
-        arrays = {"faiss": _faiss().serialize_index(self._index), "norms": self._norms}
+        arrays = {"norms": self._norms}
         if self._reducer is not None:
             arrays["pca_mean"] = self._reducer.mean_
             arrays["pca_components"] = self._reducer.components_
         return arrays
+
+    def write_graph(self, path: Any) -> None:
+        """Write the HNSW graph (with its reduced vectors) to ``path`` in faiss' own format."""
+        _faiss().write_index(self._index, str(path))
 
     def to_meta(self) -> dict[str, Any]:
         return {
@@ -263,9 +270,10 @@ class NeighborIndex:
 
     @classmethod
     def from_arrays(
-        cls, reference: Any, arrays: dict[str, np.ndarray], meta: dict[str, Any]
+        cls, reference: Any, arrays: dict[str, np.ndarray], meta: dict[str, Any], graph: Any
     ) -> NeighborIndex:
-        """An HNSW index stored with :meth:`to_arrays`, over the same ``reference`` rows."""
+        """An HNSW index stored with :meth:`to_arrays` and :meth:`write_graph` (``graph`` is
+        that file's path), over the same ``reference`` rows."""
         if tuple(reference.shape) != (meta["n_reference"], meta["dim"]):
             raise ValueError(
                 f"the stored index covers {meta['n_reference']} x {meta['dim']} rows, the "
@@ -282,7 +290,7 @@ class NeighborIndex:
             reducer.mean_, reducer.components_ = arrays["pca_mean"], arrays["pca_components"]
             reducer.n_components_ = len(arrays["pca_components"])
             index._reducer = reducer
-        index._index = _faiss().deserialize_index(np.asarray(arrays["faiss"], dtype=np.uint8))
+        index._index = _faiss().read_index(str(graph))
         index._squared_norms = None
         index._norms = arrays["norms"]
         return index
@@ -366,10 +374,10 @@ class NeighborIndex:
         _, candidates = self._index.search(self._reduce(block), n_candidates)
         candidates = candidates.astype(np.int64)
         distances = np.full(candidates.shape, np.inf, dtype=np.float32)
-        # Query groups whose candidates' vectors come to about 64 MB: each distinct candidate
+        # Query groups whose candidates' vectors come to about 16 MB: each distinct candidate
         # row is read once per group, in ascending order. Groups run on RERANK_THREADS threads
         # (numpy's gathers and products release the GIL): the reads, not the arithmetic, cost.
-        step = max(1, (1 << 24) // max(1, n_candidates * self.dim))
+        step = max(1, (1 << 22) // max(1, n_candidates * self.dim))
         starts = range(0, len(block), step)
 
         def rerank(start: int) -> None:

@@ -527,16 +527,39 @@ class Dataset:
         return self.root / "artefacts" / kind / key
 
     def save_artefact(
-        self, kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]
+        self,
+        kind: str,
+        key: str,
+        arrays: dict[str, np.ndarray],
+        meta: dict[str, Any],
+        *,
+        files: dict[str, Callable[[Path], None]] | None = None,
     ) -> None:
-        """Store arrays (npz, no pickles) and JSON metadata; the JSON is written last and marks completion."""
+        """Store arrays (npz, no pickles) and JSON metadata; the JSON is written last and marks completion.
+
+        ``files``: suffix -> a function that writes a file at the path it is given (a search
+        index in its own format, written straight to disk instead of copied into an array);
+        read back with :meth:`artefact_file`.
+        """
         base = self._artefact_base(kind, key)
         with self._writing() as written:
+            for suffix, write in (files or {}).items():
+                validate_name(suffix, what="artefact file suffix")
+                written.append(base.with_name(f"{key}.{suffix}"))
+                with atomic_path(written[-1]) as tmp:
+                    write(tmp)
             written.append(base.with_suffix(".npz"))
-            with atomic_path(written[0]) as tmp, open(tmp, "wb") as handle:
+            with atomic_path(written[-1]) as tmp, open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
             written.append(base.with_suffix(".json"))
-            write_json(written[1], {"saved_at": utc_now(), **meta})
+            write_json(written[-1], {"saved_at": utc_now(), **meta})
+
+    def artefact_file(self, kind: str, key: str, suffix: str) -> Path | None:
+        """The ``suffix`` file saved with artefact ``kind``/``key``, when that artefact is complete."""
+        validate_name(suffix, what="artefact file suffix")
+        base = self._artefact_base(kind, key)
+        path = base.with_name(f"{key}.{suffix}")
+        return path if path.exists() and base.with_suffix(".json").exists() else None
 
     def load_artefact(
         self, kind: str, key: str

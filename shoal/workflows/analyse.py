@@ -283,7 +283,13 @@ def _hnsw_index(ds: Dataset, embeddings: EmbeddingSet) -> NeighborIndex:
         method="hnsw",
         random_state=GRAPH_PARAMS["random_state"],
     )
-    ds.save_artefact("search-index", _index_key(embeddings), index.to_arrays(), index.to_meta())
+    ds.save_artefact(
+        "search-index",
+        _index_key(embeddings),
+        index.to_arrays(),
+        index.to_meta(),
+        files={"faiss": index.write_graph},
+    )
     return index
 
 
@@ -304,8 +310,9 @@ def neighbor_index(ds: Dataset, embeddings: EmbeddingSet | None = None) -> Neigh
         index = NeighborIndex(embeddings.vectors, metric="cosine")
     else:
         stored = ds.load_artefact("search-index", _index_key(embeddings))
-        if stored is not None:
-            index = NeighborIndex.from_arrays(embeddings.vectors, *stored)
+        graph = ds.artefact_file("search-index", _index_key(embeddings), "faiss")
+        if stored is not None and graph is not None:
+            index = NeighborIndex.from_arrays(embeddings.vectors, *stored, graph)
         else:  # the graph was built before indexes were kept, or the file is damaged
             index = _hnsw_index(ds, embeddings)
     with _INDEX_LOCK:

@@ -86,9 +86,14 @@ def test_a_stored_hnsw_index_answers_as_the_one_built(
 ) -> None:
     stored = _write(tmp_path / "v.npy", real["fmnist"][:3000])
     built = NeighborIndex(stored, method="hnsw")
-    loaded = NeighborIndex.from_arrays(stored, built.to_arrays(), built.to_meta())
+    built.write_graph(tmp_path / "graph.faiss")
+    loaded = NeighborIndex.from_arrays(
+        stored, built.to_arrays(), built.to_meta(), tmp_path / "graph.faiss"
+    )
     queries = real["fmnist"][3000:3050]
     for a, b in zip(built.search(queries, 20), loaded.search(queries, 20), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="covers 3000"):
-        NeighborIndex.from_arrays(real["fmnist"][:10], built.to_arrays(), built.to_meta())
+        NeighborIndex.from_arrays(
+            real["fmnist"][:10], built.to_arrays(), built.to_meta(), tmp_path / "graph.faiss"
+        )
