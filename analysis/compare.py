@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from analysis.blocks import BLOCK_ROWS, sample_rows
+from analysis.blocks import BLOCK_ROWS, sample_rows, take_rows
 from analysis.knn import EXACT_MAX_SAMPLES, NeighborIndex
-from analysis.pca import single_threaded
+from analysis.pca import BlockPCA, single_threaded
 from analysis.results import ArrayRecord, jsonable
 from analysis.two_sample import (
     DEFAULT_MAX_SAMPLES,
@@ -250,7 +250,7 @@ def compare(
     """Test whether ``current`` is drawn like ``reference``, and show where it differs.
 
     reference: (n_reference, dim) embeddings; current: (n_current, dim), same dim; float16/32/64,
-    may be memory maps. ``method``: a registered test name or ``"auto"`` (= ``"mmd"``).
+    may be memory maps or :class:`~analysis.rows.RowSubset` views (both are read in blocks). ``method``: a registered test name or ``"auto"`` (= ``"mmd"``).
     ``n_clusters=None`` picks ``clip(min(n_reference, n_current) // 20, 2, 30)``.
     Same inputs and ``random_state`` give the same result.
 
@@ -281,8 +281,9 @@ def compare(
     )
     # Clusters live in the test's PCA space: fitted on the pooled sample, blind to sides.
     reference_clusters, current_clusters = _cluster(
-        whether.pca.transform(reference),
-        whether.pca.transform(current),
+        reference,
+        current,
+        whether.pca,
         n_clusters=cluster_count,
         random_state=random_state,
     )
@@ -388,24 +389,40 @@ def _auto_clusters(n_reference: int, n_current: int) -> int:
 
 
 def _cluster(
-    reference_features: np.ndarray,
-    current_features: np.ndarray,
+    reference: np.ndarray,
+    current: np.ndarray,
+    pca: BlockPCA,
     *,
     n_clusters: int,
     random_state: int,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """KMeans on the PCA scores of at most ``MAX_CLUSTER_FIT`` pooled rows, then every row of
+    both sides assigned block by block: no pooled copy of either side, nor of their scores."""
     from sklearn.cluster import KMeans
 
-    pooled = np.vstack([reference_features, current_features])
-    n_clusters = max(1, min(n_clusters, len(pooled)))
-    fit_rows = sample_rows(len(pooled), MAX_CLUSTER_FIT, np.random.default_rng(random_state))
+    n_reference = len(reference)
+    n_pooled = n_reference + len(current)
+    n_clusters = max(1, min(n_clusters, n_pooled))
+    fit_rows = sample_rows(n_pooled, MAX_CLUSTER_FIT, np.random.default_rng(random_state))
+    fit_features = np.vstack(
+        [
+            pca.transform(take_rows(reference, fit_rows[fit_rows < n_reference])),
+            pca.transform(take_rows(current, fit_rows[fit_rows >= n_reference] - n_reference)),
+        ]
+    )
     model = KMeans(n_clusters=n_clusters, n_init=3, random_state=random_state)
+    labels = []
     with warnings.catch_warnings(), single_threaded():
         # Fewer distinct points than clusters: KMeans warns and returns what it found.
         warnings.simplefilter("ignore", category=UserWarning)
-        model.fit(pooled[fit_rows])
-        labels = model.predict(pooled).astype(np.int64)
-    return labels[: len(reference_features)], labels[len(reference_features) :]
+        model.fit(fit_features)
+        for side in (reference, current):
+            side_labels = np.empty(len(side), dtype=np.int64)
+            for start in range(0, len(side), BLOCK_ROWS):
+                block = pca.transform(side[start : start + BLOCK_ROWS])
+                side_labels[start : start + len(block)] = model.predict(block)
+            labels.append(side_labels)
+    return labels[0], labels[1]
 
 
 def cluster_shifts(

@@ -42,6 +42,8 @@ from analysis.results import ArrayRecord, ids_or_rows, jsonable, log_with_floor,
 DEFAULT_Z = 3.5
 #: Groups up to this size get every pair checked exactly (size² distance evaluations).
 MAX_GROUP_FOR_ALL_PAIRS = 256
+#: Vector entries (float64) read per block of pairs when distances are verified: 32 MB.
+PAIR_BLOCK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -213,16 +215,21 @@ def _split_codes(splits: Any, n_samples: int) -> np.ndarray:
 
 
 def _exact_distances(embeddings: np.ndarray, pairs: np.ndarray, metric: str) -> np.ndarray:
+    """Float64 distance of each pair, in blocks of about ``PAIR_BLOCK_ELEMENTS`` vector entries:
+    each distinct row of a block is read once, in ascending order."""
     if len(pairs) == 0:
         return np.zeros(0, dtype=np.float64)
     out = np.empty(len(pairs), dtype=np.float64)
-    for start in range(0, len(pairs), 65536):
-        block = pairs[start : start + 65536]
-        a = np.asarray(embeddings[block[:, 0]], dtype=np.float64)
-        b = np.asarray(embeddings[block[:, 1]], dtype=np.float64)
+    step = max(1, PAIR_BLOCK_ELEMENTS // (2 * embeddings.shape[1]))
+    for start in range(0, len(pairs), step):
+        block = pairs[start : start + step]
+        rows, position = np.unique(block, return_inverse=True)
+        vectors = np.asarray(embeddings[rows], dtype=np.float64)
         if metric == "cosine":
-            a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-300)
-            b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-300)
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-300)
+        position = position.reshape(block.shape)
+        a, b = vectors[position[:, 0]], vectors[position[:, 1]]
+        if metric == "cosine":
             out[start : start + len(block)] = np.clip(1.0 - np.einsum("ij,ij->i", a, b), 0.0, 2.0)
         else:
             out[start : start + len(block)] = np.linalg.norm(a - b, axis=1)
@@ -272,8 +279,11 @@ def _complete_small_groups(
     )
     extra_pairs = [pairs]
     extra_distances = [distances]
-    for group in incomplete:
-        members = np.flatnonzero(group_labels == group)
+    # Members of every group from one sort, not one scan of all samples per group.
+    order = np.argsort(group_labels, kind="stable")
+    bounds = np.searchsorted(group_labels[order], np.stack([incomplete, incomplete + 1]))
+    for low, high in bounds.T:
+        members = order[low:high]
         upper_i, upper_j = np.triu_indices(len(members), k=1)
         candidate = np.stack([members[upper_i], members[upper_j]], axis=1)
         candidate_distances = _exact_distances(embeddings, candidate, metric)

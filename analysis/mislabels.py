@@ -139,13 +139,11 @@ def encode_labels(labels: Any) -> tuple[np.ndarray, np.ndarray]:
     are one class.
     """
     series = pd.Series(np.asarray(labels, dtype=object))
-    missing = series.isna() | (series.astype(str).str.len() == 0)
-    as_text = series.astype(str).where(~missing, None)
+    # pandas' own strings (no Python object per sample), and a hash lookup instead of a loop.
+    as_text = series.astype("string")
+    as_text = as_text.where(series.notna() & (as_text.str.len() > 0))
     classes = np.array(sorted(as_text.dropna().unique()), dtype=str)
-    codes = np.full(len(series), -1, dtype=np.int64)
-    if len(classes):
-        lookup = {label: code for code, label in enumerate(classes)}
-        codes[~missing.to_numpy()] = [lookup[v] for v in as_text[~missing]]
+    codes = pd.Index(classes).get_indexer(as_text).astype(np.int64)
     return codes, classes
 
 

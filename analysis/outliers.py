@@ -78,7 +78,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.blocks import BLOCK_ROWS
+from analysis.blocks import BLOCK_ROWS, take_rows
 from analysis.knn import KnnGraph, build_knn_graph, prepare_rows
 from analysis.pca import BlockPCA
 from analysis.results import (
@@ -399,29 +399,27 @@ def knn_global_scores(
     rounds = 1 if size == n_samples else n_subsamples
     rng = np.random.default_rng(random_state)
     members = np.stack([np.sort(rng.choice(n_samples, size, replace=False)) for _ in range(rounds)])
-    reference = prepare_rows(np.asarray(embeddings[members.ravel()]), graph.metric)
+    reference = prepare_rows(take_rows(embeddings, members.ravel()), graph.metric)
     reference_norms = np.einsum("ij,ij->i", reference, reference)
-    # Position of each row inside each subsample, to exclude a row from its own reference set.
-    lookup = np.full((rounds, n_samples), -1, dtype=np.int64)
-    for r in range(rounds):
-        lookup[r, members[r]] = np.arange(size) + r * size
     scores = np.zeros(n_samples, dtype=np.float64)
+    # Distances computed in place: one (block rows x rounds * size) float32 buffer per block,
+    # and nothing n-sized but the scores.
     for start in range(0, n_samples, BLOCK_ROWS):
         stop = min(n_samples, start + BLOCK_ROWS)
-        block = prepare_rows(np.asarray(embeddings[start:stop]), graph.metric)
-        products = block @ reference.T
+        block = prepare_rows(embeddings[start:stop], graph.metric)
+        distances = block @ reference.T
         if graph.metric == "cosine":
-            distances = np.clip(1.0 - products, 0.0, 2.0)
+            np.subtract(1.0, distances, out=distances)
+            np.clip(distances, 0.0, 2.0, out=distances)
         else:
-            block_norms = np.einsum("ij,ij->i", block, block)
-            distances = np.sqrt(
-                np.maximum(block_norms[:, None] + reference_norms[None, :] - 2 * products, 0)
-            )
-        rows = np.arange(stop - start)
+            distances *= -2.0
+            distances += np.einsum("ij,ij->i", block, block)[:, None]
+            distances += reference_norms[None, :]
+            np.sqrt(np.maximum(distances, 0.0, out=distances), out=distances)
+        # A row is no reference for itself: its own column in each subsample it belongs to.
         for r in range(rounds):
-            own = lookup[r, start:stop]
-            inside = own >= 0
-            distances[rows[inside], own[inside]] = np.inf
+            low, high = np.searchsorted(members[r], [start, stop])
+            distances[members[r][low:high] - start, r * size + np.arange(low, high)] = np.inf
         for r in range(rounds):
             part = distances[:, r * size : (r + 1) * size]
             nearest = np.partition(part, n_neighbors - 1, axis=1)[:, :n_neighbors]

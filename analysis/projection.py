@@ -11,8 +11,12 @@ of several components) can take longer than the whole optimisation. From that st
 UMAP's default epochs suffice (:data:`DEFAULT_EPOCHS_SMALL` / :data:`DEFAULT_EPOCHS_LARGE`);
 benchmarks/bench_analysis.py checks trustworthiness against a default UMAP run.
 
-Above ``max_fit_samples`` the map is fitted on a random sample and the other points are placed
-into it with UMAP's transform step; every such point is flagged in ``transformed_mask``.
+Above ``max_fit_samples`` the map is fitted on a random sample, with the sample's own kNN graph
+(a sampled point's neighbours in the shared graph are mostly outside the sample), and every
+other point is placed into it by UMAP's transform step from its neighbours in the shared graph:
+no second search, and no vector of those points is read. Every such point is flagged in
+``transformed_mask``; ``params`` gives the seconds of each step (``seconds_sample_graph``,
+``seconds_fit``, ``seconds_place``).
 
 Example:
     >>> import numpy as np
@@ -34,12 +38,16 @@ import numpy as np
 import pandas as pd
 
 from analysis.blocks import sample_rows, take_rows
-from analysis.knn import KnnGraph, NeighborIndex, build_knn_graph, drop_self_matches
+from analysis.knn import KnnGraph, build_knn_graph, drop_self_matches
 from analysis.pca import BlockPCA
 from analysis.results import ArrayRecord, ids_or_rows, jsonable
+from analysis.rows import RowSubset
 
-#: Fit UMAP on at most this many samples; place the rest with UMAP's transform.
+#: Fit UMAP on at most this many samples; place the rest with UMAP's transform step.
 MAX_FIT_SAMPLES = 200_000
+#: Points placed per run of the layout optimiser: bounds its per-edge state (about 32 bytes per
+#: edge, 15 edges per point) to about 100 MB.
+PLACE_CHUNK = 200_000
 #: Global trustworthiness is computed on a random sample of this size (it needs all pairwise
 #: distances of the sample); the result says when it was sampled.
 TRUSTWORTHINESS_SAMPLE = 5_000
@@ -187,26 +195,34 @@ def project(
         "graph_method": graph.method,
     }
     started = time.perf_counter()
-    reduced = BlockPCA(
-        pca_components, normalize=metric == "cosine", random_state=random_state
-    ).fit_transform(embeddings)
+    pca = BlockPCA(pca_components, normalize=metric == "cosine", random_state=random_state).fit(
+        embeddings
+    )
     transformed = np.zeros(n_samples, dtype=bool)
     requested, params["method"] = method, method
     if method == "pca" or n_samples < MIN_UMAP_SAMPLES or graph.n_neighbors < 2:
-        coords = _pca_coords(reduced, n_components)
+        coords = _pca_coords(pca.transform(embeddings), n_components)
         method = "pca"
     elif requested == "tsne":
-        coords = _fit_tsne(reduced, graph, n_components, random_state)
+        coords = _fit_tsne(pca.transform(embeddings), graph, n_components, random_state)
         method = "tsne"
     elif n_samples <= max_fit_samples:
         coords = _fit_umap(
-            reduced, graph, n_components, n_neighbors, min_dist, n_epochs, metric, random_state
+            pca.transform(embeddings),
+            graph,
+            n_components,
+            n_neighbors,
+            min_dist,
+            n_epochs,
+            metric,
+            random_state,
         )[0]
         method = "umap"
     else:
-        coords, transformed = _fit_sample_transform_rest(
+        coords, transformed, seconds = _fit_sample_place_rest(
             embeddings,
-            reduced,
+            pca,
+            graph,
             n_components=n_components,
             n_neighbors=n_neighbors,
             min_dist=min_dist,
@@ -215,6 +231,7 @@ def project(
             metric=metric,
             random_state=random_state,
         )
+        params.update(seconds)
         method = "umap+transform"
     laid_out = time.perf_counter()
     trust, trust_size = trustworthiness_score(
@@ -335,9 +352,10 @@ def _fit_umap(
     return np.asarray(coords, dtype=np.float32), model
 
 
-def _fit_sample_transform_rest(
+def _fit_sample_place_rest(
     embeddings: np.ndarray,
-    reduced: np.ndarray,
+    pca: BlockPCA,
+    graph: KnnGraph,
     *,
     n_components: int,
     n_neighbors: int,
@@ -346,22 +364,29 @@ def _fit_sample_transform_rest(
     max_fit_samples: int,
     metric: str,
     random_state: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fit on a random sample with its own kNN graph; place every other point by transform."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Fit on a random sample with its own kNN graph; place every other point from its
+    neighbours in the shared graph. Only the sample's rows are read (through a
+    :class:`~analysis.rows.RowSubset`, never copied whole) and PCA-projected.
+
+    Returns the coordinates, the transformed mask and the seconds of each step."""
     n_samples = len(embeddings)
     fit_rows = sample_rows(n_samples, max_fit_samples, np.random.default_rng(random_state))
     transformed = np.ones(n_samples, dtype=bool)
     transformed[fit_rows] = False
-    rest_rows = np.flatnonzero(transformed)
+    sample: Any = RowSubset(embeddings, fit_rows)  # read like the matrix of those rows
 
-    sample = take_rows(embeddings, fit_rows)
-    index = NeighborIndex(sample, metric=metric, method="hnsw")
-    k = n_neighbors - 1
-    self_exclude = [[i] for i in range(len(fit_rows))]
-    sample_idx, sample_dist = index.search(sample, k, exclude=self_exclude)
-    sample_graph = KnnGraph(sample_idx, sample_dist, metric, "hnsw", k)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    # The sample needs its own graph: a sampled point's shared-graph neighbours are mostly
+    # outside the sample (about 3 of 15 when a fifth of the points is sampled).
+    sample_graph = build_knn_graph(
+        sample, n_neighbors=n_neighbors - 1, metric=metric, random_state=random_state
+    )
+    seconds["seconds_sample_graph"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
     fitted, model = _fit_umap(
-        reduced[fit_rows],
+        pca.transform(sample),
         sample_graph,
         n_components,
         n_neighbors,
@@ -370,67 +395,101 @@ def _fit_sample_transform_rest(
         metric,
         random_state,
     )
-    coords = np.empty((n_samples, n_components), dtype=np.float32)
+    seconds["seconds_fit"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
+    coords = np.zeros((n_samples, n_components), dtype=np.float32)
     coords[fit_rows] = fitted
-    for start in range(0, len(rest_rows), 100_000):
-        rows = rest_rows[start : start + 100_000]
-        rest_idx, rest_dist = index.search(take_rows(embeddings, rows), n_neighbors)
-        coords[rows] = _transform(model, fitted, rest_idx, rest_dist, random_state + start)
-    return coords, transformed
+    _place_rest(model, coords, transformed, graph, n_neighbors, random_state)
+    seconds["seconds_place"] = round(time.perf_counter() - started, 3)
+    return coords, transformed, seconds
 
 
-def _transform(
-    model: Any, fitted: np.ndarray, indices: np.ndarray, distances: np.ndarray, seed: int
-) -> np.ndarray:
-    """UMAP's ``transform`` (umap-learn 0.5.12) for new points whose neighbours in the fitted
-    sample are already known; the fitted points stay where they are."""
+def _place_rest(
+    model: Any,
+    coords: np.ndarray,
+    transformed: np.ndarray,
+    graph: KnnGraph,
+    n_neighbors: int,
+    random_state: int,
+) -> None:
+    """UMAP's ``transform`` step (umap-learn 0.5.12) for the ``transformed`` points, in place in
+    ``coords``, with their neighbours from the shared graph instead of a new search: fitted
+    neighbours stay where they are, other placed points pull too.
+
+    Start: each point at the membership-weighted mean of its placed neighbours, in rounds (a
+    point whose neighbours are all unplaced waits for them; none at all: the map's centre). Then
+    a third of the fit's epochs of UMAP's layout optimisation moves only these points, in chunks
+    of ``PLACE_CHUNK`` points (the optimiser keeps a few float64 per edge).
+    """
     import scipy.sparse
     from umap.layouts import optimize_layout_euclidean
     from umap.umap_ import compute_membership_strengths, make_epochs_per_sample, smooth_knn_dist
 
-    n_new, k = indices.shape
-    distances = np.ascontiguousarray(distances, dtype=np.float32)
+    n_samples = len(coords)
+    rest = np.flatnonzero(transformed)
+    k = min(n_neighbors, graph.n_neighbors)
+    indices = graph.indices[rest, :k].copy()
+    distances = np.array(graph.distances[rest, :k], dtype=np.float32)
+    # Padding (a row pointing at itself at infinite distance) is no neighbour; UMAP marks it -1.
+    missing = (indices < 0) | (indices == rest[:, None]) | ~np.isfinite(distances)
+    indices[missing] = -1
+    distances[missing] = 0.0
+    # As UMAP's transform: the point is not among its own neighbours.
     local_connectivity = max(0.0, model.local_connectivity - 1.0)
-    sigmas, rhos = smooth_knn_dist(
-        distances, float(k), local_connectivity=float(local_connectivity)
-    )
+    sigmas, rhos = smooth_knn_dist(distances, float(k), local_connectivity=local_connectivity)
     rows, cols, vals, _ = compute_membership_strengths(
         indices, distances, sigmas, rhos, bipartite=True
     )
-    graph = scipy.sparse.coo_matrix((vals, (rows, cols)), shape=(n_new, len(fitted)))
-    csr = graph.tocsr()
-    csr.eliminate_zeros()
-    weights_sum = np.asarray(csr.sum(axis=1)).ravel()
-    # Membership-weighted mean of the neighbours' positions, as umap's init_graph_transform.
-    embedding = (csr @ fitted) / np.where(weights_sum > 0, weights_sum, 1.0)[:, None]
-    embedding[weights_sum == 0] = fitted[indices[weights_sum == 0, 0]]
-    embedding = embedding.astype(np.float32)
+    del indices, distances
+    weights = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(len(rest), n_samples))
+    weights.eliminate_zeros()
+    del rows, cols, vals
+
+    placed = ~transformed
+    waiting = np.arange(len(rest))
+    while len(waiting):
+        part = weights[waiting]
+        mask = placed.astype(np.float32)
+        total = part @ mask
+        reached = total > 0
+        if not reached.any():
+            break
+        mean = (part[reached] @ (coords * mask[:, None])) / total[reached, None]
+        coords[rest[waiting[reached]]] = mean
+        placed[rest[waiting[reached]]] = True
+        waiting = waiting[~reached]
+    if len(waiting):
+        coords[rest[waiting]] = coords[~transformed].mean(axis=0)
+
     n_epochs = 30 if model.n_epochs is None else int(model.n_epochs // 3)
-    graph.data[graph.data < graph.data.max() / float(n_epochs)] = 0.0
-    graph.eliminate_zeros()
-    epochs_per_sample = make_epochs_per_sample(graph.data, n_epochs)
-    rng_state = (
-        np.random.RandomState(seed)
-        .randint(np.iinfo(np.int32).min, np.iinfo(np.int32).max, 3)
-        .astype(np.int64)
-    )
-    return optimize_layout_euclidean(
-        embedding,
-        fitted.astype(np.float32, copy=True),
-        graph.row,
-        graph.col,
-        n_epochs,
-        graph.shape[1],
-        epochs_per_sample,
-        model._a,
-        model._b,
-        rng_state,
-        model.repulsion_strength,
-        model._initial_alpha / 4.0,
-        model.negative_sample_rate,
-        False,
-        verbose=False,
-    )
+    for start in range(0, len(rest), PLACE_CHUNK):
+        chunk = weights[start : start + PLACE_CHUNK].tocoo()
+        chunk.data[chunk.data < chunk.data.max(initial=0.0) / float(n_epochs)] = 0.0
+        chunk.eliminate_zeros()
+        if not chunk.nnz:
+            continue
+        rng_state = (
+            np.random.RandomState(random_state + start)
+            .randint(np.iinfo(np.int32).min, np.iinfo(np.int32).max, 3)
+            .astype(np.int64)
+        )
+        optimize_layout_euclidean(
+            coords,
+            coords,
+            rest[start + chunk.row].astype(np.int32),
+            chunk.col.astype(np.int32),
+            n_epochs,
+            n_samples,
+            make_epochs_per_sample(chunk.data, n_epochs),
+            model._a,
+            model._b,
+            rng_state,
+            model.repulsion_strength,
+            model._initial_alpha / 4.0,
+            model.negative_sample_rate,
+            False,
+            verbose=False,
+        )
 
 
 def trustworthiness_score(

@@ -34,8 +34,11 @@ picks of 200k took 47 s instead of 87 s (88 % of row updates skipped; 95 % on th
 k-means fits on at most ``max(MAX_KMEANS_FIT, KMEANS_FIT_PER_CLUSTER · N)`` candidates and
 assigns the rest in blocks (1000 picks of 200k: 29 s). Every reported distance is exact, in
 ``metric``, on the full vectors (for k-means, a final pass over the candidates against the N
-picks). Seeds are held in memory, in the exact (or, past ``EXACT_SEED_PRODUCTS``, HNSW) index
-that gives each candidate its distance to the nearest seed.
+picks). Each candidate's distance to its nearest seed is exact up to ``EXACT_SEED_PRODUCTS``
+(seed, candidate) pairs, with the smaller side in memory (at most 20k rows) and the other read
+past it in blocks; beyond, it comes from an HNSW index over the seeds, which reads their rows
+from the matrix (no copy: seeding with the 800k train rows of a 1M x 1280 set adds the index's
+few hundred MB, not 4 GB).
 
 Distances: ``metric="cosine"``: 1 - cos in [0, 2]; ``"euclidean"``: [0, inf). Smaller = better
 covered.
@@ -56,9 +59,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from analysis.blocks import BLOCK_ROWS, sample_rows, take_rows
-from analysis.knn import EXACT_MAX_SAMPLES, METRICS, NeighborIndex
+from analysis.knn import EXACT_MAX_SAMPLES, METRICS, NeighborIndex, prepare_rows
 from analysis.pca import MAX_FIT_ROWS, BlockPCA, single_threaded
 from analysis.results import ArrayRecord, ids_or_rows, jsonable
+from analysis.rows import RowSubset
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -495,12 +499,25 @@ class _Vectors:
         squared = factors[:, None] + np.einsum("ij,ij->i", centres, centres)[None, :]
         return np.sqrt(np.maximum(squared - 2.0 * products, 0.0))
 
-    def seed_distances(self, seeds: np.ndarray) -> np.ndarray:
-        """(n,) float32 distance of every candidate to its nearest seed (inf without seeds)."""
+    def seed_distances(self, seeds: Any) -> np.ndarray:
+        """(n,) float32 distance of every candidate to its nearest seed (inf without seeds).
+
+        seeds: (n_seeds, dim), read in blocks. Exact up to ``EXACT_SEED_PRODUCTS`` (seed,
+        candidate) pairs, with the smaller side in memory and the other read past it; beyond,
+        an HNSW index over the seeds (it holds no copy of them).
+        """
         nearest = np.full(self.n, np.inf, dtype=np.float32)
         if len(seeds) == 0 or self.n == 0:
             return nearest
         exact = len(seeds) * self.n <= EXACT_SEED_PRODUCTS
+        if exact and len(seeds) > self.n:
+            candidates = self.block(0, self.n)
+            step = max(1, COVERAGE_BLOCK_ELEMENTS // self.n)
+            for start in range(0, len(seeds), step):
+                centres = prepare_rows(seeds[start : start + step], self.metric)
+                distance = self._distances(candidates, self.factors, centres)
+                np.minimum(nearest, distance.min(axis=1), out=nearest)
+            return nearest
         index = NeighborIndex(seeds, metric=self.metric, method="exact" if exact else "hnsw")
         for start in range(0, self.n, BLOCK_ROWS):
             _, found = index.search(self.block(start, start + BLOCK_ROWS), 1)
@@ -533,10 +550,9 @@ class _State:
         *,
         seeds_are_candidates: bool,
     ) -> _State:
+        # A view of the seed rows, not a copy: "covered = train" is 800k rows of a 1M set.
         seeds = (
-            take_rows(seed_source, seed_rows)
-            if len(seed_rows)
-            else np.empty((0, vectors.source.shape[1]), np.float32)
+            seed_source if len(seed_rows) == len(seed_source) else RowSubset(seed_source, seed_rows)
         )
         min_distance = vectors.seed_distances(seeds)
         taken = np.zeros(vectors.n, dtype=bool)
@@ -780,10 +796,12 @@ def _fit_reducer(
     )
 
 
-def _check_matrix(matrix: np.ndarray, name: str) -> np.ndarray:
-    if not isinstance(matrix, np.ndarray):
+def _check_matrix(matrix: Any, name: str) -> Any:
+    """The matrix as given when rows can be read from it (an array, a memory map, the store's
+    block reader, a RowSubset: never read whole here), else as a float32 array."""
+    if not (hasattr(matrix, "shape") and hasattr(matrix, "__getitem__")):
         matrix = np.asarray(matrix, dtype=np.float32)
-    if matrix.ndim != 2:
+    if len(matrix.shape) != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, dim), got shape {matrix.shape}")
     return matrix
 

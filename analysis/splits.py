@@ -127,7 +127,8 @@ class LeakFreeSplits(ArrayRecord):
         for column, split in enumerate(self.split_names):
             columns[f"n_{split}"] = self.leak_counts[:, column]
         columns["target"] = [self.split_names[t] for t in self.targets]
-        columns["n_moved"] = [int(self.moved[m].sum()) for m in members]
+        moved = self.moved  # once: it compares every sample's codes
+        columns["n_moved"] = [int(moved[m].sum()) for m in members]
         columns["samples"] = [names[m].tolist() for m in members]
         return pd.DataFrame(columns)
 

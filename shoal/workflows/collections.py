@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.blocks import BLOCK_ROWS
 from shoal.store import Dataset, StoreError
 from shoal.store.collections import Collections
 from shoal.workflows import analyse
@@ -58,12 +59,19 @@ def grow(
             f"{pool.info.dim}-d) come from different models: embed both with the same model"
         )
     member_rows = analyse.rows_of(source, members.ids)
-    queries = np.asarray(source.vectors[np.sort(member_rows)], dtype=np.float32)
     index = analyse.neighbor_index(target, pool)
     # In its own dataset a member's nearest neighbours are often other members: search past
     # them (up to 200 more) and drop them, rather than excluding every member from every query.
     each = max(1, min(per_member, k)) + (min(len(member_rows), 200) if same_dataset else 0)
-    found, distances = index.search(queries, each)
+    # Members' vectors a block at a time: a collection may hold a good part of a large set.
+    query_rows = np.sort(member_rows)
+    found = np.empty((len(query_rows), each), dtype=np.int64)
+    distances = np.empty((len(query_rows), each), dtype=np.float32)
+    for start in range(0, len(query_rows), BLOCK_ROWS):
+        stop = start + BLOCK_ROWS
+        found[start:stop], distances[start:stop] = index.search(
+            source.vectors[query_rows[start:stop]], each
+        )
     member_ids = np.asarray(members.ids, dtype=object)[np.argsort(member_rows)]
     # Every (candidate, distance, member) hit, then each candidate's nearest member: the first
     # hit of the candidate in (distance, query) order. Vectorised: a big collection has

@@ -33,11 +33,10 @@ _CONTENT_ADDRESSED = re.compile(r"(?:^|/)images/[0-9a-f]{2}/([0-9a-f]{64})\.[^/]
 def content_hashes(paths: Sequence[object] | pd.Series) -> np.ndarray:
     """The SHA-256 of each stored image, from its content-addressed path (None when the sample
     has no stored image, e.g. an embeddings-only dataset)."""
-    hashes = []
-    for path in paths:
-        match = _CONTENT_ADDRESSED.search(path) if isinstance(path, str) else None
-        hashes.append(match.group(1) if match else None)
-    return np.asarray(hashes, dtype=object)
+    # pandas' vectorised regex: 1M paths in about a second instead of five in a Python loop.
+    text = pd.Series(paths, dtype=object).astype("string")
+    found = text.str.extract(_CONTENT_ADDRESSED, expand=False)
+    return found.astype(object).where(found.notna(), None).to_numpy()
 
 
 def exact_duplicates(ds: Dataset) -> pd.DataFrame:
@@ -119,10 +118,9 @@ def save_split_column(ds: Dataset, plan: SplitPlan, column: str = "clean_split")
     if column in ("split", "sample_id", "path", "label", "source"):
         raise StoreError(f"{column!r} is one of the dataset's own columns; pick a new name")
     samples = ds.samples()
-    clean = dict(zip(plan.sample_ids, plan.result.splits, strict=True))
-    samples[column] = [
-        clean.get(sample_id, split)
-        for sample_id, split in zip(samples["sample_id"].astype(str), samples["split"], strict=True)
-    ]
+    position = pd.Index(plan.sample_ids).get_indexer(samples["sample_id"].astype(str))
+    # Position -1 (not in the plan) picks the appended None, and np.where the sample's own split.
+    clean = np.concatenate([plan.result.splits, np.array([None], dtype=object)])[position]
+    samples[column] = np.where(position >= 0, clean, samples["split"].to_numpy(dtype=object))
     ds.write_samples(samples)
     return plan.result.n_moved

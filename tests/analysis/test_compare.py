@@ -188,6 +188,38 @@ def test_same_seed_same_result_and_float16_memmap_input(tmp_path):
     np.testing.assert_array_equal(first.current_clusters, second.current_clusters)
 
 
+def test_row_subsets_of_a_reader_in_small_blocks_equal_in_memory_sides(monkeypatch):
+    """Both sides as views of one store-like reader (as the dataset workflow passes them), read
+    and clustered 64 rows at a time, give the in-memory sides' result exactly."""
+    from analysis import blocks
+    from analysis import compare as compare_module
+    from analysis.rows import RowSubset
+    from tests.analysis.readers import StrictReader
+
+    reference, current = shifted_gaussians(700, 300, shift=0.4, dim=16)
+    pooled = np.vstack([reference, current])
+    order = np.random.default_rng(0).permutation(len(pooled))
+    position = np.argsort(order)  # pooled row i is stored at row position[i]
+    stored = StrictReader(pooled[order])
+    whole = compare(reference, current, n_permutations=99, n_clusters=5, random_state=2)
+    monkeypatch.setattr(compare_module, "BLOCK_ROWS", 64)
+    monkeypatch.setattr(blocks, "BLOCK_ROWS", 64)
+    views = compare(
+        RowSubset(stored, position[:700]),
+        RowSubset(stored, position[700:]),
+        n_permutations=99,
+        n_clusters=5,
+        random_state=2,
+    )
+    assert stored.largest_read <= 64
+    assert (views.p_value, views.statistic) == (whole.p_value, whole.statistic)
+    np.testing.assert_array_equal(views.reference_clusters, whole.reference_clusters)
+    np.testing.assert_array_equal(views.current_clusters, whole.current_clusters)
+    np.testing.assert_array_equal(views.nearest_reference, whole.nearest_reference)
+    np.testing.assert_allclose(views.novelty_distance, whole.novelty_distance, rtol=1e-6)
+    assert [c.to_dict() for c in views.clusters] == [c.to_dict() for c in whole.clusters]
+
+
 # --------------------------------------------------------------------------- novelty
 
 

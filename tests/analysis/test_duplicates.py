@@ -3,9 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from analysis import duplicates
 from analysis.blocks import l2_normalize
 from analysis.duplicates import DuplicateResult, auto_threshold, find_duplicates
 from analysis.knn import build_knn_graph
+from tests.analysis.readers import StrictReader
 from tests.analysis.synthetic import clustered_embeddings
 
 
@@ -128,3 +130,26 @@ def test_tiny_and_degenerate_sets() -> None:
     graph = build_knn_graph(np.eye(3), n_neighbors=2)
     threshold, _ = auto_threshold(graph)
     assert threshold >= 0.0
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_verification_in_small_blocks_of_a_reader_equals_one_block_in_memory(
+    planted, monkeypatch: pytest.MonkeyPatch, metric: str
+) -> None:
+    """Pairs verified 5 at a time (the group of 21 alone has 210), reading rows from the
+    store-like reader, give the same pairs, distances and groups as one in-memory block."""
+    data, splits, _ = planted
+    graph = build_knn_graph(data, n_neighbors=15, metric=metric)
+    # The copies keep their vector's norm: Euclidean distance = norm * sqrt(2 * cosine distance).
+    norm = float(np.median(np.linalg.norm(data, axis=1)))
+    threshold = 0.012 if metric == "cosine" else norm * np.sqrt(2 * 0.012)
+    whole = find_duplicates(data, graph=graph, threshold=threshold, splits=splits)
+    monkeypatch.setattr(duplicates, "PAIR_BLOCK_ELEMENTS", 10 * data.shape[1])
+    reader = StrictReader(data)
+    blocked = find_duplicates(reader, graph=graph, threshold=threshold, splits=splits)
+    assert len(whole.pairs) >= 210 + 20
+    assert reader.largest_read <= 10
+    np.testing.assert_array_equal(blocked.pairs, whole.pairs)
+    np.testing.assert_array_equal(blocked.distances, whole.distances)
+    np.testing.assert_array_equal(blocked.group_labels, whole.group_labels)
+    np.testing.assert_array_equal(blocked.cross_split, whole.cross_split)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -52,6 +53,21 @@ def test_encode_labels_mixed_types() -> None:
     codes, classes = encode_labels([3, "3", None, np.nan, "cat", ""])
     assert classes.tolist() == ["3", "cat"]
     assert codes.tolist() == [0, 0, -1, -1, 1, -1]
+
+
+def test_encode_labels_matches_a_per_label_lookup_on_many_labels() -> None:
+    """The vectorised encoding (no Python object per label) agrees with the plain definition:
+    str() of each label, sorted classes, -1 for None, NaN, pandas NA and ""."""
+    rng = np.random.default_rng(0)
+    pool = np.array([None, np.nan, pd.NA, "", "cat", "dog", 3, "3", 2.5, True, "é"], dtype=object)
+    labels = pool[rng.integers(len(pool), size=2000)]
+    codes, classes = encode_labels(labels)
+    missing = [value is None or value is pd.NA or value != value or value == "" for value in labels]
+    texts = [str(value) for value, gone in zip(labels, missing, strict=True) if not gone]
+    assert classes.tolist() == sorted(set(texts))
+    lookup = {label: code for code, label in enumerate(classes)}
+    expected = [-1 if gone else lookup[str(v)] for v, gone in zip(labels, missing, strict=True)]
+    assert codes.tolist() == expected and codes.dtype == np.int64
 
 
 def test_neighbours_without_labels_give_the_prior() -> None:

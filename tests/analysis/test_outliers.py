@@ -4,15 +4,19 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from analysis import blocks, outliers
+from analysis.blocks import l2_normalize
 from analysis.knn import build_knn_graph
 from analysis.outliers import (
     SCORERS,
     OutlierResult,
     flag_threshold,
+    knn_global_scores,
     register_scorer,
     score_outliers,
 )
 from registry import UnknownNameError
+from tests.analysis.readers import StrictReader
 from tests.analysis.synthetic import clustered_embeddings
 
 
@@ -182,3 +186,37 @@ def test_default_rule_record_and_the_fixed_rule_on_request() -> None:
     assert local.params["rule"].startswith("median + z * robust_sd")
     stricter = score_outliers(x, method="knn_local", fdr=0.001)
     assert stricter.threshold > score_outliers(x, method="knn_local").threshold
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_knn_global_in_blocks_of_a_reader_equals_all_pairs_in_memory(
+    monkeypatch: pytest.MonkeyPatch, metric: str
+) -> None:
+    """700 rows in blocks of 64, read from the store-like reader (never whole), give the
+    definition computed from the full distance matrix: each row's mean distance to its 5
+    nearest members of each of 10 random 256-row subsamples, itself excluded."""
+    x, _ = clustered_embeddings(700, dim=24, seed=4)
+    graph = build_knn_graph(x, n_neighbors=10, metric=metric)
+    rng = np.random.default_rng(1)
+    members = [np.sort(rng.choice(len(x), 256, replace=False)) for _ in range(10)]
+    if metric == "cosine":
+        unit = l2_normalize(x).astype(np.float64)
+        all_pairs = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+    else:
+        wide = x.astype(np.float64)
+        all_pairs = np.linalg.norm(wide[:, None, :] - wide[None, :, :], axis=2)
+    expected = np.zeros(len(x))
+    for rows in members:
+        distances = all_pairs[:, rows]
+        distances[rows, np.arange(len(rows))] = np.inf
+        expected += np.sort(distances, axis=1)[:, :5].mean(axis=1) / len(members)
+    monkeypatch.setattr(outliers, "BLOCK_ROWS", 64)
+    monkeypatch.setattr(blocks, "BLOCK_ROWS", 64)
+    reader = StrictReader(x)
+    scores = knn_global_scores(graph, reader, random_state=1)
+    np.testing.assert_allclose(scores, expected, atol=2e-5)
+    assert reader.largest_read <= 64
+    np.testing.assert_array_equal(
+        score_outliers(reader, graph=graph, random_state=1).flagged,
+        score_outliers(x, graph=graph, random_state=1).flagged,
+    )

@@ -10,6 +10,7 @@ from analysis.projection import (
     project,
     trustworthiness_score,
 )
+from tests.analysis.readers import StrictReader
 from tests.analysis.synthetic import clustered_embeddings
 
 
@@ -62,6 +63,39 @@ def test_fit_on_sample_flags_every_transformed_point() -> None:
     nearest_fitted = fitted[gaps.argmin(axis=1)]
     assert (clusters[nearest_fitted] == clusters[moved]).mean() >= 0.95
     assert result.trustworthiness >= 0.8
+
+
+def test_a_sampled_map_of_a_reader_in_small_blocks_and_chunks_is_as_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store-like reader, read 64 rows at a time (only the fitted sample is read for the
+    layout), with the 900 other points placed 64 at a time: as faithful as the in-memory map
+    in one block and one chunk (UMAP's layout is not reproducible across block sizes: PCA
+    scores differ in the last bits)."""
+    import analysis.projection as projection
+    from analysis import blocks, knn
+    from analysis import pca as pca_module
+
+    x, clusters = clustered_embeddings(1500, dim=32, n_clusters=4, seed=2)
+    graph = build_knn_graph(x, n_neighbors=15)
+    maps = {"in memory": project(x, graph=graph, max_fit_samples=600)}
+    for module in (blocks, knn, pca_module):
+        monkeypatch.setattr(module, "BLOCK_ROWS", 64)
+    monkeypatch.setattr(projection, "PLACE_CHUNK", 64)
+    reader = StrictReader(x)
+    maps["blocks"] = project(reader, graph=graph, max_fit_samples=600)
+    assert reader.largest_read <= 64
+    np.testing.assert_array_equal(
+        maps["blocks"].transformed_mask, maps["in memory"].transformed_mask
+    )
+    for result in maps.values():
+        moved = np.flatnonzero(result.transformed_mask)
+        fitted = np.flatnonzero(~result.transformed_mask)
+        gaps = np.linalg.norm(result.coords[moved, None] - result.coords[None, fitted], axis=2)
+        assert (clusters[fitted[gaps.argmin(axis=1)]] == clusters[moved]).mean() >= 0.95
+        assert result.params["seconds_place"] >= 0.0
+    trust = {name: result.trustworthiness for name, result in maps.items()}
+    assert abs(trust["blocks"] - trust["in memory"]) <= 0.02, trust
 
 
 @pytest.mark.parametrize("n_samples", [2, 10, 20])

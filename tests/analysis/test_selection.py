@@ -242,6 +242,49 @@ def test_blocked_k_center_equals_naive_in_memory_greedy(fmnist, monkeypatch, tmp
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_many_seeds_stream_past_few_candidates_from_a_reader(fmnist, monkeypatch, metric):
+    """4,000 seeds and 300 candidates, read from the store-like reader 64 rows at a time (never
+    copied whole): the candidates sit in memory, the seeds stream past them 50 at a time, and
+    the distances to the nearest seed and the k-center picks are the all-pairs oracle's."""
+    from analysis import blocks
+    from tests.analysis.readers import StrictReader
+
+    embeddings, _ = fmnist
+    candidates, seeds = np.arange(300), np.arange(300, 4300)
+    monkeypatch.setattr(selection, "COVERAGE_BLOCK_ELEMENTS", 300 * 50)
+    monkeypatch.setattr(selection, "BLOCK_ROWS", 64)
+    monkeypatch.setattr(blocks, "BLOCK_ROWS", 64)
+    reader = StrictReader(embeddings)
+    result = select_samples(
+        reader, 20, method="k-center", candidates=candidates, already_selected=seeds, metric=metric
+    )
+    assert reader.largest_read <= len(candidates)  # the candidates in memory; seeds in blocks
+    wide = embeddings[: len(candidates) + len(seeds)].astype(np.float64)
+    if metric == "cosine":
+        wide /= np.linalg.norm(wide, axis=1, keepdims=True)
+        all_pairs = np.clip(1.0 - wide @ wide.T, 0.0, 2.0)
+    else:
+        squared = (wide**2).sum(axis=1)
+        all_pairs = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * wide @ wide.T, 0))
+    distance = all_pairs[np.ix_(candidates, seeds)].min(axis=1)
+    assert result.initial_radius == pytest.approx(distance.max(), rel=1e-5)
+    assert result.initial_mean_distance == pytest.approx(distance.mean(), rel=1e-5)
+    picks = []
+    for _ in range(20):
+        picks.append(int(np.argmax(distance)))
+        distance = np.minimum(distance, all_pairs[candidates, picks[-1]])
+    np.testing.assert_array_equal(result.selected, picks)
+    np.testing.assert_allclose(result.distances[candidates], distance, rtol=1e-5, atol=2e-6)
+    in_memory = select_samples(
+        embeddings, 10, candidates=candidates, already_selected=seeds, metric=metric
+    )
+    from_reader = select_samples(
+        reader, 10, candidates=candidates, already_selected=seeds, metric=metric
+    )
+    np.testing.assert_array_equal(from_reader.selected, in_memory.selected)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_pca_pruned_k_center_equals_naive_greedy(fmnist, monkeypatch, metric):
     """With enough candidates and picks, a PCA copy skips rows that cannot come closer: the same
     picks. Blocks of 700 rows, some read whole (many rows may come closer), some gathered."""

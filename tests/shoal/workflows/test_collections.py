@@ -66,6 +66,17 @@ def test_in_its_own_dataset_members_are_never_found_again(workspace: Workspace) 
     assert (found["label"] == str(SANDAL)).mean() >= 0.8
 
 
+def test_members_read_in_small_blocks_give_the_same_list(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shoal.workflows.collections as collections
+
+    whole = grow(workspace.open("labelled"), "sandals", target=workspace.open("pool"), k=30)
+    monkeypatch.setattr(collections, "BLOCK_ROWS", 4)  # 15 members: four blocks
+    blocked = grow(workspace.open("labelled"), "sandals", target=workspace.open("pool"), k=30)
+    pd.testing.assert_frame_equal(blocked, whole)
+
+
 def test_sets_from_different_models_are_refused(
     workspace: Workspace, tmp_path: Path, real: dict[str, np.ndarray]
 ) -> None:

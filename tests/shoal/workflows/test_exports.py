@@ -135,3 +135,32 @@ def test_a_parquet_export_can_carry_the_vectors(
     np.testing.assert_allclose(np.stack(table["embedding"]), real["fmnist"][[7, 2]])
     with pytest.raises(StoreError, match="go into a .parquet"):
         export_table(ws.open("vec"), ids, tmp_path / "v.csv", with_embeddings=True)
+
+
+def test_vectors_are_written_a_row_group_at_a_time(
+    tmp_path: Path, real: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of 3 rows (three row groups for 7 samples, asked for out of order): the same
+    table and vectors as one block, and only one block of vectors in memory at a time."""
+    import pyarrow.parquet as pq
+
+    import shoal.workflows.exports as exports
+    from shoal.ingest.embeddings import create_from_embeddings
+
+    np.save(tmp_path / "e.npy", real["fmnist"][:20])
+    ws = Workspace(tmp_path / "ws")
+    create_from_embeddings(ws, "vec", tmp_path / "e.npy")
+    ids = ["row-7", "row-2", "row-19", "row-0", "row-5", "row-11", "row-3"]
+    whole = pd.read_parquet(
+        export_table(ws.open("vec"), ids, tmp_path / "a.parquet", with_embeddings=True)
+    )
+    monkeypatch.setattr(exports, "BLOCK_ROWS", 3)
+    out = export_table(ws.open("vec"), ids, tmp_path / "b.parquet", with_embeddings=True)
+    assert pq.ParquetFile(out).metadata.num_row_groups == 3
+    blocked = pd.read_parquet(out)
+    pd.testing.assert_frame_equal(
+        blocked.drop(columns="embedding"), whole.drop(columns="embedding")
+    )
+    rows = [int(i.split("-")[1]) for i in ids]
+    np.testing.assert_array_equal(np.stack(blocked["embedding"]), real["fmnist"][rows])
+    assert blocked["sample_id"].tolist() == ids
