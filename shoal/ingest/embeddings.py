@@ -32,6 +32,7 @@ from shoal.ingest.publish import (
     staging,
 )
 from shoal.store import Dataset, EmbeddingInfo, StoreError, Workspace, validate_name
+from shoal.store.vectors import read_npy_header
 
 USER_MODEL = "user-provided"
 PathLike = str | os.PathLike[str]
@@ -242,14 +243,7 @@ def _open_npy(path: Path) -> EmbeddingsFile:
     _check_npy_magic(path)
     try:
         with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(handle)
-            offset = handle.tell()
+            shape, fortran, dtype, offset = read_npy_header(handle)
     except ValueError as error:
         raise EmbeddingFileError(
             f"{path.name} is truncated or damaged ({error_text(error, path)}); {SAVE_NPY}"

@@ -54,14 +54,7 @@ class VectorFile:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         with open(self.path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(handle)
-            offset = handle.tell()
+            shape, fortran, dtype, offset = read_npy_header(handle)
             if fortran or len(shape) != 2 or dtype not in (np.float32, np.float16):
                 raise ValueError(
                     f"{self.path} holds a {dtype} array of shape {shape}"
@@ -142,6 +135,19 @@ class VectorFile:
         """Hand every page read so far back to the page cache (the resident set drops)."""
         if self._map is not None:
             release_pages(self._map)
+
+
+def read_npy_header(handle: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """``(shape, fortran_order, dtype, data_offset)`` of the ``.npy`` file open in ``handle``
+    (read from its header alone; ValueError when it is not one)."""
+    version = np.lib.format.read_magic(handle)
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran, dtype = read_header(handle)
+    return shape, fortran, dtype, handle.tell()
 
 
 def release_pages(mapping: mmap.mmap) -> None:
