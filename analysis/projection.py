@@ -51,6 +51,8 @@ PLACE_CHUNK = 200_000
 #: Global trustworthiness is computed on a random sample of this size (it needs all pairwise
 #: distances of the sample); the result says when it was sampled.
 TRUSTWORTHINESS_SAMPLE = 5_000
+#: Points per block of the neighbourhood-preservation pass (its map neighbour lists).
+PRESERVATION_BLOCK = 65_536
 #: Neighbours used by trustworthiness (as in umap-learn's own trustworthiness tests).
 TRUSTWORTHINESS_NEIGHBORS = 10
 #: Below this many samples UMAP's graph layout is not meaningful; a PCA map is returned instead.
@@ -527,13 +529,19 @@ def neighborhood_preservation(graph: KnnGraph, coords: np.ndarray) -> np.ndarray
         return np.ones(n_samples, dtype=np.float32)
     from scipy.spatial import cKDTree
 
-    tree = cKDTree(np.asarray(coords, dtype=np.float64))
-    _, found = tree.query(coords, k=min(k + 1, n_samples))
-    found = np.asarray(found, dtype=np.int64).reshape(n_samples, -1)
-    map_neighbors, _ = drop_self_matches(
-        found, np.zeros(found.shape, np.float32), np.arange(n_samples), k
-    )
+    points = np.asarray(coords, dtype=np.float64)
+    tree = cKDTree(points)
     shared = np.zeros(n_samples, dtype=np.float32)
-    for column in range(k):
-        shared += (map_neighbors == graph.indices[:, column][:, None]).any(axis=1)
+    # Rows in blocks: the map's neighbour lists of a million points would take 600 MB at once.
+    for start in range(0, n_samples, PRESERVATION_BLOCK):
+        stop = min(n_samples, start + PRESERVATION_BLOCK)
+        _, found = tree.query(points[start:stop], k=min(k + 1, n_samples), workers=-1)
+        found = np.asarray(found, dtype=np.int64).reshape(stop - start, -1)
+        map_neighbors, _ = drop_self_matches(
+            found, np.zeros(found.shape, np.float32), np.arange(start, stop), k
+        )
+        for column in range(k):
+            shared[start:stop] += (map_neighbors == graph.indices[start:stop, column][:, None]).any(
+                axis=1
+            )
     return shared / k

@@ -115,6 +115,20 @@ def test_neighborhood_preservation_oracle() -> None:
     assert neighborhood_preservation(graph, shuffled).mean() < 0.2
 
 
+def test_neighborhood_preservation_in_blocks_equals_one_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import analysis.projection as projection
+
+    x, _ = clustered_embeddings(700, dim=16, seed=6)
+    graph = build_knn_graph(x, n_neighbors=10)
+    coords = x[:, :2] + np.random.default_rng(0).normal(scale=0.5, size=(700, 2))
+    whole = neighborhood_preservation(graph, coords)
+    monkeypatch.setattr(projection, "PRESERVATION_BLOCK", 64)
+    np.testing.assert_array_equal(neighborhood_preservation(graph, coords), whole)
+    assert 0.0 < whole.mean() < 1.0
+
+
 def test_trustworthiness_sampled_above_limit() -> None:
     x, _ = clustered_embeddings(700, dim=8, seed=3)
     value, size = trustworthiness_score(x, x[:, :2], sample_size=300)
