@@ -24,7 +24,7 @@ import numpy as np
 from real_data import RESULTS, load_real  # a sibling; it puts the repository on sys.path
 
 from analysis.knn import build_knn_graph
-from analysis.outliers import SCORERS, score_outliers
+from analysis.outliers import DEFAULT_METHOD, SCORERS, score_outliers
 
 OUT = RESULTS / "outliers_vs_cleanlab.json"
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sklearn.metrics import roc_auc_score
 
     real = load_real()
-    methods = ["knn", *sorted(m for m in SCORERS if m != "knn")]
+    methods = [DEFAULT_METHOD, *sorted(m for m in SCORERS if m != DEFAULT_METHOD)]
     rows = []
     started = time.perf_counter()
     for name, kind, clump, total in SCENARIOS:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
             for method in methods:
                 result = score_outliers(x, graph=graph, method=method, random_state=seed)
                 aurocs[method].append(roc_auc_score(truth, result.scores))
-                if method == "knn":
+                if method == DEFAULT_METHOD:
                     flagged_true.append(result.flagged[truth].mean())
                     flagged_clean.append(result.flagged[~truth].mean())
             with warnings.catch_warnings():

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from analysis.outliers import DEFAULT_METHOD
 from shoal.app import thumbnails
 from shoal.store import Dataset, Workspace
 from shoal.workflows import analyse
@@ -123,7 +124,7 @@ def leak_free(
 
 @st.cache_data(show_spinner="Scoring outliers…", max_entries=16)
 def outliers(
-    _ds: Dataset, dataset_key: str, embedding: str, version: str, method: str = "knn"
+    _ds: Dataset, dataset_key: str, embedding: str, version: str, method: str = DEFAULT_METHOD
 ) -> OutlierResult:
     return analyse.outliers(_ds, embedding, method=method).result
 

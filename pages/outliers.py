@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.outliers import SCORERS
+from analysis.outliers import DEFAULT_METHOD, SCORERS
 from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
@@ -92,8 +92,8 @@ def evidence_row(
 
 if section == "outliers":
     methods = sorted(SCORERS)
-    if ui.url_state("method", "outliers_method", "knn") not in methods:
-        st.session_state["outliers_method"] = "knn"
+    if ui.url_state("method", "outliers_method", DEFAULT_METHOD) not in methods:
+        st.session_state["outliers_method"] = DEFAULT_METHOD
     method = st.selectbox(
         "Scorer",
         methods,

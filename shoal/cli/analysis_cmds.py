@@ -17,7 +17,7 @@ from shoal.cli._util import CliError, add_command, print_json, workspace
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    from analysis.outliers import SCORERS
+    from analysis.outliers import DEFAULT_METHOD, SCORERS
     from analysis.projection import METHODS as PROJECTION_METHODS
 
     def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
@@ -51,7 +51,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "outliers", "Score and flag unusual samples (higher score = more anomalous).", cmd_outliers
     )
     p.add_argument(
-        "--method", choices=sorted(SCORERS), default="knn", help="scorer (default: %(default)s)"
+        "--method",
+        choices=sorted(SCORERS),
+        default=DEFAULT_METHOD,
+        help="scorer (default: %(default)s)",
     )
     p.add_argument(
         "--threshold", type=float, help="flag scores above this instead of the robust rule"

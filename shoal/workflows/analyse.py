@@ -27,7 +27,7 @@ import pandas as pd
 from analysis.duplicates import DuplicateResult, find_duplicates
 from analysis.knn import EXACT_MAX_SAMPLES, KnnGraph, NeighborIndex, build_knn_graph
 from analysis.mislabels import MislabelResult, score_mislabels
-from analysis.outliers import DEFAULT_FDR, OutlierResult, score_outliers
+from analysis.outliers import DEFAULT_FDR, DEFAULT_METHOD, OutlierResult, score_outliers
 from analysis.projection import Projection
 from analysis.projection import project as project_embeddings
 from analysis.similar import SimilarResult, search_similar
@@ -126,7 +126,7 @@ def outliers(
     ds: Dataset,
     embedding: str | None = None,
     *,
-    method: str = "knn",
+    method: str = DEFAULT_METHOD,
     n_neighbors: int = GRAPH_NEIGHBORS,
     threshold: float | None = None,
     fdr: float = DEFAULT_FDR,

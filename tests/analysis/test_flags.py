@@ -71,33 +71,55 @@ def test_the_cut_follows_contamination(planted: Planted) -> None:
     assert sparse.flagged[sparse_truth].mean() >= 0.9
 
 
-def assert_precise_wherever_flags_fire(
+def assert_no_crowd_of_false_flags(
     planted: Planted, source: str, shares: tuple[float, ...], seed: int
 ) -> None:
+    """At most 1% of the ordinary samples flagged (the budget of a set with nothing planted),
+    never more flags than twice the planted share, and where the rule flags more than a handful
+    (0.5%), mostly right ones."""
     for layout in ("scattered", "clumped"):
         for share in shares:
             truth, result = planted(source, layout, share, seed)
             precision, _, flagged_share = precision_recall(result.flagged, truth)
             assert flagged_share <= 2 * share
-            if result.flagged.any():
+            assert result.flagged[~truth].mean() <= 0.01, (layout, share, seed)
+            if flagged_share > 0.005:
                 assert precision >= 0.5, (layout, share, seed, precision)
 
 
-@pytest.mark.parametrize("source", ["digits", "held-out", "mixed"])
-def test_flags_are_precise_wherever_they_fire(planted: Planted, source: str) -> None:
-    # Digits and held-out classes mostly sit inside the inliers' own tail (the benchmark shows
+@pytest.mark.parametrize("share", [0.005, 0.01, 0.02])
+@pytest.mark.parametrize("layout", ["scattered", "clumped"])
+def test_scanned_digits_are_flagged_up_to_two_percent(
+    real: dict[str, np.ndarray], layout: str, share: float
+) -> None:
+    # Digits sit inside the garments' upper tail of every kNN score (no threshold on the earlier
+    # two-scale score reached precision and recall 0.5 at 0.5%); off the garments' principal
+    # axes they stand out, which the Mahalanobis part of the default score measures.
+    vectors, truth = planted_outliers(real, "digits", layout, share, 0)
+    graph = build_knn_graph(vectors, n_neighbors=15)
+    result = score_outliers(vectors, graph=graph)
+    assert roc_auc_score(truth, result.scores) >= 0.99
+    precision, recall, _ = precision_recall(result.flagged, truth)
+    assert precision >= 0.5 and recall >= 0.5, (precision, recall)
+    two_scale = score_outliers(vectors, graph=graph, method="knn")
+    assert two_scale.flagged[truth].mean() < 0.5
+
+
+@pytest.mark.parametrize("source", ["held-out", "mixed"])
+def test_no_crowd_of_false_flags(planted: Planted, source: str) -> None:
+    # Held-out Fashion-MNIST classes mostly sit inside the inliers' own tail (the benchmark shows
     # no threshold reaches precision and recall 0.5 there): the rule must not flag a crowd of
-    # ordinary samples instead.
-    assert_precise_wherever_flags_fire(planted, source, (0.01, 0.05), seed=0)
+    # ordinary samples instead (it flags 0 to 5 of them: garments odd within their class).
+    assert_no_crowd_of_false_flags(planted, source, (0.01, 0.05), seed=0)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 @pytest.mark.parametrize("source", ["digits", "held-out", "mixed"])
-def test_flags_are_precise_wherever_they_fire_more_seeds(
+def test_no_crowd_of_false_flags_more_seeds(
     planted: Planted, source: str, seed: int
 ) -> None:
-    assert_precise_wherever_flags_fire(planted, source, SHARES, seed=seed)
+    assert_no_crowd_of_false_flags(planted, source, SHARES, seed=seed)
 
 
 def test_real_sets_with_nothing_planted_flag_at_most_one_percent(

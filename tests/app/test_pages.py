@@ -147,13 +147,13 @@ def test_outlier_threshold_shows_on_a_histogram_and_moves_with_the_link(
     at = open_app(sample_ws, monkeypatch, page="pages/outliers.py").run()
     assert_clean(at)
     assert at.get("plotly_chart"), "the score histogram"
-    assert at.toggle(key="outliers_cut_auto_knn").value is True
+    assert at.toggle(key="outliers_cut_auto_ensemble").value is True
     assert "cut" not in at.query_params
     cut = float(np.quantile(scores, 0.9))
     at = open_app(sample_ws, monkeypatch, page="pages/outliers.py", cut=str(cut)).run()
     assert_clean(at)
-    assert at.toggle(key="outliers_cut_auto_knn").value is False
-    expected = int((scores > at.slider(key="outliers_cut_slider_knn").value).sum())
+    assert at.toggle(key="outliers_cut_auto_ensemble").value is False
+    expected = int((scores > at.slider(key="outliers_cut_slider_ensemble").value).sum())
     captions = " ".join(c.value for c in at.caption)
     assert f"**{expected:,}** of {len(scores):,} samples flagged" in captions
     assert "your threshold" in captions and float(at.query_params["cut"]) == pytest.approx(cut)
