@@ -14,6 +14,7 @@ from pages import _loaders as loaders
 from pages import _widgets as widgets
 from shoal import jobs
 from shoal.app.text import escape_markdown
+from shoal.store.collections import Collections
 
 st.set_page_config(
     page_title="Shoal", page_icon="🐟", layout="wide", initial_sidebar_state="expanded"
@@ -49,6 +50,7 @@ if st.session_state.setdefault("_url_initial_page", page.url_path) != page.url_p
 def _pick_dataset() -> None:
     st.session_state["dataset"] = st.session_state["_dataset_picker"]
     st.session_state["embedding"] = None
+    st.session_state["collection"] = None  # collections belong to one dataset
 
 
 def _pick_level() -> None:
@@ -60,6 +62,13 @@ def _pick_level() -> None:
 
 def _pick_embedding() -> None:
     st.session_state["embedding"] = st.session_state["_embedding_picker"]
+
+
+def _pick_collection() -> None:
+    st.session_state["collection"] = st.session_state["_collection_picker"] or None
+
+
+unknown_collection = None
 
 
 with st.sidebar:
@@ -94,6 +103,25 @@ with st.sidebar:
             st.selectbox(
                 "Embedding set", embeddings, key="_embedding_picker", on_change=_pick_embedding
             )
+        collections = {c.name: c for c in Collections(dataset).list()}
+        if st.session_state["collection"] not in (None, *collections):
+            unknown_collection = st.session_state["collection"]
+            st.session_state["collection"] = None
+        if collections:
+            # "" stands for none: a selectbox shows None as "Choose an option".
+            st.session_state["_collection_picker"] = st.session_state["collection"] or ""
+            st.selectbox(
+                "Collection",
+                ["", *collections],
+                format_func=lambda name: (
+                    f"{name} ({collections[name].size:,} {collections[name].level}s)"
+                    if name
+                    else "none: all samples"
+                ),
+                key="_collection_picker",
+                on_change=_pick_collection,
+                help="Show only this collection's samples on every page (and in the share link).",
+            )
     else:
         st.caption("No datasets yet.")
     job_id = st.session_state.get("job_id")
@@ -105,6 +133,13 @@ with st.sidebar:
             st.session_state["job_id"] = None
     share_slot = st.empty()
 
+if unknown_collection is not None:
+    st.warning(
+        "Ignored the link's "
+        + escape_markdown(f"collection={unknown_collection}")
+        + f": no such collection in {escape_markdown(st.session_state['dataset'])}."
+    )
+
 try:
     with ui.entrypoint_run():
         page.run()
@@ -114,6 +149,6 @@ finally:
     ui.write_url()
     with share_slot.container(), st.expander("Share this view", icon=":material/link:"):
         st.caption(
-            "Anyone with access who opens this link sees the same dataset, page, colouring, selection and query."
+            "Anyone with access who opens this link sees the same dataset, page, collection, colouring, selection and query."
         )
         st.code(ui.share_link(page.url_path), language=None, wrap_lines=True)

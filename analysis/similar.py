@@ -96,7 +96,7 @@ def search_similar(
     rows: Sequence[int] | np.ndarray | None = None,
     vector: np.ndarray | None = None,
     k: int = 50,
-    exclude: Sequence[int] | None = None,
+    exclude: Sequence[int] | np.ndarray | None = None,
 ) -> SimilarResult:
     """Top-``k`` samples nearest to ``rows`` (their mean direction) or to ``vector`` (dim,).
 
@@ -116,7 +116,10 @@ def search_similar(
         if not np.isfinite(query).all():
             raise ValueError("query vector contains NaN or inf")
     excluded = np.unique(
-        np.r_[np.asarray(query_rows, np.int64), np.asarray(exclude or [], np.int64)]
+        np.r_[
+            np.asarray(query_rows, np.int64),
+            np.asarray([] if exclude is None else exclude, np.int64),
+        ]
     )
     k = int(max(0, min(k, index.n_reference - len(excluded))))
     indices, distances = index.search(query, k, exclude=excluded)

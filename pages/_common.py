@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -32,12 +33,20 @@ from shoal import jobs
 from shoal.app.selection import page_base_url, share_url
 from shoal.app.text import escape_markdown, visitor_error
 from shoal.store import Dataset, DatasetNotFoundError, StoreError
+from shoal.store.collections import CollectionNotFoundError, Collections
 
 #: Analyses of sets up to this size run in the web process; larger ones go to a background job.
 INLINE_MAX_SAMPLES = 5_000
 
 #: ``level`` is None (images) or "object" (the boxes of a detection dataset).
-GLOBAL_PARAMS = {"ds": "dataset", "emb": "embedding", "job": "job_id", "level": "level"}
+#: ``collection`` names a saved collection of the dataset: every page then shows its members only.
+GLOBAL_PARAMS = {
+    "ds": "dataset",
+    "emb": "embedding",
+    "job": "job_id",
+    "level": "level",
+    "collection": "collection",
+}
 
 
 APP_FILE = Path(__file__).resolve().parents[1] / "app.py"
@@ -373,6 +382,51 @@ def page_data(*, level: str | None = None, analysis: str | None = None) -> PageD
     if analysis is not None and not request_analysis(ds, embedding, len(samples), what=analysis):
         stop()
     return PageData(ds, embedding, key, stamp, embedding_version(ds, embedding), samples)
+
+
+# --------------------------------------------------------------------------- collections
+
+
+class CollectionFilter(NamedTuple):
+    """The sidebar's collection (``?collection=NAME``) as a filter on the page's rows."""
+
+    name: str
+    mask: np.ndarray  # (n_rows,) bool over the page's rows (embedding order)
+    level: str  # what the collection holds: "sample" or "object"
+    row_kind: str  # what the page's rows are: "samples" or "objects"
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.flatnonzero(self.mask)
+
+    def describe(self) -> str:
+        """A caption such as "Collection **x**: showing its 12 of 400 samples" (markdown)."""
+        return (
+            f"Collection **{escape_markdown(self.name)}**: showing its {int(self.mask.sum()):,} "
+            f"of {len(self.mask):,} {self.row_kind}"
+        )
+
+
+def collection_filter(data: PageData) -> CollectionFilter | None:
+    """The collection chosen in the sidebar (or the link) over ``data``'s rows, or None."""
+    name = st.session_state.get("collection")
+    if not name:
+        return None
+    try:
+        collection = Collections(data.ds).get(name)
+    except (CollectionNotFoundError, StoreError) as error:
+        st.warning(visitor_error(error))
+        return None
+    mask = loaders.collection_mask(
+        data.ds, data.dataset_key, data.stamp, data.embedding, name, collection.updated_at
+    )
+    row_kind = "objects" if "object_id" in data.samples else "samples"
+    return CollectionFilter(name, mask, collection.level, row_kind)
+
+
+def collections_stamp(ds: Dataset) -> str:
+    """Changes whenever any collection of ``ds`` changes (cache key of a filter naming one)."""
+    return "|".join(f"{c.name}:{c.updated_at}" for c in Collections(ds).list())
 
 
 # --------------------------------------------------------------------------- analyses

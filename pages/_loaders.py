@@ -85,8 +85,10 @@ def picks(
     n_select: int,
     where: str | None,
     novel_vs: str,
+    collections_stamp: str = "",
 ) -> pd.DataFrame:
-    """The selection's table (pick order): see shoal.workflows.selection.select."""
+    """The selection's table (pick order): see shoal.workflows.selection.select.
+    ``collections_stamp``: the state of the collections a filter names (cache key only)."""
     from shoal.workflows.selection import select
 
     return select(_ds, n_select, embedding, where=where, novel_vs=novel_vs).to_frame()
@@ -150,7 +152,9 @@ def comparison(
     reference: str,
     current: str | None,
     method: str,
+    collections_stamp: str = "",
 ) -> ComparisonResult:
+    """``collections_stamp``: the state of the collections a filter names (cache key only)."""
     return compare_dataset(
         _ds, reference=reference, current=current or None, embedding=embedding, method=method
     ).result
@@ -165,11 +169,34 @@ def similar(
     sample_ids: tuple[str, ...] | None,
     vector: bytes | None,
     k: int,
+    among: bytes | None = None,
 ) -> SimilarResult:
+    """``among``: the bytes of a boolean row mask (a collection), or None for every row."""
     query = None if vector is None else np.frombuffer(vector, dtype=np.float32)
+    rows = None if among is None else np.frombuffer(among, dtype=bool)
     return analyse.similar(
-        _ds, embedding, sample_ids=list(sample_ids) if sample_ids else None, vector=query, k=k
+        _ds,
+        embedding,
+        sample_ids=list(sample_ids) if sample_ids else None,
+        vector=query,
+        k=k,
+        among=rows,
     ).result
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def collection_mask(
+    _ds: Dataset, dataset_key: str, stamp: str, embedding: str, name: str, updated_at: str
+) -> np.ndarray:
+    """The rows of the embedding set ``embedding`` in collection ``name`` (as last changed at
+    ``updated_at``): see shoal.workflows.collections.member_mask."""
+    from shoal.store.collections import Collections
+    from shoal.workflows.collections import member_mask
+
+    collection = Collections(_ds).get(name)
+    rows = aligned_samples(_ds, dataset_key, stamp, embedding)
+    objects = _ds.objects() if collection.level == "object" and "object_id" not in rows else None
+    return member_mask(collection, rows, objects=objects)
 
 
 @st.cache_resource(show_spinner="Loading the embedding model…", max_entries=2)

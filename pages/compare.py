@@ -10,9 +10,10 @@ from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
 from shoal.app.scatter import Colouring, build_scatter, hover_for
-from shoal.app.text import chart_safe_colouring, chart_safe_table, visitor_error
+from shoal.app.text import chart_safe_colouring, chart_safe_table, escape_markdown, visitor_error
 from shoal.store import StoreError
-from shoal.workflows.filters import FilterError, parse_filter
+from shoal.workflows.collections import collection_masks
+from shoal.workflows.filters import FilterError, mentions_collection, parse_filter
 
 ui.ensure_entrypoint()
 
@@ -21,7 +22,9 @@ REST = "everything else"
 MAP_COLOURS = ("side", "novelty", "cluster")
 
 st.title("Compare")
-ds, embedding, dataset_key, stamp, version, samples = ui.page_data(level="sample")
+loaded = ui.page_data(level="sample")
+ds, embedding, dataset_key, stamp, version, samples = loaded
+collection = ui.collection_filter(loaded)
 if ui.current_level(ds) == "object":
     st.caption("Comparisons are between sets of whole images: this page stays at the image level.")
 
@@ -38,8 +41,14 @@ if "split" in samples and samples["split"].nunique() >= 2:
     )
 else:
     default_reference = presets[0] if presets else ""
+default_current = ""
+if collection is not None:
+    # The collection as a side: by default, its members against every other sample.
+    inside = f"collection={collection.name}"
+    presets = [inside, f"collection!={collection.name}", *presets]
+    default_reference, default_current = presets[1], inside
 reference_expr = ui.url_state("ref", "compare_ref", default_reference)
-current_expr = ui.url_state("cur", "compare_cur", "")
+current_expr = ui.url_state("cur", "compare_cur", default_current)
 method = ui.url_state("method", "compare_method", "auto")
 methods = ["auto", *available_tests()]
 if method not in methods:
@@ -47,8 +56,15 @@ if method not in methods:
 
 st.caption(
     "Pick two disjoint subsets, by split or by any column filter such as `label=cat,dog & split=test` or "
-    "`confidence<0.5`. The test asks whether they come from the same distribution; the rest shows where they differ."
+    "`confidence<0.5`, or a saved collection (`collection=NAME`). The test asks whether they come "
+    "from the same distribution; the rest shows where they differ."
 )
+if collection is not None:
+    st.caption(
+        f"Collection **{escape_markdown(collection.name)}** ({int(collection.mask.sum()):,} of "
+        f"{len(samples):,} samples) is a side to compare: `collection={collection.name}`, or "
+        f"`collection!={collection.name}` for the rest. The map below shows every sample."
+    )
 left, right, far = st.columns([2, 2, 1])
 with left:
     options = [*presets, CUSTOM]
@@ -91,9 +107,18 @@ st.session_state["compare_ref"], st.session_state["compare_cur"] = reference_exp
 if not reference_expr.strip():
     st.info("Give a reference subset (e.g. `split=train`).")
     ui.stop()
+collections = (
+    collection_masks(ds, samples) if mentions_collection(reference_expr, current_expr) else {}
+)
+# A filter naming a collection changes with it: part of the cached comparison's key.
+collections_stamp = ui.collections_stamp(ds) if collections else ""
 try:
-    reference_mask = parse_filter(reference_expr, samples)
-    current_mask = ~reference_mask if not current_expr else parse_filter(current_expr, samples)
+    reference_mask = parse_filter(reference_expr, samples, collections=collections)
+    current_mask = (
+        ~reference_mask
+        if not current_expr
+        else parse_filter(current_expr, samples, collections=collections)
+    )
 except FilterError as error:
     st.error(visitor_error(error))
     ui.stop()
@@ -115,7 +140,14 @@ if n_pooled > ui.INLINE_MAX_SAMPLES * 4 and not ui.request_job(
 
 try:
     result = loaders.comparison(
-        ds, dataset_key, embedding, version, reference_expr, current_expr or None, method
+        ds,
+        dataset_key,
+        embedding,
+        version,
+        reference_expr,
+        current_expr or None,
+        method,
+        collections_stamp,
     )
 except (FilterError, StoreError, ValueError) as error:
     st.error(visitor_error(error))
@@ -195,7 +227,14 @@ n_picks = int(
 )
 try:
     picks = loaders.picks(
-        ds, dataset_key, embedding, version, n_picks, current_expr or None, reference_expr
+        ds,
+        dataset_key,
+        embedding,
+        version,
+        n_picks,
+        current_expr or None,
+        reference_expr,
+        collections_stamp,
     )
 except (FilterError, StoreError, ValueError) as error:
     st.error(visitor_error(error))

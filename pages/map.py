@@ -26,8 +26,10 @@ from shoal.store.collections import Collections
 ui.ensure_entrypoint()
 
 st.title("Map")
-ds, embedding, dataset_key, stamp, version, samples = ui.page_data(analysis="map")
+loaded = ui.page_data(analysis="map")
+ds, embedding, dataset_key, stamp, version, samples = loaded
 n_samples = len(samples)
+collection = ui.collection_filter(loaded)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -158,8 +160,17 @@ except ValueError as error:  # e.g. t-SNE beyond its size limit: say so, keep th
     ui.stop()
 coords = projection["coords"]
 drawn = LAYOUTS.get(projection["method"], projection["method"].upper())
+what = "objects" if "object_id" in samples else "samples"
+# With a collection chosen only its members are drawn (and selectable); the map is the whole
+# dataset's, so they sit where they do among the rest.
+visible = np.arange(n_samples) if collection is None else collection.rows
+if collection is not None:
+    st.caption(collection.describe() + ", placed on the whole dataset's map.")
+    if not len(visible):
+        st.info("None of this dataset's rows at this level is in the collection.")
+        ui.stop()
 controls[2].caption(
-    f"{n_samples:,} {'objects' if 'object_id' in samples else 'samples'} · {drawn} of "
+    f"{len(visible):,} {what} · {drawn} of "
     f"**{escape_markdown(embedding)}** · trustworthiness {projection['trustworthiness']:.2f} "
     "(1 = every map neighbour is a true neighbour). Drag a box (or pick lasso in the chart's "
     "toolbar) to select; click a point to pick one."
@@ -171,6 +182,8 @@ if token:
     try:
         selection = Selection.from_token(token)
         selected_rows = selection.resolve(coords, n_rows=n_samples)
+        if collection is not None:
+            selected_rows = selected_rows[collection.mask[selected_rows]]
     except SelectionError as error:
         st.warning(escape_markdown(error))
         st.session_state["view_sel"] = None
@@ -179,19 +192,20 @@ if token:
 colouring = colouring_for(colour)
 hover_text, hover_prefix = hover(ds, dataset_key, stamp, embedding)
 payload = build_scatter(
-    coords,
-    chart_safe_colouring(colouring),
-    hover_text=hover_text,
+    coords[visible],
+    chart_safe_colouring(colouring if colouring is None else colouring.take(visible)),
+    hover_text=hover_text[visible],
     hover_prefix=hover_prefix,
-    selected_rows=selected_rows if len(selected_rows) else None,
+    selected_rows=np.searchsorted(visible, selected_rows) if len(selected_rows) else None,
 )
+trace_rows = [visible[rows] for rows in payload.trace_rows]
 if payload.thinned:
     st.warning(
         f"Drawing {payload.drawn:,} of {payload.n_points:,} points (a fixed random subset, plus the selection). "
         "Box and lasso selections are resolved against all points."
     )
 chart_identity = hashlib.sha1(
-    json.dumps([ds.name, version, colour, token or ""]).encode()
+    json.dumps([ds.name, version, colour, token or "", collection and collection.name]).encode()
 ).hexdigest()
 event = st.plotly_chart(
     payload.figure,
@@ -209,7 +223,7 @@ previous = st.session_state.get("_view_last_event")
 st.session_state["_view_last_event"] = (chart_identity, signature)
 if previous is not None and previous[0] == chart_identity and previous[1] != signature:
     # The user drew or cleared a selection on this very chart (a redrawn chart starts afresh).
-    picked = selection_from_event(event, payload.trace_rows)
+    picked = selection_from_event(event, trace_rows)
     picked_token = picked.to_token() if picked is not None else None
     if picked_token != token:
         st.session_state["view_sel"] = picked_token

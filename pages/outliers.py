@@ -29,7 +29,12 @@ ITEMS_PER_PAGE = 8
 NEIGHBORS_SHOWN = 5
 
 st.title("Outliers & issues")
-ds, embedding, dataset_key, stamp, version, samples = ui.page_data(analysis="issue scan")
+loaded = ui.page_data(analysis="issue scan")
+ds, embedding, dataset_key, stamp, version, samples = loaded
+collection = ui.collection_filter(loaded)
+#: Which rows the lists show: every row, or the chosen collection's members. The scores,
+#: thresholds and pairs are still those of the whole dataset.
+members = np.ones(len(samples), dtype=bool) if collection is None else collection.mask
 
 if ui.url_state("show", "outliers_section", "outliers") not in SECTIONS:
     st.session_state["outliers_section"] = "outliers"
@@ -42,6 +47,12 @@ section = st.segmented_control(
     required=True,
 )
 sample_ids = row_ids(samples)
+if collection is not None:
+    st.caption(
+        collection.describe()
+        + ". Scores, thresholds and pairs are computed on the whole dataset; the lists show "
+        "the collection's members only."
+    )
 
 
 ID_COLUMN = "object_id" if "object_id" in samples else "sample_id"
@@ -104,6 +115,7 @@ if section == "outliers":
     result = loaders.outliers(ds, dataset_key, embedding, version, method)
     indices, distances = loaders.neighbors(ds, dataset_key, embedding, version)
     order = np.argsort(-result.scores, kind="stable")
+    order = order[members[order]]
     finite = result.scores[np.isfinite(result.scores)]
     low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
     manual = ui.url_state("cut", "outliers_cut", None, cast=float)
@@ -133,6 +145,8 @@ if section == "outliers":
     else:
         st.session_state["outliers_cut"] = None
     flagged_mask = result.scores > threshold
+    flagged_everywhere = int(flagged_mask.sum())
+    flagged_mask &= members
     flagged = int(flagged_mask.sum())
     st.plotly_chart(
         score_histogram(result.scores, threshold, x_title=f"{method} score"),
@@ -144,8 +158,13 @@ if section == "outliers":
         if st.session_state["outliers_cut"] is None
         else "your threshold"
     )
+    scope = (
+        f"{len(samples):,} samples"
+        if collection is None
+        else f"{int(members.sum()):,} members ({flagged_everywhere:,} in the whole dataset)"
+    )
     st.caption(
-        f"**{flagged:,}** of {len(samples):,} samples flagged (score > {threshold:.3g}; "
+        f"**{flagged:,}** of {scope} flagged (score > {threshold:.3g}; "
         f"{rule}). Scores: {escape_markdown(result.score_range)}, higher = more unusual. Each row "
         "shows the sample, then its nearest neighbours: a true outlier's neighbours are far and "
         "unlike it."
@@ -235,10 +254,14 @@ elif section == "duplicates":
         + "."
     )
     groups = result.groups()
-    leaks = int(result.cross_split.sum())
+    pair_rows = result.pairs if len(result.pairs) else np.empty((0, 2), dtype=np.int64)
+    pair_kept = members[pair_rows[:, 0]] | members[pair_rows[:, 1]]
+    if collection is not None:  # the pairs and groups that hold a member, the rest of them too
+        groups = [g for g in groups if members[g].any()]
+    leaks = int(result.cross_split[pair_kept].sum())
     exact = loaders.exact_duplicates(ds, dataset_key, stamp)
     cols = st.columns(4)
-    cols[0].metric("Pairs", f"{len(result.pairs):,}")
+    cols[0].metric("Pairs", f"{int(pair_kept.sum()):,}")
     cols[1].metric("Groups", f"{len(groups):,}")
     cols[2].metric("Pairs across splits (leakage)", f"{leaks:,}")
     cols[3].metric(
@@ -307,18 +330,19 @@ elif section == "duplicates":
     if only_leaks:
         leaked = set(result.leaked_samples().tolist())
         groups = [g for g in groups if leaked.intersection(g.tolist())]
+    pair_rows = pair_rows[pair_kept]
     pairs = pd.DataFrame(
         {
-            "sample_a": sample_ids[result.pairs[:, 0]] if len(result.pairs) else [],
-            "sample_b": sample_ids[result.pairs[:, 1]] if len(result.pairs) else [],
-            "distance": result.distances,
-            "cross_split": result.cross_split,
+            "sample_a": sample_ids[pair_rows[:, 0]],
+            "sample_b": sample_ids[pair_rows[:, 1]],
+            "distance": np.asarray(result.distances)[pair_kept],
+            "cross_split": np.asarray(result.cross_split)[pair_kept],
         }
     )
     for column in ("split", "label"):
-        if column in samples and len(result.pairs):
-            pairs[f"{column}_a"] = samples[column].to_numpy()[result.pairs[:, 0]]
-            pairs[f"{column}_b"] = samples[column].to_numpy()[result.pairs[:, 1]]
+        if column in samples and len(pair_rows):
+            pairs[f"{column}_a"] = samples[column].to_numpy()[pair_rows[:, 0]]
+            pairs[f"{column}_b"] = samples[column].to_numpy()[pair_rows[:, 1]]
     actions = st.container(horizontal=True)
     with actions:
         widgets.download_csv(
@@ -328,10 +352,7 @@ elif section == "duplicates":
             key="duplicates_export",
         )
     with actions:
-        show_on_map(
-            np.unique(result.pairs.ravel()) if len(result.pairs) else np.empty(0, int),
-            "duplicates_map",
-        )
+        show_on_map(np.unique(pair_rows.ravel()), "duplicates_map")
     with actions:
         keep(
             np.unique(np.concatenate(groups)) if groups else np.empty(0, int),
@@ -374,7 +395,11 @@ else:
         "neighbours carries their label (score = 1 − neighbours' support for the given label, "
         "higher = more likely wrong; the suggestion is the neighbours' strongest class)."
     )
-    flagged = result.flagged_indices
+    # Positions in the flagged list (its neighbour arrays are aligned with it).
+    positions = np.flatnonzero(members[result.flagged_indices])
+    flagged = result.flagged_indices[positions]
+    if collection is not None:
+        st.caption(f"{len(flagged):,} of them in the collection.")
     table = rows_table(
         samples,
         flagged,
@@ -394,15 +419,17 @@ else:
     if not len(flagged):
         st.success("No label disagrees with its neighbourhood.")
     for i in paged(len(flagged), "mislabels_page"):
-        row = int(flagged[i])
+        row, position = int(flagged[i]), int(positions[i])
         evidence_row(
             row,
             f"labelled {samples['label'].iloc[row]} → {result.suggested_labels[row]}? (score {result.scores[row]:.2f})",
-            result.neighbor_indices[i],
+            result.neighbor_indices[position],
             [
                 f"{label} · d = {d:.3f}"
                 for label, d in zip(
-                    result.neighbor_labels[i], result.neighbor_distances[i], strict=False
+                    result.neighbor_labels[position],
+                    result.neighbor_distances[position],
+                    strict=False,
                 )
             ],
         )

@@ -22,7 +22,9 @@ MODES = {"sample": "Sample id(s)", "selection": "The map's selection", "image": 
 QUERY_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 st.title("Similar")
-ds, embedding, dataset_key, stamp, version, samples = ui.page_data()
+loaded = ui.page_data()
+ds, embedding, dataset_key, stamp, version, samples = loaded
+collection = ui.collection_filter(loaded)
 sample_ids = row_ids(samples)
 info = ds.embedding_info(embedding)
 
@@ -168,6 +170,11 @@ if len(query_rows):
     with st.expander(f"Query: {len(query_rows):,} sample(s)", expanded=len(query_rows) <= 6):
         widgets.gallery(ds, samples, query_rows, key="similar_query", per_page=12, min_width=120)
 
+if collection is not None:
+    st.caption(
+        collection.describe()
+        + ": the nearest are searched among its members (the query may come from anywhere)."
+    )
 try:
     result = loaders.similar(
         ds,
@@ -177,6 +184,7 @@ try:
         tuple(sample_ids[query_rows]) if len(query_rows) else None,
         vector,
         k,
+        None if collection is None else collection.mask.tobytes(),
     )
 except (StoreError, ValueError) as error:
     st.error(visitor_error(error))

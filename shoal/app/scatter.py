@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -100,6 +100,15 @@ class Colouring:
             kind="continuous",
             values=np.asarray(values, dtype=np.float32),
             description=description,
+        )
+
+    def take(self, rows: np.ndarray) -> Colouring:
+        """The colouring of ``rows`` alone (a map drawn for a subset, e.g. a collection)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return replace(
+            self,
+            codes=None if self.codes is None else self.codes[rows],
+            values=None if self.values is None else self.values[rows],
         )
 
 

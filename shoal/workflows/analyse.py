@@ -232,8 +232,10 @@ def similar(
     sample_ids: Sequence[str] | None = None,
     vector: np.ndarray | None = None,
     k: int = 50,
+    among: np.ndarray | None = None,
 ) -> Computed[SimilarResult]:
-    """The ``k`` samples nearest to ``sample_ids`` (their mean direction) or to ``vector``.
+    """The ``k`` samples nearest to ``sample_ids`` (their mean direction) or to ``vector``;
+    only rows where the boolean mask ``among`` (n_rows,) is True, when given (a collection).
 
     The prepared search index is kept in memory per embedding version (a few most recent), so
     only the first query of a session pays for loading the matrix.
@@ -243,7 +245,8 @@ def similar(
     rows = None
     if sample_ids is not None:
         rows = rows_of(embeddings, sample_ids)
-    result = search_similar(index, rows=rows, vector=vector, k=k)
+    outside = None if among is None else np.flatnonzero(~np.asarray(among, dtype=bool))
+    result = search_similar(index, rows=rows, vector=vector, k=k, exclude=outside)
     key = result_key(embeddings, "similar")
     return Computed(result, embeddings.ids, ds.name, embeddings.info.name, key, False)
 

@@ -1,4 +1,8 @@
-"""Grow a collection by similarity: "more like these", in its own dataset or in another one.
+"""Collections at work: which rows a collection covers, and "more like these".
+
+:func:`member_mask` turns a collection into a boolean mask over any table of rows (samples, or
+the boxes of a detection dataset), which is how the app opens a collection as a filter on every
+page. :func:`grow` grows a collection by similarity, in its own dataset or in another one.
 
 A collection is often several looks of one problem (night shots from three cameras), so the
 candidates are ranked by their distance to the *nearest* member, not to the members' mean: each
@@ -14,16 +18,55 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
 from analysis.blocks import BLOCK_ROWS
 from shoal.store import Dataset, StoreError
-from shoal.store.collections import Collections
+from shoal.store.collections import Collection, Collections
 from shoal.workflows import analyse
 
 #: Neighbours searched per member by default: enough for a long list, cheap for big collections.
 NEIGHBOURS_PER_MEMBER = 20
+
+
+def member_mask(
+    collection: Collection, rows: pd.DataFrame, *, objects: pd.DataFrame | None = None
+) -> np.ndarray:
+    """Boolean mask (len(rows),): the rows that belong to ``collection``.
+
+    ``rows`` is a table with a ``sample_id`` column (and ``object_id`` at the object level).
+    A collection of samples covers those samples, or every box of them when ``rows`` are
+    boxes; a collection of boxes covers those boxes, or the images holding one of them when
+    ``rows`` are samples (then ``objects``, the dataset's boxes table, is needed).
+
+    Example:
+        >>> shelf = Collection("pair", ("a", "c"))
+        >>> member_mask(shelf, pd.DataFrame({"sample_id": ["a", "b", "c"]})).tolist()
+        [True, False, True]
+    """
+    members = pd.Index(collection.ids, dtype=object)
+    if collection.level == "object":
+        if "object_id" in rows.columns:
+            return rows["object_id"].astype(str).isin(members).to_numpy()
+        if objects is None:
+            raise StoreError(
+                f"collection {collection.name!r} holds boxes: give the dataset's objects table "
+                "to see which images hold them"
+            )
+        holding = objects.loc[objects["object_id"].astype(str).isin(members), "sample_id"]
+        members = pd.Index(holding.astype(str).unique(), dtype=object)
+    return rows["sample_id"].astype(str).isin(members).to_numpy()
+
+
+def collection_masks(ds: Dataset, rows: pd.DataFrame) -> Mapping[str, np.ndarray]:
+    """Every collection of ``ds`` as a :func:`member_mask` over ``rows``, by name (for the
+    ``collection=NAME`` clause of :func:`shoal.workflows.filters.parse_filter`)."""
+    collections = Collections(ds).list()
+    objects = ds.objects() if any(c.level == "object" for c in collections) else None
+    return {c.name: member_mask(c, rows, objects=objects) for c in collections}
 
 
 def grow(

@@ -24,7 +24,8 @@ from analysis.rows import RowSubset
 from analysis.two_sample import DEFAULT_N_PERMUTATIONS
 from shoal.store import Dataset, StoreError, digest_values
 from shoal.workflows.cache import Computed, cached
-from shoal.workflows.filters import FilterError, describe_filter, parse_filter
+from shoal.workflows.collections import collection_masks
+from shoal.workflows.filters import FilterError, describe_filter, mentions_collection, parse_filter
 
 
 def compare_dataset(
@@ -48,8 +49,13 @@ def compare_dataset(
     side's samples.
     """
     samples = ds.samples()
-    reference_mask = parse_filter(reference, samples)
-    current_mask = ~reference_mask if current is None else parse_filter(current, samples)
+    collections = collection_masks(ds, samples) if mentions_collection(reference, current) else {}
+    reference_mask = parse_filter(reference, samples, collections=collections)
+    current_mask = (
+        ~reference_mask
+        if current is None
+        else parse_filter(current, samples, collections=collections)
+    )
     overlap = int(np.count_nonzero(reference_mask & current_mask))
     if overlap:
         raise FilterError(

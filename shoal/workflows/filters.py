@@ -22,7 +22,12 @@ _CLAUSE = re.compile(r"^\s*(?P<column>[^=!<>]+?)\s*(?P<op>==|!=|<=|>=|=|<|>)\s*(
 _ALL = ("*", "all")
 
 
-def parse_filter(expr: str | Mapping[str, Any], samples: pd.DataFrame) -> np.ndarray:
+def parse_filter(
+    expr: str | Mapping[str, Any],
+    samples: pd.DataFrame,
+    *,
+    collections: Mapping[str, np.ndarray] | None = None,
+) -> np.ndarray:
     """Boolean mask (n_samples,) of the rows of ``samples`` that ``expr`` selects.
 
     ``expr`` is ``"*"``/``"all"``, or clauses joined by ``&``: ``column=value[,value...]``
@@ -30,7 +35,9 @@ def parse_filter(expr: str | Mapping[str, Any], samples: pd.DataFrame) -> np.nda
     ``<=``, ``>``, ``>=`` for numeric columns. Values may be quoted ('...' or "...").
     A mapping ``{"split": "train", "label": ["cat", "dog"]}`` means equality clauses joined by &.
     Rows whose value is missing never match. An unknown column, an equality value that no row
-    has, or a comparison on a non-numeric column raises FilterError.
+    has, or a comparison on a non-numeric column raises FilterError. ``collection=NAME[,NAME]``
+    (and ``!=``) selects the members of saved collections, given as masks over ``samples`` by
+    name in ``collections`` (a real column named "collection" wins).
 
     Example:
         >>> import pandas as pd
@@ -50,8 +57,33 @@ def parse_filter(expr: str | Mapping[str, Any], samples: pd.DataFrame) -> np.nda
         clauses = [_parse_clause(part) for part in _split_clauses(expr)]
     mask = np.ones(len(samples), dtype=bool)
     for column, op, values in clauses:
-        mask &= _apply_clause(samples, column, op, values)
+        if column == COLLECTION and column not in samples.columns:
+            mask &= _collection_clause(op, values, collections or {})
+        else:
+            mask &= _apply_clause(samples, column, op, values)
     return mask
+
+
+#: The pseudo-column of a clause on saved collections: ``collection=blurry``.
+COLLECTION = "collection"
+
+
+def mentions_collection(*exprs: str | Mapping[str, Any] | None) -> bool:
+    """Whether any filter may hold a ``collection=`` clause (then its caller loads the masks)."""
+    return any(isinstance(e, str) and COLLECTION in e for e in exprs)
+
+
+def _collection_clause(
+    op: str, values: list[str], collections: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    if op not in ("=", "!="):
+        raise FilterError(f"use collection=NAME or collection!=NAME, not collection{op}")
+    unknown = [v for v in values if v not in collections]
+    if unknown:
+        known = ", ".join(sorted(collections)) or "none yet"
+        raise FilterError(f"no collection {unknown[0]!r} (collections: {known})")
+    inside = np.logical_or.reduce([np.asarray(collections[v], dtype=bool) for v in values])
+    return inside if op == "=" else ~inside
 
 
 def _as_list(values: Any) -> list[str]:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,8 @@ import pandas as pd
 from analysis.selection import Selection, select_samples
 from shoal.store import Dataset
 from shoal.workflows import analyse
-from shoal.workflows.filters import FilterError, describe_filter, parse_filter
+from shoal.workflows.collections import collection_masks
+from shoal.workflows.filters import FilterError, describe_filter, mentions_collection, parse_filter
 
 
 @dataclass(frozen=True)
@@ -77,11 +79,14 @@ def select(
         raise ValueError(f"pick at least one sample, not {n_select}")
     embeddings = ds.load_embeddings(embedding)
     table = analyse.row_metadata(ds, embeddings)
-    reference = _rows(novel_vs, table, "the reference")
-    candidates = _rows(where, table, "the candidates")
+    collections = (
+        collection_masks(ds, table) if mentions_collection(where, covered, novel_vs) else {}
+    )
+    reference = _rows(novel_vs, table, "the reference", collections)
+    candidates = _rows(where, table, "the candidates", collections)
     if candidates is None and reference is not None:
         candidates = np.setdiff1d(np.arange(len(table)), reference)
-    seeds = _rows(covered, table, "the covered samples")
+    seeds = _rows(covered, table, "the covered samples", collections)
     if reference is not None:
         seeds = reference if seeds is None else np.union1d(seeds, reference)
         method = method or "k-center"
@@ -106,11 +111,13 @@ def select(
     return Picked(result, embeddings.ids.astype(str), embeddings.info.name, question, metadata)
 
 
-def _rows(expr: str | None, table: pd.DataFrame, what: str) -> np.ndarray | None:
+def _rows(
+    expr: str | None, table: pd.DataFrame, what: str, collections: Mapping[str, np.ndarray]
+) -> np.ndarray | None:
     if not expr:
         return None
     try:
-        mask = parse_filter(expr, table)
+        mask = parse_filter(expr, table, collections=collections)
     except FilterError as error:
         raise FilterError(f"{what} ({expr}): {error}") from error
     return np.flatnonzero(mask)

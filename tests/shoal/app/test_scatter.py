@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from shoal.app.scatter import (
     MAX_CATEGORIES,
@@ -77,3 +78,14 @@ def test_hover_lines_name_id_label_and_extras() -> None:
         "id: a1<br>label: cat<br>split: train<br>score: 0.123",
         "id: b2<br>label: —<br>split: test<br>score: 2",
     ]
+
+
+def test_a_colouring_of_a_subset_keeps_its_categories() -> None:
+    colouring = Colouring.categorical("split", ["train", "test", "train", None])
+    subset = colouring.take(np.array([1, 3]))
+    assert subset.categories == colouring.categories and subset.codes.tolist() == [
+        colouring.codes[1],
+        -1,
+    ]
+    values = Colouring.continuous("score", [0.1, 0.2, 0.3]).take(np.array([2]))
+    assert values.values.tolist() == pytest.approx([0.3])
