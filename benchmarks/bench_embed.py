@@ -1,14 +1,19 @@
 """End-to-end embedding throughput: image files on disk -> stored float32 .npy.
 
 Compares, in one run and on the same real photos (JPEG/PNG at 500x375 and 375x500):
-  baseline   same timm model, fp32, NCHW, one process, images decoded inline one at a time
-             with timm's eval transform, batches of 32
-  pipeline   embed_paths with its defaults (decoding workers, channels-last, bf16 autocast
-             where the CPU has it)
-  model      embed_batch alone on already-decoded uint8 batches (the model's own ceiling)
+  baseline          same timm model, fp32, NCHW, one process, images decoded inline one at a
+                    time with timm's eval transform, batches of 32 (the naive loop)
+  pipeline_torch    embed_paths on the torch backend (today's path: channels-last, bf16
+                    autocast where the CPU has it, in-process decoding)
+  model_torch       the torch backend alone on already-decoded uint8 batches (its ceiling)
+  pipeline_openvino embed_paths on the OpenVINO backend at its default precision (f32)
+  model_openvino    the OpenVINO backend alone on decoded batches
+  pipeline_openvino_bf16 / model_openvino_bf16   the same at precision bf16
 Each phase runs in its own process, so its peak memory (getrusage peak RSS of the process plus
-its largest child) is its own. Rounds alternate the phases, so load from other users
-hits all of them; the report gives every round and the median ratios.
+its largest child) is its own; building the model and the backend (OpenVINO: reading the
+converted graph from its cache, which a warm-up converts once) is not timed. Rounds alternate
+the phases, so load from other users hits all of them; the report gives every round and the
+median ratios, and each variant's cosine to the naive fp32 loop's vectors.
 
     .venv/bin/python benchmarks/bench_embed.py [--images 512] [--rounds 3] [--threads 2]
 
@@ -28,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +42,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results" / "embed.json"
-TARGET_SPEEDUP = 2.5
-TARGET_MODEL_FRACTION = 0.85
+TARGET_SPEEDUP = 2.5  # the torch pipeline vs the naive loop
+TARGET_MODEL_FRACTION = 0.85  # a pipeline vs its own model-only rate
+TARGET_OPENVINO_VS_TORCH = 2.0  # the OpenVINO pipeline vs the torch pipeline
+TARGET_OPENVINO_VS_NAIVE = 8.0
+
+#: (phase, kind, backend, precision); precision None: the --precision option (torch) or auto.
+VARIANTS = [
+    ("baseline", "baseline", "torch", "fp32"),
+    ("pipeline_torch", "pipeline", "torch", None),
+    ("model_torch", "model", "torch", None),
+    ("pipeline_openvino", "pipeline", "openvino", "auto"),
+    ("model_openvino", "model", "openvino", "auto"),
+    ("pipeline_openvino_bf16", "pipeline", "openvino", "bf16"),
+    ("model_openvino_bf16", "model", "openvino", "bf16"),
+]
 
 
 # --------------------------------------------------------------------------- test images
@@ -157,13 +176,18 @@ def phase_baseline(files: list[Path], out: Path) -> dict[str, float]:
 
 
 def phase_pipeline(
-    files: list[Path], out: Path, num_workers: int | None, precision: str
+    files: list[Path], out: Path, num_workers: int | None, precision: str, backend: str
 ) -> dict[str, float]:
     from embedding import create_model, embed_paths
+    from embedding.backends import create_embedder
 
-    model = create_model("efficientnet_lite0")
+    embedder = create_embedder(
+        create_model("efficientnet_lite0"), backend=backend, precision=precision
+    )
     started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
-    vectors = embed_paths(files, model, batch_size=32, num_workers=num_workers, precision=precision)
+    vectors = embed_paths(
+        files, embedder.model, batch_size=32, num_workers=num_workers, backend=embedder
+    )
     np.save(out, vectors)
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     return {
@@ -174,20 +198,27 @@ def phase_pipeline(
     }
 
 
-def phase_model(files: list[Path], precision: str) -> dict[str, float]:
-    import torch
-
-    from embedding import create_model, embed_batch
-    from embedding.inference import prepare_for_inference
+def phase_model(files: list[Path], precision: str, backend: str) -> dict[str, float]:
+    from embedding import create_model
+    from embedding.backends import create_embedder
     from embedding.preprocess import load_image, resize_crop
 
-    model = prepare_for_inference(create_model("efficientnet_lite0"))
-    pixels = np.stack([resize_crop(load_image(p), model.data_config) for p in files])
-    batches = [torch.from_numpy(pixels[i : i + 32]) for i in range(0, len(pixels), 32)]
-    embed_batch(model, batches[0], precision=precision)  # warm-up: one-off kernel selection
+    embedder = create_embedder(
+        create_model("efficientnet_lite0"), backend=backend, precision=precision
+    )
+    pixels = np.stack([resize_crop(load_image(p), embedder.model.data_config) for p in files])
+    batches = [pixels[i : i + 32] for i in range(0, len(pixels), 32)]
+    embedder.embed(batches[0])  # warm-up: one-off kernel selection
     started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
+    # Submitted one batch ahead, as the pipeline does (the torch backend runs synchronously).
+    running = None
     for batch in batches:
-        embed_batch(model, batch, precision=precision)
+        submitted = embedder.submit(batch)
+        if running is not None:
+            running.result()
+        running = submitted
+    if running is not None:
+        running.result()
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     return {
         "seconds": seconds,
@@ -205,18 +236,30 @@ def run_phase(args: argparse.Namespace) -> None:
     if args.phase == "baseline":
         result = phase_baseline(files, Path(args.out))
     elif args.phase == "pipeline":
-        result = phase_pipeline(files, Path(args.out), args.num_workers, args.precision)
+        result = phase_pipeline(
+            files, Path(args.out), args.num_workers, args.precision, args.backend
+        )
     else:
-        result = phase_model(files, args.precision)
+        result = phase_model(files, args.precision, args.backend)
     print("RESULT " + json.dumps(result))
 
 
-def spawn(phase: str, files_json: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
+def spawn(
+    phase: str,
+    files_json: Path,
+    out: Path,
+    args: argparse.Namespace,
+    *,
+    backend: str = "torch",
+    precision: str | None = None,
+) -> dict[str, float]:
     command = [
         sys.executable,
         __file__,
         "--phase",
         phase,
+        "--backend",
+        backend,
         "--files",
         str(files_json),
         "--out",
@@ -224,11 +267,16 @@ def spawn(phase: str, files_json: Path, out: Path, args: argparse.Namespace) -> 
         "--threads",
         str(args.threads),
         "--precision",
-        args.precision,
+        precision or args.precision,
     ]
     if args.num_workers is not None:
         command += ["--num-workers", str(args.num_workers)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": str(args.threads),
+        "XDG_CACHE_HOME": str(files_json.parent / "cache"),  # OpenVINO's converted graph
+    }
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
@@ -247,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--num-workers", type=int, default=None, help="pipeline decoding workers (default: auto)"
     )
-    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--precision", default="auto", help="of the torch phases")
+    parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument(
         "--phase", choices=["baseline", "pipeline", "model"], help=argparse.SUPPRESS
@@ -259,71 +308,78 @@ def main(argv: list[str] | None = None) -> None:
         run_phase(args)
         return
 
+    from embedding.backends import openvino_available
     from embedding.inference import cpu_supports_bf16, resolve_precision
     from embedding.pipeline import default_num_workers
 
+    variants = [v for v in VARIANTS if v[2] == "torch" or openvino_available()]
     rounds = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
         folder = Path(tmp)
         files = write_photos(folder, args.images)
         files_json = folder / "files.json"
         files_json.write_text(json.dumps([str(p) for p in files]))
+        if openvino_available():  # converts the graph into the cache once, untimed
+            spawn("model", files_json, folder / "unused.npy", args, backend="openvino")
         for index in range(args.rounds):
             load_before = os.getloadavg()[0]
-            baseline = spawn("baseline", files_json, folder / "baseline.npy", args)
-            pipeline = spawn("pipeline", files_json, folder / "pipeline.npy", args)
-            model = spawn("model", files_json, folder / "unused.npy", args)
-            a, b = np.load(folder / "baseline.npy"), np.load(folder / "pipeline.npy")
-            cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-            rounds.append(
-                {
-                    "baseline": baseline,
-                    "pipeline": pipeline,
-                    "model_only": model,
-                    "speedup": pipeline["images_per_second"] / baseline["images_per_second"],
-                    "fraction_of_model": pipeline["images_per_second"] / model["images_per_second"],
-                    "cosine_to_baseline_mean": float(cosine.mean()),
-                    "cosine_to_baseline_min": float(cosine.min()),
-                    "load_average_1min": [load_before, os.getloadavg()[0]],
-                }
-            )
+            phases = {
+                name: spawn(
+                    kind,
+                    files_json,
+                    folder / f"{name}.npy",
+                    args,
+                    backend=backend,
+                    precision=precision,
+                )
+                for name, kind, backend, precision in variants
+            }
+            reference = np.load(folder / "baseline.npy")
+            for name, kind, _, _ in variants:
+                if kind == "pipeline":
+                    similarity = cosine(reference, np.load(folder / f"{name}.npy"))
+                    phases[name]["cosine_to_baseline_mean"] = float(similarity.mean())
+                    phases[name]["cosine_to_baseline_min"] = float(similarity.min())
+            phases["load_average_1min"] = [load_before, os.getloadavg()[0]]  # type: ignore[assignment]
+            rounds.append(phases)
             print(
-                f"round {index + 1}: baseline {baseline['images_per_second']:.1f}/s, "
-                f"pipeline {pipeline['images_per_second']:.1f}/s, model {model['images_per_second']:.1f}/s",
+                f"round {index + 1}: "
+                + ", ".join(f"{n} {phases[n]['images_per_second']:.1f}/s" for n, *_ in variants),
                 flush=True,
             )
         sizes = sorted({f.suffix for f in files})
 
-    speedups = [r["speedup"] for r in rounds]
-    fractions = [r["fraction_of_model"] for r in rounds]
+    def rate(phase: dict[str, Any]) -> float:
+        return float(phase["images_per_second"])
 
-    def best(phase: str) -> float:
-        return max(r[phase]["images_per_second"] for r in rounds)
+    def ratios(top: str, bottom: str) -> list[float]:
+        return [rate(r[top]) / rate(r[bottom]) for r in rounds if top in r and bottom in r]
 
     def median_cpu(phase: str) -> float:
         return statistics.median(r[phase]["cpu_ms_per_image"] for r in rounds)
 
-    summary = {
-        # Best round of each phase: the closest this shared machine gets to an idle one.
-        "speedup_best_of_rounds": best("pipeline") / best("baseline"),
-        "fraction_of_model_best_of_rounds": best("pipeline") / best("model_only"),
-        # CPU time per image is less sensitive to other users than wall time; a pipeline that
-        # keeps every core busy runs at model_only * (model CPU / pipeline CPU).
-        "cpu_ms_per_image_median": {
-            p: median_cpu(p) for p in ("baseline", "pipeline", "model_only")
-        },
-        "fraction_of_model_by_cpu": median_cpu("model_only") / median_cpu("pipeline"),
-        "speedup_median": statistics.median(speedups),
-        "speedup_min": min(speedups),
-        "speedup_max": max(speedups),
-        "fraction_of_model_median": statistics.median(fractions),
-        "fraction_of_model_min": min(fractions),
-        "fraction_of_model_max": max(fractions),
-        "target_speedup": TARGET_SPEEDUP,
-        "target_fraction_of_model": TARGET_MODEL_FRACTION,
-        "meets_speedup": statistics.median(speedups) >= TARGET_SPEEDUP,
-        "meets_fraction_of_model": statistics.median(fractions) >= TARGET_MODEL_FRACTION,
+    targets = {
+        "torch_vs_naive": ("pipeline_torch", "baseline", TARGET_SPEEDUP),
+        "torch_of_model": ("pipeline_torch", "model_torch", TARGET_MODEL_FRACTION),
+        "openvino_vs_torch": ("pipeline_openvino", "pipeline_torch", TARGET_OPENVINO_VS_TORCH),
+        "openvino_vs_naive": ("pipeline_openvino", "baseline", TARGET_OPENVINO_VS_NAIVE),
+        "openvino_of_model": ("pipeline_openvino", "model_openvino", TARGET_MODEL_FRACTION),
+        "openvino_bf16_vs_torch": ("pipeline_openvino_bf16", "pipeline_torch", None),
+        "openvino_bf16_of_model": ("pipeline_openvino_bf16", "model_openvino_bf16", None),
     }
+    summary: dict[str, Any] = {}
+    for label, (top, bottom, target) in targets.items():
+        values = ratios(top, bottom)
+        if not values:
+            continue
+        summary[label] = {
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+            "target": target,
+            "met": None if target is None else statistics.median(values) >= target,
+        }
+    summary["cpu_ms_per_image_median"] = {name: median_cpu(name) for name, *_ in variants}
     report = {
         "benchmark": "embed",
         "model": "efficientnet_lite0",
@@ -332,7 +388,11 @@ def main(argv: list[str] | None = None) -> None:
         "image_sizes": ["500x375", "375x500"],
         "threads": args.threads,
         "num_workers": default_num_workers("cpu") if args.num_workers is None else args.num_workers,
-        "precision": resolve_precision(args.precision, "cpu"),
+        "torch_precision": resolve_precision(args.precision, "cpu"),
+        "variants": [
+            {"phase": n, "kind": k, "backend": b, "precision": p or args.precision}
+            for n, k, b, p in variants
+        ],
         "cpu_bf16": cpu_supports_bf16(),
         "cpus": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),
@@ -346,44 +406,47 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         f"Embedding throughput, {args.images} photos, {args.threads} threads, "
-        f"{report['num_workers']} decoding worker(s), precision {report['precision']}"
+        f"{report['num_workers']} decoding worker(s); all variants in the same run"
     )
     print()
     print(
-        "| round | baseline img/s | pipeline img/s | model-only img/s | speedup | of model | "
-        "peak RSS baseline / pipeline (MB) |"
+        "| variant | img/s per round | median | peak RSS (MB) | cosine to naive fp32 (mean / min) |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for i, r in enumerate(rounds, 1):
-        print(
-            f"| {i} | {r['baseline']['images_per_second']:.1f} | {r['pipeline']['images_per_second']:.1f} | "
-            f"{r['model_only']['images_per_second']:.1f} | {r['speedup']:.2f}x | {r['fraction_of_model']:.0%} | "
-            f"{r['baseline']['peak_rss_mb']:.0f} / {r['pipeline']['peak_rss_mb']:.0f} |"
+    print("|---|---|---|---|---|")
+    for name, kind, _, _ in variants:
+        speeds = [rate(r[name]) for r in rounds]
+        agreement = (
+            f"{min(r[name]['cosine_to_baseline_mean'] for r in rounds):.6f} / "
+            f"{min(r[name]['cosine_to_baseline_min'] for r in rounds):.5f}"
+            if kind == "pipeline"
+            else ""
         )
-    print(
-        f"| median | | | | {summary['speedup_median']:.2f}x (target {TARGET_SPEEDUP}x) | "
-        f"{summary['fraction_of_model_median']:.0%} (target {TARGET_MODEL_FRACTION:.0%}) | |"
-    )
-    print(
-        f"| best of rounds | {best('baseline'):.1f} | {best('pipeline'):.1f} | {best('model_only'):.1f} | "
-        f"{summary['speedup_best_of_rounds']:.2f}x | {summary['fraction_of_model_best_of_rounds']:.0%} | |"
-    )
+        print(
+            f"| {name} | {', '.join(f'{v:.1f}' for v in speeds)} | "
+            f"{statistics.median(speeds):.1f} | {max(r[name]['peak_rss_mb'] for r in rounds):.0f} "
+            f"| {agreement} |"
+        )
+    print()
+    print("| ratio (same round) | median | min–max | target |")
+    print("|---|---|---|---|")
+    for label, values in summary.items():
+        if label == "cpu_ms_per_image_median":
+            continue
+        target = "" if values["target"] is None else f"{values['target']:g}"
+        met = "" if values["met"] is None else (" met" if values["met"] else " **missed**")
+        print(
+            f"| {label} | {values['median']:.2f} | {values['min']:.2f}–{values['max']:.2f} "
+            f"| {target}{met} |"
+        )
     cpu = summary["cpu_ms_per_image_median"]
     print()
-    print(
-        f"CPU ms per image (median): baseline {cpu['baseline']:.1f}, pipeline {cpu['pipeline']:.1f}, "
-        f"model only {cpu['model_only']:.1f} -> pipeline at full core use would reach "
-        f"{summary['fraction_of_model_by_cpu']:.0%} of the model's throughput."
-    )
-    print(
-        "Pipeline vs baseline vectors, cosine: mean "
-        f"{min(r['cosine_to_baseline_mean'] for r in rounds):.5f}, "
-        f"min {min(r['cosine_to_baseline_min'] for r in rounds):.5f}; "
-        f"peak RSS model-only {rounds[-1]['model_only']['peak_rss_mb']:.0f} MB "
-        "(importing torch and building the model alone take about 0.9 GB)."
-    )
+    print("CPU ms per image (median): " + ", ".join(f"{n} {v:.1f}" for n, v in cpu.items()))
     loads = [[round(x, 1) for x in r["load_average_1min"]] for r in rounds]
     print(f"1-min load average before/after each round: {loads} on {os.cpu_count()} CPUs")
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 if __name__ == "__main__":

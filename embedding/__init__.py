@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from embedding.defaults import DEFAULT_MODEL
 
 if TYPE_CHECKING:
+    from embedding.backends import Embedder, create_embedder
     from embedding.inference import embed_batch, resolve_precision
     from embedding.models import (
         DataConfig,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from embedding.preprocess import ImageDecodeError, load_image, resize_crop
 
 _SOURCES = {
+    "embedding.backends": ("Embedder", "create_embedder"),
     "embedding.models": (
         "DataConfig",
         "EmbeddingModel",
@@ -64,12 +66,14 @@ __all__ = [
     "DEFAULT_MODEL",
     "Checkpoints",
     "DataConfig",
+    "Embedder",
     "EmbeddingCancelled",
     "EmbeddingModel",
     "ImageDecodeError",
     "ModelUnavailableError",
     "Progress",
     "checkpoint_manifest",
+    "create_embedder",
     "create_model",
     "embed_batch",
     "embed_images",

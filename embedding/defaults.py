@@ -13,3 +13,7 @@ DEFAULT_OBJECT_BATCH_SIZE = 8
 DEFAULT_EXTRACT_BATCH_SIZE = 16
 #: A spatial activation larger than this many elements is pooled down before it is stored.
 DEFAULT_MAX_ELEMENTS = 10_000
+#: Inference backend: "auto" = OpenVINO on x86 CPUs where it loads, else torch (CUDA on a GPU).
+DEFAULT_BACKEND = "auto"
+#: Precision: "auto" = fp32 on OpenVINO, bf16 on torch CPUs with native bf16, fp16 on CUDA.
+DEFAULT_PRECISION = "auto"

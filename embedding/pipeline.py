@@ -1,7 +1,8 @@
 """Batched, resumable embedding of image files or in-memory images.
 
 Decoding and resizing produce uint8 batches; the model side normalises them and runs the network
-(channels-last, BatchNorm folded, bf16/fp16 autocast where it pays). On a GPU, worker processes
+on an inference backend (:mod:`embedding.backends`: OpenVINO on x86 CPUs, else torch
+channels-last, BatchNorm folded, bf16/fp16 autocast where it pays). On a GPU, worker processes
 decode ahead while the GPU computes; on a CPU, threads decode each batch between model calls
 while a reader thread fetches the next files, because a decoding process next to the model's
 OpenMP threads slows both (see ``default_num_workers``). Memory stays bounded by a few batches.
@@ -33,8 +34,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from embedding.backends import Embedder, Pending, create_embedder, resolve_backend
+from embedding.backends import resolve_precision as resolve_backend_precision
 from embedding.defaults import DEFAULT_BATCH_SIZE
-from embedding.inference import embed_batch, prepare_for_inference, resolve_precision
 from embedding.models import DataConfig, EmbeddingModel
 from embedding.preprocess import ImageDecodeError, load_image, resize_crop, rgb_array, scale_size
 
@@ -196,9 +198,12 @@ def checkpoint_manifest(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     precision: str = "auto",
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """What the batches of an :func:`embed_paths` run mean: checkpoints of a run with another
-    manifest (model, precision, batch size, paths) must not be reused."""
+    manifest (model, backend, precision, batch size, paths) must not be reused. Give the
+    backend and precision the run really uses (``Embedder.backend`` / ``.precision``)."""
+    backend = resolve_backend(backend, model.device)
     digest = hashlib.sha256()
     for path in paths:
         digest.update(os.fspath(path).encode("utf-8", "surrogatepass"))
@@ -208,7 +213,8 @@ def checkpoint_manifest(
         "model": model.name,
         "model_source": model.source,
         "dim": model.dim,
-        "precision": resolve_precision(precision, model.device),
+        "backend": backend,
+        "precision": resolve_backend_precision(backend, precision, model.device),
         "data_config": model.data_config.to_dict(),
         "count": len(paths),
         "batch_size": batch_size,
@@ -274,6 +280,7 @@ def embed_paths(
     batch_size: int = DEFAULT_BATCH_SIZE,
     num_workers: int | None = None,
     precision: str = "auto",
+    backend: str | Embedder = "auto",
     checkpoints: Checkpoints | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -284,7 +291,9 @@ def embed_paths(
     ``num_workers``: decoding processes that work ahead of the model; 0 decodes in this process
     with threads between batches (reading files ahead); None picks per device
     (``default_num_workers``). ``precision``: "auto" (fp16 on CUDA, bf16 on a CPU with native
-    bf16, else fp32), "fp32", "bf16" or "fp16" (CUDA only).
+    bf16, else fp32), "fp32", "bf16" or "fp16" (CUDA only); on the openvino backend "auto" is
+    "fp32" (see :mod:`embedding.backends`). ``backend``: "auto", "torch", "openvino", or an
+    :class:`~embedding.backends.Embedder` already made (then ``precision`` is its own).
     With ``checkpoints`` every finished batch is saved there, and the batches it already holds
     are not computed again: give it the :func:`checkpoint_manifest` of this run, so that
     batches of another run are refused (``shoal.store.BatchCheckpoints`` does).
@@ -299,8 +308,6 @@ def embed_paths(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     names = [os.fspath(p) for p in paths]
     device = model.device
-    precision = resolve_precision(precision, device)
-    prepare_for_inference(model)
     total = len(names)
     vectors = _output(out, total, model.dim)
     spans = _batches(total, batch_size)
@@ -324,23 +331,46 @@ def embed_paths(
     reporter.start()
     if not pending:
         return vectors
+    embedder = (
+        create_embedder(model, backend=backend, precision=precision)
+        if isinstance(backend, str)
+        else backend
+    )
 
     workers = default_num_workers(device) if num_workers is None else num_workers
     batches = _decoded_batches(names, model.data_config, pending, workers, device.type == "cuda")
+    in_flight: tuple[int, int, Pending] | None = None
+
+    def finish() -> None:
+        # The batch submitted last is collected after the next one is decoded, so decoding
+        # overlaps inference on a backend that runs asynchronously (OpenVINO).
+        nonlocal in_flight
+        if in_flight is None:
+            return
+        first, last, running = in_flight
+        in_flight = None
+        result = running.result()
+        if checkpoints is not None:
+            checkpoints.save(first, last, result)
+        vectors[first:last] = result
+        reporter.advance(last - first)
+
     with contextlib.closing(batches):
         for start, end in pending:
-            reporter.check()
+            try:
+                reporter.check()
+            except EmbeddingCancelled:
+                finish()  # keep the batch already computed
+                raise
             indices, pixels, errors = next(batches)
+            finish()
             if indices[0] != start or len(indices) != end - start:  # pragma: no cover - invariant
                 raise RuntimeError("decoding returned batches out of order")
             for index, reason in zip(indices, errors, strict=True):
                 if reason is not None:
                     raise ImageDecodeError(names[index], reason)
-            result = embed_batch(model, pixels, precision=precision)
-            if checkpoints is not None:
-                checkpoints.save(start, end, result)
-            vectors[start:end] = result
-            reporter.advance(end - start)
+            in_flight = (start, end, embedder.submit(pixels))
+        finish()
     return vectors
 
 
@@ -350,13 +380,15 @@ def embed_images(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     precision: str = "auto",
+    backend: str | Embedder = "auto",
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
     """Embed in-memory images: (n_images, model.dim) float32 pre-logits vectors.
 
     images: PIL images or uint8 arrays, (H, W) grey or (H, W, 3|4) RGB(A); float arrays in [0, 1]
-    are scaled to 0-255. Transparent areas are composited on white.
+    are scaled to 0-255. Transparent areas are composited on white. ``precision`` and
+    ``backend`` as in :func:`embed_paths`.
 
     >>> from skimage.data import chelsea                                # doctest: +SKIP
     >>> embed_images([chelsea()], create_model()).shape                 # doctest: +SKIP
@@ -364,8 +396,11 @@ def embed_images(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    precision = resolve_precision(precision, model.device)
-    prepare_for_inference(model)
+    embedder = (
+        create_embedder(model, backend=backend, precision=precision)
+        if isinstance(backend, str)
+        else backend
+    )
     total = len(images)
     vectors = np.empty((total, model.dim), dtype=np.float32)
     reporter = ProgressReporter(total, progress, should_stop=should_stop)
@@ -374,7 +409,7 @@ def embed_images(
     for start, end in _batches(total, batch_size):
         reporter.check()
         pixels = np.stack([resize_crop(images[i], model.data_config) for i in range(start, end)])
-        vectors[start:end] = embed_batch(model, torch.from_numpy(pixels), precision=precision)
+        vectors[start:end] = embedder.embed(pixels)
         reporter.advance(end - start)
     return vectors
 

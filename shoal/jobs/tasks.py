@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedding.defaults import (
+    DEFAULT_BACKEND,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EXTRACT_BATCH_SIZE,
     DEFAULT_MAX_ELEMENTS,
     DEFAULT_MODEL,
     DEFAULT_OBJECT_BATCH_SIZE,
+    DEFAULT_PRECISION,
 )
 from shoal.jobs.runner import JobCancelled, JobContext, task
 
@@ -48,6 +50,8 @@ class EmbedParams:
     model: str = DEFAULT_MODEL
     name: str | None = None  # the embedding set; default: the model's name
     batch_size: int = DEFAULT_BATCH_SIZE
+    backend: str = DEFAULT_BACKEND  # or 'torch', 'openvino' (embedding.backends)
+    precision: str = DEFAULT_PRECISION  # or 'fp32', 'bf16' (CPU), 'fp16' (CUDA)
 
 
 @task("embed", params=EmbedParams)
@@ -62,10 +66,18 @@ def embed_task(context: JobContext) -> dict[str, Any]:
             model=params.model,
             name=params.name,
             batch_size=params.batch_size,
+            backend=params.backend,
+            precision=params.precision,
             progress=context.report_images,
             should_stop=context.cancelled,
         )
-    return {"embedding": info.name, "count": info.count, "dim": info.dim}
+    return {
+        "embedding": info.name,
+        "count": info.count,
+        "dim": info.dim,
+        "backend": info.preprocessing.get("backend"),
+        "precision": info.preprocessing.get("precision"),
+    }
 
 
 @dataclass(frozen=True)

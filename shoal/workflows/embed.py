@@ -28,11 +28,18 @@ def embed_dataset(
     batch_size: int = DEFAULT_BATCH_SIZE,
     num_workers: int | None = None,
     precision: str = "auto",
+    backend: str = "auto",
     progress: Callable[[Any], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> EmbeddingInfo:
-    """Embed every image of ``dataset`` and store the set as ``name`` (default: the model name)."""
+    """Embed every image of ``dataset`` and store the set as ``name`` (default: the model name).
+
+    ``backend``: "auto" (OpenVINO on x86 CPUs where it loads, else torch), "torch" or
+    "openvino" (see :mod:`embedding.backends`); the set's preprocessing records the backend and
+    precision really used.
+    """
     from embedding import checkpoint_manifest, create_model, embed_paths
+    from embedding.backends import create_embedder, default_device
 
     if not dataset.has_images:
         raise StoreError(
@@ -42,17 +49,22 @@ def embed_dataset(
     samples = dataset.samples()
     paths = [dataset.image_file(p) for p in samples["path"]]
     with dataset.computing(name):  # a second job on this set is refused, not mixed in
-        embedder = create_model(model)
+        network = create_model(model, device=default_device(backend))  # CUDA: torch
+        embedder = create_embedder(network, backend=backend, precision=precision)
+        manifest = checkpoint_manifest(
+            paths,
+            network,
+            batch_size=batch_size,
+            precision=embedder.precision,
+            backend=embedder.backend,
+        )
         vectors = embed_paths(
             paths,
-            embedder,
+            network,
             batch_size=batch_size,
             num_workers=num_workers,
-            precision=precision,
-            checkpoints=dataset.batch_checkpoints(
-                name,
-                checkpoint_manifest(paths, embedder, batch_size=batch_size, precision=precision),
-            ),
+            backend=embedder,
+            checkpoints=dataset.batch_checkpoints(name, manifest),
             progress=progress,
             should_stop=should_stop,
         )
@@ -61,7 +73,11 @@ def embed_dataset(
             vectors,
             samples["sample_id"].astype(str).to_numpy(),
             model=model,
-            preprocessing=embedder.data_config.to_dict(),
+            preprocessing={
+                **network.data_config.to_dict(),
+                "backend": embedder.backend,
+                "precision": embedder.precision,
+            },
             make_default=True,
         )
     return info

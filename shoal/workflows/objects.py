@@ -90,10 +90,9 @@ def embed_dataset_objects(
         )
         aligned = np.empty_like(object_vectors)
         aligned[np.concatenate(rows)] = object_vectors
-        settings: dict[str, Any] = {
-            "method": method,
-            "precision": resolve_precision(precision, embedder.device),
-        }
+        # ROI-Align and crops run on the torch backend (embedding.backends covers whole images).
+        made_with = {"backend": "torch", "precision": resolve_precision(precision, embedder.device)}
+        settings: dict[str, Any] = {"method": method, **made_with}
         if method == "roi_align":
             settings.update(
                 short_side=ROI_SHORT_SIDE,
@@ -120,7 +119,7 @@ def embed_dataset_objects(
                 image_vectors,
                 sample_ids,
                 model=model,
-                preprocessing=embedder.data_config.to_dict(),
+                preprocessing={**embedder.data_config.to_dict(), **made_with},
                 make_default=True,
             )
         return info

@@ -118,8 +118,10 @@ def test_person_boxes_find_person_neighbours_more_often_than_chance(embedded) ->
 def test_image_vectors_equal_the_normal_pipeline(embedded, label_boxes, lite0) -> None:
     ds = embedded[0]
     paths = label_boxes[0]
+    stored = ds.load_embeddings()
+    assert stored.info.preprocessing["backend"] == "torch"  # the object pass runs on torch
     np.testing.assert_allclose(
-        ds.load_embeddings().vectors, embed_paths(paths, lite0, num_workers=0), atol=1e-5
+        stored.vectors, embed_paths(paths, lite0, num_workers=0, backend="torch"), atol=1e-5
     )
 
 

@@ -28,10 +28,21 @@ def test_registered_kinds_reach_their_body_in_a_worker(
 
 
 def test_parameters_are_typed_and_their_defaults_come_from_the_library() -> None:
-    from embedding.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
+    from embedding.defaults import (
+        DEFAULT_BACKEND,
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_MODEL,
+        DEFAULT_PRECISION,
+    )
 
     embed = jobs.JOB_KINDS["embed"]
-    spelt_out = {"model": DEFAULT_MODEL, "name": None, "batch_size": DEFAULT_BATCH_SIZE}
+    spelt_out = {
+        "model": DEFAULT_MODEL,
+        "name": None,
+        "batch_size": DEFAULT_BATCH_SIZE,
+        "backend": DEFAULT_BACKEND,
+        "precision": DEFAULT_PRECISION,
+    }
     assert embed.complete_params({}) == embed.complete_params(spelt_out) == spelt_out
     # None means "the default", as the CLI passes an option the user did not give.
     assert embed.complete_params({"batch_size": None})["batch_size"] == DEFAULT_BATCH_SIZE

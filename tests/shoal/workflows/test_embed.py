@@ -37,7 +37,47 @@ def _shoal(*args: str) -> list[str]:
     return [sys.executable, "-m", "shoal", *args]
 
 
-def test_killed_embed_resumes_where_it_stopped(sample_images: Path, tmp_path: Path) -> None:
+def test_backend_and_precision_are_recorded_with_the_set(
+    sample_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embedding.backends import openvino_available
+    from shoal.workflows.embed import embed_dataset
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    upload = tmp_path / "upload"
+    for image in sorted(sample_images.glob("train/*/*.jpg"))[::8][:16]:
+        (upload / image.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, upload / image.parent.name / image.name)
+    workspace = Workspace(tmp_path / "ws")
+    import_source(workspace, upload, dataset="small")
+    dataset = workspace.open("small")
+
+    forced = embed_dataset(dataset, name="forced", backend="torch", precision="fp32")
+    assert (forced.preprocessing["backend"], forced.preprocessing["precision"]) == ("torch", "fp32")
+    auto = embed_dataset(dataset, name="auto")
+    if openvino_available():
+        assert (auto.preprocessing["backend"], auto.preprocessing["precision"]) == (
+            "openvino",
+            "fp32",
+        )
+    else:
+        assert auto.preprocessing["backend"] == "torch"
+    a = np.array(dataset.load_embeddings("forced").vectors)
+    b = np.array(dataset.load_embeddings("auto").vectors)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.995
+
+
+# OpenVINO runs a batch far faster: smaller batches leave time to kill the run part way.
+@pytest.mark.parametrize(("backend", "batch_size"), [("torch", 8), ("openvino", 4)])
+def test_killed_embed_resumes_where_it_stopped(
+    sample_images: Path, tmp_path: Path, backend: str, batch_size: int
+) -> None:
+    from embedding.backends import openvino_available
+
+    if backend == "openvino" and not openvino_available():
+        pytest.skip("needs OpenVINO on x86-64")
+    batches = 80 // batch_size
     upload = tmp_path / "upload"
     for image in sorted(sample_images.glob("train/*/*.jpg"))[:80]:
         (upload / image.parent.name).mkdir(parents=True, exist_ok=True)
@@ -46,10 +86,12 @@ def test_killed_embed_resumes_where_it_stopped(sample_images: Path, tmp_path: Pa
     import_source(workspace, upload, dataset="resume")
     dataset = workspace.open("resume")
     partial = dataset.partial_dir("efficientnet_lite0")
-    args = _shoal("embed", "resume", "--batch-size", "8", "--workspace", str(workspace.root))
+    options = ["--batch-size", str(batch_size), "--backend", backend]
+    args = _shoal("embed", "resume", *options, "--workspace", str(workspace.root))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # OpenVINO's graph cache
 
     process = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
     )
     deadline = time.monotonic() + 240
     while len(list(partial.glob("batch-*.npy"))) < 3:
@@ -59,9 +101,9 @@ def test_killed_embed_resumes_where_it_stopped(sample_images: Path, tmp_path: Pa
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     finished = sorted(p.name for p in partial.glob("batch-*.npy"))
-    assert 3 <= len(finished) < 10 and dataset.embedding_names() == []
+    assert 3 <= len(finished) < batches and dataset.embedding_names() == []
 
-    resumed = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert resumed.returncode == 0, resumed.stderr
     first_progress = next(
         line for line in resumed.stderr.splitlines() if line.startswith("embed resume:")
@@ -77,7 +119,7 @@ def test_killed_embed_resumes_where_it_stopped(sample_images: Path, tmp_path: Pa
     import_source(fresh, upload, dataset="resume")
     assert (
         subprocess.run(
-            _shoal("embed", "resume", "--batch-size", "8", "--workspace", str(fresh.root))
+            _shoal("embed", "resume", *options, "--workspace", str(fresh.root)), env=env
         ).returncode
         == 0
     )
@@ -88,3 +130,4 @@ def test_killed_embed_resumes_where_it_stopped(sample_images: Path, tmp_path: Pa
         / np.linalg.norm(reference, axis=1)
     )
     assert resumed_vectors.shape == (80, 1280) and cosine.min() > 0.9999
+    assert fresh.open("resume").load_embeddings().info.preprocessing["backend"] == backend
