@@ -56,15 +56,29 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "--save-as", metavar="NAME", help="save what was found as a new collection of its dataset"
     )
     p.add_argument("--out", metavar="FILE", help="write the candidates (.csv or .parquet)")
-    p = action("export", "Export a collection: a table, COCO, or a zip of its images.")
+    p = action(
+        "export", "Export a collection: a table, COCO, Label Studio tasks, or a zip of its images."
+    )
     p.add_argument(
         "--format",
-        choices=("csv", "parquet", "coco", "zip"),
+        choices=("csv", "parquet", "coco", "label-studio", "zip"),
         default=None,
         help="default: from --out's suffix (.csv, .parquet, .json = COCO, .zip)",
     )
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--with-embeddings", action="store_true", help="Parquet: add the vectors")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--document-root",
+        metavar="FOLDER",
+        help="label-studio: the LOCAL_FILES_DOCUMENT_ROOT the server serves (default: the "
+        "dataset's folder); images become /data/local-files/?d=… URLs under it",
+    )
+    where.add_argument(
+        "--url-prefix",
+        metavar="URL",
+        help="label-studio: images as URL/<path in the dataset folder> instead",
+    )
     p = action("rename", "Rename a collection.")
     p.add_argument("new_name")
     action("delete", "Delete a collection (the samples stay in the dataset).")
@@ -224,6 +238,21 @@ def _export(ds: Any, collection: Any, args: argparse.Namespace) -> int:
         }
     elif kind == "coco":
         written = exports.export_coco(ds, collection.ids, out)
+    elif kind == "label-studio":
+        written = exports.export_label_studio(
+            ds,
+            collection.ids,
+            out,
+            document_root=args.document_root,
+            url_prefix=args.url_prefix,
+        )
+        if args.url_prefix is None:
+            root = Path(args.document_root or ds.root).resolve()
+            print(
+                "Label Studio serves these images when started with "
+                f"LOCAL_FILES_SERVING_ENABLED=true LOCAL_FILES_DOCUMENT_ROOT={root}, and the "
+                f"project has a Local Files storage on {root} (or a folder under it)"
+            )
     else:
         written = {"images": exports.export_images(ds, collection.ids, out)}
     for what, path in written.items():

@@ -35,16 +35,28 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
     p = add(
         "import",
-        "Create a dataset from a folder, a .zip, or a CSV/Parquet manifest of images.",
+        "Create a dataset from a folder, a .zip, a CSV/Parquet manifest of images, or a Label "
+        "Studio JSON export.",
         cmd_import,
     )
-    p.add_argument("source", help="folder, .zip, .csv or .parquet")
+    p.add_argument("source", help="folder, .zip, .csv, .parquet or Label Studio export .json")
     p.add_argument("--dataset", required=True, help="name of the new dataset")
     p.add_argument("--split", help="split for images not under a train/val/test folder")
     p.add_argument(
         "--metadata", help="with an embeddings SOURCE: table of per-id metadata (CSV/Parquet)"
     )
     p.add_argument("--ids", help="with an .npy embeddings SOURCE: file of row ids")
+    p.add_argument(
+        "--format",
+        choices=("auto", "label-studio"),
+        default="auto",
+        help="what SOURCE is (default: from the file; a .json list of tasks is a Label Studio export)",
+    )
+    p.add_argument(
+        "--images",
+        help="Label Studio export: the folder its image references resolve against (for "
+        "local-files URLs, the server's LOCAL_FILES_DOCUMENT_ROOT; default: the export's folder)",
+    )
     p.add_argument("--json", action="store_true", help="print the import report as JSON")
 
     p = add(
@@ -66,6 +78,18 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "--objects",
         action="store_true",
         help="embed each labelled/predicted box (detection datasets)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "openvino"],
+        default=None,
+        help="inference backend (default: auto = OpenVINO on x86 CPUs where it loads, else torch)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default=None,
+        help="default auto: fp32 on OpenVINO, bf16 on torch CPUs with native bf16, fp16 on CUDA",
     )
     p.add_argument("--json", action="store_true")
 
@@ -179,10 +203,24 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 def cmd_import(args: argparse.Namespace) -> int:
     from shoal.ingest.embeddings import create_from_embeddings, embeddings_table_columns
     from shoal.ingest.images import import_source
+    from shoal.ingest.label_studio import import_label_studio, is_label_studio_export
 
     ws = workspace(args)
     source = Path(args.source)
-    if (
+    if args.format == "label-studio" or is_label_studio_export(source):
+        report = import_label_studio(
+            ws,
+            source,
+            dataset=args.dataset,
+            images=args.images,
+            split=args.split,
+            progress=ProgressLine("import", unit="tasks"),
+        )
+    elif args.images:
+        raise CliError(
+            "--images is for a Label Studio export; a folder or manifest names its files"
+        )
+    elif (
         source.suffix.lower() == ".npy"
         or args.metadata
         or embeddings_table_columns(source) is not None  # ids + vectors (+ metadata), no images
@@ -215,10 +253,18 @@ def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    params = {"model": args.model, "name": args.embedding, "batch_size": args.batch_size}
+    if not args.objects:
+        params |= {"backend": args.backend, "precision": args.precision}
+    elif args.backend not in (None, "torch") or args.precision is not None:
+        print(
+            "note: --objects embeds with torch (ROI-Align); --backend/--precision ignored",
+            file=sys.stderr,
+        )
     result = run_job(
         args,
         "embed-objects" if args.objects else "embed",
-        {"model": args.model, "name": args.embedding, "batch_size": args.batch_size},
+        params,
         label=f"embed {args.name}",
         what="embedding",
     )

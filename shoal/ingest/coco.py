@@ -65,7 +65,7 @@ def import_coco(
     """
     check_new_dataset(workspace, dataset)
     annotations_path = Path(annotations)
-    payload = _read_json(annotations_path, "annotations")
+    payload = read_json(annotations_path, "annotations")
     name = annotations_path.name
     if not isinstance(payload, dict) or not isinstance(payload.get("images"), list):
         raise IngestError(
@@ -114,7 +114,7 @@ def add_predictions(
     ``images`` finds an image by a record's ``image_id``; ``category_of`` reads its class name
     (raising :class:`BadAnnotation`). Bad records are skipped with their reason in the report.
     """
-    payload = _read_json(Path(path), "predictions")
+    payload = read_json(Path(path), "predictions")
     if isinstance(payload, dict) and isinstance(payload.get("annotations"), list):
         payload = payload["annotations"]
     if not isinstance(payload, list):
@@ -291,7 +291,9 @@ def _prediction_category(categories: dict[str, str]) -> Callable[[dict[str, Any]
     return category_of
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``; an :class:`IngestError` naming the file (as ``what``) if it is
+    missing or not valid JSON."""
     name = Path(path).name
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

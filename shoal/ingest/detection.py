@@ -275,6 +275,7 @@ class ImageEntry:
     declared_size: tuple[int, int] | None = None
     size: tuple[int, int] | None = None
     boxes: list[dict[str, Any]] = field(default_factory=list)
+    sample_id: str | None = None  # kept from the source (a Label Studio round trip), else derived
 
     def add_box(
         self,
@@ -370,7 +371,7 @@ def _image_rows(
     image: ImageEntry, stored: str, report: DetectionImportReport
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """The image's sample row, and its clipped label and inference rows."""
-    sample_id = stable_id(image.source)
+    sample_id = image.sample_id or stable_id(image.source)
     width, height = image.size  # type: ignore[misc]
     counts: Counter[str] = Counter()
     areas: dict[str, float] = {}

@@ -185,7 +185,7 @@ def import_folder(
             continue
         file_split, label = _split_and_label(relative)
         entries.append((file, relative.as_posix(), split or file_split, label, {}))
-    return _store_entries(workspace, dataset, entries, report, limits=limits, progress=progress)
+    return store_entries(workspace, dataset, entries, report, limits=limits, progress=progress)
 
 
 def import_zip(
@@ -491,7 +491,7 @@ def import_manifest(
                 sample_id,
             )
         )
-    return _store_entries(workspace, dataset, entries, report, limits=limits, progress=progress)
+    return store_entries(workspace, dataset, entries, report, limits=limits, progress=progress)
 
 
 def _inside(file: Path, folder: Path) -> bool:
@@ -577,7 +577,7 @@ def _read_csv_table(path: Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------- storing
 
 
-def _store_entries(
+def store_entries(
     workspace: Workspace,
     dataset: str,
     entries: list,
@@ -586,6 +586,12 @@ def _store_entries(
     limits: ImportLimits,
     progress: ProgressCallback | None,
 ) -> ImportReport:
+    """Check and store each entry's image, then publish the dataset: the one storage path of
+    the image-level importers (folder, zip, manifest, Label Studio).
+
+    entries: ``(file, source, split, label, metadata)`` tuples, optionally with a sixth item,
+    the sample id (else a stable id of ``source``). A bad image is rejected in ``report``.
+    """
     rows = []
     with staging(workspace, dataset) as staged:
         for done, entry in enumerate(entries, start=1):

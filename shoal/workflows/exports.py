@@ -10,6 +10,8 @@ place when complete, so a failed export never leaves half a file where the user 
   datasets get the images and their label as a category of the whole image.
 - :func:`export_images`: a zip of the image files (named ``<sample_id><suffix>``) plus a
   ``files.csv`` that maps each back to its sample, split and label.
+- :func:`export_label_studio`: Label Studio tasks JSON with the labels (and the model's boxes)
+  as pre-annotations, plus the labelling config (:func:`label_config`) the project needs.
 
 Example:
     >>> from shoal.store import Workspace                                  # doctest: +SKIP
@@ -25,6 +27,8 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 import pandas as pd
@@ -32,6 +36,13 @@ from PIL import Image
 
 from analysis.blocks import BLOCK_ROWS, take_rows
 from shoal.ingest.export import write_csv
+from shoal.ingest.label_studio import (
+    FROM_NAME,
+    LABELS_VERSION,
+    LOCAL_FILES_URL,
+    PREDICTIONS_VERSION,
+    TO_NAME,
+)
 from shoal.store import Dataset, StoreError
 from shoal.store.files import atomic_path
 
@@ -216,6 +227,175 @@ def export_images(ds: Dataset, sample_ids: Iterable[str], out: str | os.PathLike
         table = pd.DataFrame(listing)
         bundle.writestr("files.csv", table.to_csv(index=False))
     return out
+
+
+def label_config(ds: Dataset) -> str:
+    """The Label Studio labelling config for the dataset's classes (every class of the dataset,
+    so a labeller can pick any of them): ``RectangleLabels`` for a detection dataset, one
+    ``Choices`` per image otherwise. Its tag names match the tasks of :func:`export_label_studio`.
+
+    >>> print(label_config(Workspace().open("pets")))                      # doctest: +SKIP
+    <View>
+      <Image name="image" value="$image"/>
+      <Choices name="label" toName="image" choice="single-radio" showInline="true">
+    ...
+    """
+    objects = ds.objects()
+    if objects is not None:
+        names = sorted(objects["category"].dropna().astype(str).unique())
+        tag, attributes, item = "RectangleLabels", "", "Label"
+    else:
+        names = sorted(ds.samples()["label"].dropna().astype(str).unique())
+        tag, attributes, item = "Choices", ' choice="single-radio" showInline="true"', "Choice"
+    lines = [
+        "<View>",
+        f'  <Image name="{TO_NAME}" value="${TO_NAME}"/>',
+        f'  <{tag} name="{FROM_NAME}" toName="{TO_NAME}"{attributes}>',
+        *(f"    <{item} value={quoteattr(name)}/>" for name in names),
+        f"  </{tag}>",
+        "</View>",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def export_label_studio(
+    ds: Dataset,
+    sample_ids: Iterable[str],
+    out: str | os.PathLike[str],
+    *,
+    document_root: str | os.PathLike[str] | None = None,
+    url_prefix: str | None = None,
+) -> dict[str, Path]:
+    """Label Studio tasks JSON for the samples, plus the project's labelling config beside it
+    (``<name>.config.xml``, see :func:`label_config`). Returns the files written.
+
+    Each task's ``data`` holds ``image`` (the image reference), ``sample_id``, ``split`` and
+    ``label``. What Shoal knows comes as pre-annotations (``predictions``), never as finished
+    annotations, so every task still waits for a labeller to accept or fix it:
+    the dataset's labels as one prediction (``model_version`` "shoal labels": the image's
+    choice, or its labelled boxes) and, at object level, the model's predicted boxes with their
+    scores as another ("shoal predictions"). Boxes are in percent of the image, as Label Studio
+    wants them.
+
+    Image references: by default a local-files URL (``/data/local-files/?d=<path>``) relative
+    to ``document_root`` (default: the dataset's folder), which Label Studio serves when started
+    with ``LOCAL_FILES_SERVING_ENABLED=true`` and ``LOCAL_FILES_DOCUMENT_ROOT`` = that folder,
+    and whose project has a Local Files storage on a folder holding the images (no sync
+    needed). ``url_prefix`` instead: the prefix plus each image's path inside the dataset
+    folder, for images served over HTTP.
+
+    >>> export_label_studio(ds, ds.samples().sample_id[:10], "tasks.json")  # doctest: +SKIP
+    {'tasks': PosixPath('tasks.json'), 'config': PosixPath('tasks.config.xml')}
+    """
+    if document_root is not None and url_prefix is not None:
+        raise StoreError("give a document root or a URL prefix for the images, not both")
+    out = Path(out)
+    rows = rows_for(ds, sample_ids)
+    if not ds.has_images or rows["path"].isna().any():
+        raise StoreError(
+            f"dataset {ds.name!r} has samples without images: Label Studio tasks need images"
+        )
+    objects = ds.objects()
+    boxes = (
+        objects[objects["sample_id"].astype(str).isin(set(rows["sample_id"].astype(str)))]
+        if objects is not None
+        else None
+    )
+    by_sample = (
+        dict(tuple(boxes.groupby(boxes["sample_id"].astype(str)))) if boxes is not None else {}
+    )
+    root = Path(document_root if document_root is not None else ds.root).resolve()
+    tasks = []
+    for row in rows.itertuples(index=False):
+        sample_id = str(row.sample_id)
+        if url_prefix is not None:
+            reference = f"{url_prefix.rstrip('/')}/{quote(str(row.path))}"
+        else:
+            reference = LOCAL_FILES_URL + quote(_under_root(ds, row, root))
+        task: dict[str, Any] = {
+            "data": {
+                "image": reference,
+                "sample_id": sample_id,
+                "split": _text(row.split),
+                "label": _text(row.label),
+            }
+        }
+        if boxes is not None:
+            predictions = _box_predictions(by_sample.get(sample_id), *_size(ds, row))
+        elif isinstance(row.label, str):
+            choice = {
+                "from_name": FROM_NAME,
+                "to_name": TO_NAME,
+                "type": "choices",
+                "value": {"choices": [row.label]},
+            }
+            predictions = [{"model_version": LABELS_VERSION, "result": [choice]}]
+        else:
+            predictions = []
+        if predictions:
+            task["predictions"] = predictions
+        tasks.append(task)
+    config = out.with_name(out.stem + ".config.xml")
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(tasks, indent=1))
+    with atomic_path(config) as tmp:
+        tmp.write_text(label_config(ds))
+    return {"tasks": out, "config": config}
+
+
+def _under_root(ds: Dataset, row: Any, root: Path) -> str:
+    """The image's path relative to the local-files document root (refused if outside it)."""
+    file = ds.image_file(str(row.path)).resolve()
+    if not file.is_relative_to(root):
+        raise StoreError(
+            f"the image of sample {row.sample_id!r} ({file}) is not under the document root "
+            f"{root}: give the folder Label Studio serves (its LOCAL_FILES_DOCUMENT_ROOT) that "
+            f"holds the dataset folder {ds.root}, or a URL prefix"
+        )
+    return file.relative_to(root).as_posix()
+
+
+def _box_predictions(boxes: pd.DataFrame | None, width: int, height: int) -> list[dict[str, Any]]:
+    """The sample's labelled boxes and predicted boxes as two Label Studio predictions."""
+    if boxes is None or not len(boxes):
+        return []
+    predictions = []
+    for kind, version in (("label", LABELS_VERSION), ("inference", PREDICTIONS_VERSION)):
+        mine = boxes[boxes["kind"] == kind]
+        if not len(mine):
+            continue
+        result = []
+        for box in mine.itertuples(index=False):
+            x0, y0, x1, y1 = (float(box.x0), float(box.y0), float(box.x1), float(box.y1))
+            region = {
+                "id": str(box.object_id),
+                "from_name": FROM_NAME,
+                "to_name": TO_NAME,
+                "type": "rectanglelabels",
+                "original_width": width,
+                "original_height": height,
+                "image_rotation": 0,
+                "value": {
+                    "x": 100 * x0 / width,
+                    "y": 100 * y0 / height,
+                    "width": 100 * (x1 - x0) / width,
+                    "height": 100 * (y1 - y0) / height,
+                    "rotation": 0,
+                    "rectanglelabels": [str(box.category)],
+                },
+            }
+            if kind == "inference":
+                region["score"] = float(box.score)
+            result.append(region)
+        prediction: dict[str, Any] = {"model_version": version, "result": result}
+        if kind == "inference":
+            prediction["score"] = float(mine["score"].mean())
+        predictions.append(prediction)
+    return predictions
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, str) or not pd.isna(value) else None
 
 
 def _size(ds: Dataset, row: Any) -> tuple[int, int]:
