@@ -171,8 +171,9 @@ if section == "outliers":
     )
     shown = order[: max(flagged, ITEMS_PER_PAGE)] if flagged else order[: ITEMS_PER_PAGE * 3]
     if not flagged:
+        who = "no sample" if collection is None else "no member of the collection"
         st.info(
-            "Nothing crosses the threshold: no sample is more unusual than this dataset's own "
+            f"Nothing crosses the threshold: {who} is more unusual than this dataset's own "
             "spread explains. The highest-scoring samples are shown anyway; move the threshold "
             "to flag them."
         )
