@@ -137,8 +137,12 @@ def create_embedder(
     backend: str = "auto",
     precision: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
+    num_threads: int | None = None,
 ) -> Embedder:
     """``model`` readied on ``backend`` (see the module docstring for the choice).
+
+    ``num_threads``: CPU threads OpenVINO may use (default: all cores; a Ray actor given one
+    CPU passes 1). torch takes ``torch.set_num_threads`` from the caller.
 
     >>> create_embedder(create_model(), backend="torch").backend       # doctest: +SKIP
     'torch'
@@ -147,7 +151,9 @@ def create_embedder(
     if chosen == "openvino":
         ov_precision = resolve_precision("openvino", precision)
         try:
-            return OpenVINOEmbedder(model, precision=ov_precision, cache_dir=cache_dir)
+            return OpenVINOEmbedder(
+                model, precision=ov_precision, cache_dir=cache_dir, num_threads=num_threads
+            )
         except Exception as error:  # conversion fails with many types (tracing, frontends)
             if backend == "openvino":
                 raise

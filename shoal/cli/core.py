@@ -91,6 +91,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         default=None,
         help="default auto: fp32 on OpenVINO, bf16 on torch CPUs with native bf16, fp16 on CUDA",
     )
+    p.add_argument(
+        "--engine",
+        choices=["auto", "local", "ray"],
+        default=None,
+        help="where to run (default auto: the Ray cluster named by --address or "
+        "SHOAL_RAY_ADDRESS if any, else this machine; see docs/ray.md)",
+    )
+    p.add_argument("--address", help="with --engine ray: the cluster's host:port (ray status)")
     p.add_argument("--json", action="store_true")
 
     p = add(
@@ -254,8 +262,18 @@ def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     params = {"model": args.model, "name": args.embedding, "batch_size": args.batch_size}
+    if args.objects and (args.engine == "ray" or args.address):
+        raise CliError(
+            "--objects runs on this machine only for now; drop --engine ray/--address "
+            "(docs/ray.md: what runs on Ray)"
+        )
     if not args.objects:
-        params |= {"backend": args.backend, "precision": args.precision}
+        params |= {
+            "backend": args.backend,
+            "precision": args.precision,
+            "engine": args.engine,
+            "address": args.address,
+        }
     elif args.backend not in (None, "torch") or args.precision is not None:
         print(
             "note: --objects embeds with torch (ROI-Align); --backend/--precision ignored",
@@ -274,6 +292,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(
             f"stored embedding set {result.get('embedding')!r}: {result.get('count'):,} x {result.get('dim')}"
         )
+        ray = result.get("ray")
+        if ray:
+            per_node = ", ".join(f"{rows:,}" for rows in sorted(ray["rows_per_node"].values()))
+            print(
+                f"  on Ray at {ray['address']}: {len(ray['rows_per_node'])} node(s) "
+                f"({per_node} images), {ray['actors']} actor(s), {ray['resumed_rows']:,} resumed"
+            )
     return 0
 
 

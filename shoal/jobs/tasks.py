@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from embedding.defaults import (
@@ -52,31 +52,61 @@ class EmbedParams:
     batch_size: int = DEFAULT_BATCH_SIZE
     backend: str = DEFAULT_BACKEND  # or 'torch', 'openvino' (embedding.backends)
     precision: str = DEFAULT_PRECISION  # or 'fp32', 'bf16' (CPU), 'fp16' (CUDA)
+    # 'auto': on the Ray cluster named by SHOAL_RAY_ADDRESS if set, else here; 'local', 'ray'
+    engine: str = "auto"
+    address: str | None = None  # the Ray cluster (host:port); default SHOAL_RAY_ADDRESS
+
+
+ENGINES = ("auto", "local", "ray")
+
+
+def resolve_engine(engine: str, address: str | None = None) -> str:
+    """``auto`` -> ``ray`` when a cluster is named (``address`` or SHOAL_RAY_ADDRESS), else
+    ``local``."""
+    from shoal.workflows.ray_engine import default_address
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "auto":
+        return "ray" if address or default_address() else "local"
+    return engine
 
 
 @task("embed", params=EmbedParams)
 def embed_task(context: JobContext) -> dict[str, Any]:
-    """Embed every image of the dataset with a registered model."""
+    """Embed every image of the dataset with a registered model, here or on a Ray cluster."""
     from shoal.workflows.embed import embed_dataset
 
     params = EmbedParams(**context.params)
+    options: dict[str, Any] = {
+        "model": params.model,
+        "name": params.name,
+        "batch_size": params.batch_size,
+        "backend": params.backend,
+        "precision": params.precision,
+        "progress": context.report_images,
+        "should_stop": context.cancelled,
+    }
+    extra: dict[str, Any] = {}
     with _cancellable():
-        info = embed_dataset(
-            context.dataset(),
-            model=params.model,
-            name=params.name,
-            batch_size=params.batch_size,
-            backend=params.backend,
-            precision=params.precision,
-            progress=context.report_images,
-            should_stop=context.cancelled,
-        )
+        if resolve_engine(params.engine, params.address) == "ray":
+            from shoal.workflows.ray_engine import embed_dataset_on_ray
+
+            reports: list[Any] = []
+            info = embed_dataset_on_ray(
+                context.dataset(), address=params.address, report=reports.append, **options
+            )
+            extra = {"engine": "ray", "ray": asdict(reports[0]) if reports else None}
+        else:
+            info = embed_dataset(context.dataset(), **options)
+            extra = {"engine": "local"}
     return {
         "embedding": info.name,
         "count": info.count,
         "dim": info.dim,
         "backend": info.preprocessing.get("backend"),
         "precision": info.preprocessing.get("precision"),
+        **extra,
     }
 
 

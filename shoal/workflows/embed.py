@@ -10,7 +10,11 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from embedding.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from shoal.store import Dataset, EmbeddingInfo, StoreError
@@ -41,13 +45,8 @@ def embed_dataset(
     from embedding import checkpoint_manifest, create_model, embed_paths
     from embedding.backends import create_embedder, default_device
 
-    if not dataset.has_images:
-        raise StoreError(
-            f"dataset {dataset.name!r} has no images to embed; add embeddings with `shoal add-embeddings`"
-        )
     name = name or default_embedding_name(model)
-    samples = dataset.samples()
-    paths = [dataset.image_file(p) for p in samples["path"]]
+    samples, paths = images_to_embed(dataset)
     with dataset.computing(name):  # a second job on this set is refused, not mixed in
         network = create_model(model, device=default_device(backend))  # CUDA: torch
         embedder = create_embedder(network, backend=backend, precision=precision)
@@ -68,16 +67,53 @@ def embed_dataset(
             progress=progress,
             should_stop=should_stop,
         )
-        info = dataset.publish_embeddings(
+        return publish_image_embeddings(
+            dataset,
             name,
             vectors,
-            samples["sample_id"].astype(str).to_numpy(),
+            samples,
             model=model,
-            preprocessing={
-                **network.data_config.to_dict(),
-                "backend": embedder.backend,
-                "precision": embedder.precision,
-            },
-            make_default=True,
+            data_config=network.data_config,
+            backend=embedder.backend,
+            precision=embedder.precision,
         )
-    return info
+
+
+def images_to_embed(dataset: Dataset) -> tuple[pd.DataFrame, list[Path]]:
+    """The samples table and each sample's image file, in row order."""
+    if not dataset.has_images:
+        raise StoreError(
+            f"dataset {dataset.name!r} has no images to embed; add embeddings with `shoal add-embeddings`"
+        )
+    samples = dataset.samples()
+    return samples, [dataset.image_file(p) for p in samples["path"]]
+
+
+def publish_image_embeddings(
+    dataset: Dataset,
+    name: str,
+    vectors: np.ndarray,
+    samples: pd.DataFrame,
+    *,
+    model: str,
+    data_config: Any,
+    backend: str,
+    precision: str,
+    **provenance: Any,
+) -> EmbeddingInfo:
+    """Publish one vector per sample as the dataset's default set ``name``; its preprocessing
+    records the model's data config, the backend and precision (and ``provenance``, e.g. the
+    engine that ran it)."""
+    return dataset.publish_embeddings(
+        name,
+        vectors,
+        samples["sample_id"].astype(str).to_numpy(),
+        model=model,
+        preprocessing={
+            **data_config.to_dict(),
+            "backend": backend,
+            "precision": precision,
+            **provenance,
+        },
+        make_default=True,
+    )

@@ -42,6 +42,8 @@ def test_parameters_are_typed_and_their_defaults_come_from_the_library() -> None
         "batch_size": DEFAULT_BATCH_SIZE,
         "backend": DEFAULT_BACKEND,
         "precision": DEFAULT_PRECISION,
+        "engine": "auto",
+        "address": None,
     }
     assert embed.complete_params({}) == embed.complete_params(spelt_out) == spelt_out
     # None means "the default", as the CLI passes an option the user did not give.
@@ -69,3 +71,17 @@ def test_a_request_with_the_defaults_spelt_out_reuses_the_active_job(tmp_path: P
         again = jobs.find_active(workspace, "embed", dataset="pets", params=asked)
         assert again is not None and again.id == "1", asked
     assert jobs.find_active(workspace, "embed", dataset="pets", params={"batch_size": 8}) is None
+
+
+def test_the_embed_engine_follows_the_named_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.jobs.tasks import resolve_engine
+    from shoal.workflows.ray_engine import RAY_ADDRESS_ENV
+
+    monkeypatch.delenv(RAY_ADDRESS_ENV, raising=False)
+    assert resolve_engine("auto") == "local"
+    assert resolve_engine("auto", "127.0.0.1:6379") == "ray"
+    monkeypatch.setenv(RAY_ADDRESS_ENV, "10.0.0.1:6379")
+    assert resolve_engine("auto") == "ray"
+    assert resolve_engine("local") == "local"
+    with pytest.raises(ValueError, match="engine must be one of"):
+        resolve_engine("spark")
