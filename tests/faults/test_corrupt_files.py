@@ -189,7 +189,8 @@ def test_a_broken_checkpoint_is_recomputed(
     ds = fresh_workspace.open("pets")
     partial = ds.partial_dir("efficientnet_lite0")
     batches = sorted(partial.glob("batch-*.npy"))
-    assert len(batches) == 4
+    # 4 batches, or 5: the batch already submitted when the stop came is finished and kept.
+    assert 4 <= len(batches) <= 5
     if damage == "batch":
         _truncate(batches[1], 100)
     else:
@@ -197,7 +198,7 @@ def test_a_broken_checkpoint_is_recomputed(
     seen: list = []
     info = embed_dataset(ds, batch_size=2, progress=seen.append)
     # The damaged batch (or, with a damaged manifest, every batch) was computed again.
-    assert seen[0].done == (6 if damage == "batch" else 0)
+    assert seen[0].done == (2 * (len(batches) - 1) if damage == "batch" else 0)
     assert info.count == 16 and not partial.exists()
     assert np.isfinite(ds.load_embeddings().vectors).all()
 
