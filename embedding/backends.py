@@ -47,11 +47,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from embedding.defaults import BACKENDS
 from embedding.inference import embed_batch, normalize_pixels, prepare_for_inference
 from embedding.inference import resolve_precision as resolve_torch_precision
 from embedding.models import EmbeddingModel
 
-BACKENDS = ("auto", "torch", "openvino")
 CACHE_FORMAT = 1
 _INSTALL_HINT = "the openvino backend needs OpenVINO on an x86-64 CPU: pip install openvino"
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}

@@ -15,5 +15,6 @@ DEFAULT_EXTRACT_BATCH_SIZE = 16
 DEFAULT_MAX_ELEMENTS = 10_000
 #: Inference backend: "auto" = OpenVINO on x86 CPUs where it loads, else torch (CUDA on a GPU).
 DEFAULT_BACKEND = "auto"
+BACKENDS = ("auto", "torch", "openvino")
 #: Precision: "auto" = fp32 on OpenVINO, bf16 on torch CPUs with native bf16, fp16 on CUDA.
 DEFAULT_PRECISION = "auto"

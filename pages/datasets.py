@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from embedding.defaults import BACKENDS
 from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
@@ -23,8 +24,10 @@ from shoal.app.uploads import (
     suggest_dataset_name,
     upload_dir,
 )
+from shoal.jobs.tasks import ENGINES
 from shoal.store import Dataset, StoreError
 from shoal.store.collections import Collections
+from shoal.workflows.ray_engine import default_address as ray_address
 
 ui.ensure_entrypoint()
 
@@ -303,15 +306,52 @@ if watched is not None and watched.dataset == ds.name:
 
 if not info["embeddings"]:
     if ds.has_images:
-        active = jobs.find_active(ws, "embed", dataset=ds.name, params={})
+        active = next(
+            (r for r in jobs.list_jobs(ws, dataset=ds.name, kind="embed") if r.active), None
+        )
         if active is None:
             st.info(
                 "This dataset has no embeddings yet: the map, outliers, similarity and comparison need them."
             )
+            with st.expander("Embedding options"):
+                left, middle, right = st.columns(3)
+                backend = left.selectbox(
+                    "Backend",
+                    BACKENDS,
+                    key="datasets_embed_backend",
+                    help="auto: OpenVINO on x86 CPUs where it loads (f32, same vectors as torch "
+                    "fp32, faster), else torch; a GPU always uses torch.",
+                )
+                precision = middle.selectbox(
+                    "Precision",
+                    ("auto", "fp32", "bf16"),
+                    key="datasets_embed_precision",
+                    help="auto: fp32 on OpenVINO, bf16 on torch CPUs that have it. bf16 is "
+                    "faster and less faithful (mean cosine to fp32 about 0.999).",
+                )
+                # Only a cluster the server was configured with (SHOAL_RAY_ADDRESS): a visitor
+                # never points the server at an address of their choosing.
+                cluster = ray_address()
+                engine = right.selectbox(
+                    "Run on",
+                    ENGINES if cluster else ("local",),
+                    format_func={
+                        "auto": "auto (the Ray cluster)",
+                        "local": "this server",
+                        "ray": "the Ray cluster",
+                    }.get,
+                    key="datasets_embed_engine",
+                    help=f"Ray cluster: {cluster}"
+                    if cluster
+                    else "No Ray cluster configured (SHOAL_RAY_ADDRESS); see docs/ray.md.",
+                )
             if st.button(
                 "Generate embeddings", type="primary", key="datasets_embed", icon=":material/bolt:"
             ):
-                st.session_state["job_id"] = jobs.submit(ws, "embed", dataset=ds.name, params={})
+                params = {"backend": backend, "precision": precision, "engine": engine}
+                st.session_state["job_id"] = jobs.submit(
+                    ws, "embed", dataset=ds.name, params=params
+                )
                 st.rerun()
     else:
         st.info("This dataset has no images and no embeddings: add an embeddings file above.")

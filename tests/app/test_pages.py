@@ -567,17 +567,25 @@ def test_generate_embeddings_button_runs_the_embed_job(
     for image in sorted((sample_images / "train" / "food").iterdir())[:4]:
         (folder / image.name).write_bytes(image.read_bytes())
     import_source(workspace, tmp_path / "few", dataset="few")
+    monkeypatch.delenv("SHOAL_RAY_ADDRESS", raising=False)
     at = open_app(workspace, monkeypatch).run()
     assert_clean(at)
+    # The options reach the job; with no cluster configured only this server is offered.
+    assert at.selectbox(key="datasets_embed_engine").options == ["this server"]
+    at.selectbox(key="datasets_embed_backend").select("torch")
+    at.selectbox(key="datasets_embed_precision").select("fp32")
     at.button(key="datasets_embed").click().run()
     job_id = at.session_state["job_id"]
     assert at.query_params["job"] == job_id
     record = jobs.wait(workspace, job_id, timeout=240)
     assert record.state == "done", record.error
+    assert (record.params["backend"], record.params["precision"]) == ("torch", "fp32")
     at.run()
     assert_clean(at)
     assert any("finished" in s.value for s in at.success)
-    assert workspace.open("few").embedding_names() == ["efficientnet_lite0"]
+    ds = workspace.open("few")
+    assert ds.embedding_names() == ["efficientnet_lite0"]
+    assert ds.embedding_info("efficientnet_lite0").preprocessing["backend"] == "torch"
 
 
 def test_link_chooses_the_embedding_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
