@@ -52,17 +52,10 @@ def street(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Any, li
     with its predictions, every box embedded by a real 'embed-objects' job: (workspace, the
     job's record, the progress it reported)."""
     from shoal import jobs
-    from shoal.ingest.coco import import_coco
+    from tests.shoal.ingest.detection_fixture import import_street
 
-    detection = FIXTURES / "detection"
     ws = Workspace(tmp_path_factory.mktemp("street-ws"))
-    import_coco(
-        ws,
-        detection / "detection.json",
-        images=detection,
-        dataset="street",
-        predictions=detection / "predictions.json",
-    )
+    import_street(ws)
     seen: list[Any] = []
     record = jobs.run_inline(
         ws,

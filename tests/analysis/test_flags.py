@@ -116,9 +116,7 @@ def test_no_crowd_of_false_flags(planted: Planted, source: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 @pytest.mark.parametrize("source", ["digits", "held-out", "mixed"])
-def test_no_crowd_of_false_flags_more_seeds(
-    planted: Planted, source: str, seed: int
-) -> None:
+def test_no_crowd_of_false_flags_more_seeds(planted: Planted, source: str, seed: int) -> None:
     assert_no_crowd_of_false_flags(planted, source, SHARES, seed=seed)
 
 

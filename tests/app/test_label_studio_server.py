@@ -29,16 +29,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shoal.ingest.coco import import_coco
 from shoal.ingest.label_studio import LABELS_VERSION, PREDICTIONS_VERSION, import_label_studio
 from shoal.store import Workspace
 from shoal.workflows.exports import export_label_studio
 from tests.app.servers import REPO, free_port
+from tests.shoal.ingest.detection_fixture import import_street
 
 LABEL_STUDIO = REPO / ".venv-labelstudio" / "bin" / "label-studio"
 #: A database migrated by `make label-studio`: a fresh one takes ~80 s of migrations, a copy ~8 s.
 MIGRATED = REPO / ".venv-labelstudio" / "migrated" / "label_studio.sqlite3"
-FIXTURES = REPO / "tests" / "fixtures" / "detection"
+
 STARTUP_TIMEOUT_S = 240.0
 
 
@@ -160,13 +160,7 @@ def test_a_missing_label_studio_fails_where_it_is_required(
 def test_shoal_tasks_import_into_label_studio_and_its_export_imports_back(tmp_path: Path) -> None:
     _label_studio_or_skip()
     ws = Workspace(tmp_path / "ws")
-    import_coco(
-        ws,
-        FIXTURES / "detection.json",
-        images=FIXTURES,
-        dataset="street",
-        predictions=FIXTURES / "predictions.json",
-    )
+    import_street(ws)
     ds = ws.open("street")
     samples = ds.samples()
     written = export_label_studio(ds, samples["sample_id"], tmp_path / "tasks.json")

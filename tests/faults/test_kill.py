@@ -113,16 +113,9 @@ def test_killed_embed_job_resumes_from_its_checkpoints_and_the_old_set_stays_rea
 def test_killed_object_embedding_publishes_nothing_and_the_rerun_succeeds(
     fresh_workspace: Workspace,
 ) -> None:
-    from shoal.ingest.coco import import_coco
+    from tests.shoal.ingest.detection_fixture import import_street
 
-    detection = Path(__file__).resolve().parents[1] / "fixtures" / "detection"
-    import_coco(
-        fresh_workspace,
-        detection / "detection.json",
-        images=detection,
-        dataset="street",
-        predictions=detection / "predictions.json",
-    )
+    import_street(fresh_workspace)
     ds = fresh_workspace.open("street")
     params = {"batch_size": 1}
     job_id = jobs.submit(fresh_workspace, "embed-objects", dataset="street", params=params)

@@ -13,7 +13,23 @@ from typing import Any
 
 import pandas as pd
 
+from shoal.store import Workspace
+
 DETECTION = Path(__file__).resolve().parents[2] / "fixtures" / "detection"
+
+
+def import_street(workspace: Workspace) -> Workspace:
+    """The fixture imported as dataset 'street' with its predictions (not embedded)."""
+    from shoal.ingest.coco import import_coco
+
+    import_coco(
+        workspace,
+        DETECTION / "detection.json",
+        images=DETECTION,
+        dataset="street",
+        predictions=DETECTION / "predictions.json",
+    )
+    return workspace
 
 
 def by_origin(objects: pd.DataFrame) -> dict[str, Any]:

@@ -14,20 +14,13 @@ from shoal.ingest.coco import import_coco
 from shoal.store import StoreError, Workspace
 from shoal.store.collections import Collections
 from shoal.workflows.exports import export_coco, export_images, export_table
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "detection"
+from tests.shoal.ingest.detection_fixture import import_street
 
 
 @pytest.fixture
 def street(tmp_path: Path) -> Workspace:
     ws = Workspace(tmp_path / "ws")
-    import_coco(
-        ws,
-        FIXTURES / "detection.json",
-        images=FIXTURES,
-        dataset="street",
-        predictions=FIXTURES / "predictions.json",
-    )
+    import_street(ws)
     return ws
 
 

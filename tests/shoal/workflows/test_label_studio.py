@@ -18,28 +18,21 @@ import pandas as pd
 import pytest
 
 from shoal.cli import main
-from shoal.ingest.coco import import_coco
 from shoal.ingest.images import import_source
 from shoal.ingest.label_studio import LABELS_VERSION, PREDICTIONS_VERSION, import_label_studio
 from shoal.ingest.publish import IngestError
 from shoal.store import StoreError, Workspace
 from shoal.store.collections import Collections
 from shoal.workflows.exports import export_label_studio
+from tests.shoal.ingest.detection_fixture import DETECTION, import_street
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "detection"
 BOX = ["x0", "y0", "x1", "y1"]
 
 
 @pytest.fixture
 def street(tmp_path: Path) -> Workspace:
     ws = Workspace(tmp_path / "ws")
-    import_coco(
-        ws,
-        FIXTURES / "detection.json",
-        images=FIXTURES,
-        dataset="street",
-        predictions=FIXTURES / "predictions.json",
-    )
+    import_street(ws)
     return ws
 
 
@@ -193,7 +186,7 @@ def test_bad_exports_are_refused_or_skipped_with_the_task_and_what_to_do(
 ) -> None:
     ds = street.open("street")
     with pytest.raises(IngestError, match="shoal import-coco"):
-        import_label_studio(street, FIXTURES / "detection.json", images=FIXTURES, dataset="a")
+        import_label_studio(street, DETECTION / "detection.json", images=DETECTION, dataset="a")
     minimal = write(tmp_path / "min.json", [{"image": "x.jpg", "label": "cat"}])
     with pytest.raises(IngestError, match="JSON-MIN"):
         import_label_studio(street, minimal, images=tmp_path, dataset="a")
