@@ -273,6 +273,25 @@ def _batches(total: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
 
 
+def unfinished_batches(
+    vectors: np.ndarray, batch_size: int, checkpoints: Checkpoints | None
+) -> list[tuple[int, int]]:
+    """The (start, end) batches of ``vectors``' rows still to embed; the batches ``checkpoints``
+    holds are copied into ``vectors``. Every engine cuts the rows this way, so one resumes
+    another's run."""
+    spans = _batches(len(vectors), batch_size)
+    if checkpoints is None:
+        return spans
+    pending = []
+    for start, end in spans:
+        stored = checkpoints.load(start, end, vectors.shape[1])
+        if stored is None:
+            pending.append((start, end))
+        else:
+            vectors[start:end] = stored
+    return pending
+
+
 def embed_paths(
     paths: Sequence[str | os.PathLike[str]],
     model: EmbeddingModel,
@@ -310,18 +329,7 @@ def embed_paths(
     device = model.device
     total = len(names)
     vectors = _output(out, total, model.dim)
-    spans = _batches(total, batch_size)
-
-    pending = spans
-    if checkpoints is not None:
-        pending = []
-        for start, end in spans:
-            stored = checkpoints.load(start, end, model.dim)
-            if stored is None:
-                pending.append((start, end))
-            else:
-                vectors[start:end] = stored
-
+    pending = unfinished_batches(vectors, batch_size, checkpoints)
     reporter = ProgressReporter(
         total,
         progress,

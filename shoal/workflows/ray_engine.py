@@ -61,10 +61,6 @@ class RayRunReport:
     resumed_rows: int = 0
     seconds: float = 0.0
 
-    @property
-    def nodes(self) -> int:
-        return len(self.rows_per_node)
-
 
 class _EmbedActor:
     """One model per actor; ``__call__`` embeds a group of batches with the local pipeline."""
@@ -141,9 +137,9 @@ def embed_dataset_on_ray(
     finished before it stay checkpointed), ``embedding.EmbeddingCancelled`` when
     ``should_stop()`` turns true.
     """
-    from embedding import ImageDecodeError, checkpoint_manifest, create_model
+    from embedding import checkpoint_manifest, create_model
     from embedding.backends import resolve_backend, resolve_precision
-    from embedding.pipeline import ProgressReporter
+    from embedding.pipeline import ProgressReporter, unfinished_batches
     from shoal.workflows.embed import (
         default_embedding_name,
         images_to_embed,
@@ -171,14 +167,7 @@ def embed_dataset_on_ray(
             ),
         )
         vectors = np.empty((total, embedder.dim), dtype=np.float32)
-        pending: list[tuple[int, int]] = []
-        for start in range(0, total, batch_size):
-            end = min(start + batch_size, total)
-            stored = checkpoints.load(start, end, embedder.dim)
-            if stored is None:
-                pending.append((start, end))
-            else:
-                vectors[start:end] = stored
+        pending = unfinished_batches(vectors, batch_size, checkpoints)
         resumed = total - sum(end - start for start, end in pending)
         reporter = ProgressReporter(total, progress, done=resumed, should_stop=should_stop)
         reporter.start()
@@ -201,7 +190,6 @@ def embed_dataset_on_ray(
                 precision=precision,
                 cpus_per_actor=cpus_per_actor,
                 gpus_per_actor=gpus_per_actor,
-                decode_error=ImageDecodeError,
             )
         run.seconds = time.perf_counter() - started
         info = publish_image_embeddings(
@@ -235,9 +223,10 @@ def _run_pending(
     precision: str,
     cpus_per_actor: float,
     gpus_per_actor: float,
-    decode_error: type[Exception],
 ) -> None:
     """Send the unfinished batches through the actor pool; write and checkpoint what returns."""
+    from embedding import ImageDecodeError
+
     rows = [{"start": s, "end": e, "paths": list(paths[s:e])} for s, e in pending]
     remaining = {start: end - start for start, end in pending}
     ends = dict(pending)
@@ -276,7 +265,7 @@ def _run_pending(
                     checkpoints.save(start, ends[start], vectors[start : ends[start]])
                     reporter.advance(ends[start] - start)
     except Exception as error:
-        decode = _find_cause(error, decode_error)
+        decode = _find_cause(error, ImageDecodeError)
         if decode is not None:
             raise decode from None
         raise
