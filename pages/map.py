@@ -61,8 +61,10 @@ def colouring_for(name: str) -> Colouring | None:
     if name == "none":
         return None
     if name.startswith(COLLECTION_PREFIX):
-        members = set(shelf.get(name[len(COLLECTION_PREFIX) :]).ids)
-        inside = samples[ID_COLUMN].astype(str).isin(members).to_numpy()
+        chosen = shelf.get(name[len(COLLECTION_PREFIX) :])
+        inside = loaders.collection_mask(
+            ds, dataset_key, stamp, embedding, chosen.name, chosen.updated_at
+        )
         return Colouring.categorical(
             name, np.where(inside, "in the collection", "other").astype(object)
         )
