@@ -2,7 +2,7 @@
 
 Works on any two subsets (train vs test, labelled vs production), no labels needed.
 
-* **Whether**: the two-sample permutation test of :mod:`analysis.two_sample` (MMD by default,
+* **Whether**: the two-sample permutation test of :mod:`shoal.analysis.two_sample` (MMD by default,
   or a domain classifier; exact p-values) on the pooled embeddings reduced by PCA.
 * **Where**:
 
@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from analysis.blocks import BLOCK_ROWS, sample_rows, take_rows
-from analysis.knn import EXACT_MAX_SAMPLES, NeighborIndex
-from analysis.pca import BlockPCA, single_threaded
-from analysis.results import ArrayRecord, jsonable
-from analysis.two_sample import (
+from shoal.analysis.blocks import BLOCK_ROWS, sample_rows, take_rows
+from shoal.analysis.knn import EXACT_MAX_SAMPLES, NeighborIndex
+from shoal.analysis.pca import BlockPCA, single_threaded
+from shoal.analysis.results import ArrayRecord, jsonable
+from shoal.analysis.two_sample import (
     DEFAULT_MAX_SAMPLES,
     DEFAULT_N_COMPONENTS,
     DEFAULT_N_PERMUTATIONS,
@@ -250,7 +250,7 @@ def compare(
     """Test whether ``current`` is drawn like ``reference``, and show where it differs.
 
     reference: (n_reference, dim) embeddings; current: (n_current, dim), same dim; float16/32/64,
-    may be memory maps or :class:`~analysis.rows.RowSubset` views (both are read in blocks). ``method``: a registered test name or ``"auto"`` (= ``"mmd"``).
+    may be memory maps or :class:`~shoal.analysis.rows.RowSubset` views (both are read in blocks). ``method``: a registered test name or ``"auto"`` (= ``"mmd"``).
     ``n_clusters=None`` picks ``clip(min(n_reference, n_current) // 20, 2, 30)``.
     Same inputs and ``random_state`` give the same result.
 

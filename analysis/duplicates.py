@@ -34,8 +34,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.knn import KnnGraph, build_knn_graph
-from analysis.results import ArrayRecord, ids_or_rows, jsonable, log_with_floor, robust_threshold
+from shoal.analysis.knn import KnnGraph, build_knn_graph
+from shoal.analysis.results import (
+    ArrayRecord,
+    ids_or_rows,
+    jsonable,
+    log_with_floor,
+    robust_threshold,
+)
 
 #: Robust z below which a nearest-neighbour distance counts as a near-duplicate (the outlier
 #: flag's Iglewicz & Hoaglin cut-off, applied to the low side).

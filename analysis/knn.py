@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from analysis.blocks import BLOCK_ROWS, l2_normalize
-from analysis.pca import BlockPCA
-from analysis.results import ArrayRecord, ids_or_rows
+from shoal.analysis.blocks import BLOCK_ROWS, l2_normalize
+from shoal.analysis.pca import BlockPCA
+from shoal.analysis.results import ArrayRecord, ids_or_rows
 
 METRICS = ("cosine", "euclidean")
 METHODS = ("auto", "exact", "hnsw")

@@ -34,7 +34,7 @@ ambiguous cases too: 4.6-8.9% of clean Fashion-MNIST, precision 0.15-0.6 at 2-10
 
 Example:
     >>> import numpy as np
-    >>> from analysis.knn import build_knn_graph
+    >>> from shoal.analysis.knn import build_knn_graph
     >>> x = np.r_[np.zeros((20, 2)), np.ones((20, 2)) * 5] + np.random.default_rng(0).normal(size=(40, 2))
     >>> labels = np.array(["a"] * 20 + ["b"] * 20); labels[3] = "b"
     >>> result = score_mislabels(labels, graph=build_knn_graph(x, metric="euclidean"))
@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.knn import KnnGraph, build_knn_graph
-from analysis.results import ArrayRecord, ids_or_rows, jsonable
+from shoal.analysis.knn import KnnGraph, build_knn_graph
+from shoal.analysis.results import ArrayRecord, ids_or_rows, jsonable
 
 #: Weight of the class-prior pseudo-vote, in units of one neighbour at the median distance's
 #: weight (exp(-1)).

@@ -3,7 +3,7 @@
 Scorers register by name (``@register_scorer("lof")``). Every scorer returns one float per sample,
 **higher = more anomalous**; its range is stated in :data:`SCORERS` (``ScorerSpec.score_range``).
 Registering different code under a taken name raises ``ValueError``; an unknown name raises
-``registry.UnknownNameError`` (a ``ValueError`` and a ``KeyError``) listing the registered ones.
+``shoal.registry.UnknownNameError`` (a ``ValueError`` and a ``KeyError``) listing the registered ones.
 
 Default scorer ``"ensemble"``, an outlier at any of three scales (``"knn"`` is the first two):
 
@@ -44,7 +44,7 @@ the bulk of its scores shows what an ordinary score looks like: a Gaussian *empi
 themselves for the default score, already a robust z, and for ``isolation_forest``). Each sample
 gets the p-value of its score under that null, and the Benjamini–Hochberg step-up procedure
 flags the largest set in which the expected share of ordinary samples is at most ``fdr``
-(:func:`analysis.results.gaussian_fdr_cut`).
+(:func:`shoal.analysis.results.gaussian_fdr_cut`).
 
 * Nothing unusual: the first flag needs p < fdr / n (a null z of 4.1 at n = 2,000, 4.8 at
   50,000), so a clean set gets no flag in about 95% of cases, however large it is.
@@ -94,10 +94,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.blocks import BLOCK_ROWS, take_rows
-from analysis.knn import KnnGraph, build_knn_graph, prepare_rows
-from analysis.pca import BlockPCA
-from analysis.results import (
+from shoal.analysis.blocks import BLOCK_ROWS, take_rows
+from shoal.analysis.knn import KnnGraph, build_knn_graph, prepare_rows
+from shoal.analysis.pca import BlockPCA
+from shoal.analysis.results import (
     ArrayRecord,
     gaussian_fdr_cut,
     ids_or_rows,
@@ -106,7 +106,7 @@ from analysis.results import (
     robust_threshold,
     robust_z,
 )
-from registry import Registry
+from shoal.registry import Registry
 
 #: The scorer used when none is named.
 DEFAULT_METHOD = "ensemble"

@@ -1,9 +1,9 @@
 """The one PCA of the analysis kernels, streamed in row blocks so it runs on memory maps.
 
-The kNN index searches wide vectors in a reduced copy (:mod:`analysis.knn`), the projection
-lays out UMAP from PCA scores (:mod:`analysis.projection`), the comparison runs its two-sample
-tests and clusters on them (:mod:`analysis.two_sample`, :mod:`analysis.compare`) and Isolation
-Forest scores in them (:mod:`analysis.outliers`).
+The kNN index searches wide vectors in a reduced copy (:mod:`shoal.analysis.knn`), the projection
+lays out UMAP from PCA scores (:mod:`shoal.analysis.projection`), the comparison runs its two-sample
+tests and clusters on them (:mod:`shoal.analysis.two_sample`, :mod:`shoal.analysis.compare`) and Isolation
+Forest scores in them (:mod:`shoal.analysis.outliers`).
 
 Fit: at most ``max_fit_rows`` seeded random rows, gathered in ascending order and in blocks
 (a memory map is read sequentially and never converted whole; the fit holds at most
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.blocks import BLOCK_ROWS, l2_normalize, sample_rows, take_rows
+from shoal.analysis.blocks import BLOCK_ROWS, l2_normalize, sample_rows, take_rows
 
 #: Axes are fitted on at most this many rows (plenty for 50 axes), then every row is projected.
 MAX_FIT_ROWS = 20_000

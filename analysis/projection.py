@@ -1,7 +1,7 @@
 """2-D (or 3-D) maps of an embedding set with UMAP (or t-SNE, or PCA), fed by the shared kNN graph.
 
 UMAP's own first step is a nearest-neighbour search over the raw vectors; here the graph built
-once by :func:`analysis.knn.build_knn_graph` is handed to it (``precomputed_knn``), and UMAP only
+once by :func:`shoal.analysis.knn.build_knn_graph` is handed to it (``precomputed_knn``), and UMAP only
 sees a PCA-reduced copy of the data, so the search is not paid twice.
 
 The layout starts from the PCA coordinates instead of UMAP's spectral initialisation: an
@@ -20,7 +20,7 @@ no second search, and no vector of those points is read. Every such point is fla
 
 Example:
     >>> import numpy as np
-    >>> from analysis.knn import build_knn_graph
+    >>> from shoal.analysis.knn import build_knn_graph
     >>> x = np.random.default_rng(0).normal(size=(300, 16)).astype("float32")
     >>> result = project(x, graph=build_knn_graph(x))                     # doctest: +SKIP
     >>> result.coords.shape                                                # doctest: +SKIP
@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.blocks import sample_rows, take_rows
-from analysis.knn import KnnGraph, build_knn_graph, drop_self_matches
-from analysis.pca import BlockPCA
-from analysis.results import ArrayRecord, ids_or_rows, jsonable
-from analysis.rows import RowSubset
+from shoal.analysis.blocks import sample_rows, take_rows
+from shoal.analysis.knn import KnnGraph, build_knn_graph, drop_self_matches
+from shoal.analysis.pca import BlockPCA
+from shoal.analysis.results import ArrayRecord, ids_or_rows, jsonable
+from shoal.analysis.rows import RowSubset
 
 #: Fit UMAP on at most this many samples; place the rest with UMAP's transform step.
 MAX_FIT_SAMPLES = 200_000
@@ -369,7 +369,7 @@ def _fit_sample_place_rest(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Fit on a random sample with its own kNN graph; place every other point from its
     neighbours in the shared graph. Only the sample's rows are read (through a
-    :class:`~analysis.rows.RowSubset`, never copied whole) and PCA-projected.
+    :class:`~shoal.analysis.rows.RowSubset`, never copied whole) and PCA-projected.
 
     Returns the coordinates, the transformed mask and the seconds of each step."""
     n_samples = len(embeddings)

@@ -166,7 +166,7 @@ def robust_threshold(values: np.ndarray, *, z: float = 3.5) -> tuple[float, floa
     z-score: about 0.02% of a normal sample exceeds it on one side. Non-finite values are ignored; with
     fewer than ``MIN_VALUES_FOR_SPREAD`` values the threshold is infinite (no flags).
 
-    Who cuts here: the near-duplicate rule (:mod:`analysis.duplicates`), on the low side: a pair
+    Who cuts here: the near-duplicate rule (:mod:`shoal.analysis.duplicates`), on the low side: a pair
     is a near-duplicate when its distance is below exp(m - 3.5 s), m and s the median and
     robust SD of every sample's log nearest-neighbour distance (a fixed z, not a rate: copies
     sit many robust SDs below the bulk, whatever their number); and the outliers' earlier

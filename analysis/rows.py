@@ -4,7 +4,7 @@ A comparison of train (800k rows) with test (200k) of a 1M x 1280 set, a selecti
 train, a UMAP fitted on 200k sampled rows: each needs "the matrix of these rows", and copying it
 would cost 4 GB, 1 GB, 1 GB. :class:`RowSubset` reads rows only when a kernel indexes it, in
 ascending row order (rows asked for out of order are sorted and read in blocks by
-:func:`analysis.blocks.take_rows`), so it goes wherever a kernel takes an embeddings matrix.
+:func:`shoal.analysis.blocks.take_rows`), so it goes wherever a kernel takes an embeddings matrix.
 
 Example:
     >>> x = np.arange(12.0).reshape(6, 2)
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.blocks import take_rows
+from shoal.analysis.blocks import take_rows
 
 
 class RowSubset:

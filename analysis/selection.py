@@ -58,11 +58,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analysis.blocks import BLOCK_ROWS, sample_rows, take_rows
-from analysis.knn import EXACT_MAX_SAMPLES, METRICS, NeighborIndex, prepare_rows
-from analysis.pca import MAX_FIT_ROWS, BlockPCA, single_threaded
-from analysis.results import ArrayRecord, ids_or_rows, jsonable
-from analysis.rows import RowSubset
+from shoal.analysis.blocks import BLOCK_ROWS, sample_rows, take_rows
+from shoal.analysis.knn import EXACT_MAX_SAMPLES, METRICS, NeighborIndex, prepare_rows
+from shoal.analysis.pca import MAX_FIT_ROWS, BlockPCA, single_threaded
+from shoal.analysis.results import ArrayRecord, ids_or_rows, jsonable
+from shoal.analysis.rows import RowSubset
 
 if TYPE_CHECKING:
     import pandas as pd

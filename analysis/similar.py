@@ -5,11 +5,11 @@ between" them); the query rows themselves are left out of the answer. A query ve
 example an uploaded image embedded by the caller with the same model) is used as it is.
 
 The search is exact: one matrix-vector product against the prepared matrix that
-:class:`analysis.knn.NeighborIndex` keeps, so build the index once and reuse it across queries.
+:class:`shoal.analysis.knn.NeighborIndex` keeps, so build the index once and reuse it across queries.
 
 Example:
     >>> import numpy as np
-    >>> from analysis.knn import NeighborIndex
+    >>> from shoal.analysis.knn import NeighborIndex
     >>> index = NeighborIndex(np.random.default_rng(0).normal(size=(100, 8)))
     >>> result = search_similar(index, rows=[3, 7], k=5)
     >>> len(result.indices), 3 in result.indices
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.blocks import l2_normalize
-from analysis.knn import NeighborIndex
-from analysis.results import jsonable
+from shoal.analysis.blocks import l2_normalize
+from shoal.analysis.knn import NeighborIndex
+from shoal.analysis.results import jsonable
 
 
 @dataclass(frozen=True)

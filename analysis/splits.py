@@ -2,7 +2,7 @@
 
 A *group* is a connected set of samples joined by exact duplicates (equal content hashes, e.g. the
 SHA-256 of each file's bytes) and near-duplicate pairs (``find_duplicates(...).pairs`` from
-:mod:`analysis.duplicates`), transitively: a ~ b and b ~ c put a, b and c in one group (the
+:mod:`shoal.analysis.duplicates`), transitively: a ~ b and b ~ c put a, b and c in one group (the
 connected components of the union of both edge sets). A group *leaks* when its members sit in
 more than one split: a model evaluated on a test image whose copy it trained on has seen it.
 
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from analysis.results import ArrayRecord, ids_or_rows, jsonable
+from shoal.analysis.results import ArrayRecord, ids_or_rows, jsonable
 
 if TYPE_CHECKING:
     import pandas as pd

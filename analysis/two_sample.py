@@ -1,6 +1,6 @@
 """Two-sample permutation tests: *whether* a current set is drawn like a reference set.
 
-The embeddings of both sides are pooled (L2-normalised, then reduced by :class:`analysis.pca.BlockPCA`
+The embeddings of both sides are pooled (L2-normalised, then reduced by :class:`shoal.analysis.pca.BlockPCA`
 fitted on the pooled sample, so the reduction is blind to which side a sample is on). Every
 registered test computes its statistic for the observed split *and* for ``n_permutations`` random
 relabellings in a few matrix products, so the p-value
@@ -18,10 +18,10 @@ without refitting anything per permutation.
   training data and are dependent.) Effect size: AUC - 0.5, in [-0.5, 0.5], 0 = no signal.
 
 Tests register by name (``@register_test("name")``); registering different code under a taken
-name raises ``ValueError``, an unknown name ``registry.UnknownNameError`` (a ``ValueError``).
+name raises ``ValueError``, an unknown name ``shoal.registry.UnknownNameError`` (a ``ValueError``).
 Above ``max_samples`` pooled samples the test runs on a random subsample (the smaller side is
 kept whole up to half the budget); ``n_used`` in the result says how many, it never happens
-silently. :func:`analysis.compare.compare` adds *where* the sets differ.
+silently. :func:`shoal.analysis.compare.compare` adds *where* the sets differ.
 
 Example:
     >>> rng = np.random.default_rng(2)
@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from analysis.blocks import sample_rows, take_rows
-from analysis.pca import BlockPCA
-from registry import Registry
+from shoal.analysis.blocks import sample_rows, take_rows
+from shoal.analysis.pca import BlockPCA
+from shoal.registry import Registry
 
 #: Random relabellings per test. The smallest reachable p-value is 1 / (1 + n_permutations).
 DEFAULT_N_PERMUTATIONS = 500

@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 from real_data import RESULTS, load_real, timed  # a sibling; it puts the repository on sys.path
 
-from analysis.blocks import l2_normalize
-from analysis.duplicates import find_duplicates
-from analysis.knn import NeighborIndex, build_knn_graph, recall_at_k
-from analysis.outliers import score_outliers
-from analysis.projection import project, trustworthiness_score
-from analysis.similar import search_similar
+from shoal.analysis.blocks import l2_normalize
+from shoal.analysis.duplicates import find_duplicates
+from shoal.analysis.knn import NeighborIndex, build_knn_graph, recall_at_k
+from shoal.analysis.outliers import score_outliers
+from shoal.analysis.projection import project, trustworthiness_score
+from shoal.analysis.similar import search_similar
 
 OUT = RESULTS / "analysis.json"
 

@@ -10,7 +10,7 @@ Data: the real Fashion-MNIST embeddings of tests/fixtures/real_embeddings.npz (E
 
 Methods, all run on the same draws in this process:
 
-* ``shoal mmd (default)`` and ``shoal classifier``: ``analysis.two_sample.two_sample_test``.
+* ``shoal mmd (default)`` and ``shoal classifier``: ``shoal.analysis.two_sample.two_sample_test``.
 * ``alibi-detect MMDDrift``: the real library (``MMDDrift(x_ref, backend="pytorch")`` with its
   defaults: raw embeddings, Gaussian kernel with median-heuristic bandwidth from the reference,
   100 permutations, drift when p < 0.05). alibi-detect 0.13 pins numpy<2, pandas<3 and
@@ -52,8 +52,8 @@ from real_data import (  # a sibling module; it also puts the repository on sys.
     timed,
 )
 
-from analysis.compare import compare
-from analysis.two_sample import DEFAULT_N_PERMUTATIONS, two_sample_test
+from shoal.analysis.compare import compare
+from shoal.analysis.two_sample import DEFAULT_N_PERMUTATIONS, two_sample_test
 
 ALPHA = 0.05
 N_PER_SIDE = 1000

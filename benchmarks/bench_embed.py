@@ -67,7 +67,7 @@ def write_photos(folder: Path, count: int) -> list[Path]:
     from PIL import Image, ImageOps
     from sklearn.datasets import load_sample_images
 
-    from embedding.preprocess import to_rgb
+    from shoal.embedding.preprocess import to_rgb
 
     sources = [Image.fromarray(a) for a in load_sample_images().images]
     try:
@@ -146,7 +146,7 @@ def phase_baseline(files: list[Path], out: Path) -> dict[str, float]:
     import torch
     from PIL import Image
 
-    from embedding import create_model
+    from shoal.embedding import create_model
 
     model = create_model("efficientnet_lite0")  # NCHW, fp32, as created
     config = model.data_config
@@ -178,8 +178,8 @@ def phase_baseline(files: list[Path], out: Path) -> dict[str, float]:
 def phase_pipeline(
     files: list[Path], out: Path, num_workers: int | None, precision: str, backend: str
 ) -> dict[str, float]:
-    from embedding import create_model, embed_paths
-    from embedding.backends import create_embedder
+    from shoal.embedding import create_model, embed_paths
+    from shoal.embedding.backends import create_embedder
 
     embedder = create_embedder(
         create_model("efficientnet_lite0"), backend=backend, precision=precision
@@ -199,9 +199,9 @@ def phase_pipeline(
 
 
 def phase_model(files: list[Path], precision: str, backend: str) -> dict[str, float]:
-    from embedding import create_model
-    from embedding.backends import create_embedder
-    from embedding.preprocess import load_image, resize_crop
+    from shoal.embedding import create_model
+    from shoal.embedding.backends import create_embedder
+    from shoal.embedding.preprocess import load_image, resize_crop
 
     embedder = create_embedder(
         create_model("efficientnet_lite0"), backend=backend, precision=precision
@@ -308,9 +308,9 @@ def main(argv: list[str] | None = None) -> None:
         run_phase(args)
         return
 
-    from embedding.backends import openvino_available
-    from embedding.inference import cpu_supports_bf16, resolve_precision
-    from embedding.pipeline import default_num_workers
+    from shoal.embedding.backends import openvino_available
+    from shoal.embedding.inference import cpu_supports_bf16, resolve_precision
+    from shoal.embedding.pipeline import default_num_workers
 
     variants = [v for v in VARIANTS if v[2] == "torch" or openvino_available()]
     rounds = []

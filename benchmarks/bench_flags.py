@@ -44,9 +44,9 @@ try:  # run as a script: a sibling module, which also puts the repository on sys
 except ImportError:  # imported by the tests
     from benchmarks.real_data import RESULTS, load_real
 
-from analysis.knn import build_knn_graph
-from analysis.mislabels import score_mislabels
-from analysis.outliers import DEFAULT_Z_THRESHOLD, score_outliers
+from shoal.analysis.knn import build_knn_graph
+from shoal.analysis.mislabels import score_mislabels
+from shoal.analysis.outliers import DEFAULT_Z_THRESHOLD, score_outliers
 
 OUT = RESULTS / "flags.json"
 

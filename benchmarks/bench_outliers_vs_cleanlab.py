@@ -23,8 +23,8 @@ import warnings
 import numpy as np
 from real_data import RESULTS, load_real  # a sibling; it puts the repository on sys.path
 
-from analysis.knn import build_knn_graph
-from analysis.outliers import DEFAULT_METHOD, SCORERS, score_outliers
+from shoal.analysis.knn import build_knn_graph
+from shoal.analysis.outliers import DEFAULT_METHOD, SCORERS, score_outliers
 
 OUT = RESULTS / "outliers_vs_cleanlab.json"
 

@@ -126,8 +126,8 @@ def write_sample_file(path: Path, n_samples: int, *, seed: int, noise: float) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from analysis.blocks import l2_normalize
-    from analysis.knn import build_knn_graph
+    from shoal.analysis.blocks import l2_normalize
+    from shoal.analysis.knn import build_knn_graph
 
     real = load_real()
     base = l2_normalize(np.ascontiguousarray(real["fmnist"], dtype=np.float32))
@@ -308,7 +308,7 @@ def child_graph(ds: Any) -> dict[str, Any]:
 
 
 def child_recall(ds: Any, *, n_rows: int, seed: int) -> dict[str, Any]:
-    from analysis.knn import recall_at_k
+    from shoal.analysis.knn import recall_at_k
     from shoal.workflows.analyse import knn_graph
 
     graph = knn_graph(ds).result

@@ -1,4 +1,4 @@
-"""Benchmark: picking what to label next (analysis.selection) — time, memory and coverage.
+"""Benchmark: picking what to label next (shoal.analysis.selection) — time, memory and coverage.
 
 Data:
 
@@ -17,7 +17,7 @@ size); both give the same picks, so only time and memory differ. Each (data, met
 ``peak_rss_mb`` is getrusage's peak resident set (it counts the memory-mapped file's pages that
 were read, which the page cache shares), ``peak_anon_mb`` the peak anonymous memory sampled
 every 50 ms (what the selection itself allocated). Coverage is then measured exactly on the full
-vectors (analysis.selection.selection_coverage): the mean and the largest cosine distance from a
+vectors (shoal.analysis.selection.selection_coverage): the mean and the largest cosine distance from a
 sample to its nearest pick, and the 1-NN label accuracy of the picks (each sample gets the label
 of its nearest pick), against random picks of the same N (mean of ``--random-seeds`` draws).
 
@@ -44,10 +44,10 @@ from typing import Any
 import numpy as np
 from real_data import RESULTS, load_real  # a sibling; it puts the repository on sys.path
 
-import analysis.selection
-from analysis.blocks import BLOCK_ROWS, l2_normalize
-from analysis.knn import build_knn_graph
-from analysis.selection import Selection, select_samples, selection_coverage
+import shoal.analysis.selection
+from shoal.analysis.blocks import BLOCK_ROWS, l2_normalize
+from shoal.analysis.knn import build_knn_graph
+from shoal.analysis.selection import Selection, select_samples, selection_coverage
 
 OUT = RESULTS / "selection.json"
 N_SELECT = (100, 1000)
@@ -112,8 +112,8 @@ class AnonymousPeak:
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     embeddings = np.load(spec["path"], mmap_mode="r")
-    analysis.selection.PRUNE_MIN_CANDIDATES = 0 if spec["prune"] else 1 << 62
-    analysis.selection.PRUNE_MIN_PICKS = 0
+    shoal.analysis.selection.PRUNE_MIN_CANDIDATES = 0 if spec["prune"] else 1 << 62
+    shoal.analysis.selection.PRUNE_MIN_PICKS = 0
     with AnonymousPeak() as anonymous:
         started = time.perf_counter()
         result = select_samples(

@@ -1,6 +1,6 @@
 """Embedding engine: pretrained models by name and a batched, resumable embedding pipeline.
 
-Names load on first use, so ``from embedding.defaults import DEFAULT_MODEL`` (the job
+Names load on first use, so ``from shoal.embedding.defaults import DEFAULT_MODEL`` (the job
 parameters, the CLI's help) does not import torch.
 
 >>> from embedding import create_model, embed_paths
@@ -13,12 +13,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from embedding.defaults import DEFAULT_MODEL
+from shoal.embedding.defaults import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from embedding.backends import Embedder, create_embedder
-    from embedding.inference import embed_batch, resolve_precision
-    from embedding.models import (
+    from shoal.embedding.backends import Embedder, create_embedder
+    from shoal.embedding.inference import embed_batch, resolve_precision
+    from shoal.embedding.models import (
         DataConfig,
         EmbeddingModel,
         ModelUnavailableError,
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
         list_models,
         register_model,
     )
-    from embedding.pipeline import (
+    from shoal.embedding.pipeline import (
         Checkpoints,
         EmbeddingCancelled,
         Progress,
@@ -35,11 +35,11 @@ if TYPE_CHECKING:
         embed_images,
         embed_paths,
     )
-    from embedding.preprocess import ImageDecodeError, load_image, resize_crop
+    from shoal.embedding.preprocess import ImageDecodeError, load_image, resize_crop
 
 _SOURCES = {
-    "embedding.backends": ("Embedder", "create_embedder"),
-    "embedding.models": (
+    "shoal.embedding.backends": ("Embedder", "create_embedder"),
+    "shoal.embedding.models": (
         "DataConfig",
         "EmbeddingModel",
         "ModelUnavailableError",
@@ -49,7 +49,7 @@ _SOURCES = {
         "list_models",
         "register_model",
     ),
-    "embedding.pipeline": (
+    "shoal.embedding.pipeline": (
         "Checkpoints",
         "EmbeddingCancelled",
         "Progress",
@@ -57,8 +57,8 @@ _SOURCES = {
         "embed_images",
         "embed_paths",
     ),
-    "embedding.inference": ("embed_batch", "resolve_precision"),
-    "embedding.preprocess": ("ImageDecodeError", "load_image", "resize_crop"),
+    "shoal.embedding.inference": ("embed_batch", "resolve_precision"),
+    "shoal.embedding.preprocess": ("ImageDecodeError", "load_image", "resize_crop"),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 

@@ -6,7 +6,7 @@ An :class:`Embedder` turns (batch, H, W, 3) uint8 pixels at the model's input si
 * ``auto``: ``openvino`` on an x86-64 CPU where OpenVINO imports and the model's graph
   converts and compiles; ``torch`` otherwise (on CUDA always torch). A graph that does not
   convert falls back to torch with a one-line warning.
-* ``torch``: :func:`embedding.inference.embed_batch` (channels-last, BatchNorm folded, bf16
+* ``torch``: :func:`shoal.embedding.inference.embed_batch` (channels-last, BatchNorm folded, bf16
   autocast on CPUs with native bf16, fp16 on CUDA).
 * ``openvino``: the pre-logits graph, normalisation included, converted from the torch module
   with ``openvino.convert_model``, compiled with the THROUGHPUT hint and fed through async infer
@@ -47,10 +47,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedding.defaults import BACKENDS
-from embedding.inference import embed_batch, normalize_pixels, prepare_for_inference
-from embedding.inference import resolve_precision as resolve_torch_precision
-from embedding.models import EmbeddingModel
+from shoal.embedding.defaults import BACKENDS
+from shoal.embedding.inference import embed_batch, normalize_pixels, prepare_for_inference
+from shoal.embedding.inference import resolve_precision as resolve_torch_precision
+from shoal.embedding.models import EmbeddingModel
 
 CACHE_FORMAT = 1
 _INSTALL_HINT = "the openvino backend needs OpenVINO on an x86-64 CPU: pip install openvino"
@@ -121,7 +121,7 @@ def default_device(backend: str = "auto") -> str:
 def resolve_precision(backend: str, precision: str, device: torch.device | str = "cpu") -> str:
     """The precision a resolved ``backend`` runs at: for ``openvino`` ``auto`` -> ``fp32``
     (see the module docstring for why), ``bf16`` on request; for ``torch`` as
-    :func:`embedding.inference.resolve_precision`."""
+    :func:`shoal.embedding.inference.resolve_precision`."""
     if backend != "openvino":
         return resolve_torch_precision(precision, device)
     if precision == "auto":
@@ -178,7 +178,7 @@ class _Done:
 
 
 class TorchEmbedder:
-    """Today's torch path: :func:`embedding.inference.embed_batch`, synchronous."""
+    """Today's torch path: :func:`shoal.embedding.inference.embed_batch`, synchronous."""
 
     backend = "torch"
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedding.models import DataConfig, EmbeddingModel
+from shoal.embedding.models import DataConfig, EmbeddingModel
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedding.defaults import DEFAULT_MODEL
-from registry import Registry
+from shoal.embedding.defaults import DEFAULT_MODEL
+from shoal.registry import Registry
 
 #: Model factories by name: ``factory() -> EmbeddingModel``.
 MODELS = Registry[Callable[..., "EmbeddingModel"]]("embedding model")

@@ -50,20 +50,26 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from embedding.inference import (
+from shoal.embedding.inference import (
     autocast,
     embed_batch,
     normalize_pixels,
     prepare_for_inference,
     resolve_precision,
 )
-from embedding.models import DataConfig, EmbeddingModel
-from embedding.pipeline import (
+from shoal.embedding.models import DataConfig, EmbeddingModel
+from shoal.embedding.pipeline import (
     Progress,
     ProgressReporter,
     default_num_workers,
 )
-from embedding.preprocess import RESAMPLE, ImageDecodeError, load_image, resize_crop, scale_size
+from shoal.embedding.preprocess import (
+    RESAMPLE,
+    ImageDecodeError,
+    load_image,
+    resize_crop,
+    scale_size,
+)
 
 METHODS = ("roi_align", "crop")
 #: roi_align input size (Ren et al. 2015, Faster R-CNN): shorter side, cap on the longer side.

@@ -1,12 +1,12 @@
 """Batched, resumable embedding of image files or in-memory images.
 
 Decoding and resizing produce uint8 batches; the model side normalises them and runs the network
-on an inference backend (:mod:`embedding.backends`: OpenVINO on x86 CPUs, else torch
+on an inference backend (:mod:`shoal.embedding.backends`: OpenVINO on x86 CPUs, else torch
 channels-last, BatchNorm folded, bf16/fp16 autocast where it pays). On a GPU, worker processes
 decode ahead while the GPU computes; on a CPU, threads decode each batch between model calls
 while a reader thread fetches the next files, because a decoding process next to the model's
 OpenMP threads slows both (see ``default_num_workers``). Memory stays bounded by a few batches.
-:func:`embedding.inference.embed_batch` is the pure per-batch step; a distributed engine can map
+:func:`shoal.embedding.inference.embed_batch` is the pure per-batch step; a distributed engine can map
 it over batches and write the same output.
 
 >>> from embedding import create_model
@@ -34,11 +34,17 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from embedding.backends import Embedder, Pending, create_embedder, resolve_backend
-from embedding.backends import resolve_precision as resolve_backend_precision
-from embedding.defaults import DEFAULT_BATCH_SIZE
-from embedding.models import DataConfig, EmbeddingModel
-from embedding.preprocess import ImageDecodeError, load_image, resize_crop, rgb_array, scale_size
+from shoal.embedding.backends import Embedder, Pending, create_embedder, resolve_backend
+from shoal.embedding.backends import resolve_precision as resolve_backend_precision
+from shoal.embedding.defaults import DEFAULT_BATCH_SIZE
+from shoal.embedding.models import DataConfig, EmbeddingModel
+from shoal.embedding.preprocess import (
+    ImageDecodeError,
+    load_image,
+    resize_crop,
+    rgb_array,
+    scale_size,
+)
 
 CHECKPOINT_FORMAT = 1
 _READ_AHEAD = 2  # batches of raw file bytes read ahead by the in-process decoder
@@ -311,8 +317,8 @@ def embed_paths(
     with threads between batches (reading files ahead); None picks per device
     (``default_num_workers``). ``precision``: "auto" (fp16 on CUDA, bf16 on a CPU with native
     bf16, else fp32), "fp32", "bf16" or "fp16" (CUDA only); on the openvino backend "auto" is
-    "fp32" (see :mod:`embedding.backends`). ``backend``: "auto", "torch", "openvino", or an
-    :class:`~embedding.backends.Embedder` already made (then ``precision`` is its own).
+    "fp32" (see :mod:`shoal.embedding.backends`). ``backend``: "auto", "torch", "openvino", or an
+    :class:`~shoal.embedding.backends.Embedder` already made (then ``precision`` is its own).
     With ``checkpoints`` every finished batch is saved there, and the batches it already holds
     are not computed again: give it the :func:`checkpoint_manifest` of this run, so that
     batches of another run are refused (``shoal.store.BatchCheckpoints`` does).

@@ -4,7 +4,7 @@ Keeping the worker output uint8 (height, width, 3) makes batches 4x smaller to m
 processes, and a stacked (batch, height, width, 3) tensor viewed as (batch, 3, height, width) is
 already channels-last.
 
->>> from embedding.models import DataConfig
+>>> from shoal.embedding.models import DataConfig
 >>> pixels = resize_crop(Image.new("RGB", (500, 375)), DataConfig())
 >>> pixels.shape, pixels.dtype
 ((224, 224, 3), dtype('uint8'))
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from embedding.models import DataConfig
+from shoal.embedding.models import DataConfig
 
 #: Pillow resampling filter for each ``DataConfig.interpolation`` name.
 RESAMPLE = {

@@ -17,18 +17,18 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.outliers import DEFAULT_METHOD
+from shoal.analysis.outliers import DEFAULT_METHOD
 from shoal.app import thumbnails
 from shoal.store import Dataset, Workspace
 from shoal.workflows import analyse
 from shoal.workflows.compare import compare_dataset
 
 if TYPE_CHECKING:
-    from analysis.compare import ComparisonResult
-    from analysis.duplicates import DuplicateResult
-    from analysis.mislabels import MislabelResult
-    from analysis.outliers import OutlierResult
-    from analysis.similar import SimilarResult
+    from shoal.analysis.compare import ComparisonResult
+    from shoal.analysis.duplicates import DuplicateResult
+    from shoal.analysis.mislabels import MislabelResult
+    from shoal.analysis.outliers import OutlierResult
+    from shoal.analysis.similar import SimilarResult
 
 
 def workspace() -> Workspace:
@@ -203,7 +203,7 @@ def collection_mask(
 def embedding_model(model_name: str):
     import torch
 
-    from embedding import create_model
+    from shoal.embedding import create_model
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     return create_model(model_name)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from analysis.two_sample import available_tests
 from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
+from shoal.analysis.two_sample import available_tests
 from shoal.app.scatter import Colouring, build_scatter, hover_for
 from shoal.app.text import chart_safe_colouring, chart_safe_table, escape_markdown, visitor_error
 from shoal.store import StoreError

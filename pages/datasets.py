@@ -10,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from embedding.defaults import BACKENDS
 from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
@@ -24,6 +23,7 @@ from shoal.app.uploads import (
     suggest_dataset_name,
     upload_dir,
 )
+from shoal.embedding.defaults import BACKENDS
 from shoal.jobs.tasks import ENGINES
 from shoal.store import Dataset, StoreError
 from shoal.store.collections import Collections

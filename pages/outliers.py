@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.outliers import DEFAULT_METHOD, SCORERS
 from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
+from shoal.analysis.outliers import DEFAULT_METHOD, SCORERS
 from shoal.app.charts import score_histogram
 from shoal.app.selection import Selection
 from shoal.app.tables import row_ids, rows_table

@@ -75,7 +75,7 @@ def query_image_path(key: str):
 def embed_query_image(path: str, model_name: str) -> bytes:
     from PIL import Image
 
-    from embedding import embed_images
+    from shoal.embedding import embed_images
 
     with Image.open(path) as image:
         vector = embed_images([image.convert("RGBA")], loaders.embedding_model(model_name))[0]

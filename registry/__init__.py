@@ -1,7 +1,7 @@
 """The one registry type: named, pluggable parts of one kind.
 
-Embedding models (:mod:`embedding.models`), outlier scorers (:mod:`analysis.outliers`),
-two-sample tests (:mod:`analysis.two_sample`) and job kinds (:mod:`shoal.jobs`) each keep a
+Embedding models (:mod:`shoal.embedding.models`), outlier scorers (:mod:`shoal.analysis.outliers`),
+two-sample tests (:mod:`shoal.analysis.two_sample`) and job kinds (:mod:`shoal.jobs`) each keep a
 ``Registry`` and add to it with its decorator. This package sits below every layer and imports
 nothing, so the kernels can use it without importing Shoal.
 

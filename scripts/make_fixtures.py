@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from embedding import DEFAULT_MODEL, create_model, embed_images
+    from shoal.embedding import DEFAULT_MODEL, create_model, embed_images
 
     torch.manual_seed(SEED)
     model = create_model(DEFAULT_MODEL)

@@ -5,14 +5,14 @@ preprocessing, then extract one vector per image from a named layer, or from the
 the pre-logits for classification, the bottleneck for segmentation, and for two-stage detectors
 per-image, per-detection and per-label-box vectors.
 
->>> from embedding.extract import load_user_model, extract_embeddings
+>>> from shoal.embedding.extract import load_user_model, extract_embeddings
 >>> user = load_user_model("models/net.py:build_model")                 # doctest: +SKIP
 >>> extract_embeddings(user, ["a.jpg", "b.jpg"], task="classification").shape  # doctest: +SKIP
 (2, 2048)
 """
 
-from embedding.extract.detection import BoxEmbeddings, DetectionEmbeddings
-from embedding.extract.extraction import (
+from shoal.embedding.extract.detection import BoxEmbeddings, DetectionEmbeddings
+from shoal.embedding.extract.extraction import (
     DEFAULT_MAX_ELEMENTS,
     TASKS,
     Task,
@@ -21,10 +21,10 @@ from embedding.extract.extraction import (
     extract_embeddings,
     resolve_layer,
 )
-from embedding.extract.layers import LayerNotFoundError, LayerRecord, list_layers
-from embedding.extract.loading import ModelLoadError, UserModel, load_user_model
-from embedding.extract.pooling import SpatialPlan, plan_spatial_pool, pool_activations
-from embedding.extract.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from shoal.embedding.extract.layers import LayerNotFoundError, LayerRecord, list_layers
+from shoal.embedding.extract.loading import ModelLoadError, UserModel, load_user_model
+from shoal.embedding.extract.pooling import SpatialPlan, plan_spatial_pool, pool_activations
+from shoal.embedding.extract.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",

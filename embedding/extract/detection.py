@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedding.extract.preprocessing import ImageInput, load_image
+from shoal.embedding.extract.preprocessing import ImageInput, load_image
 
 if TYPE_CHECKING:
     import pandas as pd

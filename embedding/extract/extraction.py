@@ -6,10 +6,10 @@ Tasks choose the default layer and how a spatial map is pooled:
   ResNet-50's pooled 2048-d vector); a spatial layer is globally average-pooled.
 - ``segmentation``: torchvision DeepLabV3 / FCN / LRASPP use their backbone's last stage; any
   other encoder-decoder uses its bottleneck, the most compact spatial map (see
-  :func:`embedding.extract.layers.bottleneck_layer`). The map is average-pooled, channels kept,
+  :func:`shoal.embedding.extract.layers.bottleneck_layer`). The map is average-pooled, channels kept,
   halving height and width until it has at most ``max_elements`` values, then flattened.
 - ``detection``: the pooled backbone maps the RPN runs on (see
-  :mod:`embedding.extract.detection`); :func:`extract_detection` also gives per-box vectors.
+  :mod:`shoal.embedding.extract.detection`); :func:`extract_detection` also gives per-box vectors.
 
 Deterministic: eval mode, inference mode, float32, fixed pooling plan for the whole run.
 """
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedding.defaults import DEFAULT_MAX_ELEMENTS
-from embedding.extract.detection import (
+from shoal.embedding.defaults import DEFAULT_MAX_ELEMENTS
+from shoal.embedding.extract.detection import (
     BOX_LAYER,
     BoxEmbeddings,
     DetectionEmbeddings,
@@ -36,7 +36,7 @@ from embedding.extract.detection import (
     detect_batch,
     image_tensor,
 )
-from embedding.extract.layers import (
+from shoal.embedding.extract.layers import (
     OUTPUT,
     LayerRef,
     as_tensor,
@@ -49,10 +49,20 @@ from embedding.extract.layers import (
     segmentation_backbone_layer,
     torchscript_methods,
 )
-from embedding.extract.loading import UserModel
-from embedding.extract.pooling import SpatialPlan, TokenPooling, plan_spatial_pool, pool_activations
-from embedding.extract.preprocessing import ImageInput, Preprocess, Preprocessing, preprocess_images
-from embedding.pipeline import Progress, ProgressReporter
+from shoal.embedding.extract.loading import UserModel
+from shoal.embedding.extract.pooling import (
+    SpatialPlan,
+    TokenPooling,
+    plan_spatial_pool,
+    pool_activations,
+)
+from shoal.embedding.extract.preprocessing import (
+    ImageInput,
+    Preprocess,
+    Preprocessing,
+    preprocess_images,
+)
+from shoal.embedding.pipeline import Progress, ProgressReporter
 
 Task = Literal["classification", "detection", "segmentation"]
 TASKS: tuple[str, ...] = ("classification", "detection", "segmentation")
@@ -192,7 +202,7 @@ def extract_embeddings(
     token_pooling: (batch, tokens, channels) layers: ``"mean"`` of tokens or ``"cls"`` (token 0).
     feature_level: detection only, one backbone level (``"0"``, ``"pool"``); None concatenates all.
     device: default CUDA when available, else CPU; the model is moved there.
-    progress: called with :class:`embedding.pipeline.Progress` after each batch.
+    progress: called with :class:`shoal.embedding.pipeline.Progress` after each batch.
     should_stop: polled before each batch; True raises ``EmbeddingCancelled``.
 
     >>> user = load_user_model("net.py:build_model")                     # doctest: +SKIP

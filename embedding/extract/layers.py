@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from embedding.extract.loading import UserModel
+from shoal.embedding.extract.loading import UserModel
 
 OUTPUT = "output"
 INPUT_SUFFIX = ":input"

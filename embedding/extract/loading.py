@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedding.extract.preprocessing import Preprocess, Preprocessing
+from shoal.embedding.extract.preprocessing import Preprocess, Preprocessing
 
 DEFAULT_FACTORY = "build_model"
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit", ".zip")

@@ -169,8 +169,8 @@ def _resize_and_center_crop(
 def load_image(image: ImageInput) -> Image.Image:
     """``image`` (path, PIL image or uint8 array) as an RGB PIL image, decoded like the main
     pipeline: EXIF rotation applied, transparency composited on white."""
-    from embedding.preprocess import load_image as decode
-    from embedding.preprocess import to_rgb
+    from shoal.embedding.preprocess import load_image as decode
+    from shoal.embedding.preprocess import to_rgb
 
     if isinstance(image, Image.Image):
         return to_rgb(image)

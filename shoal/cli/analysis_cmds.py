@@ -17,8 +17,8 @@ from shoal.cli._util import CliError, add_command, print_json, workspace
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
-    from analysis.outliers import DEFAULT_METHOD, SCORERS
-    from analysis.projection import METHODS as PROJECTION_METHODS
+    from shoal.analysis.outliers import DEFAULT_METHOD, SCORERS
+    from shoal.analysis.projection import METHODS as PROJECTION_METHODS
 
     def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
         parser = add_command(subparsers, common, name, help_text, func)
@@ -478,7 +478,7 @@ def _embed_image(ds: Any, embedding: str | None, path: Path) -> Any:
         raise CliError(f"image {path} does not exist")
     info = ds.load_embeddings(embedding).info
     try:
-        from embedding import create_model, embed_paths
+        from shoal.embedding import create_model, embed_paths
 
         model = create_model(info.model)
     except Exception as error:  # a user's own embedding set has no model here to embed with

@@ -10,13 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from embedding.defaults import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_EXTRACT_BATCH_SIZE,
-    DEFAULT_MAX_ELEMENTS,
-    DEFAULT_MODEL,
-    DEFAULT_OBJECT_BATCH_SIZE,
-)
 from shoal import jobs
 from shoal.cli._util import (
     CliError,
@@ -27,6 +20,13 @@ from shoal.cli._util import (
     print_json,
     run_job,
     workspace,
+)
+from shoal.embedding.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EXTRACT_BATCH_SIZE,
+    DEFAULT_MAX_ELEMENTS,
+    DEFAULT_MODEL,
+    DEFAULT_OBJECT_BATCH_SIZE,
 )
 
 
@@ -431,10 +431,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def app_path() -> Path:
-    path = Path(__file__).resolve().parents[2] / "app.py"
+    """The web app's ``app.py``: the checkout's top-level one, or the copy the wheel installs in
+    ``shoal/webapp`` (in a checkout, links to the same files)."""
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "app.py").is_file():
+        return checkout / "app.py"
+    path = package / "webapp" / "app.py"
     if not path.exists():
         raise CliError(
-            f"the web app is not installed beside the package (looked for {path}); run from a checkout"
+            f"the web app is missing from this installation (looked for {path}); reinstall shoal"
         )
     return path
 

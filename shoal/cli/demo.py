@@ -10,7 +10,8 @@ from shoal import jobs
 from shoal.store import StoreError, Workspace
 
 SAMPLE_DATASET = "sample"
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data" / "tuxpaint"
+#: Shipped inside the package (shoal/sample_data links to the top-level folder in a checkout).
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data" / "tuxpaint"
 
 
 def ensure_sample_dataset(
@@ -24,7 +25,7 @@ def ensure_sample_dataset(
 
     if not workspace.exists(SAMPLE_DATASET):
         if not source.exists():
-            raise StoreError(f"sample data not found at {source}; run from a Shoal checkout")
+            raise StoreError(f"sample data not found at {source}; reinstall shoal")
         import_source(workspace, source, dataset=SAMPLE_DATASET)
     dataset = workspace.open(SAMPLE_DATASET)
     if dataset.default_embedding() is None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from analysis.boxes import IOU_THRESHOLD
+from shoal.analysis.boxes import IOU_THRESHOLD
 from shoal.ingest.detection import (
     BadAnnotation,
     DetectionImportReport,

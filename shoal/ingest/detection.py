@@ -27,7 +27,7 @@ Missing strings are stored as nulls (pandas 3 reads them back as NaN: test with 
 Bad annotations (malformed or empty boxes, unknown image or category, boxes entirely outside
 the image) are skipped and listed in the import report with the reason; boxes partly outside
 the image are clipped (noted in the report's ``adjusted`` list when they stuck out by more than
-``BOX_TOLERANCE_PX``). The matching itself is :func:`analysis.boxes.match_boxes`; the importers
+``BOX_TOLERANCE_PX``). The matching itself is :func:`shoal.analysis.boxes.match_boxes`; the importers
 are :func:`shoal.ingest.coco.import_coco` and :func:`shoal.ingest.voc.import_voc`, which parse
 their format into :class:`ImageEntry` records and end with :func:`publish_boxes`.
 
@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from analysis.boxes import IOU_THRESHOLD, match_boxes
+from shoal.analysis.boxes import IOU_THRESHOLD, match_boxes
 from shoal.ingest.images import check_image
 from shoal.ingest.publish import (
     ImportLimits,

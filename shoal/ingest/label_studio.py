@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from analysis.boxes import IOU_THRESHOLD
+from shoal.analysis.boxes import IOU_THRESHOLD
 from shoal.ingest.coco import read_json
 from shoal.ingest.detection import (
     BadAnnotation,

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
-from analysis.boxes import IOU_THRESHOLD
+from shoal.analysis.boxes import IOU_THRESHOLD
 from shoal.ingest.coco import add_predictions
 from shoal.ingest.detection import (
     BadAnnotation,

@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from registry import Registry
+from shoal.registry import Registry
 from shoal.store import (
     Dataset,
     DiskFullError,
@@ -163,7 +163,7 @@ class JobContext:
         return dataset
 
     def report_images(self, update: Any) -> None:
-        """Report an ``embedding.Progress`` (done, total, images_per_second, eta_seconds); stop if cancelled."""
+        """Report an ``shoal.embedding.Progress`` (done, total, images_per_second, eta_seconds); stop if cancelled."""
         self.report(
             update.done,
             update.total,

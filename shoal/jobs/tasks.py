@@ -1,7 +1,7 @@
 """The built-in job kinds, each with the dataclass of its parameters.
 
 A task is a thin wrapper: read its typed parameters, call one workflow, report progress. The
-parameters' defaults come from the library (:mod:`embedding.defaults`), so a job submitted with
+parameters' defaults come from the library (:mod:`shoal.embedding.defaults`), so a job submitted with
 ``params={}`` and one with every default spelt out are the same job. Workflows load lazily: the
 app and the CLI import this module without loading torch.
 
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from embedding.defaults import (
+from shoal.embedding.defaults import (
     DEFAULT_BACKEND,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EXTRACT_BATCH_SIZE,
@@ -34,7 +34,7 @@ ANALYSIS_STEPS = ("knn_graph", "project", "outliers", "duplicates", "mislabels")
 @contextlib.contextmanager
 def _cancellable() -> Iterator[None]:
     """The embedding engine's own 'stopped' becomes the runner's 'cancelled'."""
-    from embedding.pipeline import EmbeddingCancelled
+    from shoal.embedding.pipeline import EmbeddingCancelled
 
     try:
         yield
@@ -50,7 +50,7 @@ class EmbedParams:
     model: str = DEFAULT_MODEL
     name: str | None = None  # the embedding set; default: the model's name
     batch_size: int = DEFAULT_BATCH_SIZE
-    backend: str = DEFAULT_BACKEND  # or 'torch', 'openvino' (embedding.backends)
+    backend: str = DEFAULT_BACKEND  # or 'torch', 'openvino' (shoal.embedding.backends)
     precision: str = DEFAULT_PRECISION  # or 'fp32', 'bf16' (CPU), 'fp16' (CUDA)
     # 'auto': on the Ray cluster named by SHOAL_RAY_ADDRESS if set, else here; 'local', 'ray'
     engine: str = "auto"

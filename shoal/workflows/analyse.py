@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.duplicates import DuplicateResult, find_duplicates
-from analysis.knn import EXACT_MAX_SAMPLES, KnnGraph, NeighborIndex, build_knn_graph
-from analysis.mislabels import MislabelResult, score_mislabels
-from analysis.outliers import DEFAULT_FDR, DEFAULT_METHOD, OutlierResult, score_outliers
-from analysis.projection import Projection
-from analysis.projection import project as project_embeddings
-from analysis.similar import SimilarResult, search_similar
+from shoal.analysis.duplicates import DuplicateResult, find_duplicates
+from shoal.analysis.knn import EXACT_MAX_SAMPLES, KnnGraph, NeighborIndex, build_knn_graph
+from shoal.analysis.mislabels import MislabelResult, score_mislabels
+from shoal.analysis.outliers import DEFAULT_FDR, DEFAULT_METHOD, OutlierResult, score_outliers
+from shoal.analysis.projection import Projection
+from shoal.analysis.projection import project as project_embeddings
+from shoal.analysis.similar import SimilarResult, search_similar
 from shoal.store import Dataset, EmbeddingSet, StoreError, digest_values
 from shoal.workflows.cache import Computed, cached, result_key
 
@@ -93,7 +93,7 @@ def project(
     **options: Any,
 ) -> Computed[Projection]:
     """A map of an embedding set from its shared graph (artefact 'projection'): ``method``
-    "umap" (default), "tsne" or "pca" (see :func:`analysis.projection.project`)."""
+    "umap" (default), "tsne" or "pca" (see :func:`shoal.analysis.projection.project`)."""
     embeddings = ds.load_embeddings(embedding)
     graph = _graph(ds, embeddings, max(GRAPH_NEIGHBORS, n_neighbors - 1))
     params = {
@@ -134,7 +134,7 @@ def outliers(
     random_state: int = 0,
     recompute: bool = False,
 ) -> Computed[OutlierResult]:
-    """Outlier scores and flags (artefact 'outliers'); see analysis.outliers for the rule:
+    """Outlier scores and flags (artefact 'outliers'); see shoal.analysis.outliers for the rule:
     by default a false-discovery rate ``fdr``; a ``z_threshold`` gives the fixed robust-z rule,
     a ``threshold`` a fixed score cut."""
     embeddings = ds.load_embeddings(embedding)
@@ -216,7 +216,7 @@ def mislabels(
         "graph_neighbors": graph.result.n_neighbors,
         "labels": digest_values(labels),
         "label_column": label_column,
-        "rule": "no_support",  # analysis.mislabels' default since the calibrated flags
+        "rule": "no_support",  # shoal.analysis.mislabels' default since the calibrated flags
     }
 
     def compute() -> MislabelResult:

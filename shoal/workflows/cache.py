@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import pandas as pd
 
-from analysis.results import jsonable
+from shoal.analysis.results import jsonable
 from shoal.store import Dataset, EmbeddingSet, artefact_key
 
 #: Bumped when a stored result's layout changes, so old artefacts are recomputed, never misread.

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from analysis.blocks import BLOCK_ROWS
+from shoal.analysis.blocks import BLOCK_ROWS
 from shoal.store import Dataset, StoreError
 from shoal.store.collections import Collection, Collections
 from shoal.workflows import analyse

@@ -1,6 +1,6 @@
 """Compare two subsets of a stored dataset, chosen by filters: train vs test, labelled vs production.
 
-The kernel is :func:`analysis.compare.compare`; this workflow selects the two sides with
+The kernel is :func:`shoal.analysis.compare.compare`; this workflow selects the two sides with
 :mod:`shoal.workflows.filters`, reads their vectors from the store and caches the result under the
 contract of :mod:`shoal.workflows.cache` (keyed by the embedding version, both filters, digests of
 the selected ids and every parameter).
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.compare import ComparisonResult, compare
-from analysis.rows import RowSubset
-from analysis.two_sample import DEFAULT_N_PERMUTATIONS
+from shoal.analysis.compare import ComparisonResult, compare
+from shoal.analysis.rows import RowSubset
+from shoal.analysis.two_sample import DEFAULT_N_PERMUTATIONS
 from shoal.store import Dataset, StoreError, digest_values
 from shoal.workflows.cache import Computed, cached
 from shoal.workflows.collections import collection_masks

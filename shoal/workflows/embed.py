@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from embedding.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
+from shoal.embedding.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL
 from shoal.store import Dataset, EmbeddingInfo, StoreError
 
 
@@ -39,11 +39,11 @@ def embed_dataset(
     """Embed every image of ``dataset`` and store the set as ``name`` (default: the model name).
 
     ``backend``: "auto" (OpenVINO on x86 CPUs where it loads, else torch), "torch" or
-    "openvino" (see :mod:`embedding.backends`); the set's preprocessing records the backend and
+    "openvino" (see :mod:`shoal.embedding.backends`); the set's preprocessing records the backend and
     precision really used.
     """
-    from embedding import checkpoint_manifest, create_model, embed_paths
-    from embedding.backends import create_embedder, default_device
+    from shoal.embedding import checkpoint_manifest, create_model, embed_paths
+    from shoal.embedding.backends import create_embedder, default_device
 
     name = name or default_embedding_name(model)
     samples, paths = images_to_embed(dataset)

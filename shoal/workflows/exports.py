@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from analysis.blocks import BLOCK_ROWS, take_rows
+from shoal.analysis.blocks import BLOCK_ROWS, take_rows
 from shoal.ingest.export import write_csv
 from shoal.ingest.label_studio import (
     FROM_NAME,

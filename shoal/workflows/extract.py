@@ -1,6 +1,6 @@
 """Embed a stored dataset with the user's own model (classification, segmentation, detection).
 
-A thin orchestrator over ``embedding.extract``: it resolves the layer once, runs the extraction
+A thin orchestrator over ``shoal.embedding.extract``: it resolves the layer once, runs the extraction
 over the dataset's stored images and publishes the vectors as embedding sets. For detectors it
 stores the per-image set and, when the dataset has an objects table, an object-level set with one
 vector per labelled or predicted box (each box is fed to the ROI head as a proposal).
@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from embedding.defaults import DEFAULT_EXTRACT_BATCH_SIZE, DEFAULT_MAX_ELEMENTS
+from shoal.embedding.defaults import DEFAULT_EXTRACT_BATCH_SIZE, DEFAULT_MAX_ELEMENTS
 from shoal.store import Dataset, EmbeddingInfo, StoreError
 
 
@@ -35,7 +35,7 @@ def extract_dataset(
     should_stop: Callable[[], bool] | None = None,
 ) -> list[EmbeddingInfo]:
     """Store the user's model's embeddings of every image; returns the sets written."""
-    from embedding.extract import (
+    from shoal.embedding.extract import (
         extract_detection,
         extract_embeddings,
         load_user_model,
@@ -48,7 +48,7 @@ def extract_dataset(
     samples = dataset.samples()
     paths = [dataset.image_file(p) for p in samples["path"]]
     sample_ids = samples["sample_id"].astype(str).to_numpy()
-    task_name = cast(Any, task)  # validated by embedding.extract against its Literal of tasks
+    task_name = cast(Any, task)  # validated by shoal.embedding.extract against its Literal of tasks
     name = name or Path(model_spec.split(":")[0]).stem.replace(".", "-")
     with dataset.computing(name):  # a second job on this set is refused, not mixed in
         metadata = {**user_model.describe(), "task": task}

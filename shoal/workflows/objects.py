@@ -1,6 +1,6 @@
 """Embed every box of a detection dataset: one object-level set aligned to ``objects.object_id``.
 
-The kernel is :func:`embedding.objects.embed_objects` (ROI-Align on the backbone's feature map,
+The kernel is :func:`shoal.embedding.objects.embed_objects` (ROI-Align on the backbone's feature map,
 or square crops); this workflow reads the boxes and images from the store and publishes the
 vectors.
 
@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from embedding.defaults import DEFAULT_MODEL, DEFAULT_OBJECT_BATCH_SIZE
-from embedding.inference import resolve_precision
-from embedding.models import create_model
-from embedding.objects import (
+from shoal.embedding.defaults import DEFAULT_MODEL, DEFAULT_OBJECT_BATCH_SIZE
+from shoal.embedding.inference import resolve_precision
+from shoal.embedding.models import create_model
+from shoal.embedding.objects import (
     CROP_MARGIN,
     ROI_MAX_SIDE,
     ROI_OUTPUT_SIZE,
@@ -90,7 +90,7 @@ def embed_dataset_objects(
         )
         aligned = np.empty_like(object_vectors)
         aligned[np.concatenate(rows)] = object_vectors
-        # ROI-Align and crops run on the torch backend (embedding.backends covers whole images).
+        # ROI-Align and crops run on the torch backend (shoal.embedding.backends covers whole images).
         made_with = {"backend": "torch", "precision": resolve_precision(precision, embedder.device)}
         settings: dict[str, Any] = {"method": method, **made_with}
         if method == "roi_align":

@@ -3,7 +3,7 @@
 The images are cut into the local path's batches (``batch_size`` rows each; a batch is also the
 unit of checkpointing). A Ray Data pipeline sends groups of batches, as rows of file paths, to an
 actor pool; each actor holds the model once and runs the local pipeline itself
-(:func:`embedding.embed_paths`: the same decoding, resizing, normalisation and per-batch model
+(:func:`shoal.embedding.embed_paths`: the same decoding, resizing, normalisation and per-batch model
 step), so a vector from the cluster equals the local one up to floating-point noise. Decoding
 runs inside the actor, between model calls, as on a local CPU: a separate decoding stage would
 compete with the actors for the same cores and, on a 2-core node, starve them.
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from embedding.defaults import (
+from shoal.embedding.defaults import (
     DEFAULT_BACKEND,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MODEL,
@@ -77,7 +77,7 @@ class _EmbedActor:
         import ray
         import torch
 
-        from embedding.backends import create_embedder
+        from shoal.embedding.backends import create_embedder
 
         if threads > 0:
             torch.set_num_threads(threads)
@@ -89,7 +89,7 @@ class _EmbedActor:
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from embedding import embed_paths
+        from shoal.embedding import embed_paths
 
         starts = batch["start"].astype(np.int64)
         ends = batch["end"].astype(np.int64)
@@ -133,13 +133,13 @@ def embed_dataset_on_ray(
     ``SHOAL_RAY_ADDRESS`` (and, if that is unset too, a Ray instance started for this job on
     this machine). actors: size of the actor pool (default: the cluster's CPUs, or GPUs, divided
     by what one actor takes). ``report`` receives a :class:`RayRunReport` when the run ends.
-    Raises ``embedding.ImageDecodeError`` naming the first file that cannot be decoded (batches
-    finished before it stay checkpointed), ``embedding.EmbeddingCancelled`` when
+    Raises ``shoal.embedding.ImageDecodeError`` naming the first file that cannot be decoded (batches
+    finished before it stay checkpointed), ``shoal.embedding.EmbeddingCancelled`` when
     ``should_stop()`` turns true.
     """
-    from embedding import checkpoint_manifest, create_model
-    from embedding.backends import resolve_backend, resolve_precision
-    from embedding.pipeline import ProgressReporter, unfinished_batches
+    from shoal.embedding import checkpoint_manifest, create_model
+    from shoal.embedding.backends import resolve_backend, resolve_precision
+    from shoal.embedding.pipeline import ProgressReporter, unfinished_batches
     from shoal.workflows.embed import (
         default_embedding_name,
         images_to_embed,
@@ -225,7 +225,7 @@ def _run_pending(
     gpus_per_actor: float,
 ) -> None:
     """Send the unfinished batches through the actor pool; write and checkpoint what returns."""
-    from embedding import ImageDecodeError
+    from shoal.embedding import ImageDecodeError
 
     rows = [{"start": s, "end": e, "paths": list(paths[s:e])} for s, e in pending]
     remaining = {start: end - start for start, end in pending}

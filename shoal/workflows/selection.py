@@ -1,6 +1,6 @@
 """Pick what to label next, on a stored embedding set, with subsets given as filters.
 
-Three questions users ask, one call (:func:`select`), the kernels in :mod:`analysis.selection`:
+Three questions users ask, one call (:func:`select`), the kernels in :mod:`shoal.analysis.selection`:
 
 - *cover the dataset*: ``select(ds, 100)``; with ``covered="split=train"`` what is already
   labelled counts as covered, so the picks go where it is not;
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.selection import Selection, select_samples
+from shoal.analysis.selection import Selection, select_samples
 from shoal.store import Dataset
 from shoal.workflows import analyse
 from shoal.workflows.collections import collection_masks

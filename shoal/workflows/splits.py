@@ -4,7 +4,7 @@ Images are stored content-addressed (``images/ab/<sha256>.<ext>``), so two sampl
 hold the same bytes share the digest in their stored path: those are the *exact duplicates*,
 found without reading a file or an embedding. Near-duplicates come from the embeddings (the
 cached ``duplicates`` analysis). Both together define the groups that must not be split; the
-cleaned assignment (:func:`analysis.splits.leak_free_splits`) moves whole leaking groups, and can
+cleaned assignment (:func:`shoal.analysis.splits.leak_free_splits`) moves whole leaking groups, and can
 be saved as a new column of the samples table, so the user's own split stays as it was.
 
 Example:
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.splits import LeakFreeSplits, duplicate_groups, leak_free_splits
+from shoal.analysis.splits import LeakFreeSplits, duplicate_groups, leak_free_splits
 from shoal.store import Dataset, StoreError
 from shoal.workflows import analyse
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.boxes import BoxMatches, box_iou, match_boxes
+from shoal.analysis.boxes import BoxMatches, box_iou, match_boxes
 
 EMPTY = np.zeros((0, 4))
 

@@ -1,4 +1,4 @@
-"""analysis.two_sample and analysis.compare on small synthetic data: exactness of the tests, the
+"""shoal.analysis.two_sample and shoal.analysis.compare on small synthetic data: exactness of the tests, the
 result record and the per-cluster table. Real-embedding checks live in test_compare_real.py; the
 filters and the dataset workflow in tests/shoal/workflows/test_compare.py."""
 
@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from analysis import two_sample
-from analysis.compare import ClusterShift, ComparisonResult, cluster_shifts, compare
-from analysis.two_sample import (
+from shoal.analysis import two_sample
+from shoal.analysis.compare import ClusterShift, ComparisonResult, cluster_shifts, compare
+from shoal.analysis.two_sample import (
     COMPARISON_TESTS,
     PermutationStatistic,
     available_tests,
@@ -21,7 +21,7 @@ from analysis.two_sample import (
     register_test,
     two_sample_test,
 )
-from registry import UnknownNameError
+from shoal.registry import UnknownNameError
 from tests.analysis.synthetic import shifted_gaussians
 
 # --------------------------------------------------------------------------- permutation machinery
@@ -191,9 +191,9 @@ def test_same_seed_same_result_and_float16_memmap_input(tmp_path):
 def test_row_subsets_of_a_reader_in_small_blocks_equal_in_memory_sides(monkeypatch):
     """Both sides as views of one store-like reader (as the dataset workflow passes them), read
     and clustered 64 rows at a time, give the in-memory sides' result exactly."""
-    from analysis import blocks
-    from analysis import compare as compare_module
-    from analysis.rows import RowSubset
+    from shoal.analysis import blocks
+    from shoal.analysis import compare as compare_module
+    from shoal.analysis.rows import RowSubset
     from tests.analysis.readers import StrictReader
 
     reference, current = shifted_gaussians(700, 300, shift=0.4, dim=16)

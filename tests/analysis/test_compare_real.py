@@ -1,4 +1,4 @@
-"""analysis.compare and analysis.two_sample on REAL embeddings (tests/fixtures/real_embeddings.npz:
+"""shoal.analysis.compare and shoal.analysis.two_sample on REAL embeddings (tests/fixtures/real_embeddings.npz:
 EfficientNet-Lite0 features of Fashion-MNIST, 500 per class, plus foreign photos).
 
 The null splits and class-prior shifts are defined in benchmarks/real_data.py, which
@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.compare import compare
-from analysis.two_sample import two_sample_test
 from benchmarks.real_data import null_split, prior_shift_rows
+from shoal.analysis.compare import compare
+from shoal.analysis.two_sample import two_sample_test
 
 
 def _null_rejection_rate(

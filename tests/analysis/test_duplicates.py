@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis import duplicates
-from analysis.blocks import l2_normalize
-from analysis.duplicates import DuplicateResult, auto_threshold, find_duplicates
-from analysis.knn import build_knn_graph
+from shoal.analysis import duplicates
+from shoal.analysis.blocks import l2_normalize
+from shoal.analysis.duplicates import DuplicateResult, auto_threshold, find_duplicates
+from shoal.analysis.knn import build_knn_graph
 from tests.analysis.readers import StrictReader
 from tests.analysis.synthetic import clustered_embeddings
 

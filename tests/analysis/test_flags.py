@@ -17,10 +17,6 @@ from scipy.special import ndtr
 from scipy.stats import false_discovery_control
 from sklearn.metrics import roc_auc_score
 
-from analysis.knn import build_knn_graph
-from analysis.mislabels import score_mislabels
-from analysis.outliers import DEFAULT_Z_THRESHOLD, OutlierResult, score_outliers
-from analysis.results import gaussian_fdr_cut, robust_threshold
 from benchmarks.bench_flags import (
     AUROC_GATE,
     SHARES,
@@ -28,6 +24,10 @@ from benchmarks.bench_flags import (
     planted_outliers,
     precision_recall,
 )
+from shoal.analysis.knn import build_knn_graph
+from shoal.analysis.mislabels import score_mislabels
+from shoal.analysis.outliers import DEFAULT_Z_THRESHOLD, OutlierResult, score_outliers
+from shoal.analysis.results import gaussian_fdr_cut, robust_threshold
 
 Planted = Callable[[str, str, float, int], tuple[np.ndarray, OutlierResult]]
 

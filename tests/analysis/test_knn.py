@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from analysis.blocks import l2_normalize
-from analysis.knn import EXACT_MAX_SAMPLES, KnnGraph, NeighborIndex, build_knn_graph, recall_at_k
+from shoal.analysis.blocks import l2_normalize
+from shoal.analysis.knn import (
+    EXACT_MAX_SAMPLES,
+    KnnGraph,
+    NeighborIndex,
+    build_knn_graph,
+    recall_at_k,
+)
 from tests.analysis.synthetic import clustered_embeddings
 
 

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from analysis.knn import build_knn_graph
-from analysis.mislabels import MislabelResult, encode_labels, score_mislabels
 from benchmarks.real_data import flip_labels as flip_labels_with
+from shoal.analysis.knn import build_knn_graph
+from shoal.analysis.mislabels import MislabelResult, encode_labels, score_mislabels
 from tests.analysis.synthetic import clustered_embeddings
 
 

@@ -20,7 +20,7 @@ def test_importing_analysis_does_not_import_umap_or_sklearn_estimators() -> None
 
 
 def test_missing_umap_gives_install_hint(monkeypatch) -> None:
-    from analysis.projection import project
+    from shoal.analysis.projection import project
 
     monkeypatch.setitem(sys.modules, "umap", None)
     x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
@@ -29,7 +29,7 @@ def test_missing_umap_gives_install_hint(monkeypatch) -> None:
 
 
 def test_missing_faiss_gives_install_hint(monkeypatch) -> None:
-    from analysis.knn import build_knn_graph
+    from shoal.analysis.knn import build_knn_graph
 
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ImportError, match="pip install faiss-cpu"):

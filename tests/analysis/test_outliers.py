@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from analysis import blocks, outliers
-from analysis.blocks import l2_normalize
-from analysis.knn import build_knn_graph
-from analysis.outliers import (
+from shoal.analysis import blocks, outliers
+from shoal.analysis.blocks import l2_normalize
+from shoal.analysis.knn import build_knn_graph
+from shoal.analysis.outliers import (
     SCORERS,
     OutlierResult,
     flag_threshold,
@@ -15,7 +15,7 @@ from analysis.outliers import (
     register_scorer,
     score_outliers,
 )
-from registry import UnknownNameError
+from shoal.registry import UnknownNameError
 from tests.analysis.readers import StrictReader
 from tests.analysis.synthetic import clustered_embeddings
 

@@ -1,4 +1,4 @@
-"""analysis.pca.BlockPCA, the one PCA of the kernels, against sklearn's exact PCA."""
+"""shoal.analysis.pca.BlockPCA, the one PCA of the kernels, against sklearn's exact PCA."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from analysis import pca as pca_module
-from analysis.blocks import l2_normalize, sample_rows
-from analysis.pca import BlockPCA
+from shoal.analysis import pca as pca_module
+from shoal.analysis.blocks import l2_normalize, sample_rows
+from shoal.analysis.pca import BlockPCA
 from tests.analysis.synthetic import clustered_embeddings
 
 

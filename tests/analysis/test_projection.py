@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.knn import build_knn_graph
-from analysis.projection import (
+from shoal.analysis.knn import build_knn_graph
+from shoal.analysis.projection import (
     Projection,
     neighborhood_preservation,
     project,
@@ -72,9 +72,9 @@ def test_a_sampled_map_of_a_reader_in_small_blocks_and_chunks_is_as_good(
     layout), with the 900 other points placed 64 at a time: as faithful as the in-memory map
     in one block and one chunk (UMAP's layout is not reproducible across block sizes: PCA
     scores differ in the last bits)."""
-    import analysis.projection as projection
-    from analysis import blocks, knn
-    from analysis import pca as pca_module
+    import shoal.analysis.projection as projection
+    from shoal.analysis import blocks, knn
+    from shoal.analysis import pca as pca_module
 
     x, clusters = clustered_embeddings(1500, dim=32, n_clusters=4, seed=2)
     graph = build_knn_graph(x, n_neighbors=15)
@@ -118,7 +118,7 @@ def test_neighborhood_preservation_oracle() -> None:
 def test_neighborhood_preservation_in_blocks_equals_one_block(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import analysis.projection as projection
+    import shoal.analysis.projection as projection
 
     x, _ = clustered_embeddings(700, dim=16, seed=6)
     graph = build_knn_graph(x, n_neighbors=10)
@@ -160,7 +160,7 @@ def test_tsne_and_pca_layouts_from_the_same_graph(real: dict[str, np.ndarray]) -
 
 
 def test_layout_choices_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    import analysis.projection as projection
+    import shoal.analysis.projection as projection
 
     x, _ = clustered_embeddings(200, dim=16, seed=2)
     with pytest.raises(ValueError, match="choose one of umap, tsne, pca"):

@@ -1,4 +1,4 @@
-"""analysis.results.ArrayRecord: every stored result class survives the store unchanged, edge
+"""shoal.analysis.results.ArrayRecord: every stored result class survives the store unchanged, edge
 cases included (infinite thresholds, NaN, empty arrays such as 0 duplicate pairs)."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.compare import ClusterShift, ComparisonResult, compare
-from analysis.duplicates import DuplicateResult, find_duplicates
-from analysis.knn import KnnGraph, build_knn_graph
-from analysis.mislabels import MislabelResult, score_mislabels
-from analysis.outliers import OutlierResult, score_outliers
-from analysis.projection import Projection, project
-from analysis.results import ArrayRecord
+from shoal.analysis.compare import ClusterShift, ComparisonResult, compare
+from shoal.analysis.duplicates import DuplicateResult, find_duplicates
+from shoal.analysis.knn import KnnGraph, build_knn_graph
+from shoal.analysis.mislabels import MislabelResult, score_mislabels
+from shoal.analysis.outliers import OutlierResult, score_outliers
+from shoal.analysis.projection import Projection, project
+from shoal.analysis.results import ArrayRecord
 from shoal.store import Dataset, Workspace
 from tests.analysis.synthetic import clustered_embeddings
 

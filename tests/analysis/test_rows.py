@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis import blocks
-from analysis.rows import RowSubset
+from shoal.analysis import blocks
+from shoal.analysis.rows import RowSubset
 from tests.analysis.readers import StrictReader
 
 

@@ -1,4 +1,4 @@
-"""analysis.selection on REAL embeddings (tests/fixtures/real_embeddings.npz: EfficientNet-Lite0
+"""shoal.analysis.selection on REAL embeddings (tests/fixtures/real_embeddings.npz: EfficientNet-Lite0
 features of Fashion-MNIST, 500 per class), against random picks and a naive in-memory oracle."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import analysis.selection as selection
-from analysis.blocks import l2_normalize
-from analysis.duplicates import find_duplicates
-from analysis.selection import (
+import shoal.analysis.selection as selection
+from shoal.analysis.blocks import l2_normalize
+from shoal.analysis.duplicates import find_duplicates
+from shoal.analysis.selection import (
     Selection,
     select_novel,
     select_representatives,
@@ -246,7 +246,7 @@ def test_many_seeds_stream_past_few_candidates_from_a_reader(fmnist, monkeypatch
     """4,000 seeds and 300 candidates, read from the store-like reader 64 rows at a time (never
     copied whole): the candidates sit in memory, the seeds stream past them 50 at a time, and
     the distances to the nearest seed and the k-center picks are the all-pairs oracle's."""
-    from analysis import blocks
+    from shoal.analysis import blocks
     from tests.analysis.readers import StrictReader
 
     embeddings, _ = fmnist

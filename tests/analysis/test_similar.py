@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.blocks import l2_normalize
-from analysis.knn import NeighborIndex
-from analysis.similar import SimilarResult, search_similar
+from shoal.analysis.blocks import l2_normalize
+from shoal.analysis.knn import NeighborIndex
+from shoal.analysis.similar import SimilarResult, search_similar
 from tests.analysis.synthetic import clustered_embeddings
 
 

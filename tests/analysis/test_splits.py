@@ -1,4 +1,4 @@
-"""analysis.splits: duplicate groups from byte-identical content and from near-duplicate pairs of
+"""shoal.analysis.splits: duplicate groups from byte-identical content and from near-duplicate pairs of
 REAL embeddings (planted copies across splits), the leaks, and the cleaned assignment."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.duplicates import find_duplicates
-from analysis.splits import LeakFreeSplits, duplicate_groups, leak_free_splits
+from shoal.analysis.duplicates import find_duplicates
+from shoal.analysis.splits import LeakFreeSplits, duplicate_groups, leak_free_splits
 
 SPLITS = np.array(["train", "val", "test"], dtype=object)
 

@@ -24,7 +24,7 @@ def _fixture_builder():
 
 @pytest.fixture(scope="session")
 def lite0():
-    from embedding import create_model
+    from shoal.embedding import create_model
 
     return create_model("efficientnet_lite0")
 
@@ -78,7 +78,7 @@ def write_photo(
     image: Image.Image | np.ndarray, path: Path, *, size: tuple[int, int] | None = None
 ) -> Path:
     """Save a real photo (RGB, alpha composited on white) at ``size`` as JPEG or PNG by suffix."""
-    from embedding.preprocess import to_rgb
+    from shoal.embedding.preprocess import to_rgb
 
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)

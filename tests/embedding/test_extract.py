@@ -18,7 +18,7 @@ from skimage import data
 from torch import nn
 from torchvision import transforms
 
-from embedding.extract import (
+from shoal.embedding.extract import (
     LayerNotFoundError,
     ModelLoadError,
     Preprocessing,
@@ -28,7 +28,7 @@ from embedding.extract import (
     load_user_model,
     resolve_layer,
 )
-from embedding.pipeline import EmbeddingCancelled, Progress
+from shoal.embedding.pipeline import EmbeddingCancelled, Progress
 
 SMALL = Preprocessing(size=128)
 
@@ -458,7 +458,7 @@ def test_factory_imports_siblings_and_modules_by_name(
 
 
 def test_split_factory_keeps_drive_letters() -> None:
-    from embedding.extract.loading import _split_factory
+    from shoal.embedding.extract.loading import _split_factory
 
     assert _split_factory("models/net.py:build") == ("models/net.py", "build")
     assert _split_factory("models/net.py") == ("models/net.py", "build_model")

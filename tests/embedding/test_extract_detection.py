@@ -16,13 +16,13 @@ from torch import nn
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
-from embedding.extract import (
+from shoal.embedding.extract import (
     DetectionEmbeddings,
     extract_detection,
     extract_embeddings,
     resolve_layer,
 )
-from embedding.extract.detection import image_tensor
+from shoal.embedding.extract.detection import image_tensor
 
 LABEL_BOXES = [
     np.array([[140.0, 20.0, 330.0, 240.0], [0.0, 250.0, 200.0, 511.0]]),  # astronaut: face, flag

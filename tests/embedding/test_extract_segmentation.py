@@ -18,7 +18,7 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
-from embedding.extract import (
+from shoal.embedding.extract import (
     Preprocessing,
     extract_embeddings,
     plan_spatial_pool,

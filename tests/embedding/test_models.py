@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedding import (
+from shoal.embedding import (
     DEFAULT_MODEL,
     EmbeddingModel,
     ModelUnavailableError,
@@ -21,7 +21,7 @@ from embedding import (
     list_models,
     register_model,
 )
-from embedding import models as models_module
+from shoal.embedding import models as models_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ def test_download_failure_says_so_and_names_the_offline_default(tmp_path):
     """Hub models fail with an explanation when the network is unreachable (a dead proxy here)."""
     script = textwrap.dedent(
         """
-        from embedding import create_model, ModelUnavailableError
+        from shoal.embedding import create_model, ModelUnavailableError
         for name in ("resnet18", "torchvision/resnet18"):
             try:
                 create_model(name)

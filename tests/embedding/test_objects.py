@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from embedding import EmbeddingCancelled, embed_paths
-from embedding.inference import normalize_pixels
-from embedding.objects import (
+from shoal.embedding import EmbeddingCancelled, embed_paths
+from shoal.embedding.inference import normalize_pixels
+from shoal.embedding.objects import (
     ROI_MAX_SIDE,
     ROI_SHORT_SIDE,
     embed_objects,

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from embedding import backends
-from embedding.backends import (
+from shoal.embedding import backends
+from shoal.embedding.backends import (
     OpenVINOEmbedder,
     TorchEmbedder,
     create_embedder,
@@ -24,8 +24,8 @@ from embedding.backends import (
     resolve_backend,
     resolve_precision,
 )
-from embedding.models import DataConfig, EmbeddingModel, ModelUnavailableError, create_model
-from embedding.preprocess import load_image, resize_crop
+from shoal.embedding.models import DataConfig, EmbeddingModel, ModelUnavailableError, create_model
+from shoal.embedding.preprocess import load_image, resize_crop
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "tuxpaint"
 PER_LABEL = 12  # about 90 real photos in 8 categories

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from embedding import (
+from shoal.embedding import (
     EmbeddingCancelled,
     ImageDecodeError,
     Progress,
@@ -24,9 +24,9 @@ from embedding import (
     embed_paths,
     resolve_precision,
 )
-from embedding.inference import cpu_supports_bf16
-from embedding.pipeline import default_num_workers
-from embedding.preprocess import load_image, resize_crop
+from shoal.embedding.inference import cpu_supports_bf16
+from shoal.embedding.pipeline import default_num_workers
+from shoal.embedding.preprocess import load_image, resize_crop
 from shoal.store import BatchCheckpoints, CheckpointMismatchError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,7 +239,7 @@ def test_resume_after_kill_reuses_finished_batches(lite0, photo_files, tmp_path)
         f"""
         import json, torch
         torch.set_num_threads(1)
-        from embedding import checkpoint_manifest, create_model, embed_paths
+        from shoal.embedding import checkpoint_manifest, create_model, embed_paths
         from shoal.store import BatchCheckpoints
         files = json.load(open({str(list_file)!r}))
         model = create_model()
@@ -294,8 +294,8 @@ def test_resume_after_kill_reuses_finished_batches(lite0, photo_files, tmp_path)
 
 
 def test_folding_batchnorm_keeps_the_fp32_output(photo_files):
-    from embedding import create_model
-    from embedding.inference import fold_batchnorm
+    from shoal.embedding import create_model
+    from shoal.embedding.inference import fold_batchnorm
 
     plain, folded = create_model(), create_model()
     assert fold_batchnorm(folded) == 49  # every conv + BatchNorm pair of EfficientNet-Lite0
@@ -313,7 +313,7 @@ def test_folding_batchnorm_keeps_the_fp32_output(photo_files):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_fast_path_matches_cpu_fp32(lite0, photo_files):
-    from embedding import create_model
+    from shoal.embedding import create_model
 
     gpu_model = create_model(device="cuda")
     assert resolve_precision("auto", gpu_model.device) == "fp16"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedding.models import DataConfig
-from embedding.preprocess import ImageDecodeError, load_image, resize_crop, scale_size
+from shoal.embedding.models import DataConfig
+from shoal.embedding.preprocess import ImageDecodeError, load_image, resize_crop, scale_size
 
 CONFIG = DataConfig(input_size=(3, 224, 224), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=0.875)
 
@@ -34,7 +34,7 @@ def test_resize_crop_matches_timm_eval_transform(skimage_photos, stamp_photos):
     import timm.data
     import torch
 
-    from embedding.preprocess import to_rgb
+    from shoal.embedding.preprocess import to_rgb
 
     transform = timm.data.create_transform(
         input_size=(3, 224, 224),

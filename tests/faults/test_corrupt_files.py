@@ -164,7 +164,7 @@ def test_a_garbage_job_record_is_skipped_in_the_list_and_a_store_error_on_its_ow
 
 def _stopped_after_8_of_16(workspace: Workspace, photos: Path) -> None:
     """A dataset 'pets' of 16 photos whose embedding stopped after 8 (batches of 2)."""
-    from embedding import EmbeddingCancelled
+    from shoal.embedding import EmbeddingCancelled
     from shoal.ingest.images import import_source
     from shoal.workflows.embed import embed_dataset
 

@@ -1,10 +1,10 @@
-"""registry.Registry: the one registry type, its duplicate policy and its errors."""
+"""shoal.registry.Registry: the one registry type, its duplicate policy and its errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from registry import Registry, UnknownNameError, origin
+from shoal.registry import Registry, UnknownNameError, origin
 
 
 def _scorer(values):

@@ -1,4 +1,4 @@
-"""The objects table's matching: the DataFrame wrapper around :func:`analysis.boxes.match_boxes`."""
+"""The objects table's matching: the DataFrame wrapper around :func:`shoal.analysis.boxes.match_boxes`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.boxes import match_boxes
+from shoal.analysis.boxes import match_boxes
 from shoal.ingest.detection import match_counts, match_objects
 
 

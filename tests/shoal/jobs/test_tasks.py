@@ -28,7 +28,7 @@ def test_registered_kinds_reach_their_body_in_a_worker(
 
 
 def test_parameters_are_typed_and_their_defaults_come_from_the_library() -> None:
-    from embedding.defaults import (
+    from shoal.embedding.defaults import (
         DEFAULT_BACKEND,
         DEFAULT_BATCH_SIZE,
         DEFAULT_MODEL,

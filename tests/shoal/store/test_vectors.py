@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.knn import NeighborIndex, build_knn_graph
+from shoal.analysis.knn import NeighborIndex, build_knn_graph
 from shoal.store import vectors as module
 from shoal.store.vectors import VectorFile, VectorWriter
 
@@ -69,10 +69,10 @@ def test_graph_read_through_the_file_equals_the_in_memory_graph(
 ) -> None:
     """The graph over the block reader (many blocks, pages released all along) is the graph of
     the same vectors in memory, row for row."""
-    import analysis.knn
+    import shoal.analysis.knn
 
     monkeypatch.setattr(module, "RELEASE_BYTES", 1 << 20)
-    monkeypatch.setattr(analysis.knn, "BLOCK_ROWS", 256)
+    monkeypatch.setattr(shoal.analysis.knn, "BLOCK_ROWS", 256)
     matrix = real["fmnist"][:3000]
     stored = _write(tmp_path / "v.npy", matrix)
     on_disk = build_knn_graph(stored, n_neighbors=10, method=method)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.knn import build_knn_graph
+from shoal.analysis.knn import build_knn_graph
 from shoal.store import StoreError, Workspace
 from shoal.workflows import analyse as analysis_ws
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.compare import compare
+from shoal.analysis.compare import compare
 from shoal.workflows.compare import compare_dataset
 from shoal.workflows.filters import FilterError, parse_filter
 from tests.analysis.synthetic import shifted_gaussians

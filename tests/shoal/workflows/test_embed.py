@@ -40,7 +40,7 @@ def _shoal(*args: str) -> list[str]:
 def test_backend_and_precision_are_recorded_with_the_set(
     sample_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from embedding.backends import openvino_available
+    from shoal.embedding.backends import openvino_available
     from shoal.workflows.embed import embed_dataset
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -73,7 +73,7 @@ def test_backend_and_precision_are_recorded_with_the_set(
 def test_killed_embed_resumes_where_it_stopped(
     sample_images: Path, tmp_path: Path, backend: str, batch_size: int
 ) -> None:
-    from embedding.backends import openvino_available
+    from shoal.embedding.backends import openvino_available
 
     if backend == "openvino" and not openvino_available():
         pytest.skip("needs OpenVINO on x86-64")
