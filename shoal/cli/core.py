@@ -91,14 +91,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         default=None,
         help="default auto: fp32 on OpenVINO, bf16 on torch CPUs with native bf16, fp16 on CUDA",
     )
-    p.add_argument(
-        "--engine",
-        choices=["auto", "local", "ray"],
-        default=None,
-        help="where to run (default auto: the Ray cluster named by --address or "
-        "SHOAL_RAY_ADDRESS if any, else this machine; see docs/ray.md)",
-    )
-    p.add_argument("--address", help="with --engine ray: the cluster's host:port (ray status)")
+    add_engine_arguments(p, "the images at the same path on every node")
     p.add_argument("--json", action="store_true")
 
     p = add(
@@ -128,6 +121,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_ELEMENTS,
         help="pool spatial layers down to this many values",
     )
+    add_engine_arguments(p, "the model file (and --weights) at the same path on every node")
     p.add_argument("--json", action="store_true")
 
     p = add(
@@ -248,6 +242,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_engine_arguments(p: argparse.ArgumentParser, needs: str) -> None:
+    """``--engine`` and ``--address``: run here or on a Ray cluster."""
+    p.add_argument(
+        "--engine",
+        choices=["auto", "local", "ray"],
+        default=None,
+        help="where to run (default auto: the Ray cluster named by --address or "
+        f"SHOAL_RAY_ADDRESS if any, else this machine; the cluster needs {needs}; docs/ray.md)",
+    )
+    p.add_argument("--address", help="with --engine ray: the cluster's host:port (ray status)")
+
+
 def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         print_json(report)
@@ -261,19 +267,15 @@ def _print_report(report: dict[str, Any], *, as_json: bool) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    params = {"model": args.model, "name": args.embedding, "batch_size": args.batch_size}
-    if args.objects and (args.engine == "ray" or args.address):
-        raise CliError(
-            "--objects runs on this machine only for now; drop --engine ray/--address "
-            "(docs/ray.md: what runs on Ray)"
-        )
+    params = {
+        "model": args.model,
+        "name": args.embedding,
+        "batch_size": args.batch_size,
+        "engine": args.engine,
+        "address": args.address,
+    }
     if not args.objects:
-        params |= {
-            "backend": args.backend,
-            "precision": args.precision,
-            "engine": args.engine,
-            "address": args.address,
-        }
+        params |= {"backend": args.backend, "precision": args.precision}
     elif args.backend not in (None, "torch") or args.precision is not None:
         print(
             "note: --objects embeds with torch (ROI-Align); --backend/--precision ignored",
@@ -292,14 +294,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(
             f"stored embedding set {result.get('embedding')!r}: {result.get('count'):,} x {result.get('dim')}"
         )
-        ray = result.get("ray")
-        if ray:
-            per_node = ", ".join(f"{rows:,}" for rows in sorted(ray["rows_per_node"].values()))
-            print(
-                f"  on Ray at {ray['address']}: {len(ray['rows_per_node'])} node(s) "
-                f"({per_node} images), {ray['actors']} actor(s), {ray['resumed_rows']:,} resumed"
-            )
+        _print_ray(result)
     return 0
+
+
+def _print_ray(result: dict[str, Any]) -> None:
+    """One line on what the cluster did, when the job ran on Ray."""
+    ray = result.get("ray")
+    if ray:
+        per_node = ", ".join(f"{rows:,}" for rows in sorted(ray["rows_per_node"].values()))
+        print(
+            f"  on Ray at {ray['address']}: {len(ray['rows_per_node'])} node(s) "
+            f"({per_node} images), {ray['actors']} actor(s), {ray['resumed_rows']:,} resumed"
+        )
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -311,15 +318,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
         "weights": args.weights,
         "batch_size": args.batch_size,
         "max_elements": args.max_elements,
+        "engine": args.engine,
+        "address": args.address,
     }
     result = run_job(args, "extract", params, label=f"extract {args.name}", what="extraction")
     written = result.get("embeddings", [])
     if args.json:
         print_json(written)
-    for info in [] if args.json else written:
+        return 0
+    for info in written:
         print(
             f"stored embedding set {info['name']!r} ({info['level']}): {info['count']:,} x {info['dim']}, layer {info['preprocessing'].get('layer')}"
         )
+    _print_ray(result)
     return 0
 
 

@@ -72,6 +72,11 @@ def resolve_engine(engine: str, address: str | None = None) -> str:
     return engine
 
 
+def _ray_extra(reports: list[Any]) -> dict[str, Any]:
+    """What a job's result says of its Ray run (the engine's RayRunReport)."""
+    return {"engine": "ray", "ray": asdict(reports[0]) if reports else None}
+
+
 @task("embed", params=EmbedParams)
 def embed_task(context: JobContext) -> dict[str, Any]:
     """Embed every image of the dataset with a registered model, here or on a Ray cluster."""
@@ -96,7 +101,7 @@ def embed_task(context: JobContext) -> dict[str, Any]:
             info = embed_dataset_on_ray(
                 context.dataset(), address=params.address, report=reports.append, **options
             )
-            extra = {"engine": "ray", "ray": asdict(reports[0]) if reports else None}
+            extra = _ray_extra(reports)
         else:
             info = embed_dataset(context.dataset(), **options)
             extra = {"engine": "local"}
@@ -119,27 +124,44 @@ class ExtractParams:
     weights: str | None = None
     batch_size: int = DEFAULT_EXTRACT_BATCH_SIZE
     max_elements: int = DEFAULT_MAX_ELEMENTS
+    engine: str = "auto"  # as EmbedParams.engine
+    address: str | None = None
 
 
 @task("extract", params=ExtractParams)
 def extract_task(context: JobContext) -> dict[str, Any]:
-    """Embed every image with the user's own model (classification, segmentation, detection)."""
+    """Embed every image with the user's own model (classification, segmentation, detection),
+    here or on a Ray cluster."""
     from shoal.workflows.extract import extract_dataset
 
     params = ExtractParams(**context.params)
+    options: dict[str, Any] = {
+        "task": params.task,
+        "layer": params.layer,
+        "name": params.name,
+        "weights": params.weights,
+        "batch_size": params.batch_size,
+        "max_elements": params.max_elements,
+        "progress": context.report_images,
+        "should_stop": context.cancelled,
+    }
     with _cancellable():
-        written = extract_dataset(
-            context.dataset(),
-            params.model,
-            task=params.task,
-            layer=params.layer,
-            name=params.name,
-            weights=params.weights,
-            batch_size=params.batch_size,
-            max_elements=params.max_elements,
-            progress=context.report_images,
-            should_stop=context.cancelled,
-        )
+        if resolve_engine(params.engine, params.address) == "ray":
+            from shoal.workflows.ray_engine import extract_on_ray
+
+            reports: list[Any] = []
+            written = extract_on_ray(
+                context.dataset(),
+                params.model,
+                address=params.address,
+                report=reports.append,
+                **options,
+            )
+            return {
+                "embeddings": [info.to_dict() for info in written],
+                **_ray_extra(reports),
+            }
+        written = extract_dataset(context.dataset(), params.model, **options)
     return {"embeddings": [info.to_dict() for info in written]}
 
 
@@ -149,6 +171,8 @@ class EmbedObjectsParams:
     name: str | None = None  # the object-level set; default '<model>-objects'
     method: str = "roi_align"  # or 'crop'
     batch_size: int = DEFAULT_OBJECT_BATCH_SIZE  # images per batch
+    engine: str = "auto"  # as EmbedParams.engine
+    address: str | None = None
 
 
 @task("embed-objects", params=EmbedObjectsParams)
@@ -159,21 +183,32 @@ def embed_objects_task(context: JobContext) -> dict[str, Any]:
     params = EmbedObjectsParams(**context.params)
     ds = context.dataset()
     had_image_set = ds.default_embedding(level="sample") is not None
+    options: dict[str, Any] = {
+        "model": params.model,
+        "name": params.name,
+        "method": params.method,
+        "batch_size": params.batch_size,
+        "progress": context.report_images,
+        "should_stop": context.cancelled,  # polled before every batch
+    }
+    extra: dict[str, Any] = {"engine": "local"}
     with _cancellable():
-        info = embed_dataset_objects(
-            ds,
-            model=params.model,
-            name=params.name,
-            method=params.method,
-            batch_size=params.batch_size,
-            progress=context.report_images,
-            should_stop=context.cancelled,  # polled before every batch
-        )
+        if resolve_engine(params.engine, params.address) == "ray":
+            from shoal.workflows.ray_engine import embed_objects_on_ray
+
+            reports: list[Any] = []
+            info = embed_objects_on_ray(
+                ds, address=params.address, report=reports.append, **options
+            )
+            extra = _ray_extra(reports)
+        else:
+            info = embed_dataset_objects(ds, **options)
     result: dict[str, Any] = {
         "embedding": info.name,
         "count": info.count,
         "dim": info.dim,
         "level": info.level,
+        **extra,
     }
     if not had_image_set:
         result["image_embedding"] = ds.default_embedding(level="sample")

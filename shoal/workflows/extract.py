@@ -45,11 +45,9 @@ def extract_dataset(
     if not dataset.has_images:
         raise StoreError(f"dataset {dataset.name!r} has no images to run a model on")
     user_model = load_user_model(model_spec, weights=weights)
-    samples = dataset.samples()
-    paths = [dataset.image_file(p) for p in samples["path"]]
-    sample_ids = samples["sample_id"].astype(str).to_numpy()
+    paths, sample_ids = image_inputs(dataset)
     task_name = cast(Any, task)  # validated by shoal.embedding.extract against its Literal of tasks
-    name = name or Path(model_spec.split(":")[0]).stem.replace(".", "-")
+    name = name or default_extract_name(model_spec)
     with dataset.computing(name):  # a second job on this set is refused, not mixed in
         metadata = {**user_model.describe(), "task": task}
 
@@ -66,53 +64,80 @@ def extract_dataset(
                 should_stop=should_stop,
             )
             metadata.update(layer=chosen, max_elements=max_elements)
-            return [
-                dataset.publish_embeddings(
-                    name, vectors, sample_ids, model=model_spec, preprocessing=metadata
-                )
-            ]
+            return publish_extracted(dataset, name, model_spec, metadata, vectors, sample_ids)
 
-        objects = dataset.objects()
-        label_boxes = None
-        if objects is not None and len(objects):
-            by_sample = {sid: group for sid, group in objects.groupby("sample_id", sort=False)}
-            label_boxes = [
-                np.array(by_sample[sid][["x0", "y0", "x1", "y1"]], dtype=np.float32)
-                if sid in by_sample
-                else np.zeros((0, 4), np.float32)
-                for sid in sample_ids
-            ]
         result = extract_detection(
             user_model,
             paths,
-            label_boxes=label_boxes,
+            label_boxes=label_boxes_of(dataset, sample_ids),
             batch_size=max(1, min(batch_size, 4)),
             progress=progress,
             should_stop=should_stop,
             with_detections=False,
         )
         metadata.update(layer=result.image_layer, box_layer=result.box_layer)
-        written = [
+        box_vectors = None if result.labels is None else result.labels.vectors
+        return publish_extracted(
+            dataset, name, model_spec, metadata, result.image_vectors, sample_ids, box_vectors
+        )
+
+
+def default_extract_name(model_spec: str) -> str:
+    """``my_model`` for ``path/to/my_model.py:build``."""
+    return Path(model_spec.split(":")[0]).stem.replace(".", "-")
+
+
+def image_inputs(dataset: Dataset) -> tuple[list[Path], np.ndarray]:
+    """The dataset's image files and sample ids, in samples order."""
+    samples = dataset.samples()
+    paths = [dataset.image_file(p) for p in samples["path"]]
+    return paths, samples["sample_id"].astype(str).to_numpy()
+
+
+def label_boxes_of(dataset: Dataset, sample_ids: np.ndarray) -> list[np.ndarray] | None:
+    """Per image (in ``sample_ids`` order) its labelled boxes, xyxy pixels; None without boxes."""
+    objects = dataset.objects()
+    if objects is None or not len(objects):
+        return None
+    by_sample = {sid: group for sid, group in objects.groupby("sample_id", sort=False)}
+    return [
+        np.array(by_sample[sid][["x0", "y0", "x1", "y1"]], dtype=np.float32)
+        if sid in by_sample
+        else np.zeros((0, 4), np.float32)
+        for sid in sample_ids
+    ]
+
+
+def publish_extracted(
+    dataset: Dataset,
+    name: str,
+    model_spec: str,
+    metadata: dict[str, Any],
+    image_vectors: np.ndarray,
+    sample_ids: np.ndarray,
+    box_vectors: np.ndarray | None = None,
+) -> list[EmbeddingInfo]:
+    """Store the per-image set and, for a detector's boxes (image-then-box order, the order of
+    :func:`label_boxes_of`), the object-level set ``<name>-objects``; returns the sets written."""
+    written = [
+        dataset.publish_embeddings(
+            name, image_vectors, sample_ids, model=model_spec, preprocessing=metadata
+        )
+    ]
+    objects = dataset.objects()
+    if box_vectors is not None and objects is not None and len(objects):
+        rows_of = objects.groupby(objects["sample_id"].astype(str), sort=False).indices
+        none = np.zeros(0, dtype=np.int64)
+        order = np.concatenate([rows_of.get(sid, none) for sid in sample_ids])
+        object_ids = objects["object_id"].astype(str).to_numpy()[order]
+        written.append(
             dataset.publish_embeddings(
-                name, result.image_vectors, sample_ids, model=model_spec, preprocessing=metadata
+                f"{name}-objects",
+                box_vectors,
+                object_ids,
+                model=model_spec,
+                preprocessing=metadata,
+                level="object",
             )
-        ]
-        if objects is not None and label_boxes is not None and result.labels is not None:
-            order = np.concatenate(
-                [
-                    np.flatnonzero(objects["sample_id"].astype(str).to_numpy() == sid)
-                    for sid in sample_ids
-                ]
-            )
-            object_ids = objects["object_id"].astype(str).to_numpy()[order]
-            written.append(
-                dataset.publish_embeddings(
-                    f"{name}-objects",
-                    result.labels.vectors,
-                    object_ids,
-                    model=model_spec,
-                    preprocessing=metadata,
-                    level="object",
-                )
-            )
-        return written
+        )
+    return written

@@ -80,6 +80,7 @@ def test_job_stores_an_object_set_aligned_to_the_objects_table(embedded) -> None
         "count": 46,
         "dim": 1280,
         "level": "object",
+        "engine": "local",
         "image_embedding": "efficientnet_lite0",
     }
     stored = ds.load_embeddings("efficientnet_lite0-objects", level="object")

@@ -156,3 +156,130 @@ def test_after_the_driver_is_killed_a_rerun_sends_only_the_unfinished_batches(
     assert sum(run["rows_per_node"].values()) == 241 - run["resumed_rows"]
     assert_equal_to_local(workspace, "resumed")
     assert not partial.exists(), "checkpoints are removed once the set is published"
+
+
+# --------------------------------------------------------------------------- boxes and own models
+
+CLASSIFIER = """
+import torch, torchvision
+
+def build_model():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=10)
+
+PREPROCESSING = {"size": 112, "resize": "stretch"}
+"""
+
+DETECTOR = """
+import torch, torchvision
+
+def build_model():
+    torch.manual_seed(0)
+    return torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, num_classes=5,
+        rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=100,
+    ).eval()
+"""
+
+
+@pytest.fixture(scope="module")
+def boxes(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """24 real images of the sample (3 groups of 8 for the pool), each with 1 to 3 boxes (a
+    COCO file written here)."""
+    from PIL import Image
+
+    from shoal.ingest.coco import import_coco
+
+    folder = tmp_path_factory.mktemp("boxes")
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for image_id, path in enumerate(sorted(IMAGES.glob("*/*.jpg"))[::10][:24], start=1):
+        width, height = Image.open(path).size
+        images.append({"id": image_id, "file_name": path.relative_to(IMAGES).as_posix(),
+                       "width": width, "height": height})  # fmt: skip
+        for _ in range(int(rng.integers(1, 4))):
+            w, h = rng.uniform(0.2, 0.6) * width, rng.uniform(0.2, 0.6) * height
+            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": 1, "bbox": [x, y, w, h]})  # fmt: skip
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": 1, "name": "thing"}]}  # fmt: skip
+    (folder / "boxes.json").write_text(json.dumps(coco))
+    ws = Workspace(folder / "ws")
+    import_coco(ws, folder / "boxes.json", images=IMAGES, dataset="boxes")
+    assert len(ws.open("boxes").samples()) == 24
+    return ws
+
+
+def test_object_embeddings_on_ray_equal_the_local_path(cluster: Any, boxes: Workspace) -> None:
+    from shoal.workflows.objects import embed_dataset_objects
+    from shoal.workflows.ray_engine import embed_objects_on_ray
+
+    ds = boxes.open("boxes")
+    local = embed_dataset_objects(ds, name="local-objects", precision="fp32")
+    reports: list[RayRunReport] = []
+    remote = embed_objects_on_ray(
+        ds,
+        address=cluster.address,
+        name="ray-objects",
+        precision="fp32",
+        report=reports.append,
+    )
+    assert remote.count == local.count == len(ds.objects()) and remote.level == "object"
+    assert remote.preprocessing["objects"]["engine"] == "ray"
+    assert sum(reports[0].rows_per_node.values()) == 24
+    a = np.asarray(ds.load_embeddings("local-objects", mmap=False).vectors)
+    b = np.asarray(ds.load_embeddings("ray-objects", mmap=False).vectors)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.9999, cosine.min()
+    ids = ds.load_embeddings("ray-objects").ids.astype(str)
+    assert ids.tolist() == ds.objects()["object_id"].astype(str).tolist()
+
+
+def test_shoal_extract_on_ray_equals_the_local_path(
+    cluster: Any, boxes: Workspace, tmp_path: Path
+) -> None:
+    from shoal.workflows.extract import extract_dataset
+
+    factory = tmp_path / "my_model.py"
+    factory.write_text(CLASSIFIER)
+    spec = f"{factory}:build_model"
+    ds = boxes.open("boxes")
+    (local,) = extract_dataset(ds, spec, name="local-resnet")
+    command = [
+        *(sys.executable, "-m", "shoal", "--workspace", str(boxes.root)),
+        *("extract", "boxes", "--model", spec, "--engine", "ray", "--address", cluster.address),
+        *("--embedding", "ray-resnet", "--json"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (written,) = json.loads(done.stdout)
+    assert written["count"] == 24 and written["dim"] == local.dim == 512
+    assert written["preprocessing"]["layer"] == local.preprocessing["layer"] == "fc:input"
+    assert written["preprocessing"]["engine"] == "ray"
+    a = np.asarray(ds.load_embeddings("local-resnet", mmap=False).vectors)
+    b = np.asarray(ds.load_embeddings("ray-resnet", mmap=False).vectors)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.9999, cosine.min()
+
+
+def test_a_detector_on_ray_gives_the_local_image_and_box_sets(cluster: Any, tmp_path: Path) -> None:
+    from shoal.workflows.extract import extract_dataset
+    from shoal.workflows.ray_engine import extract_on_ray
+    from tests.shoal.ingest.detection_fixture import import_street
+
+    ws = import_street(Workspace(tmp_path / "ws"))
+    ds = ws.open("street")
+    factory = tmp_path / "detector.py"
+    factory.write_text(DETECTOR)
+    spec = f"{factory}:build_model"
+    local = extract_dataset(ds, spec, task="detection", name="local-det")
+    remote = extract_on_ray(ds, spec, task="detection", name="ray-det", address=cluster.address)
+    assert [i.level for i in remote] == [i.level for i in local] == ["sample", "object"]
+    assert remote[1].count == len(ds.objects())
+    for mine, theirs in zip(local, remote, strict=True):
+        assert theirs.preprocessing["box_layer"] == mine.preprocessing["box_layer"]
+        a = np.asarray(ds.load_embeddings(mine.name, mmap=False).vectors)
+        b = np.asarray(ds.load_embeddings(theirs.name, mmap=False).vectors)
+        assert np.abs(a).max() > 0
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
