@@ -233,9 +233,74 @@ def collection_file(ds: Dataset, ids: tuple[str, ...], suffix: str) -> bytes:
             exports.export_table(ds, ids, target)
         elif suffix == ".json":
             exports.export_coco(ds, ids, target)
+        elif suffix == ".tasks.json":
+            exports.export_label_studio(ds, ids, target)
         else:
             exports.export_images(ds, ids, target)
         return target.read_bytes()
+
+
+def grow_panel(ds: Dataset, collection_name: str) -> None:
+    """More like these: the samples of this or another dataset (same model) nearest to the
+    collection, with the distance cut-off in view; keep them as a collection."""
+    from shoal.workflows.collections import grow
+
+    key = f"datasets_grow_{ds.name}_{collection_name}"
+    others = [n for n in ui.dataset_names() if n != ds.name]
+    source = st.selectbox(
+        "Search in",
+        [ds.name, *others],
+        key=f"{key}_source",
+        format_func=lambda n: f"{n} (this dataset)" if n == ds.name else n,
+        help="Another dataset must be embedded with the same model, e.g. an unlabelled pool.",
+    )
+    left, right = st.columns(2)
+    k = left.number_input("How many", 1, 10_000, 50, key=f"{key}_k")
+    cut = right.slider(
+        "Largest cosine distance to a member",
+        0.0,
+        1.0,
+        0.5,
+        0.01,
+        key=f"{key}_cut",
+        help="0 = identical direction; candidates farther than this from every member are left out.",
+    )
+    target = ws.open(source)
+    members = Collections(ds).get(collection_name).updated_at
+    asked = (source, int(k), float(cut), members, ui.dataset_stamp(ds), ui.dataset_stamp(target))
+    if st.button("Find more like these", key=f"{key}_find", icon=":material/search:"):
+        try:
+            found = grow(ds, collection_name, target=target, k=int(k), max_distance=float(cut))
+        except StoreError as error:
+            st.warning(visitor_error(error))
+            return
+        st.session_state[key] = (asked, found)
+    kept = st.session_state.get(key)
+    if kept is None or kept[0] != asked:
+        return
+    found = kept[1]
+    if found.empty:
+        st.info(f"No sample of {escape_markdown(source)} lies within {cut:.2f} of a member.")
+        return
+    st.caption(
+        f"{len(found):,} samples of {escape_markdown(source)} within {cut:.2f}: distances "
+        f"{found['distance'].min():.3f} to {found['distance'].max():.3f}, nearest first."
+    )
+    st.dataframe(found, hide_index=True, width="stretch", height=240)
+    widgets.save_as_collection(
+        target,
+        found["sample_id"].astype(str).tolist(),
+        level="sample",
+        provenance={
+            "page": "datasets",
+            "grown_from": f"{ds.name}/{collection_name}",
+            "k": int(k),
+            "max_distance": float(cut),
+        },
+        key=key,
+        created_by=ui.signed_in_user(),
+        label=f"Keep {len(found):,} as a collection of {source}",
+    )
 
 
 @st.cache_data(show_spinner=False)
@@ -388,7 +453,11 @@ if kept:
     with st.container(horizontal=True):
         formats = {"CSV": ".csv", "Parquet": ".parquet"}
         if chosen.level == "sample" and ds.has_images:
-            formats |= {"COCO": ".json", "Images (zip)": ".zip"}
+            formats |= {
+                "COCO": ".json",
+                "Label Studio tasks": ".tasks.json",
+                "Images (zip)": ".zip",
+            }
         for label, suffix in formats.items():
             st.download_button(
                 label,
@@ -401,6 +470,22 @@ if kept:
         if st.button("Delete collection", key="datasets_collection_delete"):
             shelf.delete(chosen.name)
             st.rerun()
+    if chosen.level == "sample" and ds.has_images:
+        with st.expander("Label Studio: the project's labelling config and settings"):
+            from shoal.workflows.exports import label_config
+
+            st.caption(
+                "Create a project with this labelling config, then import the tasks file. The "
+                "tasks point at the images as local files: start Label Studio with "
+                "`LOCAL_FILES_SERVING_ENABLED=true` and `LOCAL_FILES_DOCUMENT_ROOT` = this "
+                "dataset's folder, and add a Local Files storage on it (no sync needed). "
+                "`shoal collections export --format label-studio --url-prefix URL` writes "
+                "tasks for images served over HTTP instead."
+            )
+            st.code(label_config(ds), language="xml")
+    if chosen.level == "sample" and ds.default_embedding() is not None:
+        with st.expander(f"More like these: grow {chosen.name} by similarity"):
+            grow_panel(ds, chosen.name)
 
 with st.popover("Delete this dataset…", icon=":material/delete:"):
     st.write(
