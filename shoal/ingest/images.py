@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import stat
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -434,64 +436,131 @@ def import_manifest(
             first_row=first_row,
             hint="give each row its own id",
         )
-    report = ImportReport(dataset=dataset, source=manifest.name)
-    entries: list[tuple[Any, ...]] = []
-    for row_number, row in enumerate(table.to_dict("records"), start=first_row):
-        raw = row.get(path_column)
-        where = f"row {row_number}" + (f" ({_shown(raw)})" if isinstance(raw, str) else "")
-        if not _present(raw) or (isinstance(raw, str) and not raw.strip()):
-            report.reject(where, f"empty '{path_column}' value; fill it in or drop the row")
-            continue
-        if not isinstance(raw, str):
-            report.reject(
-                where,
-                f"'{path_column}' value {raw!r} is not a file path; give the path of an image "
-                "file, relative to the manifest",
-            )
-            continue
-        if any(ord(ch) < 32 for ch in raw):
-            report.reject(
-                where, "path contains a NUL or control character; remove it from the manifest"
-            )
-            continue
-        file = Path(raw)
-        file = file if file.is_absolute() else manifest.parent / file
-        if confined and (Path(raw).is_absolute() or not _inside(file, folder)):
-            report.reject(
-                where,
-                "path leaves the upload: give a path relative to the manifest, inside the "
-                "uploaded folder (no absolute paths, no '..')",
-            )
-            continue
-        try:
-            found = file.is_file()
-        except OSError as error:  # e.g. a name longer than the filesystem allows
-            report.reject(where, _unusable_path(error))
-            continue
-        if not found:
-            shown = _shown(raw) if confined else str(file)
-            report.reject(
-                where,
-                f"image file not found at {shown}; paths are relative to the manifest's folder",
-            )
-            continue
+
+    def _row_fields(row: dict[str, Any]) -> tuple[Any, ...]:
+        """(split, label, metadata, sample_id) of a manifest row."""
         metadata = {k: v for k, v in row.items() if k not in (path_column, id_column)}
         for column in RESERVED_COLUMNS & set(metadata):
             metadata.pop(column)
         if split and not _present(metadata.get("split")):
             metadata["split"] = split
         sample_id = str(row[id_column]) if id_column is not None else None
-        entries.append(
-            (
-                file,
-                raw,
-                metadata.pop("split", None),
-                metadata.pop("label", None),
-                metadata,
-                sample_id,
-            )
+        return metadata.pop("split", None), metadata.pop("label", None), metadata, sample_id
+
+    # Images named by a remote URI are downloaded here first; removed when the import ends.
+    with tempfile.TemporaryDirectory(dir=_scratch_root(workspace), prefix="fetched-") as fetched:
+        report = ImportReport(dataset=dataset, source=manifest.name)
+        entries: list[tuple[Any, ...]] = []
+        for row_number, row in enumerate(table.to_dict("records"), start=first_row):
+            raw = row.get(path_column)
+            where = f"row {row_number}" + (f" ({_shown(raw)})" if isinstance(raw, str) else "")
+            if not _present(raw) or (isinstance(raw, str) and not raw.strip()):
+                report.reject(where, f"empty '{path_column}' value; fill it in or drop the row")
+                continue
+            if not isinstance(raw, str):
+                report.reject(
+                    where,
+                    f"'{path_column}' value {raw!r} is not a file path; give the path of an image "
+                    "file, relative to the manifest",
+                )
+                continue
+            if any(ord(ch) < 32 for ch in raw):
+                report.reject(
+                    where, "path contains a NUL or control character; remove it from the manifest"
+                )
+                continue
+            if "://" in raw:
+                if confined:
+                    report.reject(
+                        where,
+                        "a URI is read only by `shoal import` on the server, not from an upload; "
+                        "give a path relative to the manifest",
+                    )
+                    continue
+                try:
+                    entries.append((fetch_uri(raw.strip(), Path(fetched)), raw, *_row_fields(row)))
+                except IngestError as error:
+                    report.reject(where, str(error))
+                continue
+            file = Path(raw)
+            file = file if file.is_absolute() else manifest.parent / file
+            if confined and (Path(raw).is_absolute() or not _inside(file, folder)):
+                report.reject(
+                    where,
+                    "path leaves the upload: give a path relative to the manifest, inside the "
+                    "uploaded folder (no absolute paths, no '..')",
+                )
+                continue
+            try:
+                found = file.is_file()
+            except OSError as error:  # e.g. a name longer than the filesystem allows
+                report.reject(where, _unusable_path(error))
+                continue
+            if not found:
+                shown = _shown(raw) if confined else str(file)
+                report.reject(
+                    where,
+                    f"image file not found at {shown}; paths are relative to the manifest's folder",
+                )
+                continue
+            entries.append((file, raw, *_row_fields(row)))
+        return store_entries(workspace, dataset, entries, report, limits=limits, progress=progress)
+
+
+#: URI schemes a manifest (from the CLI) may name its images by, read through ``pyarrow.fs``
+#: with the credentials pyarrow finds in the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS,
+#: the instance's role, ...).
+URI_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+#: A remote image larger than this is refused before it is downloaded.
+MAX_REMOTE_IMAGE_BYTES = 512 * 1024**2
+
+
+def fetch_uri(uri: str, scratch: Path) -> Path:
+    """The image a URI names, as a local file: a ``file://`` path as it is, a remote object
+    (``s3://bucket/key``, ``gs://...``) downloaded into ``scratch``. Raises IngestError with the
+    reason (unknown scheme, not found, unreadable, too large).
+
+    >>> fetch_uri("file:///data/cats/1.jpg", Path("/tmp"))                  # doctest: +SKIP
+    PosixPath('/data/cats/1.jpg')
+    """
+    import pyarrow
+    import pyarrow.fs as pafs
+
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme not in URI_SCHEMES:
+        schemes = ", ".join(f"{s}://" for s in URI_SCHEMES)
+        raise IngestError(
+            f"'{scheme}://' is not read by Shoal; give a path, or a URI of {schemes} "
+            "(web URLs: download the images first)"
         )
-    return store_entries(workspace, dataset, entries, report, limits=limits, progress=progress)
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as error:
+        raise IngestError(f"cannot open {uri}: {_first_line(error)}") from error
+    if info.type != pafs.FileType.File:
+        raise IngestError(f"image file not found at {uri}")
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return Path(path)
+    if info.size is not None and info.size > MAX_REMOTE_IMAGE_BYTES:
+        raise IngestError(
+            f"{uri} is {info.size / 1024**2:,.0f} MiB, more than an image can be "
+            f"({MAX_REMOTE_IMAGE_BYTES // 1024**2} MiB); check the manifest"
+        )
+    target = scratch / (hashlib.sha1(uri.encode()).hexdigest()[:20] + PurePosixPath(path).suffix)
+    try:
+        with filesystem.open_input_stream(path) as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+    except (OSError, pyarrow.ArrowException) as error:
+        target.unlink(missing_ok=True)
+        raise IngestError(f"cannot read {uri}: {_first_line(error)}") from error
+    return target
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """A library's error, cut to its first line (pyarrow's can list every path it tried)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _inside(file: Path, folder: Path) -> bool:
