@@ -77,19 +77,14 @@ class _EmbedActor:
         use_gpu: bool,
         threads: int,
     ) -> None:
-        import ray
-        import torch
-
         from shoal.embedding.backends import create_embedder
 
-        if threads > 0:
-            torch.set_num_threads(threads)
+        self.node = _actor_setup(threads)
         self.model = model.to("cuda") if use_gpu else model
         self.embedder = create_embedder(
             self.model, backend=backend, precision=precision, num_threads=threads or None
         )
         self.batch_size = batch_size
-        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from shoal.embedding import embed_paths
@@ -106,6 +101,16 @@ class _EmbedActor:
         )
         index = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
         return {"index": index, "vector": vectors, "node": np.full(len(index), self.node)}
+
+
+def _actor_setup(threads: int) -> str:
+    """An actor's torch threads (0: torch's default); returns the Ray node it runs on."""
+    import ray
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return str(ray.get_runtime_context().get_node_id())
 
 
 def default_address() -> str | None:
@@ -381,14 +386,9 @@ class _ObjectsActor:
         use_gpu: bool,
         threads: int,
     ) -> None:
-        import ray
-        import torch
-
-        if threads > 0:
-            torch.set_num_threads(threads)
+        self.node = _actor_setup(threads)
         self.model = model.to("cuda") if use_gpu else model
         self.method, self.batch_size, self.precision = method, batch_size, precision
-        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from shoal.embedding.objects import embed_objects
@@ -425,17 +425,12 @@ class _ExtractActor:
         max_elements: int,
         threads: int,
     ) -> None:
-        import ray
-        import torch
-
         from shoal.embedding.extract import load_user_model
 
-        if threads > 0:
-            torch.set_num_threads(threads)
+        self.node = _actor_setup(threads)
         self.model = load_user_model(model_spec, weights=weights)
         self.task, self.layer = task, layer
         self.batch_size, self.max_elements = batch_size, max_elements
-        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from shoal.embedding.extract import extract_detection, extract_embeddings

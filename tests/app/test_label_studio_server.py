@@ -144,6 +144,21 @@ def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path) -> None:
     raise AssertionError(f"label-studio did not answer at {url} in {STARTUP_TIMEOUT_S:.0f} s")
 
 
+def accept_and_export(server: LabelStudio, project_id: int, predictions: list[Any]) -> Any:
+    """The labeller accepts each task's "shoal labels" pre-annotation as it is; then the
+    project's JSON export."""
+    for prediction in predictions:
+        if prediction["model_version"] == LABELS_VERSION:
+            server.call(
+                "POST",
+                f"/api/tasks/{prediction['task']}/annotations",
+                {"result": prediction["result"], "was_cancelled": False},
+            )
+    return server.call(
+        "GET", f"/api/projects/{project_id}/export?exportType=JSON&download_all_tasks=true"
+    )
+
+
 def test_a_missing_label_studio_fails_where_it_is_required(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -203,16 +218,7 @@ def test_shoal_tasks_import_into_label_studio_and_its_export_imports_back(tmp_pa
         assert (status, content_type) == (200, "image/jpeg")
         assert body == ds.image_file(first).read_bytes()
 
-        for prediction in predictions:  # the labeller accepts Shoal's labels as they are
-            if prediction["model_version"] == LABELS_VERSION:
-                server.call(
-                    "POST",
-                    f"/api/tasks/{prediction['task']}/annotations",
-                    {"result": prediction["result"], "was_cancelled": False},
-                )
-        export = server.call(
-            "GET", f"/api/projects/{project_id}/export?exportType=JSON&download_all_tasks=true"
-        )
+        export = accept_and_export(server, project_id, predictions)
     (tmp_path / "project.json").write_text(json.dumps(export))
 
     report = import_label_studio(ws, tmp_path / "project.json", images=ds.root, dataset="back")
