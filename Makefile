@@ -14,7 +14,7 @@ LS_PIN   := label-studio==1.23.2
 LS_STAMP := $(LS_VENV)/.installed-$(shell echo '$(LS_PIN)' | sha1sum | cut -c1-12)
 LS_DB    := $(CURDIR)/$(LS_VENV)/migrated
 
-.PHONY: install label-studio system-deps run test test-fast lint bench sample-data clean
+.PHONY: install label-studio system-deps run test test-fast lint bench sample-data clean map-js
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ $(LS_STAMP):
 	rm -f $(LS_VENV)/.installed-*; touch $@
 
 label-studio: $(LS_STAMP)
+
+# The Map's browser code is one committed bundle (shoal/app/static/map.js, regl-scatterplot and
+# its MIT/ISC/BSD dependencies); rebuild it after changing shoal/app/frontend/map (Node >= 18).
+map-js:
+	cd shoal/app/frontend/map && npm ci && npm run build
 
 system-deps:
 	bash scripts/install_system_deps.sh

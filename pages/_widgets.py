@@ -150,10 +150,14 @@ def sample_tile(
         )
 
 
-def download_csv(label: str, table: pd.DataFrame, *, file_name: str, key: str) -> None:
+def download_csv(
+    label: str, table: pd.DataFrame, *, file_name: str, key: str, lazy: bool = False
+) -> None:
+    """A CSV download of ``table``; ``lazy``: written only when clicked (a 100k-row selection
+    on the Map would otherwise cost a second of every rerun)."""
     st.download_button(
         label,
-        data=to_csv_bytes(table),
+        data=(lambda: to_csv_bytes(table)) if lazy else to_csv_bytes(table),
         file_name=file_name,
         mime="text/csv",
         key=key,

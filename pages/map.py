@@ -1,10 +1,7 @@
-"""Map: a UMAP (or t-SNE, PCA) map as a WebGL scatter, coloured by any column; select to see
-the images."""
+"""Map: a UMAP (or t-SNE, PCA) map of every sample, drawn with WebGL in the browser
+(pages/_map_component.py), coloured by any column; select to see the images."""
 
 from __future__ import annotations
-
-import hashlib
-import json
 
 import numpy as np
 import streamlit as st
@@ -12,14 +9,24 @@ import streamlit as st
 from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
-from shoal.app.scatter import Colouring, build_scatter, hover_for, metadata_colourings
-from shoal.app.selection import MAX_TOKEN_CHARS, Selection, SelectionError, selection_from_event
-from shoal.app.tables import rows_table
-from shoal.app.text import (
-    chart_safe_colouring,
-    chart_safe_table,
-    escape_markdown,
+from pages._map_component import scatter_map
+from shoal.app.scatter import (
+    Colouring,
+    MapFrame,
+    map_payload_parts,
+    metadata_colourings,
+    with_header,
 )
+from shoal.app.selection import (
+    MAX_TOKEN_CHARS,
+    Selection,
+    SelectionError,
+    decode_map_rows,
+    polygons_of,
+    selection_from_map,
+)
+from shoal.app.tables import rows_table
+from shoal.app.text import escape_markdown
 from shoal.store import Dataset
 from shoal.store.collections import Collections
 
@@ -35,11 +42,19 @@ collection = ui.collection_filter(loaded)
 @st.cache_data(show_spinner=False, max_entries=8)
 def colour_names(_ds: Dataset, dataset_key: str, stamp: str, embedding: str) -> list[str]:
     table = loaders.aligned_samples(_ds, dataset_key, stamp, embedding)
-    names = list(metadata_colourings(table))
+    names = list(metadata_colours(_ds, dataset_key, stamp, embedding))
     extra = ["outlier score", "projection trust"]
     if "object_id" not in table and default_comparison(table) is not None:
         extra += ["novelty", "cluster"]
     return ["none", *names, *extra]
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def metadata_colours(
+    _ds: Dataset, dataset_key: str, stamp: str, embedding: str
+) -> dict[str, Colouring]:
+    """The colourings of the metadata columns (at 1M rows they take a second to build)."""
+    return metadata_colourings(loaders.aligned_samples(_ds, dataset_key, stamp, embedding))
 
 
 def default_comparison(table) -> tuple[str, str | None] | None:
@@ -51,6 +66,8 @@ def default_comparison(table) -> tuple[str, str | None] | None:
     return f"split={reference}", None
 
 
+#: A selection of rows from a link (not a drawn shape) is highlighted up to this many rows.
+MAX_SHOWN_ROWS = 20_000
 LEVEL = "object" if "object_id" in samples else "sample"
 ID_COLUMN = "object_id" if LEVEL == "object" else "sample_id"
 shelf = Collections(ds)
@@ -68,7 +85,7 @@ def colouring_for(name: str) -> Colouring | None:
         return Colouring.categorical(
             name, np.where(inside, "in the collection", "other").astype(object)
         )
-    metadata = metadata_colourings(samples)
+    metadata = metadata_colours(ds, dataset_key, stamp, embedding)
     if name in metadata:
         return metadata[name]
     if name == "outlier score":
@@ -113,10 +130,16 @@ def colouring_for(name: str) -> Colouring | None:
     return None
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def hover(_ds: Dataset, dataset_key: str, stamp: str, embedding: str) -> tuple[np.ndarray, str]:
-    """Hover text per row, its labels and metadata escaped (plotly reads them as HTML)."""
-    return hover_for(chart_safe_table(loaders.aligned_samples(_ds, dataset_key, stamp, embedding)))
+@st.cache_resource(show_spinner="Preparing the map…", max_entries=4)
+def map_payload(
+    _coords: np.ndarray, _colouring: Colouring | None, _visible: np.ndarray, identity: str
+) -> tuple[dict, bytes, MapFrame]:
+    """(header, body, frame) of the map's binary message; ``identity`` names what is drawn.
+    The frame is fitted on all points, so a collection's members sit where they do among the rest."""
+    frame = MapFrame.fit(_coords)
+    colouring = None if _colouring is None else _colouring.take(_visible)
+    header, body = map_payload_parts(_coords[_visible], colouring, frame=frame)
+    return header, body, frame
 
 
 options = colour_names(ds, dataset_key, stamp, embedding) + [
@@ -171,19 +194,31 @@ if collection is not None:
     if not len(visible):
         st.info("None of this dataset's rows at this level is in the collection.")
         ui.stop()
+trust = projection["trustworthiness"]
 controls[2].caption(
-    f"{len(visible):,} {what} · {drawn} of "
-    f"**{escape_markdown(embedding)}** · trustworthiness {projection['trustworthiness']:.2f} "
-    "(1 = every map neighbour is a true neighbour). Drag a box (or pick lasso in the chart's "
-    "toolbar) to select; click a point to pick one."
+    f"{len(visible):,} {what} · {drawn} of **{escape_markdown(embedding)}**"
+    + (
+        f" · trustworthiness {trust:.2f} (1 = every map neighbour is a true neighbour). "
+        if np.isfinite(trust)
+        else ". "
+    )
+    + "Pick **Box select** or **Lasso** above the map and drag to select; click a point to pick "
+    "one; scroll to zoom."
 )
+st.markdown(f"**{len(visible):,} points** on the map: all {what} drawn, none left out.")
 
 selection = None
 selected_rows = np.empty(0, dtype=np.int64)
+# The rows the browser selected for a shape it drew, kept for the points it was drawn on.
+drawn_rows = st.session_state.setdefault("_view_drawn_rows", {})
+drawn_on = repr((dataset_key, stamp, version, layout, collection and collection.name))
 if token:
     try:
         selection = Selection.from_token(token)
-        selected_rows = selection.resolve(coords, n_rows=n_samples)
+        if token in drawn_rows and drawn_rows[token][0] == drawn_on:
+            selected_rows = drawn_rows[token][1]
+        else:
+            selected_rows = selection.resolve(coords, n_rows=n_samples)
         if collection is not None:
             selected_rows = selected_rows[collection.mask[selected_rows]]
     except SelectionError as error:
@@ -192,44 +227,47 @@ if token:
         token = None
 
 colouring = colouring_for(colour)
-hover_text, hover_prefix = hover(ds, dataset_key, stamp, embedding)
-payload = build_scatter(
-    coords[visible],
-    chart_safe_colouring(colouring if colouring is None else colouring.take(visible)),
-    hover_text=hover_text[visible],
-    hover_prefix=hover_prefix,
-    selected_rows=np.searchsorted(visible, selected_rows) if len(selected_rows) else None,
+identity = repr(
+    (dataset_key, stamp, version, layout, colour, collection and collection.name, len(visible))
 )
-trace_rows = [visible[rows] for rows in payload.trace_rows]
-if payload.thinned:
-    st.warning(
-        f"Drawing {payload.drawn:,} of {payload.n_points:,} points (a fixed random subset, plus the selection). "
-        "Box and lasso selections are resolved against all points."
-    )
-chart_identity = hashlib.sha1(
-    json.dumps([ds.name, version, colour, token or "", collection and collection.name]).encode()
-).hexdigest()
-event = st.plotly_chart(
-    payload.figure,
-    key="view_chart",
-    on_select="rerun",
-    selection_mode=("box", "lasso", "points"),
-    config={"displaylogo": False, "scrollZoom": True, "modeBarButtonsToRemove": ["toImage"]},
-)
-selection_now = event.get("selection", {}) if event else {}
-signature = json.dumps(
-    [selection_now.get("box"), selection_now.get("lasso"), selection_now.get("point_indices")],
-    default=str,
-)
-previous = st.session_state.get("_view_last_event")
-st.session_state["_view_last_event"] = (chart_identity, signature)
-if previous is not None and previous[0] == chart_identity and previous[1] != signature:
-    # The user drew or cleared a selection on this very chart (a redrawn chart starts afresh).
-    picked = selection_from_event(event, trace_rows)
-    picked_token = picked.to_token() if picked is not None else None
+if colour.startswith(COLLECTION_PREFIX):
+    identity += repr(shelf.get(colour[len(COLLECTION_PREFIX) :]).updated_at)
+header, body, frame = map_payload(coords, colouring, visible, identity)
+# The browser already shows a selection it drew on these very points: send the same message
+# again (Streamlit then sends a reference, not 9 bytes a point). A selection from a link, or
+# one drawn before the colours changed, is drawn again from its shapes.
+shown_on = st.session_state.get("_view_drawn_on", {}).get(token or "")
+extra: dict = {"epoch": st.session_state.get("_view_epoch", 0)}
+if selection is not None and shown_on != header["points_id"]:
+    if selection.kind != "rows":
+        shapes = polygons_of(selection)
+        extra["select"] = [frame.from_data(shape).round(6).tolist() for shape in shapes]
+    elif len(selected_rows) <= MAX_SHOWN_ROWS:
+        extra["select_rows"] = np.searchsorted(visible, selected_rows).tolist()
+event = scatter_map(with_header(body, {**header, **extra}), key="view_map")
+if event is not None:
+    picked_token, picked_rows = None, np.empty(0, dtype=np.int64)
+    try:
+        picked_rows = visible[decode_map_rows(event.get("rows") or "", n_points=len(visible))]
+    except ValueError as error:
+        st.warning(f"Ignored a selection the map sent: {escape_markdown(error)}")
+    else:
+        shape = selection_from_map(event.get("polygon"), str(event.get("kind")), frame.to_data)
+        if shape is not None:
+            picked_token = shape.to_token()
+        elif len(picked_rows):
+            picked_token = Selection.from_rows(picked_rows, n_rows=n_samples).to_token()
     if picked_token != token:
-        st.session_state["view_sel"] = picked_token
-        st.rerun()
+        # No rerun: the rest of this run shows the new selection (the share link is written
+        # after the page has run).
+        drawn_rows.clear()  # one selection kept: 100k rows are 800 kB
+        st.session_state.setdefault("_view_drawn_on", {}).clear()
+        if picked_token is not None:
+            drawn_rows[picked_token] = (drawn_on, picked_rows)
+            st.session_state["_view_drawn_on"][picked_token] = header["points_id"]
+        st.session_state["view_sel"] = token = picked_token
+        selection = None if token is None else Selection.from_token(token)
+        selected_rows = picked_rows
 
 if colouring is not None and colouring.description:
     st.caption(
@@ -253,11 +291,15 @@ with st.container(horizontal=True):
         st.session_state["similar_sel"] = token
         st.switch_page("pages/similar.py")
     widgets.download_csv(
-        "Export selection (CSV)", table, file_name=f"{ds.name}-selection.csv", key="view_export"
+        "Export selection (CSV)",
+        table,
+        file_name=f"{ds.name}-selection.csv",
+        key="view_export",
+        lazy=True,
     )
     widgets.save_as_collection(
         ds,
-        samples[ID_COLUMN].astype(str).to_numpy()[selected_rows].tolist(),
+        samples[ID_COLUMN].to_numpy()[selected_rows].astype(str).tolist(),
         level=LEVEL,
         provenance={"page": "map", "selection": token, "colour": colour, "layout": layout},
         key="view",
@@ -265,6 +307,7 @@ with st.container(horizontal=True):
     )
     if st.button("Clear selection", icon=":material/close:", key="view_clear"):
         st.session_state["view_sel"] = None
+        st.session_state["_view_epoch"] = st.session_state.get("_view_epoch", 0) + 1
         st.rerun()
 if len(token or "") > MAX_TOKEN_CHARS:
     st.caption("This selection is too large to fit in a link; the link shares the map without it.")

@@ -113,6 +113,7 @@ def test_the_wheel_installs_shoal_under_one_name(wheel: Path) -> None:
         "shoal/webapp/asgi.py",
         "shoal/webapp/pages/map.py",
         "shoal/webapp/.streamlit/config.toml",
+        "shoal/app/static/map.js",
     ):
         assert expected in names, expected
     samples = [n for n in names if n.startswith("shoal/sample_data/tuxpaint/")]

@@ -1,8 +1,11 @@
-"""The map's scatter: colourings from metadata, and the WebGL payload st.plotly_chart draws.
+"""The maps' scatters: colourings from metadata, the Map's binary WebGL payload, and the Plotly
+scatter of the smaller charts.
 
-One WebGL trace per category (or one with a colour scale), coordinates as float32 typed arrays,
-hover text as the only strings; above ``max_points`` a fixed random subset is drawn and
-:class:`ScatterPayload` says so (its ``trace_rows`` map clicked points back to rows).
+The Map page draws every point in the browser (pages/_map_component.py, regl-scatterplot) from
+:func:`encode_map_payload`: coordinates normalised to [-1, 1] as float32 and one uint8 colour
+code a point, about 9 bytes a point. :func:`build_scatter` makes a Plotly scattergl figure (one
+trace per category, float32 typed arrays, hover text as the only strings; above ``max_points`` a
+fixed random subset, and :class:`ScatterPayload` says so) for the Compare page's map.
 
 Example:
     >>> colouring = Colouring.categorical("label", ["cat", "dog", "cat"])
@@ -365,3 +368,220 @@ def hover_for(
         columns = [c for c in ("prediction", "confidence", "score", "iou") if c in samples]
         return hover_lines(samples, columns=columns), ""
     return row_ids(samples).astype(object), "id: "
+
+
+# --------------------------------------------------------------------------- the WebGL map payload
+
+#: Plotly's Viridis stops; continuous colourings are quantised onto CONTINUOUS_LEVELS steps of it.
+VIRIDIS = (
+    "#440154", "#482878", "#3E4989", "#31688E", "#26828E",
+    "#1F9E89", "#35B779", "#6ECE58", "#B5DE2B", "#FDE725",
+)  # fmt: skip
+#: Colour codes travel as uint8: up to 255 levels of a continuous colouring, 255 is "missing".
+CONTINUOUS_LEVELS = 255
+MAP_MAGIC = b"SHM1"
+
+
+@dataclass(frozen=True)
+class MapFrame:
+    """How data coordinates map onto the [-1, 1] square the browser draws in (aspect kept).
+
+    normalised = (coords - centre) / half_extent; ``to_data`` inverts it.
+    """
+
+    centre_x: float
+    centre_y: float
+    half_extent: float
+
+    @classmethod
+    def fit(cls, coords: np.ndarray) -> MapFrame:
+        """The frame that puts every finite point of ``coords`` (n, 2) inside [-0.98, 0.98]."""
+        coords = np.asarray(coords, dtype=np.float64)
+        finite = coords[np.isfinite(coords).all(axis=1)]
+        if not len(finite):
+            return cls(0.0, 0.0, 1.0)
+        low, high = finite.min(axis=0), finite.max(axis=0)
+        half = float(max(high[0] - low[0], high[1] - low[1])) / 2 / 0.98
+        return cls(
+            float(low[0] + high[0]) / 2, float(low[1] + high[1]) / 2, half if half > 0 else 1.0
+        )
+
+    def normalise(self, coords: np.ndarray) -> np.ndarray:
+        """(n, 2) float32 in [-1, 1]: what the browser draws (and selects against)."""
+        coords = np.asarray(coords, dtype=np.float64)
+        centre = np.array([self.centre_x, self.centre_y])
+        return ((coords - centre) / self.half_extent).astype(np.float32)
+
+    def to_data(self, points: np.ndarray) -> np.ndarray:
+        """Normalised (k, 2) points (a drawn polygon) back in data coordinates."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        return points * self.half_extent + np.array([self.centre_x, self.centre_y])
+
+    def from_data(self, points: np.ndarray) -> np.ndarray:
+        """Data-coordinate (k, 2) points (a polygon from a link) in the normalised square."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        return (points - np.array([self.centre_x, self.centre_y])) / self.half_extent
+
+
+def ramp(stops: Sequence[str], levels: int) -> list[str]:
+    """``levels`` hex colours evenly interpolated along the hex ``stops``."""
+    rgb = np.array([[int(s[i : i + 2], 16) for i in (1, 3, 5)] for s in stops], dtype=np.float64)
+    at = np.linspace(0, len(stops) - 1, levels)
+    channels = [np.interp(at, np.arange(len(stops)), rgb[:, c]) for c in range(3)]
+    return [
+        "#{:02X}{:02X}{:02X}".format(*(int(round(ch[i])) for ch in channels)) for i in range(levels)
+    ]
+
+
+def map_colours(
+    colouring: Colouring | None, n_points: int
+) -> tuple[np.ndarray, list[str], dict[str, Any] | None]:
+    """(codes (n,) uint8, palette of hex colours indexed by code, legend or None).
+
+    Categories keep the colours the Plotly map gave them (overrides, "other" grey); missing
+    values get a grey code of their own. A continuous colouring is quantised onto
+    ``CONTINUOUS_LEVELS`` Viridis steps between its finite min and max; NaN is grey.
+    """
+    if colouring is None or colouring.kind == "none":
+        return np.zeros(n_points, dtype=np.uint8), [CATEGORY_COLOURS[0]], None
+    if colouring.kind == "categorical":
+        assert colouring.codes is not None
+        overrides = dict(colouring.colours)
+        palette: list[str] = []
+        for code, category in enumerate(colouring.categories):
+            if category in overrides:
+                palette.append(overrides[category])
+            elif category == "other" and code == len(colouring.categories) - 1:
+                palette.append(OTHER_COLOUR)
+            else:
+                palette.append(CATEGORY_COLOURS[code % len(CATEGORY_COLOURS)])
+        missing_code = len(palette)
+        palette.append(OTHER_COLOUR)
+        source = np.asarray(colouring.codes)
+        codes = np.where(source < 0, missing_code, source).astype(np.uint8)
+        counts = np.bincount(codes, minlength=len(palette))
+        items = [
+            [category, palette[code], int(counts[code])]
+            for code, category in enumerate(colouring.categories)
+            if counts[code]
+        ]
+        if counts[missing_code]:
+            items.append(["(missing)", OTHER_COLOUR, int(counts[missing_code])])
+        return codes, palette, {"kind": "categorical", "title": colouring.name, "items": items}
+    assert colouring.values is not None
+    values = np.asarray(colouring.values, dtype=np.float64)
+    finite = np.isfinite(values)
+    codes = np.full(n_points, CONTINUOUS_LEVELS, dtype=np.uint8)
+    low = float(values[finite].min()) if finite.any() else 0.0
+    high = float(values[finite].max()) if finite.any() else 1.0
+    span = high - low if high > low else 1.0
+    scaled = np.clip((values[finite] - low) / span, 0.0, 1.0)
+    codes[finite] = np.round(scaled * (CONTINUOUS_LEVELS - 1)).astype(np.uint8)
+    palette = ramp(VIRIDIS, CONTINUOUS_LEVELS) + [OTHER_COLOUR]
+    legend = {
+        "kind": "continuous",
+        "title": colouring.name,
+        "min": f"{low:.3g}",
+        "max": f"{high:.3g}",
+        "stops": list(VIRIDIS),
+        "missing": int((~finite).sum()),
+        "missing_colour": OTHER_COLOUR,
+    }
+    return codes, palette, legend
+
+
+def map_point_size(n_points: int) -> float:
+    """Pixels per point at the initial zoom (points grow as one zooms in)."""
+    return (
+        2.0
+        if n_points > 300_000
+        else 3.0
+        if n_points > 50_000
+        else 4.0
+        if n_points > 5_000
+        else 6.0
+    )
+
+
+def map_payload_parts(
+    coords: np.ndarray,
+    colouring: Colouring | None = None,
+    *,
+    frame: MapFrame | None = None,
+    height: int = 620,
+) -> tuple[dict[str, Any], bytes]:
+    """(header, body) of the map's binary message; see :func:`encode_map_payload`."""
+    import hashlib
+    import json
+
+    frame = frame or MapFrame.fit(coords)
+    normalised = frame.normalise(coords)
+    normalised[~np.isfinite(normalised).all(axis=1)] = 2.0  # off screen, never selected
+    n_points = len(normalised)
+    codes, palette, legend = map_colours(colouring, n_points)
+    body = (
+        np.ascontiguousarray(normalised[:, 0], dtype="<f4").tobytes()
+        + np.ascontiguousarray(normalised[:, 1], dtype="<f4").tobytes()
+        + codes.astype(np.uint8).tobytes()
+    )
+    digest = hashlib.sha1(body)
+    digest.update(json.dumps([palette, legend, height]).encode())
+    header = {
+        "n": n_points,
+        "palette": palette,
+        "legend": legend,
+        "point_size": map_point_size(n_points),
+        "height": height,
+        "points_id": digest.hexdigest()[:16],
+    }
+    return header, body
+
+
+def encode_map_payload(
+    coords: np.ndarray,
+    colouring: Colouring | None = None,
+    *,
+    frame: MapFrame | None = None,
+    height: int = 620,
+) -> bytes:
+    """The map as one binary message for the browser component (pages/_map_component.py).
+
+    Layout: ``MAP_MAGIC``, uint32 header length, header JSON, zero padding to 4 bytes, then
+    x float32[n], y float32[n] (normalised by ``frame``), colour code uint8[n]; all little
+    endian. About 9 bytes a point: 1M points are 9 MB. The header's ``points_id`` names the
+    drawn content (coordinates and colours), so the browser redraws only when it changes.
+
+    Example:
+        >>> payload = encode_map_payload(np.zeros((3, 2)))
+        >>> payload[:4], len(payload) > 27
+        (b'SHM1', True)
+    """
+    header, body = map_payload_parts(coords, colouring, frame=frame, height=height)
+    return with_header(body, header)
+
+
+def with_header(body: bytes, header: dict[str, Any]) -> bytes:
+    """``body`` behind a header (see :func:`encode_map_payload`); cheap, so a page can change
+    the header's small fields (selection to show) without re-encoding the points."""
+    import json
+    import struct
+
+    text = json.dumps(header, separators=(",", ":")).encode()
+    padding = b"\0" * ((4 - (8 + len(text)) % 4) % 4)
+    return MAP_MAGIC + struct.pack("<I", len(text)) + text + padding + body
+
+
+def read_map_payload(payload: bytes) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Inverse of :func:`encode_map_payload`: (header, normalised (n, 2) float32, codes (n,))."""
+    import json
+    import struct
+
+    if payload[:4] != MAP_MAGIC:
+        raise ValueError("not a map payload")
+    (length,) = struct.unpack("<I", payload[4:8])
+    header = json.loads(payload[8 : 8 + length])
+    offset = 8 + length + (4 - (8 + length) % 4) % 4
+    n = header["n"]
+    xy = np.frombuffer(payload, dtype="<f4", count=2 * n, offset=offset).reshape(2, n).T
+    codes = np.frombuffer(payload, dtype=np.uint8, count=n, offset=offset + 8 * n)
+    return header, xy, codes

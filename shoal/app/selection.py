@@ -1,8 +1,10 @@
 """Selections and links: what a teammate's link carries about the points on screen.
 
 A selection travels in the link as a short token: the box or lasso drawn on the map (``g:``, its
-shapes; resolved against *all* points, so a thinned-out view still selects every point inside),
-or the selected row numbers, delta-coded and deflated (``r:``).
+shapes in data coordinates, a lasso capped in vertices; opening the link resolves them against
+*all* points with a vectorised point-in-polygon), or the selected row numbers, delta-coded and
+deflated (``r:``, e.g. a clicked point). The WebGL map sends its selected rows back as base64
+uint32 (:func:`decode_map_rows`) and its shape in its normalised space (:func:`selection_from_map`).
 
 Example:
     >>> token = Selection.from_rows([3, 4, 9], n_rows=100).to_token()
@@ -298,3 +300,63 @@ def page_base_url(
         return context_url.split("?", 1)[0]
     root = f"http://{host}" if host else "http://localhost:8501"
     return root + ("/" + page_path if page_path else "")
+
+
+# --------------------------------------------------------------------------- the WebGL map
+
+#: A lasso drawn on the map keeps at most this many vertices in a link (about 3 kB of token).
+MAX_LINK_LASSO_VERTICES = 256
+
+
+def decode_map_rows(text: str, *, n_points: int) -> np.ndarray:
+    """Rows the map sent back: base64 of a little-endian uint32 array -> sorted unique int64.
+
+    Raises ValueError on a malformed payload or a row outside ``[0, n_points)``.
+
+    Example:
+        >>> decode_map_rows(base64.b64encode(np.array([4, 1], "<u4").tobytes()).decode(),
+        ...                 n_points=5).tolist()
+        [1, 4]
+    """
+    raw = base64.b64decode(text.encode(), validate=True) if text else b""
+    if len(raw) % 4:
+        raise ValueError("row bytes are not whole uint32 values")
+    rows = np.unique(np.frombuffer(raw, dtype="<u4").astype(np.int64))
+    if rows.size and rows[-1] >= n_points:
+        raise ValueError(f"row {int(rows[-1])} is outside the map's {n_points:,} points")
+    return rows
+
+
+def selection_from_map(
+    polygon: Sequence[Sequence[float]] | None,
+    kind: str,
+    to_data: Any,
+) -> Selection | None:
+    """The drawn shape as a link-ready Selection in data coordinates, or None for no shape.
+
+    ``polygon``: the vertices the map reports, in its normalised space; ``to_data`` maps a
+    (k, 2) array of them to data coordinates (``MapFrame.to_data``). A box (``kind`` "box",
+    four vertices) becomes its extent; a lasso is thinned to ``MAX_LINK_LASSO_VERTICES``.
+    """
+    if not polygon or len(polygon) < 3:
+        return None
+    points = np.asarray(to_data(np.asarray(polygon, dtype=np.float64)), dtype=np.float64)
+    if not np.isfinite(points).all():
+        return None
+    if kind == "box":
+        x0, y0 = points.min(axis=0)
+        x1, y1 = points.max(axis=0)
+        return Selection(kind="box", boxes=((float(x0), float(x1), float(y0), float(y1)),))
+    xs, ys = thin_lasso(points[:, 0].tolist(), points[:, 1].tolist(), MAX_LINK_LASSO_VERTICES)
+    return Selection(kind="lasso", lassos=((xs, ys),))
+
+
+def polygons_of(selection: Selection) -> list[np.ndarray]:
+    """The selection's shapes as closed (k, 2) vertex arrays in data coordinates (a box as its
+    four corners), for drawing it again on the map."""
+    shapes = [
+        np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
+        for x0, x1, y0, y1 in selection.boxes
+    ]
+    shapes += [np.column_stack([xs, ys]).astype(np.float64) for xs, ys in selection.lassos]
+    return shapes

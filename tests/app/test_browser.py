@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import chromium
+from benchmarks.bench_view import drag_box
 from tests.app.servers import shoal_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -78,28 +79,11 @@ def _selected_count(page) -> int | None:
 
 
 def _box_select(page) -> int:
-    """Drag a box over most of the map (plotly's dragmode 'select'); retry until it registers."""
-    plot = page.locator(".js-plotly-plot .nsewdrag").first
-    plot.wait_for(timeout=60_000)
-    for attempt in range(4):
-        time.sleep(1.5)  # the chart wires its drag handlers just after it appears
-        box = plot.bounding_box()
-        assert box is not None
-        x0, y0 = box["x"] + box["width"] * 0.02, box["y"] + box["height"] * 0.02
-        x1, y1 = box["x"] + box["width"] * (0.55 + 0.1 * attempt), box["y"] + box["height"] * 0.98
-        page.mouse.move(x0, y0)
-        page.mouse.down()
-        for step in range(1, 13):
-            page.mouse.move(x0 + (x1 - x0) * step / 12, y0 + (y1 - y0) * step / 12)
-        page.mouse.up()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            count = _selected_count(page)
-            if count:
-                _wait_idle(page)
-                return count
-            time.sleep(0.3)
-    raise AssertionError("the box selection never registered")
+    """With the map's Box select tool, drag a box over most of the map; the count it selects."""
+    page.wait_for_function("() => window.shoalMapDrawn !== undefined", timeout=60_000)
+    count, _ = drag_box(page, (0.05, 0.1, 0.95, 0.95))
+    _wait_idle(page)
+    return count
 
 
 def test_upload_embed_select_share(server: str, images_zip: Path) -> None:
@@ -138,8 +122,8 @@ def test_upload_embed_select_share(server: str, images_zip: Path) -> None:
 
             page.get_by_role("link", name="Map").click()
             _wait_idle(page, timeout=120)
-            page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
-            assert page.locator(".js-plotly-plot .scatterlayer, .js-plotly-plot canvas").count() > 0
+            page.wait_for_function("() => window.shoalMapDrawn !== undefined", timeout=120_000)
+            assert page.evaluate("window.shoalMapDrawn.n") == 40  # every sample drawn
             _shot(page, "map")
             selected = _box_select(page)
             assert 0 < selected <= 40

@@ -4,13 +4,13 @@ without Streamlit in tests/shoal/workflows/test_collection_masks.py."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from shoal.app.scatter import read_map_payload
 from shoal.app.selection import Selection
 from shoal.store import Workspace
 from shoal.store.collections import Collections
@@ -84,8 +84,11 @@ def test_the_map_colours_by_collection(
     assert_clean(at)
     assert at.selectbox(key="view_color").value == colour
     assert "collection" not in at.query_params  # colouring by one is not filtering by it
-    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert {t["name"] for t in figure["data"]} >= {"in the collection", "other"}
+    header, _, codes = read_map_payload(at.get("bidi_component")[0].proto.bytes)
+    legend = {item[0]: item[2] for item in header["legend"]["items"]}
+    assert set(legend) == {"in the collection", "other"}
+    assert legend["in the collection"] == -(-len(codes) // 10)  # every 10th sample
+    assert len(codes) == sum(legend.values())
 
 
 @pytest.mark.slow

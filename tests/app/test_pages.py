@@ -679,23 +679,22 @@ def test_metadata_cards_keep_labels_in_code_spans(
         assert code_span(f"label: {EVIL[row]}") in card.split("  \n"), card
 
 
-def test_chart_hover_and_legend_do_not_read_labels_as_html(
+def test_map_legend_shows_labels_as_text_not_html(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Regression: plotly renders <b>, <a href> and <img> in hover text and legends; labels went
-    there unescaped."""
-    import json
+    """Regression: plotly rendered <b>, <a href> and <img> in hover text and legends; labels went
+    there unescaped. The WebGL map gets labels as data in its binary payload and its browser code
+    writes them with textContent only."""
+    from shoal.app.scatter import read_map_payload
 
     workspace = Workspace(tmp_path / "ws")
     _evil_dataset(workspace, tmp_path)
     at = open_app(workspace, monkeypatch, page="pages/map.py", color="label").run()
     assert_clean(at)
-    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
-    names = {trace["name"] for trace in figure["data"]}
-    assert "&lt;img src=x onerror=alert(1)&gt;" in names and not any("<" in n for n in names)
-    hover = " ".join(str(text) for trace in figure["data"] for text in trace["customdata"])
-    assert "&lt;img src=x onerror=alert(1)&gt;" in hover and "<img" not in hover
-    assert "[click](http://evil)" in hover  # Markdown means nothing to plotly: shown as is
+    header, _, _ = read_map_payload(at.get("bidi_component")[0].proto.bytes)
+    assert {item[0] for item in header["legend"]["items"]} == set(EVIL)  # verbatim, as text
+    source = (Path(APP).parent / "shoal/app/frontend/map/src/index.js").read_text()
+    assert "innerHTML" not in source and "insertAdjacentHTML" not in source
 
 
 def test_job_errors_do_not_show_server_paths(
