@@ -8,9 +8,10 @@ import streamlit as st
 from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
+from pages._map_component import scatter_map
 from shoal.analysis.two_sample import available_tests
-from shoal.app.scatter import Colouring, build_scatter, hover_for
-from shoal.app.text import chart_safe_colouring, chart_safe_table, escape_markdown, visitor_error
+from shoal.app.scatter import Colouring, map_payload_parts, with_header
+from shoal.app.text import escape_markdown, visitor_error
 from shoal.store import StoreError
 from shoal.workflows.collections import collection_masks
 from shoal.workflows.filters import FilterError, mentions_collection, parse_filter
@@ -324,14 +325,6 @@ else:
     clusters_of[reference_rows] = [f"cluster {c}" for c in result.reference_clusters]
     clusters_of[current_rows] = [f"cluster {c}" for c in result.current_clusters]
     colouring = Colouring.categorical("cluster", clusters_of)
-hover_text, hover_prefix = hover_for(chart_safe_table(samples))
-payload = build_scatter(
-    coords,
-    chart_safe_colouring(colouring),
-    hover_text=hover_text,
-    hover_prefix=hover_prefix,
-    height=520,
-)
-st.plotly_chart(payload.figure, key="compare_chart", config={"displaylogo": False})
-if payload.thinned:
-    st.caption(f"Drawing {payload.drawn:,} of {payload.n_points:,} points.")
+header, body = map_payload_parts(coords, colouring, height=520)
+scatter_map(with_header(body, {**header, "tools": False}), key="compare_map")
+st.caption(f"{len(coords):,} points, every sample drawn; pan and zoom with the mouse.")

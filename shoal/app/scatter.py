@@ -1,11 +1,10 @@
-"""The maps' scatters: colourings from metadata, the Map's binary WebGL payload, and the Plotly
-scatter of the smaller charts.
+"""The maps' scatters: colourings from metadata and the binary WebGL payload of the maps.
 
-The Map page draws every point in the browser (pages/_map_component.py, regl-scatterplot) from
-:func:`encode_map_payload`: coordinates normalised to [-1, 1] as float32 and one uint8 colour
-code a point, about 9 bytes a point. :func:`build_scatter` makes a Plotly scattergl figure (one
-trace per category, float32 typed arrays, hover text as the only strings; above ``max_points`` a
-fixed random subset, and :class:`ScatterPayload` says so) for the Compare page's map.
+The Map and Compare pages draw every point in the browser (pages/_map_component.py,
+regl-scatterplot) from :func:`encode_map_payload`: coordinates normalised to [-1, 1] as float32
+and one uint8 colour code a point, about 9 bytes a point. :func:`build_scatter` is the Plotly
+scattergl figure the Map drew before (one trace per category, above ``max_points`` a fixed
+random subset); no page uses it now, benchmarks/bench_view.py measures it as the baseline.
 
 Example:
     >>> colouring = Colouring.categorical("label", ["cat", "dog", "cat"])

@@ -195,6 +195,7 @@ export default function (component) {
       });
     };
     plot.subscribe("select", ({ points }) => {
+      if (state.viewOnly) return;
       state.pending = points;
       schedule();
     });
@@ -214,6 +215,7 @@ export default function (component) {
     dom.tools.box.addEventListener("click", () => setTool("box"));
     dom.tools.lasso.addEventListener("click", () => setTool("lasso"));
     dom.reset.addEventListener("click", () => plot.reset());
+    state.setTool = setTool;
     setTool("box");
 
     // Box and lasso: our own drag (regl-scatterplot only draws). On mouse-up the points inside
@@ -352,6 +354,10 @@ export default function (component) {
   }
 
   const plot = state.plot;
+  // A map to look at only (header.tools false, e.g. the Compare page): pan and zoom, no selection.
+  state.viewOnly = header.tools === false;
+  dom.tools.box.hidden = dom.tools.lasso.hidden = state.viewOnly;
+  if (state.viewOnly && state.tool !== "pan") state.setTool("pan");
   const redraw = header.points_id !== state.pointsId;
   const finish = () => {
     state.n = header.n;
