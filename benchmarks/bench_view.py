@@ -5,7 +5,7 @@ outliers, 10 labels), in one run:
   webgl     the Map page itself: ``shoal serve`` on a workspace holding a dataset of N samples
             whose 2-D map is precomputed (see :func:`build_map_dataset`; no projection runs), opened
             in headless Chromium (software WebGL)
-  plotly    the path the Map used before: ``shoal.app.scatter.build_scatter`` (scattergl, one trace
+  plotly    the path the Map used before: ``benchmarks.plotly_map.build_scatter`` (scattergl, one trace
             per label, float32 typed arrays, the id as hover text) with its 150k random subsample
             switched off so every point is drawn, in a plain page with the plotly.js of the plotly
             package (fetch the figure JSON, ``Plotly.newPlot``, first ``plotly_afterplot``)
@@ -284,12 +284,8 @@ def measure_webgl(url: str, name: str, browser: Any) -> dict[str, Any]:
 
 def payload_bytes(n: int) -> dict[str, int]:
     """Bytes on the wire for the map of ``n`` points coloured by label: webgl and plotly."""
-    from shoal.app.scatter import (
-        build_scatter,
-        encode_map_payload,
-        hover_for,
-        metadata_colourings,
-    )
+    from benchmarks.plotly_map import build_scatter, hover_for
+    from shoal.app.scatter import encode_map_payload, metadata_colourings
 
     coords, samples = synthetic_map(n)
     colouring = metadata_colourings(samples)["label"]
@@ -322,7 +318,8 @@ def measure_plotly(n: int, browser: Any) -> dict[str, Any]:
 
     import plotly
 
-    from shoal.app.scatter import build_scatter, hover_for, metadata_colourings
+    from benchmarks.plotly_map import build_scatter, hover_for
+    from shoal.app.scatter import metadata_colourings
 
     coords, samples = synthetic_map(n)
     hover_text, prefix = hover_for(samples)
@@ -367,8 +364,9 @@ def measure_plotly(n: int, browser: Any) -> dict[str, Any]:
 PLOTLY_APP = """
 import os, numpy as np, streamlit as st
 from benchmarks.bench_view import synthetic_map
-from shoal.app.scatter import build_scatter, hover_for, metadata_colourings
-from shoal.app.selection import selection_from_event
+from benchmarks.plotly_map import build_scatter, hover_for
+from shoal.app.scatter import metadata_colourings
+from benchmarks.plotly_map import selection_from_event
 
 @st.cache_resource
 def payload(n):

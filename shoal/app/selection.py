@@ -242,43 +242,6 @@ def _unpack(token: str) -> bytes:
     return raw
 
 
-def selection_from_event(
-    event: Mapping[str, Any] | None, trace_rows: Sequence[np.ndarray]
-) -> Selection | None:
-    """Turn Streamlit's plotly selection event into a Selection, or None when nothing is selected.
-
-    A drawn box or lasso wins (it also covers points the view did not draw); clicked points
-    are mapped back to rows through ``trace_rows`` (trace number -> row numbers of its points).
-    """
-    if not event:
-        return None
-    selection = event.get("selection", event)
-    boxes = tuple(
-        (float(b["x"][0]), float(b["x"][1]), float(b["y"][0]), float(b["y"][1]))
-        for b in selection.get("box", []) or []
-        if len(b.get("x", [])) == 2 and len(b.get("y", [])) == 2
-    )
-    drawn = [s for s in selection.get("lasso", []) or [] if len(s.get("x", [])) >= 3]
-    per_lasso = MAX_LASSO_VERTICES // max(1, len(drawn))
-    lassos = tuple(
-        thin_lasso([float(v) for v in s["x"]], [float(v) for v in s["y"]], per_lasso) for s in drawn
-    )
-    if len(boxes) + len(lassos) > MAX_SHAPES:  # the latest shapes: what the user drew last
-        boxes, lassos = boxes[-MAX_SHAPES // 2 :], lassos[-MAX_SHAPES // 2 :]
-    if boxes or lassos:
-        return Selection(kind="lasso" if lassos else "box", boxes=boxes, lassos=lassos)
-    rows = []
-    for point in selection.get("points", []) or []:
-        curve = point.get("curve_number", point.get("curveNumber"))
-        index = point.get("point_index", point.get("pointIndex", point.get("point_number")))
-        if curve is None or index is None or not 0 <= int(curve) < len(trace_rows):
-            continue
-        trace = trace_rows[int(curve)]
-        if 0 <= int(index) < len(trace):
-            rows.append(int(trace[int(index)]))
-    return Selection.from_rows(rows) if rows else None
-
-
 # --------------------------------------------------------------------------- links
 
 

@@ -1,4 +1,5 @@
-"""shoal.app.scatter: the map payload stays small, categories are capped, colourings and hover text."""
+"""shoal.app.scatter's colourings (categories capped, derived columns), and the Plotly baseline
+bench_view measures the Map against (benchmarks/plotly_map.py): payload size, hover text."""
 
 from __future__ import annotations
 
@@ -8,14 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shoal.app.scatter import (
-    MAX_CATEGORIES,
-    Colouring,
-    build_scatter,
-    hover_for,
-    hover_lines,
-    metadata_colourings,
-)
+from benchmarks.plotly_map import build_scatter, hover_for, hover_lines
+from shoal.app.scatter import MAX_CATEGORIES, Colouring, metadata_colourings
 
 
 def test_hundred_thousand_points_payload_under_five_megabytes() -> None:

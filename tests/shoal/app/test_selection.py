@@ -9,14 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.app.scatter import Colouring, build_scatter
-from shoal.app.selection import (
-    Selection,
-    SelectionError,
-    page_base_url,
-    selection_from_event,
-    share_url,
-)
+from benchmarks.plotly_map import build_scatter, selection_from_event
+from shoal.app.scatter import Colouring
+from shoal.app.selection import Selection, SelectionError, page_base_url, share_url
 
 # --------------------------------------------------------------------------- tokens
 
