@@ -34,19 +34,13 @@ Writes benchmarks/results/bench_view.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +51,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.servers import free_port, serving, shoal_server  # noqa: E402  (after sys.path)
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_view.json"
 EMBEDDING = "coords"
@@ -390,103 +386,44 @@ def measure_plotly_app(n: int, browser: Any, folder: Path) -> dict[str, Any]:
     to "N selected", JS heap. ``streamlit run`` of PLOTLY_APP on a free port."""
     script = folder / "plotly_app.py"
     script.write_text(PLOTLY_APP)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port)]
     command += ["--server.address", "127.0.0.1", "--server.headless", "true"]
-    env = {**os.environ, "BENCH_VIEW_POINTS": str(n), "PYTHONPATH": str(ROOT)}
+    env = {"BENCH_VIEW_POINTS": str(n), "PYTHONPATH": str(ROOT)}
     result: dict[str, Any] = {}
-    with open(folder / f"plotly-{n}.log", "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_healthy(url, process)
-            draws = []
-            for _ in range(2):  # the first opening also builds the figure on the server
-                context = browser.new_context(viewport=VIEWPORT)
-                page = context.new_page()
-                started = time.perf_counter()
-                page.goto(url)
-                page.wait_for_function(
-                    "() => { const d = document.querySelector('.js-plotly-plot');"
-                    " return d && d._fullData && d._fullData.length && d.querySelector('canvas'); }",
-                    timeout=300_000,
-                    polling=50,
-                )
-                page.evaluate("() => new Promise(requestAnimationFrame)")
-                draws.append(time.perf_counter() - started)
-                if len(draws) == 1:
-                    context.close()
-            result["first_draw_cold_s"], result["first_draw_s"] = draws
-            result["js_heap_mb"] = js_heap_mb(page)
-            time.sleep(3)  # as for the WebGL map: the page idle before the drag
-            plot = page.locator(".js-plotly-plot .nsewdrag").first
-            box = plot.bounding_box()
-            x0, y0 = box["x"] + box["width"] * 0.30, box["y"] + box["height"] * 0.30
-            x1, y1 = box["x"] + box["width"] * 0.52, box["y"] + box["height"] * 0.55
-            page.mouse.move(x0, y0)
-            page.mouse.down()
-            for step in range(1, 11):
-                page.mouse.move(x0 + (x1 - x0) * step / 10, y0 + (y1 - y0) * step / 10)
-            page.mouse.up()
-            count, seconds = _wait_for_count(page, None, time.perf_counter())
-            result["selected_small"], result["select_to_python_small_s"] = count, seconds
-            context.close()
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+    with serving(command, f"http://127.0.0.1:{port}", folder / f"plotly-{n}.log", env=env) as url:
+        draws = []
+        for _ in range(2):  # the first opening also builds the figure on the server
+            context = browser.new_context(viewport=VIEWPORT)
+            page = context.new_page()
+            started = time.perf_counter()
+            page.goto(url)
+            page.wait_for_function(
+                "() => { const d = document.querySelector('.js-plotly-plot');"
+                " return d && d._fullData && d._fullData.length && d.querySelector('canvas'); }",
+                timeout=300_000,
+                polling=50,
+            )
+            page.evaluate("() => new Promise(requestAnimationFrame)")
+            draws.append(time.perf_counter() - started)
+            if len(draws) == 1:
+                context.close()
+        result["first_draw_cold_s"], result["first_draw_s"] = draws
+        result["js_heap_mb"] = js_heap_mb(page)
+        time.sleep(3)  # as for the WebGL map: the page idle before the drag
+        plot = page.locator(".js-plotly-plot .nsewdrag").first
+        box = plot.bounding_box()
+        x0, y0 = box["x"] + box["width"] * 0.30, box["y"] + box["height"] * 0.30
+        x1, y1 = box["x"] + box["width"] * 0.52, box["y"] + box["height"] * 0.55
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        for step in range(1, 11):
+            page.mouse.move(x0 + (x1 - x0) * step / 10, y0 + (y1 - y0) * step / 10)
+        page.mouse.up()
+        count, seconds = _wait_for_count(page, None, time.perf_counter())
+        result["selected_small"], result["select_to_python_small_s"] = count, seconds
+        context.close()
     return result
-
-
-def _wait_healthy(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{url} did not start") from None
-            time.sleep(0.3)
-
-
-@contextlib.contextmanager
-def serving(workspace: Path, log_path: Path) -> Iterator[str]:
-    """``shoal serve`` on a free port of 127.0.0.1 (its own process group); yields its URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    command = [sys.executable, "-m", "shoal", "serve", "--workspace", str(workspace)]
-    command += ["--address", "127.0.0.1", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "SHOAL_ACCESS_TOKEN": "", "SHOAL_PUBLIC_URL": ""}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise RuntimeError(f"shoal serve did not start; see {log_path}") from None
-                    time.sleep(0.3)
-            yield url
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
 
 
 def main() -> int:
@@ -509,7 +446,7 @@ def main() -> int:
             build_map_dataset(workspace, n, name=f"map{n}")
         browser = chromium.launch(playwright)
         try:
-            with serving(workspace, Path(folder) / "serve.log") as url:
+            with shoal_server(workspace, Path(folder) / "serve.log") as url:
                 for n in args.sizes:
                     sizes = payload_bytes(n)
                     webgl = {

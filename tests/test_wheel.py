@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.servers import free_port
+from benchmarks.servers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -233,8 +233,6 @@ def _run_pending(
     gpus_per_actor: float,
 ) -> None:
     """Send the unfinished batches through the actor pool; write and checkpoint what returns."""
-    from shoal.embedding import ImageDecodeError
-
     rows = [{"start": s, "end": e, "paths": list(paths[s:e])} for s, e in pending]
     remaining = {start: end - start for start, end in pending}
     ends = dict(pending)
@@ -269,11 +267,6 @@ def _run_pending(
                 if remaining[start] == 0:
                     checkpoints.save(start, ends[start], vectors[start : ends[start]])
                     reporter.advance(ends[start] - start)
-    except Exception as error:
-        decode = _find_cause(error, ImageDecodeError)
-        if decode is not None:
-            raise decode from None
-        raise
     finally:
         run.rows_per_node = dict(nodes)
     if any(remaining.values()):  # pragma: no cover - Ray returned fewer rows than sent
@@ -292,7 +285,11 @@ def _actor_pool(
 ) -> Iterator[dict[str, np.ndarray]]:
     """``rows`` through a pool of ``actors`` instances of ``actor`` (built with ``kwargs``),
     ``BATCHES_PER_TASK`` rows per call; yields what the actors return, as numpy batches. Ray
-    Data retries the calls of an actor that dies, on a new actor."""
+    Data retries the calls of an actor that dies, on a new actor. A file an actor cannot decode
+    ends the run with the worker's own ImageDecodeError (it names the file), not Ray's wrapper.
+    """
+    from shoal.embedding import ImageDecodeError
+
     tasks = -(-len(rows) // BATCHES_PER_TASK)
     data = ray.data.from_items(rows, override_num_blocks=tasks)
     mapped = data.map_batches(
@@ -304,7 +301,13 @@ def _actor_pool(
         num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor,
     )
-    yield from mapped.iter_batches(batch_size=None, batch_format="numpy")
+    try:
+        yield from mapped.iter_batches(batch_size=None, batch_format="numpy")
+    except Exception as error:
+        decode = _find_cause(error, ImageDecodeError)
+        if decode is not None:
+            raise decode from None
+        raise
 
 
 def _threads(cpus_per_actor: float, gpus_per_actor: float) -> int:
@@ -507,7 +510,6 @@ def _map_image_groups(
     in image-then-box order (None when the kernel returns none), and the layer names the
     actors reported (own models). Raises the worker's ImageDecodeError, naming the file.
     """
-    from shoal.embedding import ImageDecodeError
 
     total = len(paths)
     counts = np.array([len(b) for b in boxes] if boxes is not None else [0] * total, np.int64)
@@ -554,11 +556,6 @@ def _map_image_groups(
                     box_vectors[first : first + len(found)] = found
                 reporter.advance(len(images))
             layers += [str(layer) for layer in batch.get("layers", ())]
-    except Exception as error:
-        decode = _find_cause(error, ImageDecodeError)
-        if decode is not None:
-            raise decode from None
-        raise
     finally:
         run.rows_per_node = dict(nodes)
     assert image_vectors is not None  # at least one image: the callers refuse empty datasets

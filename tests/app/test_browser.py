@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks import chromium
 from benchmarks.bench_view import drag_box
-from tests.app.servers import shoal_server
+from benchmarks.servers import shoal_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -22,13 +22,13 @@ import pytest
 
 from benchmarks import chromium
 from benchmarks.bench_view import drag_box
+from benchmarks.servers import shoal_server
 from shoal import jobs
 from shoal.ingest.images import import_source
 from shoal.ingest.label_studio import LABELS_VERSION, import_label_studio
 from shoal.store import Workspace
 from shoal.store.collections import Collections
 from shoal.workflows.exports import label_config
-from tests.app.servers import shoal_server
 from tests.app.test_browser import SCREENSHOTS, VIEWPORT, _no_exception, _shot, _wait_idle
 from tests.app.test_label_studio_server import (
     _label_studio_or_skip,

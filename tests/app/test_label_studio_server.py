@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from benchmarks.servers import REPO, free_port
 from shoal.ingest.label_studio import LABELS_VERSION, PREDICTIONS_VERSION, import_label_studio
 from shoal.store import Workspace
 from shoal.workflows.exports import export_label_studio
-from tests.app.servers import REPO, free_port
 from tests.shoal.ingest.detection_fixture import import_street
 
 LABEL_STUDIO = REPO / ".venv-labelstudio" / "bin" / "label-studio"

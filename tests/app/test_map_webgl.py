@@ -22,8 +22,8 @@ from benchmarks.bench_view import (
     open_map,
     selected_count,
 )
+from benchmarks.servers import shoal_server
 from shoal.app.selection import Selection
-from tests.app.servers import shoal_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

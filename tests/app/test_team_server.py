@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import chromium
-from tests.app.servers import REPO, free_port, serving, shoal_server
+from benchmarks.servers import REPO, free_port, serving, shoal_server
 
 pytestmark = [pytest.mark.slow]
 

@@ -1,4 +1,5 @@
-"""Start `shoal serve` for a test: on 127.0.0.1, its own process group, stopped afterwards."""
+"""Start `shoal serve` (or another Streamlit server) for a test or a benchmark: on 127.0.0.1, its
+own process group, stopped afterwards."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -26,7 +27,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60.0) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"shoal serve exited with {process.returncode}")
+            raise RuntimeError(f"the server at {url} exited with {process.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
                 if response.status == 200:
