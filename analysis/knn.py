@@ -47,8 +47,12 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 64
 
-#: Threads that re-rank HNSW candidates (gathering their rows dominates a large graph's build).
+#: Threads that re-rank HNSW candidates from gathered copies (a reference whose rows cannot be
+#: read in place); the compiled in-place loop uses numba's threads.
 RERANK_THREADS = max(1, min(4, os.cpu_count() or 1))
+#: Queries re-ranked in place between two hand-backs of a mapped file's pages: each candidate
+#: row maps its own pages (plus the kernel's fault-around), so this bounds the resident set.
+RERANK_RELEASE_QUERIES = 1024
 
 #: Query batches up to this size are answered with a numpy product instead of faiss.
 SMALL_QUERY_BATCH = 16
@@ -373,11 +377,47 @@ class NeighborIndex:
         self._index.hnsw.efSearch = max(HNSW_EF_SEARCH, n_candidates)
         _, candidates = self._index.search(self._reduce(block), n_candidates)
         candidates = candidates.astype(np.int64)
+        in_place = _rows_in_place(self._reference)
+        if in_place is not None:
+            distances = self._rerank_in_place(block, candidates, *in_place)
+        else:
+            distances = self._rerank_gathered(block, candidates)
+        order = np.lexsort((candidates, distances), axis=-1)[:, :k]
+        indices = np.take_along_axis(candidates, order, axis=1)
+        distances = np.take_along_axis(distances, order, axis=1)
+        indices[~np.isfinite(distances)] = -1
+        return indices, distances
+
+    def _rerank_in_place(
+        self, block: np.ndarray, candidates: np.ndarray, rows: np.ndarray, release: Any
+    ) -> np.ndarray:
+        """Exact candidate distances by the compiled loop of :mod:`shoal.analysis.rerank`,
+        reading ``rows`` where they lie; a mapped file's pages are handed back every
+        ``RERANK_RELEASE_QUERIES`` queries so the resident set stays bounded."""
+        from shoal.analysis.rerank import candidate_distances
+
+        distances = np.empty(candidates.shape, dtype=np.float32)
+        for start in range(0, len(block), RERANK_RELEASE_QUERIES):
+            stop = start + RERANK_RELEASE_QUERIES
+            distances[start:stop] = candidate_distances(
+                np.ascontiguousarray(block[start:stop], dtype=np.float32),
+                rows,
+                self._norms,
+                candidates[start:stop],
+                self.metric == "cosine",
+            )
+            if release is not None:
+                release()
+        return distances
+
+    def _rerank_gathered(self, block: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Exact candidate distances from gathered copies of the candidates' rows: for a
+        reference that is no float32 array (float16 storage, a row subset)."""
         distances = np.full(candidates.shape, np.inf, dtype=np.float32)
         # Query groups whose candidates' vectors come to about 16 MB: each distinct candidate
         # row is read once per group, in ascending order. Groups run on RERANK_THREADS threads
         # (numpy's gathers and products release the GIL): the reads, not the arithmetic, cost.
-        step = max(1, (1 << 22) // max(1, n_candidates * self.dim))
+        step = max(1, (1 << 22) // max(1, candidates.shape[1] * self.dim))
         starts = range(0, len(block), step)
 
         def rerank(start: int) -> None:
@@ -392,11 +432,23 @@ class NeighborIndex:
         else:
             for start in starts:
                 rerank(start)
-        order = np.lexsort((candidates, distances), axis=-1)[:, :k]
-        indices = np.take_along_axis(candidates, order, axis=1)
-        distances = np.take_along_axis(distances, order, axis=1)
-        indices[~np.isfinite(distances)] = -1
-        return indices, distances
+        return distances
+
+
+def _rows_in_place(reference: Any) -> tuple[np.ndarray, Any] | None:
+    """``(rows, release)`` when ``reference``'s rows can be read where they lie: a float32 array
+    (``release`` None), or a store reader whose ``mapped_rows()`` gives its file mapping as one
+    (``release`` hands the pages read back to the page cache). None otherwise."""
+    if isinstance(reference, np.ndarray):
+        rows, release = reference, None
+    else:
+        mapped = getattr(reference, "mapped_rows", None)
+        if mapped is None:
+            return None
+        rows, release = mapped(), getattr(reference, "release", None)
+    if rows is None or rows.dtype != np.float32 or rows.ndim != 2 or not rows.flags.c_contiguous:
+        return None
+    return rows, release
 
 
 def _normalise_exclude(exclude: Any, n_queries: int) -> list[np.ndarray]:

@@ -111,6 +111,12 @@ class VectorFile:
         self._account(read)
         return taken
 
+    def mapped_rows(self) -> np.ndarray | None:
+        """The file's rows as a read-only array over its mapping, in the stored dtype (None for
+        an empty file), for compiled loops that read scattered rows in place. Pages it touches
+        stay in this process's resident set until :meth:`release`."""
+        return self._matrix if self._map is not None else None
+
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         whole = self[:]
         return whole if dtype is None else whole.astype(dtype, copy=False)
