@@ -45,7 +45,13 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "--neighbors", type=int, default=15, help="UMAP n_neighbors (default: %(default)s)"
     )
     p.add_argument("--min-dist", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="make the map bit-reproducible (single-threaded layout); without a seed the "
+        "layout runs on all cores, as umap-learn's does",
+    )
 
     p = add(
         "outliers", "Score and flag unusual samples (higher score = more anomalous).", cmd_outliers

@@ -87,13 +87,16 @@ def project(
     n_components: int = 2,
     n_neighbors: int = 15,
     min_dist: float = 0.1,
-    random_state: int = 0,
+    random_state: int | None = None,
     method: str = "umap",
     recompute: bool = False,
     **options: Any,
 ) -> Computed[Projection]:
     """A map of an embedding set from its shared graph (artefact 'projection'): ``method``
-    "umap" (default), "tsne" or "pca" (see :func:`shoal.analysis.projection.project`)."""
+    "umap" (default), "tsne" or "pca" (see :func:`shoal.analysis.projection.project`).
+
+    ``random_state``: a seed makes the map bit-reproducible (single-threaded layout); without
+    one (as ``umap.UMAP()``) the layout runs on all cores, seeded with 0 otherwise."""
     embeddings = ds.load_embeddings(embedding)
     graph = _graph(ds, embeddings, max(GRAPH_NEIGHBORS, n_neighbors - 1))
     params = {
@@ -114,8 +117,9 @@ def project(
             n_components=n_components,
             n_neighbors=n_neighbors,
             min_dist=min_dist,
-            random_state=random_state,
+            random_state=0 if random_state is None else random_state,
             method=method,
+            parallel=random_state is None,
             **options,
         )
 

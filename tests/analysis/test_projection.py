@@ -173,3 +173,43 @@ def test_layout_choices_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     graph = build_knn_graph(x, n_neighbors=15)
     first, again = (project(x, graph=graph, method="tsne", random_state=1) for _ in range(2))
     np.testing.assert_allclose(first.coords, again.coords, atol=1e-3)  # reproducible
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_trustworthiness_equals_sklearns(metric: str) -> None:
+    from sklearn.manifold import trustworthiness as sklearn_trustworthiness
+
+    from shoal.analysis.projection import trustworthiness
+
+    rng = np.random.default_rng(0)
+    x, _ = clustered_embeddings(1_200, dim=40, n_clusters=6, seed=2)
+    x = x * rng.uniform(0.5, 2.0, (len(x), 1))  # unequal norms: cosine differs from euclidean
+    # A fair map and a random one (without tied map points, which either may order its way).
+    for low in (x[:, :2] + rng.normal(size=(len(x), 2)) * 1e-3, rng.normal(size=(len(x), 2))):
+        expected = sklearn_trustworthiness(x, low, n_neighbors=10, metric=metric)
+        assert trustworthiness(x, low, n_neighbors=10, metric=metric) == pytest.approx(
+            expected, abs=1e-6
+        )
+
+
+def test_parallel_layout_is_as_faithful_and_leaves_seeded_maps_reproducible() -> None:
+    """The parallel kernel gives a map of the same quality; the serial one, compiled and cached
+    under its own name, still gives the same map for the same seed afterwards."""
+    from umap import layouts
+
+    x, _ = clustered_embeddings(3_000, dim=32, n_clusters=6, seed=5)
+    graph = build_knn_graph(x, n_neighbors=15)
+    serial = project(x, graph=graph, random_state=1)
+    parallel = project(x, graph=graph, random_state=1, parallel=True)
+    again = project(x, graph=graph, random_state=1)
+    np.testing.assert_array_equal(serial.coords, again.coords)
+    assert parallel.params["parallel"] and not serial.params["parallel"]
+    assert parallel.trustworthiness >= serial.trustworthiness - 0.01
+    names = {
+        kernel._cache._cache_file._index_name
+        for kernel in (
+            layouts._nb_optimize_layout_euclidean_single_epoch,
+            layouts._nb_optimize_layout_euclidean_single_epoch_parallel,
+        )
+    }
+    assert len(names) == 2  # one cache entry per variant: they never load each other's code
