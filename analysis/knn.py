@@ -25,6 +25,7 @@ import numpy as np
 from shoal.analysis.blocks import BLOCK_ROWS, l2_normalize
 from shoal.analysis.pca import BlockPCA
 from shoal.analysis.results import ArrayRecord, ids_or_rows
+from shoal.analysis.rows import RowSubset
 
 METRICS = ("cosine", "euclidean")
 METHODS = ("auto", "exact", "hnsw")
@@ -389,21 +390,31 @@ class NeighborIndex:
         return indices, distances
 
     def _rerank_in_place(
-        self, block: np.ndarray, candidates: np.ndarray, rows: np.ndarray, release: Any
+        self,
+        block: np.ndarray,
+        candidates: np.ndarray,
+        rows: np.ndarray,
+        row_map: np.ndarray | None,
+        release: Any,
     ) -> np.ndarray:
         """Exact candidate distances by the compiled loop of :mod:`shoal.analysis.rerank`,
-        reading ``rows`` where they lie; a mapped file's pages are handed back every
-        ``RERANK_RELEASE_QUERIES`` queries so the resident set stays bounded."""
+        reading ``rows`` where they lie (candidate c is row ``row_map[c]`` of a subset's
+        source); a mapped file's pages are handed back every ``RERANK_RELEASE_QUERIES``
+        queries so the resident set stays bounded."""
         from shoal.analysis.rerank import candidate_distances
 
         distances = np.empty(candidates.shape, dtype=np.float32)
         for start in range(0, len(block), RERANK_RELEASE_QUERIES):
             stop = start + RERANK_RELEASE_QUERIES
+            found = candidates[start:stop]
+            valid = found >= 0
+            position = np.where(valid, found, 0)
+            source_rows = position if row_map is None else row_map[position]
             distances[start:stop] = candidate_distances(
                 np.ascontiguousarray(block[start:stop], dtype=np.float32),
                 rows,
-                self._norms,
-                candidates[start:stop],
+                np.where(valid, source_rows, -1),
+                self._norms[position],
                 self.metric == "cosine",
             )
             if release is not None:
@@ -435,10 +446,15 @@ class NeighborIndex:
         return distances
 
 
-def _rows_in_place(reference: Any) -> tuple[np.ndarray, Any] | None:
-    """``(rows, release)`` when ``reference``'s rows can be read where they lie: a float32 array
-    (``release`` None), or a store reader whose ``mapped_rows()`` gives its file mapping as one
-    (``release`` hands the pages read back to the page cache). None otherwise."""
+def _rows_in_place(reference: Any) -> tuple[np.ndarray, np.ndarray | None, Any] | None:
+    """``(rows, row_map, release)`` when ``reference``'s rows can be read where they lie: a
+    float32 array (``release`` None), or a store reader whose ``mapped_rows()`` gives its file
+    mapping as one (``release`` hands the pages read back to the page cache); for a
+    :class:`~shoal.analysis.rows.RowSubset` of either, its source's rows and ``row_map`` the
+    subset's row numbers (else None). None when the rows must be gathered as copies."""
+    row_map = None
+    if isinstance(reference, RowSubset):
+        row_map, reference = reference.rows, reference.source
     if isinstance(reference, np.ndarray):
         rows, release = reference, None
     else:
@@ -448,7 +464,7 @@ def _rows_in_place(reference: Any) -> tuple[np.ndarray, Any] | None:
         rows, release = mapped(), getattr(reference, "release", None)
     if rows is None or rows.dtype != np.float32 or rows.ndim != 2 or not rows.flags.c_contiguous:
         return None
-    return rows, release
+    return rows, row_map, release
 
 
 def _normalise_exclude(exclude: Any, n_queries: int) -> list[np.ndarray]:

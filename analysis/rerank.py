@@ -19,22 +19,23 @@ import numpy as np
 def candidate_distances(
     queries: np.ndarray,
     reference: np.ndarray,
+    rows: np.ndarray,
     norms: np.ndarray,
-    candidates: np.ndarray,
     cosine: bool,
 ) -> np.ndarray:  # pragma: no cover - compiled; tests/analysis/test_knn.py checks it against numpy
     """(n_queries, n_candidates) float32: cosine distance ``1 - q.x / |x|`` (queries already
-    unit length; a zero row is at distance 1) or Euclidean distance, inf where a candidate is -1.
+    unit length; a zero row is at distance 1) or Euclidean distance, inf where a row is -1.
 
     queries: (n_queries, dim) float32; reference: (n_reference, dim) float32 rows, raw;
-    norms: (n_reference,) float32 row norms (cosine only); candidates: (n_queries, c) int64.
+    rows: (n_queries, c) int64, each query's candidates as row numbers of ``reference``;
+    norms: (n_queries, c) float32, those rows' norms (cosine only).
     """
-    n_queries, n_candidates = candidates.shape
+    n_queries, n_candidates = rows.shape
     dim = queries.shape[1]
     out = np.empty((n_queries, n_candidates), dtype=np.float32)
     for i in numba.prange(n_queries):
         for j in range(n_candidates):
-            row = candidates[i, j]
+            row = rows[i, j]
             if row < 0:
                 out[i, j] = np.inf
                 continue
@@ -42,7 +43,8 @@ def candidate_distances(
             if cosine:
                 for d in range(dim):
                     total += queries[i, d] * reference[row, d]
-                similarity = total / norms[row] if norms[row] > 0 else np.float32(0.0)
+                norm = norms[i, j]
+                similarity = total / norm if norm > 0 else np.float32(0.0)
                 out[i, j] = min(max(np.float32(1.0) - similarity, np.float32(0.0)), np.float32(2.0))
             else:
                 for d in range(dim):

@@ -182,3 +182,12 @@ def test_in_place_rerank_equals_gathered_copies(metric: str, monkeypatch) -> Non
     assert (in_place.indices == gathered.indices).mean() > 0.999
     np.testing.assert_allclose(in_place.distances, gathered.distances, rtol=1e-5, atol=1e-6)
     assert knn._rows_in_place(x.astype(np.float16)) is None
+    # A subset of the reader (the sampled UMAP fit's graph) is read in place from its source.
+    from shoal.analysis.rows import RowSubset
+
+    rows = np.random.default_rng(1).choice(len(x), 1_200, replace=False)
+    subset = build_knn_graph(RowSubset(reader, rows), n_neighbors=10, metric=metric, method="hnsw")
+    assert reader.releases > 6
+    copied = build_knn_graph(x[rows], n_neighbors=10, metric=metric, method="hnsw")
+    assert (subset.indices == copied.indices).mean() > 0.999
+    np.testing.assert_allclose(subset.distances, copied.distances, rtol=1e-5, atol=1e-6)
