@@ -12,6 +12,7 @@ from shoal.analysis.knn import (
     build_knn_graph,
     recall_at_k,
 )
+from tests.analysis.readers import StrictReader
 from tests.analysis.synthetic import clustered_embeddings
 
 
@@ -139,55 +140,37 @@ def test_invalid_arguments() -> None:
         build_knn_graph(x, n_neighbors=0)
 
 
-class MappedReader:
-    """The store reader's in-place interface: ``mapped_rows()`` and ``release()``, counted."""
-
-    def __init__(self, matrix: np.ndarray):
-        self._matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-        self.shape, self.dtype, self.ndim = self._matrix.shape, self._matrix.dtype, 2
-        self.releases = 0
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key):
-        return np.array(self._matrix[key], dtype=np.float32, copy=True)
-
-    def mapped_rows(self) -> np.ndarray:
-        return self._matrix
-
-    def release(self) -> None:
-        self.releases += 1
-
-
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_in_place_rerank_equals_gathered_copies(metric: str, monkeypatch) -> None:
-    """The compiled in-place re-rank gives the distances of the numpy path that gathers copies,
-    hands a mapped reader's pages back in steps, and falls back for float16 rows."""
+def test_the_three_rerank_paths_agree(metric: str, monkeypatch) -> None:
+    """Re-ranking HNSW candidates in memory (compiled, in place), by passes over a reader's
+    blocks (a set on disk) and from gathered copies gives the same graph, and a row subset of
+    either kind works too."""
     import shoal.analysis.knn as knn
+    from shoal.analysis.rows import RowSubset
 
     x, _ = clustered_embeddings(3_000, dim=300, n_clusters=12, seed=4)
     x[7] = 0.0
-    reader = MappedReader(x)
-    monkeypatch.setattr(knn, "RERANK_RELEASE_QUERIES", 500)
-    in_place = build_knn_graph(reader, n_neighbors=10, metric=metric, method="hnsw")
-    assert reader.releases == 6  # 3,000 queries in steps of 500
-    gathered = build_knn_graph(
-        knn.PreparedRows(x, "euclidean"),  # no mapped_rows: the gathering path
-        n_neighbors=10,
-        metric=metric,
-        method="hnsw",
-    )
-    # Sums in another order may swap neighbours whose distances tie to within float32.
-    assert (in_place.indices == gathered.indices).mean() > 0.999
-    np.testing.assert_allclose(in_place.distances, gathered.distances, rtol=1e-5, atol=1e-6)
-    assert knn._rows_in_place(x.astype(np.float16)) is None
-    # A subset of the reader (the sampled UMAP fit's graph) is read in place from its source.
-    from shoal.analysis.rows import RowSubset
-
+    monkeypatch.setattr(knn, "BLOCK_ROWS", 512)  # several blocks per pass
+    monkeypatch.setattr(knn, "SCAN_QUERY_ROWS", 1_000)  # several passes
+    in_memory = build_knn_graph(x, n_neighbors=10, metric=metric, method="hnsw")
+    reader = StrictReader(x)
+    scanned = build_knn_graph(reader, n_neighbors=10, metric=metric, method="hnsw")
+    index = NeighborIndex(reader, metric=metric, method="hnsw")
+    gathered = [index._hnsw_search(index.vectors_[a : a + 500], 11) for a in range(0, 3_000, 500)]
+    gathered_dist = np.concatenate([d for _, d in gathered])
+    for graph in (scanned,):
+        # Sums in another order may swap neighbours whose distances tie to within float32.
+        assert (graph.indices == in_memory.indices).mean() > 0.999
+        np.testing.assert_allclose(graph.distances, in_memory.distances, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gathered_dist[:, 1:], in_memory.distances, rtol=1e-5, atol=1e-5)
+    assert knn._rows_in_memory(x.astype(np.float16)) is None
+    assert knn._rows_in_memory(reader) is None
+    # Subsets (the sampled UMAP fit's own graph): of an array in place, of a reader by passes.
     rows = np.random.default_rng(1).choice(len(x), 1_200, replace=False)
-    subset = build_knn_graph(RowSubset(reader, rows), n_neighbors=10, metric=metric, method="hnsw")
-    assert reader.releases > 6
     copied = build_knn_graph(x[rows], n_neighbors=10, metric=metric, method="hnsw")
-    assert (subset.indices == copied.indices).mean() > 0.999
-    np.testing.assert_allclose(subset.distances, copied.distances, rtol=1e-5, atol=1e-6)
+    for source in (x, StrictReader(x)):
+        subset = build_knn_graph(
+            RowSubset(source, rows), n_neighbors=10, metric=metric, method="hnsw"
+        )
+        assert (subset.indices == copied.indices).mean() > 0.999
+        np.testing.assert_allclose(subset.distances, copied.distances, rtol=1e-5, atol=1e-6)

@@ -49,6 +49,28 @@ def test_a_pass_over_the_file_does_not_stay_resident(
     assert (_rss_file_kib() - before) / 1024 > 60  # what the reader avoids
 
 
+def test_many_scattered_rows_are_read_in_pieces_with_pages_handed_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: one gather of 65k rows spread over a 4.9 GB set mapped almost all of it
+    (each row maps its whole page-cache folio) before any page was handed back. The reader now
+    gathers a few hundred rows at a time and releases between them; the rows are unchanged."""
+    monkeypatch.setattr(module, "RELEASE_BYTES", 8 << 20)
+    rng = np.random.default_rng(1)
+    matrix = rng.normal(size=(20_000, 64)).astype(np.float32)
+    vectors = _write(tmp_path / "v.npy", matrix)
+    releases = []
+    monkeypatch.setattr(module, "release_pages", lambda mapping: releases.append(1))
+    rows = rng.integers(0, len(matrix), 6_000)
+    np.testing.assert_array_equal(vectors[rows], matrix[rows])
+    step = vectors._scatter_rows  # about 8 MiB of mapped file per piece
+    assert 1 < step < 6_000 and len(releases) >= (6_000 // step) // 2
+    np.testing.assert_array_equal(vectors[rows, 5:9], matrix[rows, 5:9])
+    mask = rng.random(len(matrix)) < 0.5
+    np.testing.assert_array_equal(vectors[mask], matrix[mask])
+    assert vectors[[]].shape == (0, 64)
+
+
 def test_writer_refuses_a_non_finite_row_and_reads_back_in_any_order(tmp_path: Path) -> None:
     writer = VectorWriter(tmp_path / "v.npy", count=4, dim=2)
     with pytest.raises(ValueError, match="row 1"):
