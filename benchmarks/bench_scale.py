@@ -467,16 +467,21 @@ def serving(workspace: Path, logs: Path) -> Iterator[tuple[str, subprocess.Popen
 CHART = '[data-testid="stPlotlyChart"]'
 EXCEPTION = '[data-testid="stException"]'
 ERROR = '[data-testid="stAlertContentError"]'
+MAP = '[data-testid="shoalMap"]'
+#: Every plotly chart has drawn, and the WebGL map (the Map and Compare pages) has drawn its
+#: points (the component sets ``window.shoalMapDrawn``).
 CHARTS_DRAWN = (
     "() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
     ".every(chart => chart.querySelector('.main-svg'))"
+    " && (!document.querySelector('[data-testid=\"shoalMap\"]')"
+    " || window.shoalMapDrawn !== undefined)"
 )
 
 
 def wait_rendered(page: Any, url: str, *, timeout: float, quiet: float = 1.0) -> dict[str, Any]:
     """Open ``url``; seconds until Streamlit's script run has finished and stayed finished for
-    ``quiet`` seconds (from the start of that spell) and every plotly chart is drawn, and any
-    exception or error the page shows."""
+    ``quiet`` seconds (from the start of that spell) and every plotly chart and the map are
+    drawn, and any exception or error the page shows."""
     finished = '[data-testid="stApp"][data-test-script-state="notRunning"]'
     started = time.monotonic()
     page.goto(url, wait_until="domcontentloaded", timeout=timeout * 1000)
@@ -521,7 +526,9 @@ def start_analysis(page: Any, url: str, dataset: str, *, timeout: float) -> dict
         return {"needed": False}
     started = time.monotonic()
     button.click()
-    page.wait_for_selector(f"{CHART}, {EXCEPTION}, {ERROR}", timeout=timeout * 1000)
+    page.wait_for_selector(f"{CHART}, {MAP}, {EXCEPTION}, {ERROR}", timeout=timeout * 1000)
+    if not page.locator(f"{EXCEPTION}, {ERROR}").count():
+        page.wait_for_function(CHARTS_DRAWN, timeout=timeout * 1000, polling=100)
     job: dict[str, Any] = {"needed": True, "seconds": time.monotonic() - started}
     for kind, selector in (("exception", EXCEPTION), ("error", ERROR)):
         shown = page.locator(selector)
