@@ -49,8 +49,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "--seed",
         type=int,
         default=None,
-        help="make the map bit-reproducible (single-threaded layout); without a seed the "
-        "layout runs on all cores, as umap-learn's does",
+        help="make the map bit-reproducible (single-threaded layout); without a seed a map of "
+        "more than 20,000 samples is laid out on all cores, as umap-learn's is",
     )
 
     p = add(

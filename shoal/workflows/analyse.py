@@ -37,6 +37,9 @@ from shoal.workflows.cache import Computed, cached, result_key
 #: Neighbours per sample of the one shared graph: the most any default needs (outliers,
 #: duplicates and mislabels use 15; UMAP's default 15 counts the point itself, so 14).
 GRAPH_NEIGHBORS = 15
+#: Maps of more samples than this are laid out on all cores unless a seed is given; smaller ones
+#: take seconds either way and stay bit-reproducible.
+PARALLEL_LAYOUT_MIN_SAMPLES = 20_000
 #: The shared graph's search settings (cosine distance; exact or HNSW by size; seed).
 GRAPH_PARAMS: dict[str, Any] = {"metric": "cosine", "method": "auto", "random_state": 0}
 
@@ -96,7 +99,8 @@ def project(
     "umap" (default), "tsne" or "pca" (see :func:`shoal.analysis.projection.project`).
 
     ``random_state``: a seed makes the map bit-reproducible (single-threaded layout); without
-    one (as ``umap.UMAP()``) the layout runs on all cores, seeded with 0 otherwise."""
+    one (as ``umap.UMAP()``) the layout of more than ``PARALLEL_LAYOUT_MIN_SAMPLES`` samples runs
+    on all cores, seeded with 0 otherwise."""
     embeddings = ds.load_embeddings(embedding)
     graph = _graph(ds, embeddings, max(GRAPH_NEIGHBORS, n_neighbors - 1))
     params = {
@@ -119,7 +123,7 @@ def project(
             min_dist=min_dist,
             random_state=0 if random_state is None else random_state,
             method=method,
-            parallel=random_state is None,
+            parallel=random_state is None and len(embeddings.ids) > PARALLEL_LAYOUT_MIN_SAMPLES,
             **options,
         )
 
