@@ -123,14 +123,7 @@ def build_map_dataset(workspace_root: Path, n: int, *, name: str = "map", seed: 
     )
     graph_key = result_key(embeddings, "knn", **analyse.GRAPH_PARAMS)
     ds.save_artefact("knn", graph_key, graph.to_arrays(), graph.to_meta())
-    params = {
-        "n_components": 2,
-        "n_neighbors": 15,
-        "min_dist": 0.1,
-        "random_state": 0,
-        "graph": graph_key,
-        "graph_neighbors": k,
-    }
+    params = analyse.projection_params(graph_key, k)  # the key the app's Map looks up
     projection = Projection(
         coords=coords,
         trustworthiness=float("nan"),

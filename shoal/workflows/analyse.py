@@ -103,16 +103,16 @@ def project(
     on all cores, seeded with 0 otherwise."""
     embeddings = ds.load_embeddings(embedding)
     graph = _graph(ds, embeddings, max(GRAPH_NEIGHBORS, n_neighbors - 1))
-    params = {
-        "n_components": n_components,
-        "n_neighbors": n_neighbors,
-        "min_dist": min_dist,
-        "random_state": random_state,
-        "graph": graph.key,
-        "graph_neighbors": graph.result.n_neighbors,
-        **({} if method == "umap" else {"method": method}),  # UMAP keeps its earlier key
+    params = projection_params(
+        graph.key,
+        graph.result.n_neighbors,
+        n_components=n_components,
+        n_neighbors=n_neighbors,
+        min_dist=min_dist,
+        random_state=random_state,
+        method=method,
         **options,
-    }
+    )
 
     def compute() -> Projection:
         return project_embeddings(
@@ -128,6 +128,30 @@ def project(
         )
 
     return cached(ds, embeddings, "projection", params, Projection, compute, recompute=recompute)
+
+
+def projection_params(
+    graph_key: str,
+    graph_neighbors: int,
+    *,
+    n_components: int = 2,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    random_state: int | None = None,
+    method: str = "umap",
+    **options: Any,
+) -> dict[str, Any]:
+    """What a stored map's key is made of (:func:`project`'s defaults are the app's)."""
+    return {
+        "n_components": n_components,
+        "n_neighbors": n_neighbors,
+        "min_dist": min_dist,
+        "random_state": random_state,
+        "graph": graph_key,
+        "graph_neighbors": graph_neighbors,
+        **({} if method == "umap" else {"method": method}),  # UMAP keeps its earlier key
+        **options,
+    }
 
 
 def outliers(
