@@ -622,13 +622,7 @@ def trustworthiness(
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     squared = np.einsum("ij,ij->i", high, high)
     points = np.asarray(low, dtype=np.float64)
-    _, found = cKDTree(points).query(points, k=n_neighbors + 1, workers=-1)
-    map_neighbors, _ = drop_self_matches(
-        np.asarray(found, dtype=np.int64),
-        np.zeros(found.shape, np.float32),
-        np.arange(n_samples),
-        n_neighbors,
-    )
+    map_neighbors = _map_neighbors(cKDTree(points), points, 0, n_samples, n_neighbors)
     penalty = 0.0
     for start in range(0, n_samples, TRUST_BLOCK):
         stop = min(n_samples, start + TRUST_BLOCK)
@@ -660,13 +654,20 @@ def neighborhood_preservation(graph: KnnGraph, coords: np.ndarray) -> np.ndarray
     # Rows in blocks: the map's neighbour lists of a million points would take 600 MB at once.
     for start in range(0, n_samples, PRESERVATION_BLOCK):
         stop = min(n_samples, start + PRESERVATION_BLOCK)
-        _, found = tree.query(points[start:stop], k=min(k + 1, n_samples), workers=-1)
-        found = np.asarray(found, dtype=np.int64).reshape(stop - start, -1)
-        map_neighbors, _ = drop_self_matches(
-            found, np.zeros(found.shape, np.float32), np.arange(start, stop), k
-        )
+        map_neighbors = _map_neighbors(tree, points, start, stop, k)
         for column in range(k):
             shared[start:stop] += (map_neighbors == graph.indices[start:stop, column][:, None]).any(
                 axis=1
             )
     return shared / k
+
+
+def _map_neighbors(tree: Any, points: np.ndarray, start: int, stop: int, k: int) -> np.ndarray:
+    """(stop - start, k) int64: the ``k`` nearest other map points of rows ``start:stop``, from
+    ``tree``, a cKDTree of all ``points`` (the row itself dropped wherever ties put it)."""
+    _, found = tree.query(points[start:stop], k=min(k + 1, len(points)), workers=-1)
+    found = np.asarray(found, dtype=np.int64).reshape(stop - start, -1)
+    neighbors, _ = drop_self_matches(
+        found, np.zeros(found.shape, np.float32), np.arange(start, stop), k
+    )
+    return neighbors
