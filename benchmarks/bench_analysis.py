@@ -74,14 +74,13 @@ def grown_embeddings(base: np.ndarray, n_samples: int, *, seed: int = 0) -> np.n
     return l2_normalize(np.concatenate([unit, new])[:n_samples])
 
 
-def cli_projection(embeddings: np.ndarray, runs: int = 2) -> list[dict[str, Any]]:
+def cli_projection(source: Path, runs: int = 2) -> list[dict[str, Any]]:
     """Wall seconds and result of ``shoal project`` in a new process, each run on a freshly
-    imported copy of ``embeddings`` (so nothing is cached but numba's compiled code)."""
+    imported copy of the embeddings in ``source`` (.npy; so nothing is cached but numba's
+    compiled code)."""
     shoal = [sys.executable, "-m", "shoal"]
     results = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-cli-") as scratch:
-        source = Path(scratch) / "embeddings.npy"
-        np.save(source, embeddings)
         workspace = ["--workspace", str(Path(scratch) / "workspace")]
         for run in range(runs):
             name = f"cli{run}"
@@ -123,17 +122,15 @@ print(time.perf_counter() - started)
 """
 
 
-def cold_umap_seconds(embeddings: np.ndarray) -> float:
-    """Seconds of ``umap.UMAP().fit_transform`` in a new process (the call only)."""
-    with tempfile.TemporaryDirectory(prefix="shoal-bench-umap-") as scratch:
-        source = Path(scratch) / "embeddings.npy"
-        np.save(source, embeddings)
-        done = subprocess.run(
-            [sys.executable, "-c", COLD_UMAP, str(source)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+def cold_umap_seconds(source: Path) -> float:
+    """Seconds of ``umap.UMAP().fit_transform`` in a new process (the call only) on the
+    embeddings in ``source`` (.npy)."""
+    done = subprocess.run(
+        [sys.executable, "-c", COLD_UMAP, str(source)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -212,16 +209,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
 
     # -- `shoal project` in a new process, graph and start-up included
-    runs = cli_projection(embeddings)
-    figures["cli_project"] = {"runs": runs, "seconds": runs[-1]["seconds"]}
-    if not args.skip_baselines:
-        cold = cold_umap_seconds(embeddings)
-        figures["cli_project"].update(
-            baseline_umap_new_process_seconds=cold,
-            time_ratio=runs[-1]["seconds"] / umap_seconds,
-            time_ratio_new_process=runs[-1]["seconds"] / cold,
-            trustworthiness_difference=runs[-1]["trustworthiness"] - umap_trust,
-        )
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as scratch:
+        source = Path(scratch) / "embeddings.npy"
+        np.save(source, embeddings)  # one file for both new processes
+        runs = cli_projection(source)
+        figures["cli_project"] = {"runs": runs, "seconds": runs[-1]["seconds"]}
+        if not args.skip_baselines:
+            cold = cold_umap_seconds(source)
+            figures["cli_project"].update(
+                baseline_umap_new_process_seconds=cold,
+                time_ratio=runs[-1]["seconds"] / umap_seconds,
+                time_ratio_new_process=runs[-1]["seconds"] / cold,
+                trustworthiness_difference=runs[-1]["trustworthiness"] - umap_trust,
+            )
 
     # -- outliers and duplicates on the shared graph
     outliers, outlier_seconds = timed(score_outliers, embeddings, graph=graph)
