@@ -382,14 +382,6 @@ def child_query(ds: Any, *, n_queries: int, seed: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- server
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def group_memory(group: int) -> list[dict[str, Any]]:
     """VmHWM and VmRSS (MB) of every live process of process group ``group``."""
     found = []
@@ -421,47 +413,14 @@ def group_memory(group: int) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def serving(workspace: Path, logs: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`shoal serve` on a free port of 127.0.0.1, in its own process group; stopped on exit."""
-    import urllib.request
+    from benchmarks.servers import free_port, server_process
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "SHOAL_ACCESS_TOKEN": "", "SHOAL_PUBLIC_URL": ""}
-    with open(logs / "server.log", "wb") as log:
-        process = subprocess.Popen(
-            shoal_command(workspace, "serve", "--port", str(port), "--address", "127.0.0.1"),
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"shoal serve exited with {process.returncode}")
-                health = f"{url}/_stcore/health"
-                with (
-                    contextlib.suppress(OSError),
-                    urllib.request.urlopen(health, timeout=2) as response,
-                ):
-                    if response.status == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{url} did not become healthy in 120 s")
-                time.sleep(0.3)
-            yield url, process
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    command = shoal_command(workspace, "serve", "--port", str(port), "--address", "127.0.0.1")
+    with server_process(command, url, logs / "server.log", cwd=ROOT, timeout=120) as process:
+        yield url, process
 
 
 CHART = '[data-testid="stPlotlyChart"]'

@@ -17,8 +17,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.servers import REPO, free_port
+from benchmarks.servers import REPO, free_port, server_process
 from shoal.ingest.label_studio import LABELS_VERSION, PREDICTIONS_VERSION, import_label_studio
 from shoal.store import Workspace
 from shoal.workflows.exports import export_label_studio
@@ -87,7 +85,6 @@ def label_studio(data_dir: Path, document_root: Path) -> Iterator[LabelStudio]:
         shutil.copyfile(MIGRATED, data_dir / "label_studio.sqlite3")
     port, token = free_port(), secrets.token_hex(20)
     env = {
-        **os.environ,
         "HOME": str(data_dir),  # nothing written to the user's ~/.local/share/label-studio
         "DJANGO_DB": "sqlite",
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
@@ -103,45 +100,20 @@ def label_studio(data_dir: Path, document_root: Path) -> Iterator[LabelStudio]:
     command += ["--port", str(port), "--data-dir", str(data_dir), "--log-level", "WARNING"]
     command += ["--username", "shoal@example.com", "--password", secrets.token_hex(8)]
     command += ["--user-token", token]
-    log_path = data_dir / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=data_dir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_healthy(url, process, log_path)
-            yield LabelStudio(url, token)
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path) -> None:
+    url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    while time.monotonic() - started < STARTUP_TIMEOUT_S:
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise AssertionError(f"label-studio exited with {process.returncode}:\n{tail}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{url}/health", timeout=2) as response,
-        ):
-            if response.status == 200:
-                print(f"Label Studio answered after {time.monotonic() - started:.1f} s")
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"label-studio did not answer at {url} in {STARTUP_TIMEOUT_S:.0f} s")
+    with server_process(
+        command,
+        url,
+        data_dir / "server.log",
+        env=env,
+        cwd=data_dir,
+        health="/health",
+        timeout=STARTUP_TIMEOUT_S,
+        stop_timeout=20,
+    ):
+        print(f"Label Studio answered after {time.monotonic() - started:.1f} s")
+        yield LabelStudio(url, token)
 
 
 def accept_and_export(server: LabelStudio, project_id: int, predictions: list[Any]) -> Any:
