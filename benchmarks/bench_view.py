@@ -168,6 +168,13 @@ def open_map(page: Any, url: str, *, timeout: float = 120.0) -> float:
     return time.perf_counter() - started
 
 
+def share_link(page: Any) -> str:
+    """Open the sidebar's "Share this view" and read the link it shows."""
+    page.get_by_text("Share this view").click()
+    code = page.locator('[data-testid="stSidebar"] [data-testid="stCode"] code')
+    return str(code.first.inner_text()).strip()
+
+
 def drag_box(
     page: Any,
     corners: tuple[float, float, float, float],

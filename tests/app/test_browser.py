@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import chromium
-from benchmarks.bench_view import drag_box
+from benchmarks.bench_view import drag_box, share_link
 from benchmarks.servers import shoal_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -133,12 +133,7 @@ def test_upload_embed_select_share(server: str, images_zip: Path) -> None:
             _no_exception(page)
             _shot(page, "map-selection")
 
-            page.get_by_text("Share this view").click()
-            link = (
-                page.locator('[data-testid="stSidebar"] [data-testid="stCode"] code')
-                .first.inner_text()
-                .strip()
-            )
+            link = share_link(page)
             assert link.startswith(f"{server}/map?") and "sel=" in link and "ds=stamps" in link
 
             fresh = browser.new_context(viewport=VIEWPORT).new_page()

@@ -33,6 +33,7 @@ from tests.app.test_browser import SCREENSHOTS, VIEWPORT, _no_exception, _shot, 
 from tests.app.test_label_studio_server import (
     _label_studio_or_skip,
     accept_and_export,
+    import_tasks,
     label_studio,
 )
 
@@ -162,16 +163,9 @@ def test_find_collect_grow_export_and_label(
     tasks = json.loads(files[".tasks.json"].read_text())
     assert sorted(t["data"]["sample_id"] for t in tasks) == members
     with label_studio(tmp_path / "label-studio", document_root=pool.root) as server_ls:
-        project = server_ls.call(
-            "POST", "/api/projects", {"title": "shoal journey", "label_config": label_config(pool)}
+        project_id, imported = import_tasks(
+            server_ls, "shoal journey", label_config(pool), pool.root / "images", tasks
         )
-        project_id = project["id"]
-        server_ls.call(
-            "POST",
-            "/api/storages/localfiles",
-            {"project": project_id, "path": str(pool.root / "images"), "use_blob_urls": True},
-        )
-        imported = server_ls.call("POST", f"/api/projects/{project_id}/import", tasks)
         assert imported["task_count"] == grown.size
         assert imported["prediction_count"] == grown.size  # the labels, as pre-annotations
         predictions = server_ls.call("GET", f"/api/predictions?project={project_id}")

@@ -116,6 +116,23 @@ def label_studio(data_dir: Path, document_root: Path) -> Iterator[LabelStudio]:
         yield LabelStudio(url, token)
 
 
+def import_tasks(
+    server: LabelStudio, title: str, config: str, images: Path, tasks: list[Any]
+) -> tuple[int, Any]:
+    """A new project with ``config``, a Local Files storage over ``images`` (Label Studio serves
+    a local file only to a project with one over it) and ``tasks`` imported: (project id, the
+    import's answer)."""
+    project_id = server.call("POST", "/api/projects", {"title": title, "label_config": config})[
+        "id"
+    ]
+    server.call(
+        "POST",
+        "/api/storages/localfiles",
+        {"project": project_id, "path": str(images), "use_blob_urls": True},
+    )
+    return project_id, server.call("POST", f"/api/projects/{project_id}/import", tasks)
+
+
 def accept_and_export(server: LabelStudio, project_id: int, predictions: list[Any]) -> Any:
     """The labeller accepts each task's "shoal labels" pre-annotation as it is; then the
     project's JSON export."""
@@ -156,19 +173,9 @@ def test_shoal_tasks_import_into_label_studio_and_its_export_imports_back(tmp_pa
     expected_predictions = objects.groupby(["sample_id", "kind"]).size()
 
     with label_studio(tmp_path / "label-studio", document_root=ds.root) as server:
-        project = server.call(
-            "POST",
-            "/api/projects",
-            {"title": "shoal street", "label_config": written["config"].read_text()},
+        project_id, imported = import_tasks(
+            server, "shoal street", written["config"].read_text(), ds.root / "images", tasks
         )
-        project_id = project["id"]
-        # Label Studio serves a local file only to a project with a Local Files storage over it.
-        server.call(
-            "POST",
-            "/api/storages/localfiles",
-            {"project": project_id, "path": str(ds.root / "images"), "use_blob_urls": True},
-        )
-        imported = server.call("POST", f"/api/projects/{project_id}/import", tasks)
         assert imported["task_count"] == len(samples)
         assert imported["prediction_count"] == len(expected_predictions)
 

@@ -21,6 +21,7 @@ from benchmarks.bench_view import (
     drag_lasso,
     open_map,
     selected_count,
+    share_link,
 )
 from benchmarks.servers import shoal_server
 from shoal.app.selection import Selection
@@ -77,12 +78,7 @@ def test_million_points_drawn_selected_and_shared(served: tuple[str, Any]) -> No
             page.get_by_text(re.compile(r"s\d{7}")).first.wait_for(timeout=30_000)
             _no_exception(page)
 
-            page.get_by_text("Share this view").click()
-            link = (
-                page.locator('[data-testid="stSidebar"] [data-testid="stCode"] code')
-                .first.inner_text()
-                .strip()
-            )
+            link = share_link(page)
             assert link.startswith(f"{url}/map?") and "sel=g" in link and "ds=million" in link
             token = re.search(r"sel=([^&]+)", link).group(1)  # type: ignore[union-attr]
 
