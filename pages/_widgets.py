@@ -22,6 +22,8 @@ from shoal.store.collections import Collections
 
 GALLERY_PAGE_SIZE = 24
 JOB_POLL_SECONDS = 1.0
+#: Larger CSV downloads are written when clicked, not on every rerun.
+EAGER_CSV_ROWS = 10_000
 
 
 # --------------------------------------------------------------------------- jobs
@@ -151,17 +153,25 @@ def sample_tile(
 
 
 def download_csv(
-    label: str, table: pd.DataFrame, *, file_name: str, key: str, lazy: bool = False
+    label: str,
+    table: pd.DataFrame | Callable[[], pd.DataFrame],
+    *,
+    file_name: str,
+    key: str,
+    lazy: bool = False,
 ) -> None:
-    """A CSV download of ``table``; ``lazy``: written only when clicked (a 100k-row selection
-    on the Map would otherwise cost a second of every rerun)."""
+    """A CSV download of ``table``, or of the table ``table()`` builds. The CSV is written
+    only when clicked if ``lazy``, if ``table`` is a callable, or if it has more than
+    :data:`EAGER_CSV_ROWS` rows (a million-row ranking would otherwise cost seconds of every
+    rerun); small ones are written up front so the click needs no round trip."""
+    if callable(table):
+        data: bytes | Callable[[], bytes] = lambda: to_csv_bytes(table())  # noqa: E731
+    elif lazy or len(table) > EAGER_CSV_ROWS:
+        data = lambda: to_csv_bytes(table)  # noqa: E731
+    else:
+        data = to_csv_bytes(table)
     st.download_button(
-        label,
-        data=(lambda: to_csv_bytes(table)) if lazy else to_csv_bytes(table),
-        file_name=file_name,
-        mime="text/csv",
-        key=key,
-        icon=":material/download:",
+        label, data=data, file_name=file_name, mime="text/csv", key=key, icon=":material/download:"
     )
 
 

@@ -177,21 +177,11 @@ if section == "outliers":
             "spread explains. The highest-scoring samples are shown anyway; move the threshold "
             "to flag them."
         )
-    table = rows_table(
-        samples,
-        shown,
-        outlier_score=result.scores[shown],
-        flagged=flagged_mask[shown],
-        neighbours=[" ".join(sample_ids[indices[r, :NEIGHBORS_SHOWN]]) for r in shown],
-        neighbour_distances=[
-            " ".join(f"{d:.3f}" for d in distances[r, :NEIGHBORS_SHOWN]) for r in shown
-        ],
-    )
     actions = st.container(horizontal=True)
     with actions:
         widgets.download_csv(
             "Export CSV",
-            rows_table(
+            lambda: rows_table(
                 samples, order, outlier_score=result.scores[order], flagged=flagged_mask[order]
             ),
             file_name=f"{ds.name}-outliers-{method}.csv",
