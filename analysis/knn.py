@@ -292,10 +292,7 @@ class NeighborIndex:
         index.vectors_ = PreparedRows(reference, index.metric)
         index._reducer = None
         if "pca_mean" in arrays:
-            reducer = BlockPCA(len(arrays["pca_components"]))
-            reducer.mean_, reducer.components_ = arrays["pca_mean"], arrays["pca_components"]
-            reducer.n_components_ = len(arrays["pca_components"])
-            index._reducer = reducer
+            index._reducer = BlockPCA.from_axes(arrays["pca_mean"], arrays["pca_components"])
         index._index = _faiss().read_index(str(graph))
         index._squared_norms = None
         index._norms = arrays["norms"]

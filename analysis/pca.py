@@ -84,6 +84,17 @@ class BlockPCA:
         self.n_components_ = n_components
         return self
 
+    @classmethod
+    def from_axes(
+        cls, mean: np.ndarray, components: np.ndarray, *, normalize: bool = False
+    ) -> BlockPCA:
+        """A fitted PCA from stored axes: ``mean_`` (dim,) and ``components_`` (k, dim)."""
+        pca = cls(len(components), normalize=normalize)
+        pca.mean_ = np.asarray(mean, dtype=np.float32)
+        pca.components_ = np.ascontiguousarray(components, dtype=np.float32)
+        pca.n_components_ = len(components)
+        return pca
+
     def transform(self, embeddings: np.ndarray) -> np.ndarray:
         """(n_samples, n_components_) float32 scores, computed block by block."""
         scores = np.empty((len(embeddings), self.n_components_), dtype=np.float32)

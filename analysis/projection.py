@@ -181,8 +181,14 @@ def project(
     random_state: int = 0,
     method: str = "umap",
     parallel: bool = False,
+    pca_axes: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Projection:
     """A map of (n_samples, dim) embeddings, reusing ``graph`` (built here when None).
+
+    ``pca_axes``: (mean, components) of a PCA already fitted on these rows, normalised when the
+    metric is cosine (the HNSW index's, :meth:`NeighborIndex.pca_axes`), of which the leading
+    ``pca_components`` axes are used instead of fitting again (the same seeded rows, and more
+    axes' worth of power iterations, so at least as accurate).
 
     ``method``: ``"umap"`` (default), ``"tsne"`` (openTSNE with uniform affinities on the shared
     kNN graph: the kNN-graph t-SNE of Linderman et al. 2019, so the graph is not searched again,
@@ -240,9 +246,14 @@ def project(
         "parallel": parallel,
     }
     started = time.perf_counter()
-    pca = BlockPCA(pca_components, normalize=metric == "cosine", random_state=random_state).fit(
-        embeddings
-    )
+    normalize = metric == "cosine"
+    if pca_axes is not None and len(pca_axes[1]) >= pca_components:
+        pca = BlockPCA.from_axes(pca_axes[0], pca_axes[1][:pca_components], normalize=normalize)
+        params["pca_fitted"] = "given"
+    else:
+        pca = BlockPCA(pca_components, normalize=normalize, random_state=random_state).fit(
+            embeddings
+        )
     transformed = np.zeros(n_samples, dtype=bool)
     requested, params["method"] = method, method
     if method == "pca" or n_samples < MIN_UMAP_SAMPLES or graph.n_neighbors < 2:

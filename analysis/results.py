@@ -123,6 +123,10 @@ def jsonable(value: Any, *, allow_nan: bool = False) -> Any:
     if isinstance(value, (list, tuple)):
         return [jsonable(v, allow_nan=allow_nan) for v in value]
     if isinstance(value, np.ndarray):
+        if value.dtype.kind in "biu" or (
+            value.dtype.kind == "f" and (allow_nan or np.isfinite(value).all())
+        ):
+            return value.tolist()  # plain ints and floats already: no walk over every item
         return jsonable(value.tolist(), allow_nan=allow_nan)
     if isinstance(value, np.generic):
         return jsonable(value.item(), allow_nan=allow_nan)

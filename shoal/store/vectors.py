@@ -40,6 +40,8 @@ RELEASE_BYTES = 128 << 20
 #: holding it (Linux' fault-around; with large folios, as ext4 has on Linux 6.x, about 370 KB
 #: per 5 KB row was measured on a 4.9 GB set, against 64 KiB with small pages).
 FAULT_AROUND_BYTES = 384 << 10
+#: :func:`in_memory_if_small` reads sets of up to this many float32 bytes whole (100k x 1280).
+IN_MEMORY_BYTES = 512 << 20
 #: Header size of the ``.npy`` files this module writes: numpy's format pads the header to a
 #: multiple of 64 bytes; 128 leaves room for any (count, dim) shape.
 _HEADER_BYTES = 128
@@ -163,6 +165,22 @@ class VectorFile:
         """Hand every page read so far back to the page cache (the resident set drops)."""
         if self._map is not None:
             release_pages(self._map)
+
+
+def in_memory_if_small(vectors: Any, max_bytes: int = IN_MEMORY_BYTES) -> Any:
+    """``vectors`` as one float32 array when it takes at most ``max_bytes`` as float32, else
+    ``vectors`` itself (a :class:`VectorFile` stays one).
+
+    Reading in blocks is what keeps a million-row analysis within its memory budget; a set of
+    a few hundred MB is faster whole: the kNN graph of 50k x 1280 takes 5.6 s from memory
+    against 7.2 s from the file (its exact re-ranking then reads rows in place instead of in
+    sequential passes). Read once per analysis, freed with it.
+    """
+    if not isinstance(vectors, VectorFile) or vectors.size * 4 > max_bytes:
+        return vectors
+    whole = vectors[:]
+    vectors.release()
+    return whole
 
 
 def read_npy_header(handle: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:

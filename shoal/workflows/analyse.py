@@ -32,6 +32,7 @@ from shoal.analysis.projection import Projection
 from shoal.analysis.projection import project as project_embeddings
 from shoal.analysis.similar import SimilarResult, search_similar
 from shoal.store import Dataset, EmbeddingSet, StoreError, digest_values
+from shoal.store.vectors import in_memory_if_small
 from shoal.workflows.cache import Computed, cached, result_key
 
 #: Neighbours per sample of the one shared graph: the most any default needs (outliers,
@@ -70,11 +71,14 @@ def _graph(
         graph = None
     cached_graph = graph is not None
     if graph is None:
+        vectors = in_memory_if_small(embeddings.vectors)
         # An HNSW index is kept: the Similar page and `shoal similar` search it.
         index = (
-            _hnsw_index(ds, embeddings) if search_method(len(embeddings.ids)) == "hnsw" else None
+            _hnsw_index(ds, embeddings, vectors)
+            if search_method(len(embeddings.ids)) == "hnsw"
+            else None
         )
-        graph = build_knn_graph(embeddings.vectors, n_neighbors=wanted, index=index, **GRAPH_PARAMS)
+        graph = build_knn_graph(vectors, n_neighbors=wanted, index=index, **GRAPH_PARAMS)
         ds.save_artefact("knn", key, graph.to_arrays(), graph.to_meta())
     truncated = graph.truncate(min(n_neighbors, graph.n_neighbors))
     return Computed(truncated, embeddings.ids, ds.name, embeddings.info.name, key, cached_graph)
@@ -116,7 +120,8 @@ def project(
 
     def compute() -> Projection:
         return project_embeddings(
-            embeddings.vectors,
+            in_memory_if_small(embeddings.vectors),
+            pca_axes=_index_pca_axes(ds, embeddings),
             graph=graph.result,
             n_components=n_components,
             n_neighbors=n_neighbors,
@@ -183,7 +188,7 @@ def outliers(
 
     def compute() -> OutlierResult:
         return score_outliers(
-            embeddings.vectors,
+            in_memory_if_small(embeddings.vectors),
             graph=graph.result,
             method=method,
             threshold=threshold,
@@ -216,7 +221,10 @@ def duplicates(
 
     def compute() -> DuplicateResult:
         return find_duplicates(
-            embeddings.vectors, graph=graph.result, threshold=threshold, splits=splits
+            in_memory_if_small(embeddings.vectors),
+            graph=graph.result,
+            threshold=threshold,
+            splits=splits,
         )
 
     return cached(
@@ -310,10 +318,11 @@ def _index_key(embeddings: EmbeddingSet) -> str:
     return result_key(embeddings, "search-index", **GRAPH_PARAMS)
 
 
-def _hnsw_index(ds: Dataset, embeddings: EmbeddingSet) -> NeighborIndex:
-    """Build the HNSW index of the shared graph's settings and store it (artefact 'search-index')."""
+def _hnsw_index(ds: Dataset, embeddings: EmbeddingSet, vectors: Any = None) -> NeighborIndex:
+    """Build the HNSW index of the shared graph's settings and store it (artefact 'search-index').
+    ``vectors``: the set's rows if already read (:func:`in_memory_if_small`)."""
     index = NeighborIndex(
-        embeddings.vectors,
+        embeddings.vectors if vectors is None else vectors,
         metric=GRAPH_PARAMS["metric"],
         method="hnsw",
         random_state=GRAPH_PARAMS["random_state"],
@@ -326,6 +335,17 @@ def _hnsw_index(ds: Dataset, embeddings: EmbeddingSet) -> NeighborIndex:
         files={"faiss": index.write_graph},
     )
     return index
+
+
+def _index_pca_axes(ds: Dataset, embeddings: EmbeddingSet) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, components) of the stored HNSW index's PCA (fitted on the normalised rows), or
+    None: the projection takes its leading axes instead of fitting its own."""
+    if search_method(len(embeddings.ids)) != "hnsw":
+        return None
+    stored = ds.load_artefact("search-index", _index_key(embeddings))
+    if stored is None or "pca_mean" not in stored[0]:
+        return None
+    return stored[0]["pca_mean"], stored[0]["pca_components"]
 
 
 def neighbor_index(ds: Dataset, embeddings: EmbeddingSet | None = None) -> NeighborIndex:

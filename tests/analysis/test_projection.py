@@ -32,6 +32,24 @@ def test_trustworthiness_on_real_fashion_mnist(real: dict[str, np.ndarray]) -> N
     )
 
 
+@pytest.mark.slow
+def test_the_hnsw_index_axes_give_as_faithful_a_map(real: dict[str, np.ndarray]) -> None:
+    """The workflow hands the projection the search index's PCA (128 axes of the normalised
+    rows) instead of fitting 50 again: the map is as trustworthy as with its own fit."""
+    from shoal.analysis.knn import NeighborIndex
+
+    x = real["fmnist"]
+    index = NeighborIndex(x, method="hnsw")
+    arrays = index.to_arrays()
+    assert arrays["pca_components"].shape == (128, x.shape[1])
+    graph = build_knn_graph(x, n_neighbors=15, method="hnsw", index=index)
+    own = project(x, graph=graph)
+    given = project(x, graph=graph, pca_axes=(arrays["pca_mean"], arrays["pca_components"]))
+    assert given.params["pca_fitted"] == "given" and "pca_fitted" not in own.params
+    assert given.trustworthiness >= own.trustworthiness - 0.01
+    assert given.trustworthiness >= 0.9
+
+
 def test_small_projection_is_reproducible_and_faithful() -> None:
     x, _ = clustered_embeddings(600, dim=32, n_clusters=5, seed=0)
     graph = build_knn_graph(x, n_neighbors=15)

@@ -9,7 +9,7 @@ import pytest
 
 from shoal.analysis.knn import NeighborIndex, build_knn_graph
 from shoal.store import vectors as module
-from shoal.store.vectors import VectorFile, VectorWriter
+from shoal.store.vectors import VectorFile, VectorWriter, in_memory_if_small
 
 
 def _rss_file_kib() -> int:
@@ -119,3 +119,15 @@ def test_a_stored_hnsw_index_answers_as_the_one_built(
         NeighborIndex.from_arrays(
             real["fmnist"][:10], built.to_arrays(), built.to_meta(), tmp_path / "graph.faiss"
         )
+
+
+def test_a_small_set_is_read_whole_and_a_large_one_stays_a_file(
+    tmp_path: Path, real: dict[str, np.ndarray]
+) -> None:
+    matrix = real["fmnist"][:1000]
+    stored = _write(tmp_path / "v.npy", matrix)
+    whole = in_memory_if_small(stored, max_bytes=matrix.nbytes)
+    assert isinstance(whole, np.ndarray) and whole.dtype == np.float32
+    np.testing.assert_array_equal(whole, matrix)
+    assert in_memory_if_small(stored, max_bytes=matrix.nbytes - 1) is stored
+    assert in_memory_if_small(matrix, max_bytes=0) is matrix  # arrays pass through
