@@ -126,7 +126,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
     p = add(
         "add-embeddings",
-        "Attach embeddings made by your own model (.npy, .parquet or .csv).",
+        "Attach embeddings made by your own model (.npy, .parquet or .csv); a file keyed by "
+        "object_id attaches box embeddings to a detection dataset's boxes.",
         cmd_add_embeddings,
     )
     p.add_argument("name", help="dataset")

@@ -35,6 +35,8 @@ from shoal.store import Dataset, EmbeddingInfo, StoreError, Workspace, validate_
 from shoal.store.vectors import read_npy_header
 
 USER_MODEL = "user-provided"
+#: The id columns an embeddings file may have: ``object_id`` (a box's embedding) first.
+EMBEDDING_ID_COLUMNS = ("object_id", *ID_COLUMNS)
 PathLike = str | os.PathLike[str]
 NPY_MAGIC = b"\x93NUMPY"
 SAVE_NPY = "save a (n_samples, dim) float array with np.save(file, array)"
@@ -61,6 +63,7 @@ class EmbeddingsFile:
     dim: int
     ids: np.ndarray | None
     vector_column: str | None = None  # a Parquet list column; None: one column per dimension
+    id_column: str | None = None  # "object_id" for boxes' embeddings
     value_columns: list[str] = field(default_factory=list)  # csv/parquet numeric columns
     npy_offset: int = 0
     npy_dtype: np.dtype[Any] | None = None
@@ -315,7 +318,7 @@ def _parquet_file(path: Path) -> pq.ParquetFile:
 def _open_parquet(path: Path) -> EmbeddingsFile:
     parquet = _parquet_file(path)
     schema = parquet.schema_arrow
-    id_column = _id_column(schema.names, path.name)
+    id_column = _id_column(schema.names, path.name, EMBEDDING_ID_COLUMNS)
     try:
         id_values = pd.Series(
             parquet.read(columns=[id_column], use_threads=False).column(0).to_pylist(),
@@ -331,14 +334,20 @@ def _open_parquet(path: Path) -> EmbeddingsFile:
     rows = len(ids)
     list_columns = [f.name for f in schema if _is_list(f.type)]
     if not list_columns:
-        value_columns = [name for name in schema.names if name != id_column]
+        value_columns = [name for name in schema.names if name not in _not_values(id_column)]
         if rows == 0 or not value_columns:
             raise EmbeddingFileError(
                 f"{path.name}: empty embeddings matrix ({rows}, {len(value_columns)}); give one "
                 "row per sample and at least one numeric column"
             )
         return EmbeddingsFile(
-            path, "parquet", rows, len(value_columns), ids, value_columns=value_columns
+            path,
+            "parquet",
+            rows,
+            len(value_columns),
+            ids,
+            value_columns=value_columns,
+            id_column=id_column,
         )
     column = "embedding" if "embedding" in list_columns else list_columns[0]
     kind = schema.field(column).type
@@ -365,7 +374,9 @@ def _open_parquet(path: Path) -> EmbeddingsFile:
             f"{path.name}: column {column!r} holds no values; store each embedding as a list of "
             "floats"
         )
-    return EmbeddingsFile(path, "parquet", rows, dim, ids, vector_column=column)
+    return EmbeddingsFile(
+        path, "parquet", rows, dim, ids, vector_column=column, id_column=id_column
+    )
 
 
 def _open_csv(path: Path) -> EmbeddingsFile:
@@ -382,14 +393,14 @@ def _open_csv(path: Path) -> EmbeddingsFile:
             "with a header row"
         ) from error
     columns = [str(c) for c in header.columns]
-    id_column = _id_column(columns, path.name)
+    id_column = _id_column(columns, path.name, EMBEDDING_ID_COLUMNS)
     parts = [
         chunk[id_column]
         for chunk in _csv_chunks(path, READ_BLOCK_ROWS * 4, usecols=[id_column], dtype=str)
     ]
     id_values = pd.concat(parts, ignore_index=True) if parts else pd.Series([], dtype=object)
     check_id_lengths(id_values, path.name, id_column, first_row=2)
-    value_columns = [c for c in columns if c != id_column]
+    value_columns = [c for c in columns if c not in _not_values(id_column)]
     if len(id_values) == 0 or not value_columns:
         raise EmbeddingFileError(
             f"{path.name}: empty embeddings matrix ({len(id_values)}, {len(value_columns)}); "
@@ -402,6 +413,7 @@ def _open_csv(path: Path) -> EmbeddingsFile:
         len(value_columns),
         id_values.astype(str).to_numpy(dtype=object),
         value_columns=value_columns,
+        id_column=id_column,
     )
 
 
@@ -433,14 +445,20 @@ def _numeric_columns(frame: pd.DataFrame, file_name: str, *, first_row: int = 0)
     return frame.to_numpy(dtype=np.float32)
 
 
-def _id_column(columns: list[str], file_name: str) -> str:
+def _id_column(columns: list[str], file_name: str, candidates: tuple[str, ...] = ID_COLUMNS) -> str:
     lowered = {str(c).lower(): c for c in columns}
-    for candidate in ID_COLUMNS:
+    for candidate in candidates:
         if candidate in lowered:
             return str(lowered[candidate])
     raise EmbeddingFileError(
-        f"{file_name}: no id column; name one of {', '.join(ID_COLUMNS)} (columns found: {', '.join(map(str, columns[:8]))})"
+        f"{file_name}: no id column; name one of {', '.join(candidates)} (columns found: {', '.join(map(str, columns[:8]))})"
     )
+
+
+def _not_values(id_column: str) -> set[str]:
+    """Columns of a one-column-per-dimension file that are not dimensions: its id column, and
+    for boxes (``object_id``) also the image's ``sample_id`` they usually carry."""
+    return {id_column, "sample_id"} if id_column.lower() == "object_id" else {id_column}
 
 
 def _check_finite(
@@ -497,9 +515,10 @@ def target_rows(
         missing = np.ones(len(known_ids), dtype=bool)
         missing[rows] = False
         example = known_ids[np.flatnonzero(missing)[0]]
+        unit = "box" if "object_id" in known_as else "sample"
         raise EmbeddingFileError(
-            f"{file_name}: no embedding for {len(known_ids) - len(rows)} sample(s), e.g. "
-            f"{str(example)!r}; give one row per sample"
+            f"{file_name}: no embedding for {len(known_ids) - len(rows)} {unit}(s), e.g. "
+            f"{str(example)!r}; give one row per {unit}"
         )
     if np.array_equal(rows, np.arange(len(rows))):
         return None
@@ -543,6 +562,7 @@ def write_aligned(
     *,
     model: str = USER_MODEL,
     make_default: bool = False,
+    level: str = "sample",
     progress: ProgressCallback | None = None,
 ) -> EmbeddingInfo:
     """Stream ``opened`` into a new version of ``dataset``'s set ``name``, row ``i`` of the file
@@ -554,6 +574,7 @@ def write_aligned(
         dim=opened.dim,
         model=model,
         preprocessing={"source_file": opened.name},
+        level=level,
         make_default=make_default,
     ) as draft:
         draft.ids = known_ids
@@ -576,15 +597,44 @@ def add_embeddings(
     progress: ProgressCallback | None = None,
 ) -> EmbeddingInfo:
     """Validate an embeddings file against the dataset's samples and store it as ``name``
-    (the dataset's default set when it has none yet), streamed block by block."""
+    (the dataset's default set when it has none yet), streamed block by block.
+
+    A file keyed by ``object_id`` holds box embeddings (a detector's, one per box): it must
+    give one row per box of the dataset's objects table and becomes an object-level set."""
     validate_name(name, what="embedding")
     opened = open_embeddings_file(file, ids_file=ids_file)
-    known = dataset.samples()["sample_id"].astype(str).to_numpy()
-    expected_dim = dataset.embedding_info(name).dim if name in dataset.embedding_names() else None
-    _check_dim(opened.dim, expected_dim, opened.name)
-    rows = target_rows(opened.ids, opened.rows, known, opened.name)
+    level, known, known_as = "sample", None, "the dataset's sample_id column"
+    if (opened.id_column or "").lower() == "object_id":
+        objects = dataset.objects()
+        if objects is None:
+            raise EmbeddingFileError(
+                f"{opened.name} is keyed by object_id (box embeddings), but dataset "
+                f"{dataset.name!r} has no boxes; import the boxes first (shoal import-coco or "
+                "import-voc), or name the id column sample_id for one embedding per image"
+            )
+        level, known_as = "object", "the dataset's object_id column (its boxes)"
+        known = objects["object_id"].astype(str).to_numpy()
+    else:
+        known = dataset.samples()["sample_id"].astype(str).to_numpy()
+    if name in dataset.embedding_names():
+        existing = dataset.embedding_info(name)
+        if existing.level != level:
+            raise EmbeddingFileError(
+                f"{opened.name} holds {level}-level embeddings but set {name!r} is "
+                f"{existing.level}-level; store it under another name (--embedding)"
+            )
+        _check_dim(opened.dim, existing.dim, opened.name)
+    rows = target_rows(opened.ids, opened.rows, known, opened.name, known_as=known_as)
     return write_aligned(
-        dataset, name, opened, rows, known, model=model, make_default=True, progress=progress
+        dataset,
+        name,
+        opened,
+        rows,
+        known,
+        model=model,
+        make_default=True,
+        level=level,
+        progress=progress,
     )
 
 
@@ -635,6 +685,12 @@ def create_from_embeddings(
     """
     check_new_dataset(workspace, dataset)
     opened = open_embeddings_file(embeddings_file, ids_file=ids_file)
+    if (opened.id_column or "").lower() == "object_id":
+        raise EmbeddingFileError(
+            f"{opened.name} is keyed by object_id: box embeddings belong to the boxes of a "
+            "detection dataset; import its images and boxes first (shoal import-coco), then "
+            f"attach them with shoal add-embeddings DATASET {opened.name}"
+        )
     ids = opened.ids
     layout = embeddings_table_columns(embeddings_file) if metadata_file is None else None
     metadata_columns = None

@@ -179,3 +179,67 @@ def test_a_huge_id_is_refused_naming_its_row(workspace: Workspace, tmp_path: Pat
     staged = Dataset(workspace.staging_dir("guard"))
     with pytest.raises(StoreError, match="id at row 1 has 300 characters"):
         staged.publish_embeddings("e", np.zeros((2, 2)), ["a", "b" * 300], model="m")
+
+
+def test_box_embeddings_keyed_by_object_id_become_an_object_level_set(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """A detector's own box embeddings: a file keyed by ``object_id`` (any order, the image's
+    ``sample_id`` beside it) attaches to the dataset's boxes; the analyses then run on it."""
+    from shoal.workflows import analyse
+    from tests.shoal.ingest.detection_fixture import import_street
+
+    ds = import_street(workspace).open("street")
+    objects = ds.objects()
+    assert objects is not None
+    order = np.random.default_rng(0).permutation(len(objects))
+    vectors = np.random.default_rng(1).normal(size=(len(objects), 8)).astype(np.float32)
+    shuffled = objects.iloc[order]
+    table = pa.table(
+        {
+            "object_id": shuffled["object_id"].astype(str).tolist(),
+            "sample_id": shuffled["sample_id"].astype(str).tolist(),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[order].ravel()), 8),
+        }
+    )
+    pq.write_table(table, tmp_path / "boxes.parquet")
+    info = add_embeddings(ds, tmp_path / "boxes.parquet", name="detector")
+    assert info.level == "object" and info.count == len(objects)
+    stored = ds.load_embeddings("detector")
+    assert stored.ids.astype(str).tolist() == objects["object_id"].astype(str).tolist()
+    np.testing.assert_allclose(np.asarray(stored.vectors), vectors)
+    assert ds.default_embedding(level="object") == "detector"
+    assert ds.default_embedding(level="sample") is None  # no image-level set was made
+
+    # The same as CSV: sample_id is not taken for a dimension.
+    frame = shuffled[["object_id", "sample_id"]].reset_index(drop=True)
+    frame = pd.concat(
+        [frame, pd.DataFrame(vectors[order], columns=[f"d{i}" for i in range(8)])], axis=1
+    )
+    frame.to_csv(tmp_path / "boxes.csv", index=False)
+    assert add_embeddings(ds, tmp_path / "boxes.csv", name="detector").dim == 8
+
+    outliers = analyse.outliers(ds, "detector")
+    assert len(outliers.result.scores) == len(objects)
+
+    # Every box needs its row; the message says which box.
+    pq.write_table(table.slice(1), tmp_path / "short.parquet")
+    with pytest.raises(EmbeddingFileError, match=r"no embedding for 1 box\(s\)"):
+        add_embeddings(ds, tmp_path / "short.parquet", name="other")
+    # Not into an image-level set, and not onto a dataset without boxes.
+    image_ids = ds.samples()["sample_id"].astype(str).tolist()
+    _parquet(tmp_path / "images.parquet", image_ids, [[1.0] * 8] * len(image_ids))
+    assert add_embeddings(ds, tmp_path / "images.parquet", name="images").level == "sample"
+    with pytest.raises(EmbeddingFileError, match="object-level embeddings but set 'images'"):
+        add_embeddings(ds, tmp_path / "boxes.parquet", name="images")
+    plain = workspace.create(
+        "plain",
+        pd.DataFrame(
+            {"sample_id": ["a"], "source": ["a"], "path": [None], "split": [None], "label": [None]}
+        ),
+        has_images=False,
+    )
+    with pytest.raises(EmbeddingFileError, match="has no boxes; import the boxes first"):
+        add_embeddings(plain, tmp_path / "boxes.parquet")
+    with pytest.raises(EmbeddingFileError, match="keyed by object_id"):
+        create_from_embeddings(workspace, "boxes-only", tmp_path / "boxes.parquet")
