@@ -54,7 +54,7 @@ def _pick_dataset() -> None:
 
 
 def _pick_level() -> None:
-    st.session_state["level"] = "object" if st.session_state["_level_picker"] == "object" else None
+    st.session_state["level"] = st.session_state["_level_picker"]  # "sample" or "object"
     st.session_state["embedding"] = None
     for key in ("view_sel", "similar_sel", "similar_q"):  # row selections of the other level
         st.session_state.pop(key, None)

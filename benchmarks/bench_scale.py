@@ -74,6 +74,7 @@ OUT = RESULTS / "scale.json"
 SCRIPT = Path(__file__).resolve()
 STEPS = (
     "import",
+    "attach",
     "graph",
     "recall",
     "project",
@@ -99,8 +100,14 @@ PAGES = {
     "compare": "compare",
 }
 RESULT_MARKER = "BENCH-RESULT "
+#: The object level: boxes per generated image, and the images' side in pixels.
+BOXES_PER_IMAGE = 10
+BOX_IMAGE_PX = 96
+PHOTOS = ROOT / "sample_data"
+LEVELS = ("sample", "object")
 TARGETS = {
     "import": "peak RSS <= 2 GB",
+    "attach": "peak RSS <= 2 GB",
     "graph": "<= 5 min, <= 4 GB",
     "recall": "recall@10 >= 0.90",
     "project": "<= 10 min with graph, trust >= 0.90, <= 4 GB",
@@ -175,6 +182,70 @@ def write_sample_file(path: Path, n_samples: int, *, seed: int, noise: float) ->
             )
             writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
     partial.replace(path)
+
+
+def box_folder(parquet: Path) -> Path:
+    """Where the object-level files made from ``parquet`` live: ``images/``, ``instances.json``
+    (COCO) and, once the dataset is imported, ``boxes.parquet`` and ``first-object-id.txt``."""
+    return parquet.with_name(parquet.stem.replace("grown-", "boxes-"))
+
+
+def write_box_files(folder: Path, parquet: Path) -> None:
+    """A COCO detection set with one box per row of ``parquet``: ``BOXES_PER_IMAGE`` boxes on
+    each of rows / ``BOXES_PER_IMAGE`` small JPEGs (random crops of the real sample photos,
+    resized to ``BOX_IMAGE_PX``), each box's category the label of its row and its annotation
+    id the row number, so the row's vector becomes the box's embedding."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    labels = pq.read_table(parquet, columns=["label"]).column(0).to_numpy(zero_copy_only=False)
+    n_boxes = len(labels)
+    n_images = -(-n_boxes // BOXES_PER_IMAGE)
+    photos = [Image.open(path).convert("RGB") for path in sorted(PHOTOS.rglob("*.jpg"))]
+    rng = np.random.default_rng(0)
+    images_dir = folder / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    size = BOX_IMAGE_PX
+    images = []
+    for image in range(n_images):
+        photo = photos[int(rng.integers(len(photos)))]
+        width, height = photo.size
+        crop_w, crop_h = (max(8, int(side * rng.uniform(0.5, 1.0))) for side in (width, height))
+        left, top = (
+            int(rng.integers(0, width - crop_w + 1)),
+            int(rng.integers(0, height - crop_h + 1)),
+        )
+        file_name = f"i{image:07d}.jpg"
+        photo.crop((left, top, left + crop_w, top + crop_h)).resize((size, size)).save(
+            images_dir / file_name, quality=85
+        )
+        images.append({"id": image, "file_name": file_name, "width": size, "height": size})
+    names = sorted(set(labels.tolist()))
+    category = {name: number + 1 for number, name in enumerate(names)}
+    corner = rng.uniform(0, size - 16, (n_boxes, 2))
+    extent = 8 + rng.uniform(0, 1, (n_boxes, 2)) * (size - corner - 8)  # inside the image
+    annotations = [
+        {
+            "id": row,
+            "image_id": row // BOXES_PER_IMAGE,
+            "category_id": category[labels[row]],
+            "bbox": [
+                round(float(corner[row, 0]), 1),
+                round(float(corner[row, 1]), 1),
+                round(float(extent[row, 0]), 1),
+                round(float(extent[row, 1]), 1),
+            ],
+        }
+        for row in range(n_boxes)
+    ]
+    coco = {
+        "images": images,
+        "categories": [{"id": number, "name": name} for name, number in category.items()],
+        "annotations": annotations,
+    }
+    partial = folder / "instances.json.partial"
+    partial.write_text(json.dumps(coco))
+    partial.replace(folder / "instances.json")
 
 
 # --------------------------------------------------------------------------- measured children
@@ -278,27 +349,34 @@ def child_main(argv: list[str]) -> int:
         path, n_samples, seed, noise = rest
         write_sample_file(Path(path), int(n_samples), seed=int(seed), noise=float(noise))
         return 0
-    workspace, dataset, *rest = rest
+    if kind == "boxes":
+        folder, parquet = rest
+        write_box_files(Path(folder), Path(parquet))
+        return 0
+    workspace, dataset, embedding, *rest = rest
     from shoal.store import Workspace
 
     ds = Workspace(workspace).open(dataset)
+    name = None if embedding == "-" else embedding
     if kind == "graph":
-        figures = child_graph(ds)
+        figures = child_graph(ds, name)
     elif kind == "recall":
-        figures = child_recall(ds, n_rows=int(rest[0]), seed=int(rest[1]))
+        figures = child_recall(ds, name, n_rows=int(rest[0]), seed=int(rest[1]))
     elif kind == "query":
-        figures = child_query(ds, n_queries=int(rest[0]), seed=int(rest[1]))
+        figures = child_query(ds, name, n_queries=int(rest[0]), seed=int(rest[1]))
+    elif kind == "box-vectors":
+        figures = child_box_vectors(ds, Path(rest[0]), Path(rest[1]))
     else:
         raise SystemExit(f"unknown child {kind!r}")
     print(RESULT_MARKER + json.dumps(figures), flush=True)
     return 0
 
 
-def child_graph(ds: Any) -> dict[str, Any]:
+def child_graph(ds: Any, embedding: str | None) -> dict[str, Any]:
     from shoal.workflows.analyse import knn_graph
 
     started = time.perf_counter()
-    computed = knn_graph(ds)
+    computed = knn_graph(ds, embedding)
     return {
         "seconds_in_process": time.perf_counter() - started,
         "method": computed.result.method,
@@ -307,12 +385,12 @@ def child_graph(ds: Any) -> dict[str, Any]:
     }
 
 
-def child_recall(ds: Any, *, n_rows: int, seed: int) -> dict[str, Any]:
+def child_recall(ds: Any, embedding: str | None, *, n_rows: int, seed: int) -> dict[str, Any]:
     from shoal.analysis.knn import recall_at_k
     from shoal.workflows.analyse import knn_graph
 
-    graph = knn_graph(ds).result
-    vectors = ds.load_embeddings().vectors
+    graph = knn_graph(ds, embedding).result
+    vectors = ds.load_embeddings(embedding).vectors
     rows = np.random.default_rng(seed).choice(
         len(vectors), min(n_rows, len(vectors)), replace=False
     )
@@ -357,18 +435,55 @@ def exact_top_k(vectors: Any, rows: np.ndarray, *, k: int) -> np.ndarray:
     return np.take_along_axis(best_rows, order, axis=1)
 
 
-def child_query(ds: Any, *, n_queries: int, seed: int) -> dict[str, Any]:
+def child_box_vectors(ds: Any, parquet: Path, folder: Path) -> dict[str, Any]:
+    """Write ``folder/boxes.parquet``: each imported box's ``object_id`` and the vector of the
+    ``parquet`` row its annotation id names (rows in ``parquet`` order, one row group at a
+    time), plus ``first-object-id.txt`` for the similar steps. Data preparation, not Shoal."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    objects = ds.objects()
+    rows = objects["origin"].str.rsplit(" ", n=1).str[1].astype(np.int64).to_numpy()
+    object_ids = np.empty(int(rows.max()) + 1, dtype=object)
+    object_ids[rows] = objects["object_id"].astype(str).to_numpy()
+    imported = np.zeros(len(object_ids), dtype=bool)
+    imported[rows] = True
+    source = pq.ParquetFile(parquet)
+    out = folder / "boxes.parquet"
+    schema = pa.schema(
+        [("object_id", pa.string()), ("embedding", source.schema_arrow.field("embedding").type)]
+    )
+    start = 0
+    with pq.ParquetWriter(out, schema) as writer:
+        for batch in source.iter_batches(batch_size=ROW_GROUP_ROWS, columns=["embedding"]):
+            stop = min(len(object_ids), start + len(batch))
+            keep = imported[start:stop]
+            if keep.any():
+                table = pa.table(
+                    {
+                        "object_id": pa.array(object_ids[start:stop][keep].tolist(), pa.string()),
+                        "embedding": batch.column(0).slice(0, stop - start).filter(pa.array(keep)),
+                    },
+                    schema=schema,
+                )
+                writer.write_table(table)
+            start = stop
+    (folder / "first-object-id.txt").write_text(str(object_ids[rows.min()]))
+    return {"n_boxes": int(imported.sum()), "n_images": int(objects["sample_id"].nunique())}
+
+
+def child_query(ds: Any, embedding: str | None, *, n_queries: int, seed: int) -> dict[str, Any]:
     from shoal.workflows.analyse import similar
 
-    ids = np.asarray(ds.load_embeddings().ids).astype(str)
+    ids = np.asarray(ds.load_embeddings(embedding).ids).astype(str)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
-    similar(ds, sample_ids=[str(ids[0])], k=50)
+    similar(ds, embedding, sample_ids=[str(ids[0])], k=50)
     first_ms = (time.perf_counter() - started) * 1000
     latencies = []
     for row in rng.choice(len(ids), n_queries, replace=len(ids) < n_queries):
         started = time.perf_counter()
-        similar(ds, sample_ids=[str(ids[row])], k=50)
+        similar(ds, embedding, sample_ids=[str(ids[row])], k=50)
         latencies.append((time.perf_counter() - started) * 1000)
     return {
         "first_query_ms": first_ms,
@@ -476,10 +591,11 @@ def wait_rendered(page: Any, url: str, *, timeout: float, quiet: float = 1.0) ->
     return rendered
 
 
-def start_analysis(page: Any, url: str, dataset: str, *, timeout: float) -> dict[str, Any]:
+def start_analysis(page: Any, url: str, query: str, *, timeout: float) -> dict[str, Any]:
     """A large set's pages wait for the app's background 'analyse' job: start it from the Map
-    page as a visitor would (its results are cache hits after the CLI steps) and wait for the map."""
-    wait_rendered(page, f"{url}/map?ds={dataset}", timeout=timeout)
+    page as a visitor would (its results are cache hits after the CLI steps) and wait for the map.
+    ``query``: the pages' URL query (``ds=NAME``, and ``&emb=SET`` for another embedding set)."""
+    wait_rendered(page, f"{url}/map?{query}", timeout=timeout)
     button = page.get_by_role("button", name="Compute the map")
     if not button.count():
         return {"needed": False}
@@ -496,9 +612,7 @@ def start_analysis(page: Any, url: str, dataset: str, *, timeout: float) -> dict
     return job
 
 
-def server_step(
-    workspace: Path, dataset: str, *, logs: Path, page_timeout: float
-) -> dict[str, Any]:
+def server_step(workspace: Path, query: str, *, logs: Path, page_timeout: float) -> dict[str, Any]:
     """Open every page of a served workspace in headless Chromium; the server's peak RSS."""
     record: dict[str, Any] = {"pages": {}}
     started = time.perf_counter()
@@ -520,14 +634,14 @@ def server_step(
                         page = browser.new_page(viewport={"width": 1400, "height": 1000})
                         try:
                             record["analyse_job"] = start_analysis(
-                                page, url, dataset, timeout=page_timeout
+                                page, url, query, timeout=page_timeout
                             )
                         except Exception as error:  # noqa: BLE001 - recorded, pages still timed
                             record["analyse_job"] = {"error": f"{type(error).__name__}: {error}"}
                         for name, path in PAGES.items():
                             try:
                                 opened = wait_rendered(
-                                    page, f"{url}/{path}?ds={dataset}", timeout=page_timeout
+                                    page, f"{url}/{path}?{query}", timeout=page_timeout
                                 )
                             except Exception as error:  # noqa: BLE001 - recorded, next page
                                 opened = {"error": f"{type(error).__name__}: {error}"[:500]}
@@ -554,25 +668,81 @@ def server_step(
 # --------------------------------------------------------------------------- one size
 
 
+@dataclass(frozen=True)
+class Target:
+    """What one size's steps run on: its workspace and dataset, the embedding set ("-": the
+    dataset's default), the grown Parquet file, and at the object level the box files' folder."""
+
+    n_samples: int
+    level: str
+    workspace: Path
+    logs: Path
+    dataset: str
+    embedding: str
+    parquet: Path
+    boxes: Path | None
+
+    @property
+    def embedding_options(self) -> list[str]:
+        return [] if self.embedding == "-" else ["--embedding", self.embedding]
+
+    @property
+    def query(self) -> str:
+        """The app pages' URL query."""
+        if self.embedding == "-":
+            return f"ds={self.dataset}"
+        return f"ds={self.dataset}&level={self.level}&emb={self.embedding}"
+
+    def first_id(self) -> str:
+        if self.boxes is None:
+            return "s0000000"
+        return (self.boxes / "first-object-id.txt").read_text().strip()
+
+
+def size_key(n_samples: int, level: str) -> str:
+    """The report's key of one size (and its workspace's suffix): "1000000", "objects-1000000"."""
+    return str(n_samples) if level == "sample" else f"objects-{n_samples}"
+
+
 def run_size(
     n_samples: int, steps: Sequence[str], args: argparse.Namespace
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every requested step on one size; (facts about the run, figures per step)."""
     work: Path = args.work
-    workspace = work / f"ws-{n_samples}"
-    logs = work / "logs" / str(n_samples)
-    dataset = f"scale{n_samples}"
+    key = size_key(n_samples, args.level)
     parquet = sample_path(work, n_samples, seed=args.seed, noise=args.noise)
-    facts: dict[str, Any] = {"dataset": dataset, "parquet": str(parquet)}
+    objects = args.level == "object"
+    target = Target(
+        n_samples=n_samples,
+        level=args.level,
+        workspace=work / f"ws-{key}",
+        logs=work / "logs" / key,
+        dataset=f"boxes{n_samples}" if objects else f"scale{n_samples}",
+        embedding="boxes" if objects else "-",
+        parquet=parquet,
+        boxes=box_folder(parquet) if objects else None,
+    )
+    facts: dict[str, Any] = {"dataset": target.dataset, "parquet": str(parquet)}
+    if objects:
+        # The generated COCO set has no splits to compare; the box files replace the import.
+        facts["boxes"] = str(target.boxes)
+        facts["not_run"] = {"compare": "the generated COCO set has no splits"}
+        steps = [step for step in steps if step != "compare"]
+    else:
+        steps = [step for step in steps if step != "attach"]
+    # Data files in children too: a child's ru_maxrss starts at this process's own peak (exec
+    # keeps the high-water mark of the memory it replaces), so this process must stay small.
+    making = []
     if not parquet.exists():
-        # In a child too: a child's ru_maxrss starts at this process's own peak (exec keeps the
-        # high-water mark of the memory it replaces), so this process must stay small.
-        command = [sys.executable, str(SCRIPT), "--child", "generate", str(parquet)]
-        command += [str(n_samples), str(args.seed), str(args.noise)]
-        generated = measure(command, logs=logs, name="generate", timeout=args.timeout)
-        facts["generate"] = generated.record()
-        if generated.returncode != 0:
-            reason = f"the sample file was not written: {tail(generated.stderr, 1)}"
+        making.append(("generate", [str(parquet), str(n_samples), str(args.seed), str(args.noise)]))
+    if target.boxes is not None and not (target.boxes / "instances.json").exists():
+        making.append(("boxes", [str(target.boxes), str(parquet)]))
+    for kind, child_args in making:
+        command = [sys.executable, str(SCRIPT), "--child", kind, *child_args]
+        made = measure(command, logs=target.logs, name=kind, timeout=args.timeout)
+        facts[kind] = made.record()
+        if made.returncode != 0:
+            reason = f"the {kind} files were not written: {tail(made.stderr, 1)}"
             return facts, {step: {"ok": False, "error": reason} for step in steps}
     facts.update(
         parquet_mb=parquet.stat().st_size / 1024**2,
@@ -580,61 +750,95 @@ def run_size(
         machine=machine(),
         commit=commit(),
     )
-    if "import" in steps and workspace.exists():
-        shutil.rmtree(workspace)  # a fresh workspace: nothing cached from an earlier run
-    sample_id = "s0000000"
+    if "import" in steps and target.workspace.exists():
+        shutil.rmtree(target.workspace)  # a fresh workspace: nothing cached from an earlier run
     figures: dict[str, Any] = {}
+    label = f"[{n_samples:,}{' boxes' if objects else ''}]"
     for step in steps:
-        print(f"[{n_samples:,}] {step} ...", file=sys.stderr, flush=True)
+        print(f"{label} {step} ...", file=sys.stderr, flush=True)
         try:
-            figures[step] = run_step(step, workspace, dataset, parquet, sample_id, logs, args)
+            figures[step] = run_step(step, target, args)
         except Exception as error:  # noqa: BLE001 - one broken step must not end the run
             figures[step] = {"ok": False, "error": f"{type(error).__name__}: {error}"[:1000]}
         figures[step]["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-        if step == "import" and figures[step].get("ok"):
+        if step in ("import", "attach") and figures[step].get("ok"):
             figures[step]["rows_per_second"] = n_samples / figures[step]["seconds"]
-        print(f"[{n_samples:,}] {step}: {summary_line(figures[step])}", file=sys.stderr, flush=True)
+        print(f"{label} {step}: {summary_line(figures[step])}", file=sys.stderr, flush=True)
     facts["load_average_after"] = os.getloadavg()[0]
     facts["launcher_peak_rss_mb"] = own_peak_rss_mb()
     if not args.keep:
-        shutil.rmtree(workspace, ignore_errors=True)
+        shutil.rmtree(target.workspace, ignore_errors=True)
     return facts, figures
 
 
-def run_step(
-    step: str,
-    workspace: Path,
-    dataset: str,
-    parquet: Path,
-    sample_id: str,
-    logs: Path,
-    args: argparse.Namespace,
-) -> dict[str, Any]:
+def run_step(step: str, target: Target, args: argparse.Namespace) -> dict[str, Any]:
     def timed(command: list[str], name: str = step) -> Measured:
-        return measure(command, logs=logs, name=name, timeout=args.timeout)
+        return measure(command, logs=target.logs, name=name, timeout=args.timeout)
 
+    workspace, dataset = target.workspace, target.dataset
     if step == "server":
-        return server_step(workspace, dataset, logs=logs, page_timeout=args.page_timeout)
-    if step == "import":
-        run = timed(shoal_command(workspace, "import", str(parquet), "--dataset", dataset))
+        return server_step(
+            workspace, target.query, logs=target.logs, page_timeout=args.page_timeout
+        )
+    prepare_seconds = None
+    if step == "import" and target.boxes is not None:
+        run = timed(
+            shoal_command(
+                workspace,
+                "import-coco",
+                str(target.boxes / "instances.json"),
+                "--images",
+                str(target.boxes / "images"),
+                "--dataset",
+                dataset,
+            )
+        )
+    elif step == "import":
+        run = timed(shoal_command(workspace, "import", str(target.parquet), "--dataset", dataset))
+    elif step == "attach":
+        assert target.boxes is not None
+        prepared = timed(
+            child_command(
+                "box-vectors", workspace, dataset, "-", str(target.parquet), str(target.boxes)
+            ),
+            "attach-prepare",
+        )
+        if prepared.returncode != 0:
+            return prepared.record() | {"error": "boxes.parquet was not written"}
+        prepare_seconds = prepared.seconds
+        run = timed(
+            shoal_command(
+                workspace,
+                "add-embeddings",
+                dataset,
+                str(target.boxes / "boxes.parquet"),
+                "--embedding",
+                target.embedding,
+            )
+        )
     elif step in ("graph", "recall", "query"):
         extra = {
             "graph": [],
             "recall": [str(args.recall_rows), str(args.seed)],
             "query": [str(args.queries), str(args.seed)],
         }[step]
-        run = timed(child_command(step, workspace, dataset, *extra))
+        run = timed(child_command(step, workspace, dataset, target.embedding, *extra))
     else:
         options = {
             "compare": ["--reference", "split=train", "--current", "split=test"],
-            "similar": ["--sample", sample_id, "-k", "50"],
+            "similar": ["--sample", target.first_id(), "-k", "50"],
         }.get(step, [])
-        run = timed(shoal_command(workspace, step, dataset, *options))
+        run = timed(shoal_command(workspace, step, dataset, *options, *target.embedding_options))
     record = run.record() | run.result
+    if prepare_seconds is not None:
+        record["prepare_seconds"] = prepare_seconds  # writing boxes.parquet: not Shoal's time
     if run.returncode == 0 and step not in ("graph", "recall", "query"):
         record["summary"] = run.stdout.strip().splitlines()[0][:200] if run.stdout.strip() else ""
     if step == "project" and run.returncode == 0:
-        again = timed(shoal_command(workspace, "project", dataset, "--json"), "project-json")
+        again = timed(
+            shoal_command(workspace, "project", dataset, "--json", *target.embedding_options),
+            "project-json",
+        )
         record["json_seconds"] = again.seconds
         if again.returncode == 0:
             summary = json.loads(again.stdout)
@@ -696,7 +900,11 @@ def commit() -> str | None:
 # --------------------------------------------------------------------------- report
 
 
-def size_label(n_samples: int) -> str:
+def size_label(key: str) -> str:
+    """ "1M", "100k", "1M boxes" for a report key (:func:`size_key`)."""
+    if key.startswith("objects-"):
+        return size_label(key.removeprefix("objects-")) + " boxes"
+    n_samples = int(key)
     if n_samples % 1_000_000 == 0:
         return f"{n_samples // 1_000_000}M"
     if n_samples % 1_000 == 0:
@@ -718,7 +926,7 @@ def step_figures(step: str, record: dict[str, Any], sizes: dict[str, Any]) -> st
         else:
             reason = record.get("error") or record.get("stderr_tail") or record.get("browser")
             return cell(tail(str(reason or "failed"), 1)[:160])
-    if step == "import":
+    if step in ("import", "attach"):
         return f"{record['rows_per_second']:,.0f} rows/s" if "rows_per_second" in record else ""
     if step == "graph":
         return f"{record.get('method', '?')}, {record.get('seconds_in_process', float('nan')):.1f} s in process"
@@ -756,8 +964,8 @@ def step_figures(step: str, record: dict[str, Any], sizes: dict[str, Any]) -> st
     return cell(record.get("summary", "")[:100])
 
 
-def markdown(report: dict[str, Any], sizes: Sequence[int]) -> str:
-    entries = [(n, report["sizes"][str(n)]) for n in sizes if str(n) in report["sizes"]]
+def markdown(report: dict[str, Any], keys: Sequence[str]) -> str:
+    entries = [(key, report["sizes"][key]) for key in keys if key in report["sizes"]]
     if not entries:
         return "(no results)"
     first = entries[0][1]["run"]["machine"]
@@ -767,8 +975,8 @@ def markdown(report: dict[str, Any], sizes: Sequence[int]) -> str:
         "",
     ]
     header = ["step"]
-    for n, _ in entries:
-        label = size_label(n)
+    for key, _ in entries:
+        label = size_label(key)
         header += [f"{label} time", f"{label} peak RSS", f"{label} figures"]
     header.append("target at 1M")
     lines.append("| " + " | ".join(header) + " |")
@@ -817,6 +1025,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--steps", nargs="+", choices=STEPS, default=list(DEFAULT_STEPS), metavar="STEP"
     )
+    parser.add_argument(
+        "--level",
+        choices=LEVELS,
+        default="sample",
+        help="object: N boxes (N / 10 images) imported from COCO, embeddings attached by object_id",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/shoal-scale"))
     parser.add_argument("--keep", action="store_true", help="keep the workspaces afterwards")
     parser.add_argument(
@@ -843,7 +1057,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for n_samples in args.samples:
         facts, figures = run_size(n_samples, steps, args)
         data = {"noise": args.noise, "seed": args.seed}
-        entry = report["sizes"].setdefault(str(n_samples), {"steps": {}})
+        entry = report["sizes"].setdefault(size_key(n_samples, args.level), {"steps": {}})
         if {key: entry.get("run", {}).get(key) for key in data} != data:
             entry["steps"] = {}  # figures of other data are not merged with these
         entry["run"] = facts | data
@@ -852,7 +1066,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         OUT.write_text(
             json.dumps(report, indent=1, default=float)
         )  # after each size: a crash keeps it
-    print(markdown(report, args.samples))
+    print(markdown(report, [size_key(n, args.level) for n in args.samples]))
     return report
 
 

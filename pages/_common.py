@@ -323,8 +323,18 @@ def has_object_level(ds: Dataset) -> bool:
 
 
 def current_level(ds: Dataset) -> str:
-    """'object' when the session (or link) asks for objects and ``ds`` has them, else 'sample'."""
-    if st.session_state.get("level") == "object" and has_object_level(ds):
+    """'object' when ``ds`` has box embeddings and the session (or link) asks for objects, or
+    asks for nothing while the only sets are box sets or the link names one (``emb=``);
+    else 'sample'. The level picker records "sample" when a visitor chooses Images."""
+    if not has_object_level(ds):
+        return "sample"
+    wanted = st.session_state.get("level")
+    if wanted == "object":
+        return "object"
+    if wanted is None and (
+        ds.default_embedding(level="sample") is None
+        or st.session_state.get("embedding") in level_embedding_names(ds, "object")
+    ):
         return "object"
     return "sample"
 

@@ -57,6 +57,7 @@ if collection is not None:
 
 ID_COLUMN = "object_id" if "object_id" in samples else "sample_id"
 LEVEL = "object" if ID_COLUMN == "object_id" else "sample"
+ROWS = "boxes" if LEVEL == "object" else "samples"
 
 
 def keep(rows: np.ndarray, key: str, provenance: dict) -> None:
@@ -159,7 +160,7 @@ if section == "outliers":
         else "your threshold"
     )
     scope = (
-        f"{len(samples):,} samples"
+        f"{len(samples):,} {ROWS}"
         if collection is None
         else f"{int(members.sum()):,} members ({flagged_everywhere:,} in the whole dataset)"
     )
@@ -382,7 +383,7 @@ else:
         ui.stop()
     result = loaders.mislabels(ds, dataset_key, embedding, version)
     st.caption(
-        f"**{result.n_flagged:,}** of {len(samples):,} samples flagged: none of their labelled "
+        f"**{result.n_flagged:,}** of {len(samples):,} {ROWS} flagged: none of their labelled "
         "neighbours carries their label (score = 1 − neighbours' support for the given label, "
         "higher = more likely wrong; the suggestion is the neighbours' strongest class)."
     )

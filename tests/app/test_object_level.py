@@ -40,6 +40,43 @@ def test_level_switch_only_for_datasets_with_objects(
     assert not [w for w in plain.sidebar.get("segmented_control") if w.label == "Level"]
 
 
+def test_a_dataset_with_only_box_embeddings_opens_on_its_boxes(
+    workspace: Workspace, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Box embeddings from the user's own detector, no image-level set: the pages open at the
+    Objects level (Images would only say "no embeddings"), and choosing Images sticks."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shoal.ingest.embeddings import add_embeddings
+    from tests.shoal.ingest.detection_fixture import import_street
+
+    ds = import_street(workspace).open("street")
+    objects = ds.objects()
+    vectors = np.random.default_rng(0).normal(size=(len(objects), 16)).astype(np.float32)
+    table = pa.table(
+        {
+            "object_id": objects["object_id"].astype(str).tolist(),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 16),
+        }
+    )
+    pq.write_table(table, tmp_path / "boxes.parquet")
+    add_embeddings(ds, tmp_path / "boxes.parquet", name="detector")
+
+    at = open_app(workspace, monkeypatch, page="pages/map.py").run()
+    assert_clean(at)
+    levels = [w for w in at.sidebar.get("segmented_control") if w.label == "Level"]
+    assert len(levels) == 1 and levels[0].value == "object"
+    assert any(f"{len(objects)} objects" in c.value for c in at.caption)
+    levels[0].set_value("sample").run()
+    assert_clean(at)
+    assert [w for w in at.sidebar.get("segmented_control") if w.label == "Level"][0].value == (
+        "sample"
+    )
+    assert any("has no embeddings yet" in i.value for i in at.info)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("colour", ["status", "kind", "category"])
 def test_map_at_object_level_colours_by(
