@@ -2,7 +2,8 @@
 
 ``shoal serve`` runs ``streamlit run asgi.py``: Streamlit finds the ``app`` below and serves it
 as an ASGI application whose outermost middleware is :class:`shoal.app.gate.AccessGate`, so
-uploads, media, the websocket and the pages themselves are only reachable after the gate (a
+uploads, media, the websocket, the Map's hover cards (:mod:`shoal.app.details`) and the pages
+themselves are only reachable after the gate (a
 token, or OIDC sign-in plus the allow-list; see docs/team.md). The gate's policy is read once,
 at start: change the token or the settings, then restart the server.
 """
@@ -19,6 +20,7 @@ import streamlit as st
 from starlette.middleware import Middleware
 from streamlit import config
 
+from shoal.app import details
 from shoal.app.access import AllowList
 from shoal.app.gate import AccessGate, SignIn, policy_from
 
@@ -58,6 +60,7 @@ def _sign_in() -> SignIn | None:
 
 app = st.App(
     Path(__file__).with_name("app.py"),
+    routes=details.routes(),  # the Map's hover cards
     middleware=[
         Middleware(
             AccessGate,

@@ -231,6 +231,31 @@ def drag_lasso(
     return _wait_for_count(page, previous, time.perf_counter())
 
 
+def hover_card(page: Any, *, timeout: float = 30.0) -> tuple[dict[str, Any], float]:
+    """Rest the pointer on the map (trying a few spots until one is on a point); (the card the
+    map shows: ``{index, row, id}``, seconds from the pointer's rest until it showed)."""
+    canvas = page.locator('[data-testid="shoalMap"] canvas')
+    box = canvas.bounding_box()
+    assert box is not None
+    page.evaluate("window.shoalMapCard = undefined")
+    spots = [(0.5, 0.5), (0.35, 0.4), (0.6, 0.55), (0.45, 0.65), (0.3, 0.3), (0.7, 0.35)]
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        for fx, fy in spots:
+            x, y = box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
+            page.mouse.move(x - 3, y - 3)
+            page.mouse.move(x, y)
+            rested = time.perf_counter()
+            try:
+                page.wait_for_function(
+                    "() => window.shoalMapCard !== undefined", timeout=3_000, polling=20
+                )
+            except Exception:  # noqa: BLE001 - no point under this spot: the next one
+                continue
+            return page.evaluate("window.shoalMapCard"), time.perf_counter() - rested
+    raise TimeoutError("no hover card appeared")
+
+
 def js_heap_mb(page: Any) -> float:
     """The page's used JS heap (CDP Performance.getMetrics JSHeapUsedSize), in MB."""
     session = page.context.new_cdp_session(page)

@@ -307,14 +307,7 @@ def dataset_key(ds: Dataset) -> str:
 
 def dataset_stamp(ds: Dataset) -> str:
     """Changes whenever the samples table or any embedding set of ``ds`` changes (cache key)."""
-    parts = [str((ds.root / "samples.parquet").stat().st_mtime_ns)]
-    objects = ds.root / "objects.parquet"
-    if objects.exists():
-        parts.append(f"objects:{objects.stat().st_mtime_ns}")
-    embeddings = ds.root / "embeddings"
-    if embeddings.exists():
-        parts += sorted(f"{p.name}:{p.stat().st_mtime_ns}" for p in embeddings.glob("*.json"))
-    return "|".join(parts)
+    return ds.stamp()
 
 
 def has_object_level(ds: Dataset) -> bool:

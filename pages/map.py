@@ -10,6 +10,7 @@ from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
 from pages._map_component import scatter_map
+from shoal.app.details import card_query, card_urls
 from shoal.app.scatter import (
     Colouring,
     MapFrame,
@@ -244,6 +245,11 @@ if selection is not None and shown_on != header["points_id"]:
         extra["select"] = [frame.from_data(shape).round(6).tolist() for shape in shapes]
     elif len(selected_rows) <= MAX_SHOWN_ROWS:
         extra["select_rows"] = np.searchsorted(visible, selected_rows).tolist()
+# Hover cards: the browser asks the server for the point under the pointer (shoal.app.details).
+extra["card"] = card_urls(
+    str(st.get_option("server.baseUrlPath") or ""),
+    card_query(ds.name, embedding, collection=collection and collection.name),
+)
 event = scatter_map(with_header(body, {**header, **extra}), key="view_map")
 if event is not None:
     picked_token, picked_rows = None, np.empty(0, dtype=np.int64)

@@ -578,6 +578,18 @@ class Dataset:
             return None
         return arrays, meta
 
+    def stamp(self) -> str:
+        """Changes whenever the samples or objects table or any embedding set changes: a cache
+        key for what is derived from them (file modification times; nothing is read)."""
+        parts = [str((self.root / "samples.parquet").stat().st_mtime_ns)]
+        objects = self.root / "objects.parquet"
+        if objects.exists():
+            parts.append(f"objects:{objects.stat().st_mtime_ns}")
+        embeddings = self._embeddings_dir
+        if embeddings.exists():
+            parts += sorted(f"{p.name}:{p.stat().st_mtime_ns}" for p in embeddings.glob("*.json"))
+        return "|".join(parts)
+
     def describe(self) -> dict[str, Any]:
         """What the dataset holds, for listings. A damaged file does not make it fail: what it
         would have given is left empty and ``problems`` says which file and what to do."""

@@ -19,6 +19,7 @@ from benchmarks.bench_view import (
     build_map_dataset,
     drag_box,
     drag_lasso,
+    hover_card,
     open_map,
     selected_count,
     share_link,
@@ -69,6 +70,18 @@ def test_million_points_drawn_selected_and_shared(served: tuple[str, Any]) -> No
             for name in ("Box select", "Lasso select"):
                 assert page.get_by_role("button", name=name).count() == 1
             _no_exception(page)
+
+            # Resting the pointer on a point shows its card, fetched from the server by index.
+            card, _ = hover_card(page)
+            assert re.fullmatch(r"s\d{7}", card["id"]) and 0 <= card["row"] < N_POINTS
+            shown = page.locator('[data-testid="shoalMapCard"]')
+            assert shown.is_visible() and f"sample_id: {card['id']}" in shown.inner_text()
+            page.mouse.move(1, 1)  # off the map: the card goes
+            page.wait_for_function(
+                "() => getComputedStyle(document.querySelector("
+                "'[data-testid=\"shoalMapCard\"]')).display === 'none'",
+                timeout=5_000,
+            )
 
             count, _ = drag_box(page, (0.30, 0.30, 0.55, 0.60))
             # The synthetic map puts 12 clusters over the square: a quarter-of-the-map box holds

@@ -11,6 +11,11 @@
 // drawn box or lasso in the normalised space (null for a clicked point).
 // For tests and the benchmark the page exposes window.shoalMapDrawn ({id, n, ms}) once drawn,
 // window.shoalMapSelected (points highlighted), and the times of the last mouse-up and send.
+//
+// Hover cards: when the pointer rests on a point (any tool), the nearest point within a few
+// pixels is found here (one pass over the typed arrays: regl-scatterplot's own hover would
+// redraw every point) and its card fetched from the app server by index (header.card: the
+// URLs of shoal/app/details.py's routes); window.shoalMapCard says which card is shown.
 import createScatterplot from "regl-scatterplot";
 
 const MAGIC = "SHM1";
@@ -36,7 +41,19 @@ const CSS = `
   stroke-dasharray: 4 3; }
 .shoal-map-box { position: absolute; border: 1px dashed #1f4e79; background: rgba(31,78,121,0.12);
   pointer-events: none; z-index: 2; display: none; }
+.shoal-map-card { position: absolute; z-index: 4; display: none; max-width: 240px; padding: 6px 8px;
+  background: #fff; border: 1px solid #ccc; border-radius: 6px; box-shadow: 0 2px 8px rgba(0,0,0,.15);
+  font: 12px sans-serif; color: #333; pointer-events: none; }
+.shoal-map-card img { display: block; max-width: 160px; max-height: 160px; margin-bottom: 4px;
+  border-radius: 4px; }
+.shoal-map-card .title { font-weight: 600; margin-bottom: 2px; }
+.shoal-map-card .line { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 `;
+// How long the pointer rests before a card is looked up, and how near a point must be.
+const HOVER_MS = 150;
+const HOVER_PX = 8;
+const CARD_WIDTH = 250;
+const CARDS_KEPT = 500;
 
 function decode(data) {
   const bytes =
@@ -130,9 +147,10 @@ function build(parentElement) {
   lasso.appendChild(lassoLine);
   const legend = el("div", { class: "shoal-map-legend" });
   const status = el("div", { class: "shoal-map-status", "data-testid": "shoalMapStatus" }, "Loading…");
-  root.append(toolbar, canvas, box, lasso, legend, status);
+  const card = el("div", { class: "shoal-map-card", "data-testid": "shoalMapCard", role: "tooltip" });
+  root.append(toolbar, canvas, box, lasso, legend, status, card);
   parentElement.appendChild(root);
-  return { root, tools, reset, canvas, box, lasso, lassoLine, legend, status };
+  return { root, tools, reset, canvas, box, lasso, lassoLine, legend, status, card };
 }
 
 export default function (component) {
@@ -236,6 +254,101 @@ export default function (component) {
       const gy = state.y[a] + ((py - sa[1]) * (state.y[b] - state.y[a])) / (sb[1] - sa[1]);
       return [gx, gy];
     };
+    // Hover cards (see the top of this file).
+    let hoverTimer = null;
+    let shownAt = null;
+    const cards = new Map();
+    const hideCard = () => {
+      state.hovered = -1;
+      shownAt = null;
+      dom.card.style.display = "none";
+      dom.card.replaceChildren(); // no stale text for a page search to find
+    };
+    const nearest = (clientX, clientY) => {
+      if (!state.anchors || !state.x) return -1;
+      const [a, b] = state.anchors;
+      const sa = plot.getScreenPosition(a);
+      const sb = plot.getScreenPosition(b);
+      const rx = Math.abs((HOVER_PX * (state.x[b] - state.x[a])) / (sb[0] - sa[0]));
+      const ry = Math.abs((HOVER_PX * (state.y[b] - state.y[a])) / (sb[1] - sa[1]));
+      if (!(rx > 0 && ry > 0)) return -1;
+      const [gx, gy] = toGl(clientX, clientY);
+      const { x, y } = state;
+      let best = -1;
+      let bestDistance = 1; // (dx / rx)^2 + (dy / ry)^2: inside the ellipse of HOVER_PX
+      for (let i = 0; i < x.length; i++) {
+        const dx = (x[i] - gx) / rx;
+        if (dx > 1 || dx < -1) continue;
+        const dy = (y[i] - gy) / ry;
+        if (dy > 1 || dy < -1) continue;
+        const distance = dx * dx + dy * dy;
+        if (distance <= bestDistance) {
+          bestDistance = distance;
+          best = i;
+        }
+      }
+      return best;
+    };
+    const showCard = async (index, left, top) => {
+      state.hovered = index;
+      let entry = cards.get(index);
+      if (!entry) {
+        entry = fetch(`${state.card.point}&i=${index}`, { credentials: "same-origin" })
+          .then((response) => (response.ok ? response.json() : null))
+          .catch(() => null);
+        cards.set(index, entry);
+        if (cards.size > CARDS_KEPT) cards.delete(cards.keys().next().value);
+      }
+      const info = await entry;
+      if (state.hovered !== index || !info) return;
+      const nodes = [];
+      if (info.thumbnail) {
+        const image = el("img", { alt: String(info.id) });
+        image.src = `${state.card.thumb}&i=${index}`;
+        nodes.push(image);
+      }
+      if (info.title) nodes.push(el("div", { class: "title" }, info.title));
+      for (const line of info.lines) nodes.push(el("div", { class: "line" }, line));
+      dom.card.replaceChildren(...nodes);
+      const width = dom.root.getBoundingClientRect().width;
+      Object.assign(dom.card.style, {
+        display: "block",
+        left: `${left + 14 + CARD_WIDTH > width ? Math.max(0, left - CARD_WIDTH - 14) : left + 14}px`,
+        top: `${top + 14}px`,
+      });
+      window.shoalMapCard = { index, row: info.row, id: info.id };
+    };
+    const onHover = (event) => {
+      clearTimeout(hoverTimer);
+      const rect = dom.canvas.getBoundingClientRect();
+      const inside =
+        event.clientX >= rect.left &&
+        event.clientX <= rect.right &&
+        event.clientY >= rect.top &&
+        event.clientY <= rect.bottom;
+      if (!state.card || drag || event.buttons || !inside || !dom.root.isConnected) {
+        if (state.hovered >= 0) hideCard();
+        return;
+      }
+      if (shownAt && Math.hypot(event.clientX - shownAt[0], event.clientY - shownAt[1]) > 4) {
+        hideCard();
+      }
+      hoverTimer = setTimeout(() => {
+        const index = nearest(event.clientX, event.clientY);
+        if (index < 0) {
+          hideCard();
+          return;
+        }
+        shownAt = [event.clientX, event.clientY];
+        const rootRect = dom.root.getBoundingClientRect();
+        showCard(index, event.clientX - rootRect.left, event.clientY - rootRect.top);
+      }, HOVER_MS);
+    };
+    dom.canvas.addEventListener("mouseleave", () => {
+      clearTimeout(hoverTimer);
+      hideCard();
+    });
+    state.hideCard = hideCard;
     dom.root.addEventListener(
       "mousedown",
       (event) => {
@@ -281,6 +394,7 @@ export default function (component) {
           press.far = Math.max(press.far, far);
         }
         onDrag(event);
+        onHover(event);
         if (state.tool !== "pan" && dom.root.isConnected) event.stopImmediatePropagation();
       },
       true,
@@ -356,6 +470,7 @@ export default function (component) {
   const plot = state.plot;
   // A map to look at only (header.tools false, e.g. the Compare page): pan and zoom, no selection.
   state.viewOnly = header.tools === false;
+  state.card = header.card || null;
   dom.tools.box.hidden = dom.tools.lasso.hidden = state.viewOnly;
   if (state.viewOnly && state.tool !== "pan") state.setTool("pan");
   const redraw = header.points_id !== state.pointsId;
@@ -383,6 +498,7 @@ export default function (component) {
   }
   state.pointsId = header.points_id;
   state.applied = null;
+  state.hideCard();
   renderLegend(header.legend, dom.legend);
   dom.status.textContent = `Drawing ${header.n.toLocaleString("en-US")} points…`;
   state.x = x;
