@@ -15,11 +15,12 @@ times on a shared 2-core box are noisy; each figure is one run unless stated):
   5,000-sample subset (cosine, k = 10).
 * `shoal project` through the CLI, all in: a fresh process on a freshly imported dataset, so
   start-up, reading the vectors, the kNN graph, the layout, the quality measures and writing the
-  results all count (run twice: the first run on a new machine also fills numba's on-disk
-  cache; the figure is the later run). Against two umap baselines: the warm call above, and
-  ``umap.UMAP().fit_transform`` as a user runs it, in a new process (the call alone is timed,
-  not Python's start-up nor ``import umap``; numba compiles umap's and pynndescent's kernels in
-  it, as it does in every new process).
+  results all count (run twice, the faster counts: the first run on a new machine also fills
+  numba's on-disk cache, and either can lose seconds to a neighbour on two shared cores).
+  Against two umap baselines: the warm call above, and ``umap.UMAP().fit_transform`` as a user
+  runs it, in a new process (also best of two; the call alone is timed, not Python's start-up
+  nor ``import umap``; numba compiles umap's and pynndescent's kernels in it, as it does in
+  every new process).
 * kNN graph: Shoal's auto method (HNSW above 20k) against pynndescent's NNDescent with the
   same k, and recall@10 of both against exact search on 2,000 random rows.
 * similarity: exact top-50 over 100k x 1280 from the prepared index, p50 / p95 of 200 queries.
@@ -212,15 +213,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as scratch:
         source = Path(scratch) / "embeddings.npy"
         np.save(source, embeddings)  # one file for both new processes
+        # Best of two on both sides: on two shared cores one run of either can lose seconds to
+        # a neighbour (the parallel layout epochs most of all).
         runs = cli_projection(source)
-        figures["cli_project"] = {"runs": runs, "seconds": runs[-1]["seconds"]}
+        best = min(runs, key=lambda run: run["seconds"])
+        figures["cli_project"] = {"runs": runs, "seconds": best["seconds"]}
         if not args.skip_baselines:
-            cold = cold_umap_seconds(source)
+            colds = [cold_umap_seconds(source) for _ in range(2)]
+            cold = min(colds)
             figures["cli_project"].update(
+                baseline_umap_new_process_runs=colds,
                 baseline_umap_new_process_seconds=cold,
-                time_ratio=runs[-1]["seconds"] / umap_seconds,
-                time_ratio_new_process=runs[-1]["seconds"] / cold,
-                trustworthiness_difference=runs[-1]["trustworthiness"] - umap_trust,
+                time_ratio=best["seconds"] / umap_seconds,
+                time_ratio_new_process=best["seconds"] / cold,
+                trustworthiness_difference=best["trustworthiness"] - umap_trust,
             )
 
     # -- outliers and duplicates on the shared graph
@@ -317,7 +323,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"| `shoal project` in a new process, all in (runs: {run_seconds}), s | "
         f"{c['seconds']:.1f} | "
         f"{p.get('baseline_umap_seconds', float('nan')):.1f} warm; "
-        f"{c.get('baseline_umap_new_process_seconds', float('nan')):.1f} in a new process | "
+        f"{c.get('baseline_umap_new_process_seconds', float('nan')):.1f} in a new process "
+        f"(runs: {', '.join(f'{t:.1f}' for t in c.get('baseline_umap_new_process_runs', []))}) | "
         f"{c.get('time_ratio', float('nan')):.2f} of warm, "
         f"{c.get('time_ratio_new_process', float('nan')):.2f} of new-process (trustworthiness "
         f"{c.get('trustworthiness_difference', float('nan')):+.4f}) |"
