@@ -71,12 +71,11 @@ class Colouring:
         if len(counts) > MAX_CATEGORIES:
             kept = kept[: MAX_CATEGORIES - 1]
         ordered = sorted(kept, key=_natural_key)
-        lookup = {value: code for code, value in enumerate(ordered)}
         other = len(ordered) if len(counts) > len(ordered) else None
         fallback = other if other is not None else -1
-        codes = np.fromiter(
-            (lookup.get(v, fallback) for v in text.tolist()), dtype=np.int32, count=len(text)
-        )
+        # Hash lookups in C (a Python loop took 0.7 s at 1M rows): -1 where not kept.
+        codes = pd.Categorical(text, categories=ordered).codes.astype(np.int32)
+        codes[codes < 0] = fallback
         codes[missing] = -1
         categories = tuple(ordered) + (("other",) if other is not None else ())
         return cls(

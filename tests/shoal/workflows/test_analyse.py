@@ -67,6 +67,23 @@ def test_analyses_cache_and_map_to_sample_ids(dataset) -> None:
         json.dumps(computed.to_dict(), allow_nan=False)
 
 
+def test_a_stored_result_opens_without_the_graph(dataset) -> None:
+    """A cached analysis needs the graph's key, not its arrays: with the graph's files gone,
+    the stored results still open (and the graph is not rebuilt); a recompute rebuilds it."""
+    import shutil
+
+    ds, _, _ = dataset
+    computed = [analysis_ws.outliers(ds), analysis_ws.duplicates(ds), analysis_ws.mislabels(ds)]
+    graph_dir = ds.root / "artefacts" / "knn"
+    assert any(graph_dir.iterdir())
+    shutil.rmtree(graph_dir)
+    again = [analysis_ws.outliers(ds), analysis_ws.duplicates(ds), analysis_ws.mislabels(ds)]
+    assert all(c.cached for c in again) and [c.key for c in again] == [c.key for c in computed]
+    assert not graph_dir.exists()
+    assert not analysis_ws.outliers(ds, recompute=True).cached
+    assert any(graph_dir.iterdir())
+
+
 def test_mislabel_cache_follows_label_edits(dataset) -> None:
     ds, _, _ = dataset
     before = analysis_ws.mislabels(ds)
