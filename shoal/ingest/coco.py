@@ -165,9 +165,12 @@ def _add_records(
 ) -> None:
     """Add COCO records ({image_id, category_id, bbox} and, for inferences, score) to ``images``.
 
-    ``origin_of(number, record)`` names a record in the report and the objects table.
+    ``origin_of(number, record)`` names a record in the report and the objects table. The
+    records are consumed: each parsed dict is dropped from ``records`` once its box is added,
+    so a million annotations are not held twice (as JSON dicts and as boxes).
     """
     for number, record in enumerate(records):
+        records[number] = None
         origin = origin_of(number, record)
         try:
             if not isinstance(record, dict):
