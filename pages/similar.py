@@ -12,7 +12,7 @@ from pages import _common as ui
 from pages import _loaders as loaders
 from pages import _widgets as widgets
 from shoal.app.selection import Selection, SelectionError
-from shoal.app.tables import row_ids, rows_table
+from shoal.app.tables import row_ids, rows_of_ids, rows_table
 from shoal.app.text import escape_markdown, visitor_error
 from shoal.store import StoreError, atomic_path
 
@@ -99,7 +99,7 @@ if mode == "sample":
         placeholder=f"e.g. {sample_ids[0]}",
     )
     wanted = [s.strip() for s in typed.split(",") if s.strip()]
-    lookup = {sample_id: row for row, sample_id in enumerate(sample_ids)}
+    lookup = rows_of_ids(sample_ids, wanted)
     unknown = [s for s in wanted if s not in lookup]
     if unknown:
         st.warning(f"Unknown sample id(s): {escape_markdown(', '.join(unknown[:5]))}")

@@ -26,6 +26,19 @@ def row_ids(samples: pd.DataFrame) -> np.ndarray:
     return samples[column].astype(str).to_numpy()
 
 
+def rows_of_ids(ids: np.ndarray, wanted: Sequence[str]) -> dict[str, int]:
+    """The row of each of the ``wanted`` ids found in ``ids`` (one hashed pass over ``ids``; a
+    dict of every id cost 0.3 s of each Similar page run at a million rows).
+
+    >>> rows_of_ids(np.array(["a", "b", "c"]), ["c", "x"])
+    {'c': 2}
+    """
+    if not len(wanted):
+        return {}
+    hits = np.flatnonzero(pd.Series(ids).isin(list(wanted)).to_numpy())
+    return {str(ids[row]): int(row) for row in hits}
+
+
 def rows_table(
     samples: pd.DataFrame, rows: Sequence[int] | np.ndarray, **extra: Sequence[Any] | np.ndarray
 ) -> pd.DataFrame:

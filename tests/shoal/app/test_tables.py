@@ -63,3 +63,11 @@ def test_csv_column_names_cannot_run_as_formulas_either() -> None:
     back = pd.read_csv(io.BytesIO(to_csv_bytes(table)))
     assert list(back.columns) == ["'=cmd()", "label", "n"]
     assert back.loc[0, "label"] == "'+x" and back.loc[0, "n"] == -1
+
+
+def test_rows_of_ids_finds_only_the_wanted_ids() -> None:
+    from shoal.app.tables import rows_of_ids
+
+    ids = np.array([f"s{i:07d}" for i in range(200_000)], dtype=object)
+    assert rows_of_ids(ids, ["s0150000", "nope", "s0000003"]) == {"s0150000": 150000, "s0000003": 3}
+    assert rows_of_ids(ids, []) == {}
