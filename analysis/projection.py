@@ -186,7 +186,8 @@ def project(
     """A map of (n_samples, dim) embeddings, reusing ``graph`` (built here when None).
 
     ``pca_axes``: (mean, components) of a PCA already fitted on these rows, normalised when the
-    metric is cosine (the HNSW index's, :meth:`NeighborIndex.pca_axes`), of which the leading
+    metric is cosine (the HNSW index's, stored as ``pca_mean`` and ``pca_components`` by
+    :meth:`NeighborIndex.to_arrays`), of which the leading
     ``pca_components`` axes are used instead of fitting again (the same seeded rows, and more
     axes' worth of power iterations, so at least as accurate).
 

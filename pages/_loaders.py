@@ -189,14 +189,12 @@ def collection_mask(
     _ds: Dataset, dataset_key: str, stamp: str, embedding: str, name: str, updated_at: str
 ) -> np.ndarray:
     """The rows of the embedding set ``embedding`` in collection ``name`` (as last changed at
-    ``updated_at``): see shoal.workflows.collections.member_mask."""
+    ``updated_at``): see shoal.workflows.collections.dataset_member_mask."""
     from shoal.store.collections import Collections
-    from shoal.workflows.collections import member_mask
+    from shoal.workflows.collections import dataset_member_mask
 
     collection = Collections(_ds).get(name)
-    rows = aligned_samples(_ds, dataset_key, stamp, embedding)
-    objects = _ds.objects() if collection.level == "object" and "object_id" not in rows else None
-    return member_mask(collection, rows, objects=objects)
+    return dataset_member_mask(_ds, collection, aligned_samples(_ds, dataset_key, stamp, embedding))
 
 
 @st.cache_resource(show_spinner="Loading the embedding model…", max_entries=2)

@@ -71,13 +71,13 @@ def _members(
     root: str, dataset: str, embedding: str, stamp: str, name: str, updated_at: str
 ) -> np.ndarray:
     from shoal.store.collections import Collections
-    from shoal.workflows.collections import member_mask
+    from shoal.workflows.collections import dataset_member_mask
 
     ds = Workspace(root).open(dataset)
     collection = Collections(ds).get(name)
-    rows = _rows(root, dataset, embedding, stamp)
-    objects = ds.objects() if collection.level == "object" and "object_id" not in rows else None
-    return np.flatnonzero(member_mask(collection, rows, objects=objects))
+    return np.flatnonzero(
+        dataset_member_mask(ds, collection, _rows(root, dataset, embedding, stamp))
+    )
 
 
 def locate(

@@ -74,6 +74,11 @@ class EmbeddingsFile:
         return self.path.name
 
     @property
+    def holds_boxes(self) -> bool:
+        """Keyed by ``object_id``: one embedding per box of a detection dataset."""
+        return (self.id_column or "").lower() == "object_id"
+
+    @property
     def nbytes(self) -> int:
         """Bytes of the float32 matrix it makes."""
         return self.rows * self.dim * 4
@@ -484,6 +489,7 @@ def target_rows(
     file_name: str,
     *,
     known_as: str = "the dataset's sample_id column",
+    unit: str = "sample",
 ) -> np.ndarray | None:
     """For each row of a file, the row of ``known_ids`` it belongs to (``known_as`` says where
     they come from, for the message); None when the file is already in that order. Refuses
@@ -515,7 +521,6 @@ def target_rows(
         missing = np.ones(len(known_ids), dtype=bool)
         missing[rows] = False
         example = known_ids[np.flatnonzero(missing)[0]]
-        unit = "box" if "object_id" in known_as else "sample"
         raise EmbeddingFileError(
             f"{file_name}: no embedding for {len(known_ids) - len(rows)} {unit}(s), e.g. "
             f"{str(example)!r}; give one row per {unit}"
@@ -603,8 +608,8 @@ def add_embeddings(
     give one row per box of the dataset's objects table and becomes an object-level set."""
     validate_name(name, what="embedding")
     opened = open_embeddings_file(file, ids_file=ids_file)
-    level, known, known_as = "sample", None, "the dataset's sample_id column"
-    if (opened.id_column or "").lower() == "object_id":
+    level, unit, known_as = "sample", "sample", "the dataset's sample_id column"
+    if opened.holds_boxes:
         objects = dataset.objects()
         if objects is None:
             raise EmbeddingFileError(
@@ -612,7 +617,7 @@ def add_embeddings(
                 f"{dataset.name!r} has no boxes; import the boxes first (shoal import-coco or "
                 "import-voc), or name the id column sample_id for one embedding per image"
             )
-        level, known_as = "object", "the dataset's object_id column (its boxes)"
+        level, unit, known_as = "object", "box", "the dataset's object_id column (its boxes)"
         known = objects["object_id"].astype(str).to_numpy()
     else:
         known = dataset.samples()["sample_id"].astype(str).to_numpy()
@@ -624,7 +629,7 @@ def add_embeddings(
                 f"{existing.level}-level; store it under another name (--embedding)"
             )
         _check_dim(opened.dim, existing.dim, opened.name)
-    rows = target_rows(opened.ids, opened.rows, known, opened.name, known_as=known_as)
+    rows = target_rows(opened.ids, opened.rows, known, opened.name, known_as=known_as, unit=unit)
     return write_aligned(
         dataset,
         name,
@@ -685,7 +690,7 @@ def create_from_embeddings(
     """
     check_new_dataset(workspace, dataset)
     opened = open_embeddings_file(embeddings_file, ids_file=ids_file)
-    if (opened.id_column or "").lower() == "object_id":
+    if opened.holds_boxes:
         raise EmbeddingFileError(
             f"{opened.name} is keyed by object_id: box embeddings belong to the boxes of a "
             "detection dataset; import its images and boxes first (shoal import-coco), then "

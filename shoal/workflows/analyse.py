@@ -62,7 +62,7 @@ def knn_graph(
 def _graph(
     ds: Dataset, embeddings: EmbeddingSet, n_neighbors: int, *, recompute: bool = False
 ) -> Computed[KnnGraph]:
-    key = result_key(embeddings, "knn", **GRAPH_PARAMS)
+    key = _graph_key(embeddings)
     stored = None if recompute else ds.load_artefact("knn", key)
     graph = None if stored is None else KnnGraph.from_arrays(*stored)
     wanted = max(GRAPH_NEIGHBORS, n_neighbors)
@@ -91,7 +91,7 @@ class _GraphRef:
 
     def __init__(self, ds: Dataset, embeddings: EmbeddingSet, n_neighbors: int):
         self._ds, self._embeddings, self._wanted = ds, embeddings, n_neighbors
-        self.key = result_key(embeddings, "knn", **GRAPH_PARAMS)
+        self.key = _graph_key(embeddings)
         # What _graph returns: a graph of at least max(GRAPH_NEIGHBORS, n) neighbours (or every
         # other sample) truncated to n, so min(n, samples - 1) whether stored or built.
         self.n_neighbors = min(n_neighbors, max(0, len(embeddings.ids) - 1))
@@ -332,6 +332,10 @@ _INDEX_LOCK = threading.Lock()
 def search_method(n_samples: int) -> str:
     """How a set of ``n_samples`` is searched: exactly while that is fast, else with HNSW."""
     return "exact" if n_samples <= EXACT_MAX_SAMPLES else "hnsw"
+
+
+def _graph_key(embeddings: EmbeddingSet) -> str:
+    return result_key(embeddings, "knn", **GRAPH_PARAMS)
 
 
 def _index_key(embeddings: EmbeddingSet) -> str:

@@ -61,6 +61,13 @@ def member_mask(
     return rows["sample_id"].astype(str).isin(members).to_numpy()
 
 
+def dataset_member_mask(ds: Dataset, collection: Collection, rows: pd.DataFrame) -> np.ndarray:
+    """:func:`member_mask` over ``rows`` of ``ds``, reading its objects table only when a box
+    collection is matched against image rows."""
+    objects = ds.objects() if collection.level == "object" and "object_id" not in rows else None
+    return member_mask(collection, rows, objects=objects)
+
+
 def collection_masks(ds: Dataset, rows: pd.DataFrame) -> Mapping[str, np.ndarray]:
     """Every collection of ``ds`` as a :func:`member_mask` over ``rows``, by name (for the
     ``collection=NAME`` clause of :func:`shoal.workflows.filters.parse_filter`)."""
