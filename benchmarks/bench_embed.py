@@ -9,6 +9,9 @@ Compares, in one run and on the same real photos (JPEG/PNG at 500x375 and 375x50
   pipeline_openvino embed_paths on the OpenVINO backend at its default precision (f32)
   model_openvino    the OpenVINO backend alone on decoded batches
   pipeline_openvino_bf16 / model_openvino_bf16   the same at precision bf16
+  objects_torch     embed_objects (ROI-Align, 600 px feature maps) over --object-images of the
+                    photos with OBJECTS_PER_IMAGE boxes each (placed at random, seeded), torch
+  objects_openvino  the same with the feature maps, crops and whole images from OpenVINO (f32)
 Each phase runs in its own process, so its peak memory (getrusage peak RSS of the process plus
 its largest child) is its own; building the model and the backend (OpenVINO: reading the
 converted graph from its cache, which a warm-up converts once) is not timed. Rounds alternate
@@ -46,6 +49,7 @@ TARGET_SPEEDUP = 2.5  # the torch pipeline vs the naive loop
 TARGET_MODEL_FRACTION = 0.85  # a pipeline vs its own model-only rate
 TARGET_OPENVINO_VS_TORCH = 2.0  # the OpenVINO pipeline vs the torch pipeline
 TARGET_OPENVINO_VS_NAIVE = 8.0
+OBJECTS_PER_IMAGE = 5
 
 #: (phase, kind, backend, precision); precision None: the --precision option (torch) or auto.
 VARIANTS = [
@@ -56,6 +60,8 @@ VARIANTS = [
     ("model_openvino", "model", "openvino", "auto"),
     ("pipeline_openvino_bf16", "pipeline", "openvino", "bf16"),
     ("model_openvino_bf16", "model", "openvino", "bf16"),
+    ("objects_torch", "objects", "torch", None),
+    ("objects_openvino", "objects", "openvino", "auto"),
 ]
 
 
@@ -228,6 +234,45 @@ def phase_model(files: list[Path], precision: str, backend: str) -> dict[str, fl
     }
 
 
+def random_boxes(count: int, width: int, height: int, seed: int) -> np.ndarray:
+    """``count`` xyxy boxes inside a ``width`` x ``height`` image, 1/8 to 1/2 of each side."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.uniform(0.125, 0.5, (count, 2)) * (width, height)
+    corners = rng.uniform(0, 1, (count, 2)) * ((width, height) - sizes)
+    return np.hstack([corners, corners + sizes]).astype(np.float32)
+
+
+def phase_objects(
+    files: list[Path], out: Path, num_workers: int | None, precision: str, backend: str
+) -> dict[str, float]:
+    from PIL import Image
+
+    from shoal.embedding import create_model
+    from shoal.embedding.backends import create_embedder
+    from shoal.embedding.objects import embed_objects
+
+    boxes = []
+    for seed, path in enumerate(files):
+        with Image.open(path) as image:
+            boxes.append(random_boxes(OBJECTS_PER_IMAGE, *image.size, seed))
+    embedder = create_embedder(
+        create_model("efficientnet_lite0"), backend=backend, precision=precision, feature_map=True
+    )
+    started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
+    vectors, _ = embed_objects(
+        files, boxes, embedder.model, num_workers=num_workers, backend=embedder
+    )
+    np.save(out, vectors)
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    return {
+        "seconds": seconds,
+        "cpu_ms_per_image": 1000 * cpu / len(files),
+        "images_per_second": len(files) / seconds,
+        "boxes_per_second": len(vectors) / seconds,
+        "peak_rss_mb": peak_rss_mb(children),
+    }
+
+
 def run_phase(args: argparse.Namespace) -> None:
     import torch
 
@@ -237,6 +282,10 @@ def run_phase(args: argparse.Namespace) -> None:
         result = phase_baseline(files, Path(args.out))
     elif args.phase == "pipeline":
         result = phase_pipeline(
+            files, Path(args.out), args.num_workers, args.precision, args.backend
+        )
+    elif args.phase == "objects":
+        result = phase_objects(
             files, Path(args.out), args.num_workers, args.precision, args.backend
         )
     else:
@@ -291,6 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--object-images", type=int, default=64, help="photos for the object phases (0: skip them)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the model process")
     parser.add_argument(
         "--num-workers", type=int, default=None, help="pipeline decoding workers (default: auto)"
@@ -299,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument(
-        "--phase", choices=["baseline", "pipeline", "model"], help=argparse.SUPPRESS
+        "--phase", choices=["baseline", "pipeline", "model", "objects"], help=argparse.SUPPRESS
     )
     parser.add_argument("--files", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -312,21 +364,29 @@ def main(argv: list[str] | None = None) -> None:
     from shoal.embedding.inference import cpu_supports_bf16, resolve_precision
     from shoal.embedding.pipeline import default_num_workers
 
-    variants = [v for v in VARIANTS if v[2] == "torch" or openvino_available()]
+    variants = [
+        v
+        for v in VARIANTS
+        if (v[2] == "torch" or openvino_available()) and (v[1] != "objects" or args.object_images)
+    ]
     rounds = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
         folder = Path(tmp)
         files = write_photos(folder, args.images)
         files_json = folder / "files.json"
         files_json.write_text(json.dumps([str(p) for p in files]))
-        if openvino_available():  # converts the graph into the cache once, untimed
+        objects_json = folder / "objects.json"
+        objects_json.write_text(json.dumps([str(p) for p in files[: args.object_images]]))
+        if openvino_available():  # converts the graphs into the cache once, untimed
             spawn("model", files_json, folder / "unused.npy", args, backend="openvino")
+            if args.object_images:
+                spawn("objects", objects_json, folder / "unused.npy", args, backend="openvino")
         for index in range(args.rounds):
             load_before = os.getloadavg()[0]
             phases = {
                 name: spawn(
                     kind,
-                    files_json,
+                    objects_json if kind == "objects" else files_json,
                     folder / f"{name}.npy",
                     args,
                     backend=backend,
@@ -340,6 +400,12 @@ def main(argv: list[str] | None = None) -> None:
                     similarity = cosine(reference, np.load(folder / f"{name}.npy"))
                     phases[name]["cosine_to_baseline_mean"] = float(similarity.mean())
                     phases[name]["cosine_to_baseline_min"] = float(similarity.min())
+            if "objects_torch" in phases and "objects_openvino" in phases:
+                similarity = cosine(
+                    np.load(folder / "objects_torch.npy"), np.load(folder / "objects_openvino.npy")
+                )
+                phases["objects_openvino"]["cosine_to_torch_mean"] = float(similarity.mean())
+                phases["objects_openvino"]["cosine_to_torch_min"] = float(similarity.min())
             phases["load_average_1min"] = [load_before, os.getloadavg()[0]]  # type: ignore[assignment]
             rounds.append(phases)
             print(
@@ -366,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
         "openvino_of_model": ("pipeline_openvino", "model_openvino", TARGET_MODEL_FRACTION),
         "openvino_bf16_vs_torch": ("pipeline_openvino_bf16", "pipeline_torch", None),
         "openvino_bf16_of_model": ("pipeline_openvino_bf16", "model_openvino_bf16", None),
+        "objects_openvino_vs_torch": ("objects_openvino", "objects_torch", None),
     }
     summary: dict[str, Any] = {}
     for label, (top, bottom, target) in targets.items():
@@ -384,6 +451,8 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "embed",
         "model": "efficientnet_lite0",
         "images": args.images,
+        "object_images": args.object_images,
+        "objects_per_image": OBJECTS_PER_IMAGE,
         "formats": sizes,
         "image_sizes": ["500x375", "375x500"],
         "threads": args.threads,
@@ -419,6 +488,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{min(r[name]['cosine_to_baseline_mean'] for r in rounds):.6f} / "
             f"{min(r[name]['cosine_to_baseline_min'] for r in rounds):.5f}"
             if kind == "pipeline"
+            else f"{min(r[name]['cosine_to_torch_mean'] for r in rounds):.6f} / "
+            f"{min(r[name]['cosine_to_torch_min'] for r in rounds):.5f} (to objects_torch)"
+            if "cosine_to_torch_mean" in rounds[0].get(name, {})
             else ""
         )
         print(

@@ -1,7 +1,9 @@
 """Inference backends for the embedder: ``torch`` (every device) and ``openvino`` (x86 CPUs).
 
 An :class:`Embedder` turns (batch, H, W, 3) uint8 pixels at the model's input size into
-(batch, dim) float32 pre-logits vectors. ``create_embedder`` picks the backend:
+(batch, dim) float32 pre-logits vectors, and pixels of any size into the final feature map that
+object embeddings pool boxes from (ROI-Align itself runs in torch). ``create_embedder`` picks
+the backend:
 
 * ``auto``: ``openvino`` on an x86-64 CPU where OpenVINO imports and the model's graph
   converts and compiles; ``torch`` otherwise (on CUDA always torch). A graph that does not
@@ -20,9 +22,12 @@ kernels) runs it at 306 img/s but reaches mean cosine 0.99885 (min 0.984), below
 project asks of a default; keeping the stem in f32 did not change that. Ask for ``precision="bf16"`` to trade that
 fidelity for speed.
 
-The converted graph is cached on disk (``cache_dir``, default ``$XDG_CACHE_HOME/shoal/openvino``)
-under a key of model name, weights hash, input size, normalisation and OpenVINO version; an entry
-whose key or file hashes do not match is rebuilt, never used.
+A converted graph is used only once it gives the torch module's float32 outputs on a check input
+of another shape than the traced one (:class:`ConversionMismatch` otherwise, so a size frozen
+into the graph by tracing is caught), and is cached on disk (``cache_dir``, default
+``$XDG_CACHE_HOME/shoal/openvino``) under a key of graph, model name, weights hash, input size,
+normalisation and OpenVINO version; an entry whose key or file hashes do not match is rebuilt,
+never used. :func:`convert_cached` does the same for a user's own module (``shoal extract``).
 
 >>> embedder = create_embedder(create_model(), backend="auto")          # doctest: +SKIP
 >>> embedder.embed(np.zeros((2, 224, 224, 3), np.uint8)).shape          # doctest: +SKIP
@@ -48,11 +53,11 @@ import torch
 from torch import nn
 
 from shoal.embedding.defaults import BACKENDS
-from shoal.embedding.inference import embed_batch, normalize_pixels, prepare_for_inference
+from shoal.embedding.inference import autocast, embed_batch, normalize_pixels, prepare_for_inference
 from shoal.embedding.inference import resolve_precision as resolve_torch_precision
 from shoal.embedding.models import EmbeddingModel
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _INSTALL_HINT = "the openvino backend needs OpenVINO on an x86-64 CPU: pip install openvino"
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
@@ -76,6 +81,11 @@ class Embedder(Protocol):
 
     def embed(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
         """(batch, dim) float32 vectors of (batch, H, W, 3) uint8 pixels."""
+        ...
+
+    def feature_map(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(batch, C, h, w) float32 final feature map of (batch, H, W, 3) uint8 pixels of any
+        size (multiples of the model's stride): what object embeddings pool boxes from."""
         ...
 
 
@@ -138,11 +148,14 @@ def create_embedder(
     precision: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
     num_threads: int | None = None,
+    feature_map: bool = False,
 ) -> Embedder:
     """``model`` readied on ``backend`` (see the module docstring for the choice).
 
     ``num_threads``: CPU threads OpenVINO may use (default: all cores; a Ray actor given one
-    CPU passes 1). torch takes ``torch.set_num_threads`` from the caller.
+    CPU passes 1). torch takes ``torch.set_num_threads`` from the caller. ``feature_map``: ready
+    the feature-map graph too (object embeddings), so a model whose map does not convert falls
+    back to torch here, whole, rather than halfway through a run.
 
     >>> create_embedder(create_model(), backend="torch").backend       # doctest: +SKIP
     'torch'
@@ -152,7 +165,11 @@ def create_embedder(
         ov_precision = resolve_precision("openvino", precision)
         try:
             return OpenVINOEmbedder(
-                model, precision=ov_precision, cache_dir=cache_dir, num_threads=num_threads
+                model,
+                precision=ov_precision,
+                cache_dir=cache_dir,
+                num_threads=num_threads,
+                feature_map=feature_map,
             )
         except Exception as error:  # conversion fails with many types (tracing, frontends)
             if backend == "openvino":
@@ -190,11 +207,25 @@ class TorchEmbedder:
         return _Done(self.embed(pixels))
 
     def embed(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
-        batch = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels)
-        return embed_batch(self.model, batch, precision=self.precision)
+        return embed_batch(self.model, _tensor(pixels), precision=self.precision)
+
+    def feature_map(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(batch, C, h, w) float32 final feature map of (batch, H, W, 3) uint8 pixels of any size
+        (H and W multiples of the model's stride), on the model's device."""
+        device = self.model.device
+        inputs = normalize_pixels(
+            _tensor(pixels).to(device, non_blocking=True), self.model.data_config
+        )
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(device, self.precision):
+            return self.model.feature_map(inputs).float()
 
 
-# --------------------------------------------------------------------------- OpenVINO
+def _tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels)
+
+
+# --------------------------------------------------------------------------- OpenVINO graphs
 
 
 class _PixelsToVectors(nn.Module):
@@ -206,6 +237,22 @@ class _PixelsToVectors(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.features(normalize_pixels(pixels, self.model.data_config))
+
+
+class _PixelsToFeatureMap(nn.Module):
+    """(batch, H, W, 3) uint8 of any size -> (batch, C, h, w) final feature map (objects)."""
+
+    def __init__(self, model: EmbeddingModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.feature_map(normalize_pixels(pixels, self.model.data_config))
+
+
+#: What can be converted from an EmbeddingModel: its vectors at the input size, or its feature
+#: map at any size (height and width dynamic).
+GRAPHS = ("vectors", "feature_map")
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -223,13 +270,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "shoal" / "openvino"
 
 
-def cache_key(model: EmbeddingModel) -> dict[str, Any]:
-    """What the converted graph depends on; a cache entry with another key is stale."""
+def cache_key(model: EmbeddingModel, graph: str = "vectors") -> dict[str, Any]:
+    """What the converted ``graph`` depends on; a cache entry with another key is stale."""
     import openvino
 
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
     config = model.data_config
     return {
         "format": CACHE_FORMAT,
+        "graph": graph,
         "model": model.name,
         "source": model.source,
         "weights_sha256": weights_sha256(model),
@@ -254,15 +304,52 @@ def _entry_name(key: dict[str, Any]) -> str:
     return f"{safe}-{digest}"
 
 
-def load_or_convert(
-    model: EmbeddingModel,
-    cache_dir: str | os.PathLike[str] | None = None,
+class ConversionMismatch(RuntimeError):
+    """A converted graph whose outputs differ from the torch module's (shape-dependent constants
+    frozen by tracing, an unsupported operation converted loosely): it is never used."""
+
+
+def _check_conversion(
+    module: nn.Module, converted: Any, check: torch.Tensor, *, tolerance: float = 1e-3
+) -> None:
+    """Run ``check`` through the torch module and the converted graph (both float32); raise
+    :class:`ConversionMismatch` when the largest difference exceeds ``tolerance`` times the
+    largest torch output (at least 1)."""
+    import openvino
+
+    with torch.inference_mode():
+        expected = module(check).float().cpu().numpy()
+    compiled = openvino.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    actual = compiled.create_infer_request().infer({0: check.cpu().numpy()})[0]
+    if actual.shape != expected.shape:
+        raise ConversionMismatch(
+            f"converted graph gives shape {actual.shape} where torch gives {expected.shape}"
+        )
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    error = float(np.abs(actual - expected).max(initial=0.0)) / scale
+    if not error <= tolerance:
+        raise ConversionMismatch(
+            f"converted graph differs from torch by {error:.2g} (relative; at most {tolerance:g})"
+        )
+
+
+def convert_cached(
+    module: nn.Module,
+    key: dict[str, Any],
     *,
-    key: dict[str, Any] | None = None,
+    example: torch.Tensor,
+    input_shape: list[int],
+    check: torch.Tensor,
+    cache_dir: str | os.PathLike[str] | None = None,
     on_convert: Callable[[], None] | None = None,
 ) -> Any:
-    """The model's uint8-pixels -> pre-logits graph as an ``openvino.Model``, read from the
-    cache when a valid entry exists, else converted and stored (atomically).
+    """``module`` as an ``openvino.Model``, read from the cache when a valid entry of ``key``
+    exists, else converted, checked and stored (atomically).
+
+    ``example`` is traced; ``input_shape`` (-1 for a dynamic dimension) and the example's dtype
+    make the graph's input; ``check``, of another shape than ``example`` where dimensions are
+    dynamic, must give the torch module's outputs (:func:`_check_conversion`), else
+    :class:`ConversionMismatch` is raised and nothing is stored.
 
     The entry's directory is named by a hash of the key, and it is used only if the key it
     records and the sha256 of its files match; a damaged entry is replaced. Entries of other keys
@@ -272,7 +359,6 @@ def load_or_convert(
     import openvino
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = key or cache_key(model)
     name = _entry_name(key)
     entry = root / name
     core = openvino.Core()
@@ -285,16 +371,14 @@ def load_or_convert(
 
     if on_convert is not None:
         on_convert()
-    height, width = model.data_config.image_size
-    graph = _PixelsToVectors(model).eval()
-    example = torch.zeros((2, height, width, 3), dtype=torch.uint8)
+    element = openvino.Type.u8 if example.dtype == torch.uint8 else openvino.Type.f32
+    module = module.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about constant tensors
         converted = openvino.convert_model(
-            graph,
-            example_input=example,
-            input=[([-1, height, width, 3], openvino.Type.u8)],
+            module, example_input=example, input=[(input_shape, element)]
         )
+    _check_conversion(module, converted, check)
 
     root.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # an unwritable cache only costs the next conversion
@@ -311,32 +395,126 @@ def load_or_convert(
     return converted
 
 
+def _noise(shape: tuple[int, ...]) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+
+
+def load_or_convert(
+    model: EmbeddingModel,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    key: dict[str, Any] | None = None,
+    on_convert: Callable[[], None] | None = None,
+    graph: str = "vectors",
+) -> Any:
+    """The model's uint8-pixels -> pre-logits graph (``graph="vectors"``; batch dynamic) or
+    -> final feature map graph (``"feature_map"``; batch, height and width dynamic) as an
+    ``openvino.Model``, cached on disk (:func:`convert_cached`)."""
+    key = key or cache_key(model, graph)
+    height, width = model.data_config.image_size
+    if graph == "vectors":
+        module: nn.Module = _PixelsToVectors(model)
+        input_shape = [-1, height, width, 3]
+        check = _noise((3, height, width, 3))
+    else:
+        module = _PixelsToFeatureMap(model)
+        input_shape = [-1, -1, -1, 3]
+        stride = int(model.feature_stride)
+        # Another size than the traced one: a size frozen into the graph shows here.
+        check = _noise((1, height + 2 * stride, width + 3 * stride, 3))
+    return convert_cached(
+        module,
+        key,
+        example=torch.zeros((2, height, width, 3), dtype=torch.uint8),
+        input_shape=input_shape,
+        check=check,
+        cache_dir=cache_dir,
+        on_convert=on_convert,
+    )
+
+
+# --------------------------------------------------------------------------- OpenVINO runs
+
+
 class _OpenVINOPending:
-    def __init__(self, requests: list[Any], sizes: list[int], dim: int) -> None:
+    def __init__(self, requests: list[Any], sizes: list[int]) -> None:
         self.requests = requests
         self.sizes = sizes
-        self.dim = dim
 
     def result(self) -> np.ndarray:
-        vectors = np.empty((sum(self.sizes), self.dim), dtype=np.float32)
-        start = 0
-        for request, size in zip(self.requests, self.sizes, strict=False):
+        parts = []
+        for request in self.requests:
             request.wait()
-            vectors[start : start + size] = request.get_output_tensor(0).data
-            start += size
-        return vectors
+            parts.append(request.get_output_tensor(0).data)
+        # One copy out of the requests' buffers, which their next run overwrites.
+        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
 
 
 _COMPILED: dict[tuple[str, str, str], Any] = {}  # insertion order: least recently used first
 _COMPILED_KEPT = 4
 
 
-class OpenVINOEmbedder:
-    """The model's pre-logits graph compiled by OpenVINO for the CPU.
+def compile_cached(memo: str, load: Callable[[], Any], config: dict[str, Any]) -> Any:
+    """``load()``'s graph compiled for the CPU with ``config``, kept per process (a few), so a
+    caller that embeds block after block (a Ray actor) compiles once. ``memo`` names the graph
+    (its cache entry)."""
+    import openvino
 
-    Each batch is split over the compiled model's optimal number of infer requests (one per
-    stream of the THROUGHPUT hint), which run at once; two groups of requests alternate, so one
-    batch can be submitted while the previous one is being collected.
+    key = (memo, json.dumps(config, sort_keys=True), "CPU")
+    compiled = _COMPILED.pop(key, None)
+    if compiled is None:
+        compiled = openvino.Core().compile_model(load(), "CPU", config)
+    _COMPILED[key] = compiled
+    while len(_COMPILED) > _COMPILED_KEPT:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    return compiled
+
+
+def compile_config(precision: str, num_threads: int | None) -> dict[str, Any]:
+    """The THROUGHPUT hint at ``precision`` ("fp32" or "bf16"), on ``num_threads`` threads."""
+    if precision not in _OV_PRECISION:
+        raise ValueError(f"the openvino backend runs 'fp32' or 'bf16', not {precision!r}")
+    config: dict[str, Any] = {
+        "PERFORMANCE_HINT": "THROUGHPUT",
+        "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
+    }
+    if num_threads is not None:
+        config["INFERENCE_NUM_THREADS"] = num_threads
+    return config
+
+
+class AsyncRuns:
+    """A compiled model's infer requests: each batch is split over the model's optimal number of
+    requests (one per stream of the THROUGHPUT hint), which run at once; two groups alternate,
+    so one batch can be submitted while the previous one is being collected."""
+
+    def __init__(self, compiled: Any) -> None:
+        streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._groups = [[compiled.create_infer_request() for _ in range(streams)] for _ in range(2)]
+        self._next = 0
+
+    def submit(self, inputs: np.ndarray) -> _OpenVINOPending:
+        """Start the (non-empty) batch ``inputs``; ``result()`` gives the outputs in order."""
+        requests = self._groups[self._next]
+        self._next = 1 - self._next
+        for request in requests:
+            request.wait()  # a caller that never collected the group's last batch
+        count = len(inputs)
+        share = -(-count // len(requests))
+        sizes = []
+        for request, start in zip(requests, range(0, count, share), strict=False):
+            chunk = inputs[start : start + share]
+            request.start_async({0: chunk})
+            sizes.append(len(chunk))
+        return _OpenVINOPending(requests[: len(sizes)], sizes)
+
+
+class OpenVINOEmbedder:
+    """The model's pre-logits graph compiled by OpenVINO for the CPU, run by :class:`AsyncRuns`.
+
+    ``feature_map=True`` also readies the feature-map graph (height and width dynamic) that
+    object embeddings pool boxes from; otherwise it is compiled on first use.
     """
 
     backend = "openvino"
@@ -348,53 +526,37 @@ class OpenVINOEmbedder:
         precision: str = "fp32",
         cache_dir: str | os.PathLike[str] | None = None,
         num_threads: int | None = None,
+        feature_map: bool = False,
     ) -> None:
-        import openvino
-
-        if precision not in _OV_PRECISION:
-            raise ValueError(f"the openvino backend runs 'fp32' or 'bf16', not {precision!r}")
         self.model = model
         self.precision = precision
-        config: dict[str, Any] = {
-            "PERFORMANCE_HINT": "THROUGHPUT",
-            "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
-        }
-        if num_threads is not None:
-            config["INFERENCE_NUM_THREADS"] = num_threads
-        # Compiled models are kept per process (a few), so a caller that embeds block after
-        # block (a Ray actor) compiles once; each embedder still has its own infer requests.
-        key = cache_key(model)
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        memo = (_entry_name(key), str(root), json.dumps(config, sort_keys=True))
-        self.compiled = _COMPILED.pop(memo, None)
-        if self.compiled is None:
-            graph = load_or_convert(model, root, key=key)
-            self.compiled = openvino.Core().compile_model(graph, "CPU", config)
-        _COMPILED[memo] = self.compiled
-        while len(_COMPILED) > _COMPILED_KEPT:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self._groups = [
-            [self.compiled.create_infer_request() for _ in range(streams)] for _ in range(2)
-        ]
-        self._next = 0
+        self._config = compile_config(precision, num_threads)
+        self._root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._runs = self._compile("vectors")
+        self._map_runs = self._compile("feature_map") if feature_map else None
+
+    def _compile(self, graph: str) -> AsyncRuns:
+        key = cache_key(self.model, graph)
+        memo = f"{self._root}/{_entry_name(key)}"
+        compiled = compile_cached(
+            memo,
+            lambda: load_or_convert(self.model, self._root, key=key, graph=graph),
+            self._config,
+        )
+        return AsyncRuns(compiled)
 
     def submit(self, pixels: np.ndarray | torch.Tensor) -> Pending:
         pixels = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
-        requests = self._groups[self._next]
-        self._next = 1 - self._next
-        for request in requests:
-            request.wait()  # a caller that never collected the group's last batch
-        count = len(pixels)
-        if count == 0:
+        if len(pixels) == 0:
             return _Done(np.empty((0, self.model.dim), dtype=np.float32))
-        share = -(-count // len(requests))
-        sizes = []
-        for request, start in zip(requests, range(0, count, share), strict=False):
-            chunk = pixels[start : start + share]
-            request.start_async({0: chunk})
-            sizes.append(len(chunk))
-        return _OpenVINOPending(requests[: len(sizes)], sizes, self.model.dim)
+        return self._runs.submit(pixels)
 
     def embed(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
         return self.submit(pixels).result()
+
+    def feature_map(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """As :meth:`TorchEmbedder.feature_map`, computed by OpenVINO (a CPU tensor)."""
+        if self._map_runs is None:
+            self._map_runs = self._compile("feature_map")
+        pixels = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
+        return torch.from_numpy(self._map_runs.submit(pixels).result())

@@ -50,13 +50,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from shoal.embedding.inference import (
-    autocast,
-    embed_batch,
-    normalize_pixels,
-    prepare_for_inference,
-    resolve_precision,
-)
+from shoal.embedding.backends import Embedder, create_embedder
 from shoal.embedding.models import DataConfig, EmbeddingModel
 from shoal.embedding.pipeline import (
     Progress,
@@ -250,6 +244,7 @@ def embed_objects(
     batch_size: int = 8,
     num_workers: int | None = None,
     precision: str = "auto",
+    backend: str | Embedder = "auto",
     short_side: int = ROI_SHORT_SIDE,
     max_side: int = ROI_MAX_SIDE,
     margin: float = CROP_MARGIN,
@@ -262,8 +257,12 @@ def embed_objects(
     Returns (object_vectors, image_vectors): (sum n_i, dim) float32 in image-then-box order, and
     (n_images, dim) float32. ``batch_size`` counts images for ``roi_align`` and crops for
     ``crop``; ``short_side`` and ``max_side`` set the roi_align input size, ``margin`` the crop
-    context. Raises ImageDecodeError naming a file that cannot be decoded, EmbeddingCancelled
-    when ``should_stop()`` turns true (checked before every batch).
+    context. ``backend``: "auto" (OpenVINO on x86 CPUs: the feature map, the crops and the
+    whole images; ROI-Align in torch), "torch", "openvino", or an
+    :class:`~shoal.embedding.backends.Embedder` already made for ``model`` (then ``precision`` is
+    its own; for roi_align make it with ``feature_map=True``). Raises ImageDecodeError naming a
+    file that cannot be decoded, EmbeddingCancelled when ``should_stop()`` turns true (checked
+    before every batch).
 
     >>> objects, images = embed_objects(paths, boxes, create_model())          # doctest: +SKIP
     """
@@ -275,8 +274,13 @@ def embed_objects(
         raise ValueError(f"need 1 <= short_side <= max_side, got {short_side} and {max_side}")
     paths = [os.fspath(p) for p in image_paths]
     boxes = _check_boxes(boxes_per_image, len(paths))
-    precision = resolve_precision(precision, model.device)
-    prepare_for_inference(model)
+    embedder = (
+        create_embedder(
+            model, backend=backend, precision=precision, feature_map=method == "roi_align"
+        )
+        if isinstance(backend, str)
+        else backend
+    )
     workers = default_num_workers(model.device) if num_workers is None else num_workers
     reporter = ProgressReporter(len(paths), progress, should_stop=should_stop)
     reporter.start()
@@ -284,10 +288,9 @@ def embed_objects(
         return _embed_crops(
             paths,
             boxes,
-            model,
+            embedder,
             batch_size=batch_size,
             workers=workers,
-            precision=precision,
             margin=margin,
             reporter=reporter,
         )
@@ -301,10 +304,9 @@ def embed_objects(
         paths,
         scaled,
         sizes,
-        model,
+        embedder,
         batch_size=batch_size,
         workers=workers,
-        precision=precision,
         reporter=reporter,
     )
 
@@ -345,14 +347,14 @@ def _embed_roi_align(
     paths: list[str],
     boxes: list[np.ndarray],
     sizes: list[tuple[int, int]],
-    model: EmbeddingModel,
+    embedder: Embedder,
     *,
     batch_size: int,
     workers: int,
-    precision: str,
     reporter: ProgressReporter,
 ) -> tuple[np.ndarray, np.ndarray]:
     """boxes: per image, xyxy in pixels of the image resized to ``sizes``."""
+    model = embedder.model
     device = model.device
     stride = int(model.feature_stride)
     groups: dict[tuple[int, int], list[int]] = {}
@@ -378,10 +380,12 @@ def _embed_roi_align(
             for index, reason in zip(indices, errors, strict=True):
                 if reason is not None:
                     raise ImageDecodeError(paths[index], reason)
-            image_vectors[indices] = embed_batch(model, wholes, precision=precision)
+            # Not overlapped with the feature map: two compiled models' streams would contend
+            # for the same cores (measured: 2-3x slower on 2 cores).
+            image_vectors[indices] = embedder.embed(wholes)
             counts = [len(boxes[i]) for i in indices]
             if sum(counts):
-                vectors = _pool_boxes(model, pixels, [boxes[i] for i in indices], precision)
+                vectors = _pool_boxes(embedder, pixels, [boxes[i] for i in indices])
                 for index, chunk in zip(
                     indices, np.split(vectors, np.cumsum(counts)[:-1]), strict=True
                 ):
@@ -394,15 +398,13 @@ def _embed_roi_align(
     return object_vectors, image_vectors
 
 
-def _pool_boxes(
-    model: EmbeddingModel, pixels: torch.Tensor, boxes: list[np.ndarray], precision: str
-) -> np.ndarray:
+def _pool_boxes(embedder: Embedder, pixels: torch.Tensor, boxes: list[np.ndarray]) -> np.ndarray:
     """(batch, H, W, 3) uint8 padded images and their boxes in those pixels -> (n_boxes, dim) float32."""
     from torchvision.ops import roi_align
 
-    device = model.device
-    inputs = normalize_pixels(pixels.to(device, non_blocking=True), model.data_config)
-    inputs = inputs.contiguous(memory_format=torch.channels_last)
+    model = embedder.model
+    fmap = embedder.feature_map(pixels)
+    device = fmap.device
     rois = []
     for position, image_boxes in enumerate(boxes):
         if len(image_boxes):
@@ -412,12 +414,10 @@ def _pool_boxes(
             batch_column = torch.full((len(corners), 1), float(position), device=device)
             rois.append(torch.cat([batch_column, corners], dim=1))
     with torch.inference_mode():
-        with autocast(device, precision):
-            fmap = model.feature_map(inputs)
         # Padded sizes are multiples of the stride, so one scale serves x and y.
-        spatial_scale = fmap.shape[-1] / inputs.shape[-1]
+        spatial_scale = fmap.shape[-1] / pixels.shape[2]
         pooled = roi_align(
-            fmap.float(),
+            fmap,
             torch.cat(rois),
             output_size=ROI_OUTPUT_SIZE,
             spatial_scale=spatial_scale,
@@ -430,14 +430,14 @@ def _pool_boxes(
 def _embed_crops(
     paths: list[str],
     boxes: list[np.ndarray],
-    model: EmbeddingModel,
+    embedder: Embedder,
     *,
     batch_size: int,
     workers: int,
-    precision: str,
     margin: float,
     reporter: ProgressReporter,
 ) -> tuple[np.ndarray, np.ndarray]:
+    model = embedder.model
     offsets = _offsets(boxes)
     object_vectors = np.empty((int(offsets[-1]), model.dim), dtype=np.float32)
     image_vectors = np.empty((len(paths), model.dim), dtype=np.float32)
@@ -457,9 +457,7 @@ def _embed_crops(
         nonlocal waiting
         if not pending:
             return
-        vectors = embed_batch(
-            model, torch.cat([pixels for _, _, pixels in pending]), precision=precision
-        )
+        vectors = embedder.embed(torch.cat([pixels for _, _, pixels in pending]))
         row = 0
         for destination, first, pixels in pending:
             destination[first : first + len(pixels)] = vectors[row : row + len(pixels)]

@@ -275,13 +275,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         "engine": args.engine,
         "address": args.address,
     }
-    if not args.objects:
-        params |= {"backend": args.backend, "precision": args.precision}
-    elif args.backend not in (None, "torch") or args.precision is not None:
-        print(
-            "note: --objects embeds with torch (ROI-Align); --backend/--precision ignored",
-            file=sys.stderr,
-        )
+    params |= {"backend": args.backend, "precision": args.precision}
     result = run_job(
         args,
         "embed-objects" if args.objects else "embed",

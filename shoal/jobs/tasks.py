@@ -171,6 +171,8 @@ class EmbedObjectsParams:
     name: str | None = None  # the object-level set; default '<model>-objects'
     method: str = "roi_align"  # or 'crop'
     batch_size: int = DEFAULT_OBJECT_BATCH_SIZE  # images per batch
+    backend: str = DEFAULT_BACKEND  # as EmbedParams.backend
+    precision: str = DEFAULT_PRECISION
     engine: str = "auto"  # as EmbedParams.engine
     address: str | None = None
 
@@ -188,6 +190,8 @@ def embed_objects_task(context: JobContext) -> dict[str, Any]:
         "name": params.name,
         "method": params.method,
         "batch_size": params.batch_size,
+        "backend": params.backend,
+        "precision": params.precision,
         "progress": context.report_images,
         "should_stop": context.cancelled,  # polled before every batch
     }

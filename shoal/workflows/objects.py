@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from shoal.embedding.backends import create_embedder, default_device
 from shoal.embedding.defaults import DEFAULT_MODEL, DEFAULT_OBJECT_BATCH_SIZE
-from shoal.embedding.inference import resolve_precision
 from shoal.embedding.models import EmbeddingModel, create_model
 from shoal.embedding.objects import (
     CROP_MARGIN,
@@ -47,10 +47,14 @@ def embed_dataset_objects(
     batch_size: int = DEFAULT_OBJECT_BATCH_SIZE,
     num_workers: int | None = None,
     precision: str = "auto",
+    backend: str = "auto",
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> EmbeddingInfo:
     """Embed every box of a detection dataset; store an object-level set aligned to ``objects.object_id``.
+
+    ``backend`` as for ``shoal embed`` (OpenVINO on x86 CPUs computes the feature maps, crops and
+    whole images; ROI-Align runs in torch); the set records the backend and precision used.
 
     The set is named ``name`` (default :func:`default_object_embedding_name`). When the dataset
     has no image-level set yet, the image vectors of the same pass (normal preprocessing, as
@@ -62,15 +66,18 @@ def embed_dataset_objects(
     inputs = object_inputs(ds)
     name = name or default_object_embedding_name(model, method)
     with ds.computing(name):  # a second job on this set is refused, not mixed in
-        embedder = create_model(model)
+        network = create_model(model, device=default_device(backend))  # CUDA: torch
+        embedder = create_embedder(
+            network, backend=backend, precision=precision, feature_map=method == "roi_align"
+        )
         object_vectors, image_vectors = embed_objects(
             inputs.paths,
             inputs.boxes,
-            embedder,
+            network,
             method=method,
             batch_size=batch_size,
             num_workers=num_workers,
-            precision=precision,
+            backend=embedder,
             progress=progress,
             should_stop=should_stop,
         )
@@ -78,12 +85,13 @@ def embed_dataset_objects(
             ds,
             inputs,
             name,
-            embedder,
+            network,
             object_vectors,
             image_vectors,
             model=model,
             method=method,
-            precision=resolve_precision(precision, embedder.device),
+            backend=embedder.backend,
+            precision=embedder.precision,
         )
 
 
@@ -137,6 +145,7 @@ def publish_object_embeddings(
     *,
     model: str,
     method: str,
+    backend: str,
     precision: str,
     engine: str = "local",
 ) -> EmbeddingInfo:
@@ -145,8 +154,7 @@ def publish_object_embeddings(
     image-level set yet (they become the default)."""
     aligned = np.empty_like(object_vectors)
     aligned[np.concatenate(inputs.rows)] = object_vectors
-    # ROI-Align and crops run on the torch backend (shoal.embedding.backends covers whole images).
-    made_with = {"backend": "torch", "precision": precision, "engine": engine}
+    made_with = {"backend": backend, "precision": precision, "engine": engine}
     settings: dict[str, Any] = {"method": method, **made_with}
     if method == "roi_align":
         settings.update(

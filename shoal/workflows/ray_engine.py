@@ -385,13 +385,23 @@ class _ObjectsActor:
         model: Any,
         method: str,
         batch_size: int,
+        backend: str,
         precision: str,
         use_gpu: bool,
         threads: int,
     ) -> None:
+        from shoal.embedding.backends import create_embedder
+
         self.node = _actor_setup(threads)
         self.model = model.to("cuda") if use_gpu else model
-        self.method, self.batch_size, self.precision = method, batch_size, precision
+        self.method, self.batch_size = method, batch_size
+        self.embedder = create_embedder(
+            self.model,
+            backend=backend,
+            precision=precision,
+            num_threads=threads or None,
+            feature_map=method == "roi_align",
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from shoal.embedding.objects import embed_objects
@@ -407,7 +417,7 @@ class _ObjectsActor:
                 method=self.method,
                 batch_size=self.batch_size,
                 num_workers=0,
-                precision=self.precision,
+                backend=self.embedder,
             )
             images.append(whole)
             boxes.append(found)
@@ -570,7 +580,8 @@ def embed_objects_on_ray(
     name: str | None = None,
     method: str = "roi_align",
     batch_size: int = DEFAULT_OBJECT_BATCH_SIZE,
-    precision: str = "auto",
+    backend: str = DEFAULT_BACKEND,
+    precision: str = DEFAULT_PRECISION,
     actors: int | None = None,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
@@ -582,7 +593,7 @@ def embed_objects_on_ray(
     the same boxes, the same kernel in each actor, the same set published. ``address``,
     ``actors`` and ``report`` as :func:`embed_dataset_on_ray`."""
     from shoal.embedding import create_model
-    from shoal.embedding.inference import resolve_precision
+    from shoal.embedding.backends import resolve_backend, resolve_precision
     from shoal.embedding.pipeline import ProgressReporter
     from shoal.workflows.objects import (
         default_object_embedding_name,
@@ -593,7 +604,10 @@ def embed_objects_on_ray(
     inputs = object_inputs(dataset)
     ray = _import_ray()
     name = name or default_object_embedding_name(model, method)
-    precision = resolve_precision(precision, "cuda" if gpus_per_actor > 0 else "cpu")
+    device = "cuda" if gpus_per_actor > 0 else "cpu"
+    # Resolved here, so the set names what every actor runs (no actor falls back alone).
+    backend = resolve_backend(backend, device)
+    precision = resolve_precision(backend, precision, device)
     started = time.perf_counter()
     with dataset.computing(name):
         embedder = create_model(model)
@@ -609,6 +623,7 @@ def embed_objects_on_ray(
                 "model": embedder,
                 "method": method,
                 "batch_size": batch_size,
+                "backend": backend,
                 "precision": precision,
                 "use_gpu": gpus_per_actor > 0,
                 "threads": _threads(cpus_per_actor, gpus_per_actor),
@@ -630,6 +645,7 @@ def embed_objects_on_ray(
             images,
             model=model,
             method=method,
+            backend=backend,
             precision=precision,
             engine="ray",
         )

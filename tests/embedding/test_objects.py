@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from shoal.embedding import EmbeddingCancelled, embed_paths
+from shoal.embedding import EmbeddingCancelled, create_model, embed_paths
+from shoal.embedding.backends import openvino_available, resolve_backend
 from shoal.embedding.inference import normalize_pixels
 from shoal.embedding.objects import (
     ROI_MAX_SIDE,
@@ -120,10 +121,43 @@ def test_image_vectors_equal_the_normal_pipeline(embedded, label_boxes, lite0) -
     ds = embedded[0]
     paths = label_boxes[0]
     stored = ds.load_embeddings()
-    assert stored.info.preprocessing["backend"] == "torch"  # the object pass runs on torch
+    backend = resolve_backend("auto", "cpu")  # the job ran on the default backend
+    assert stored.info.preprocessing["backend"] == backend
     np.testing.assert_allclose(
-        stored.vectors, embed_paths(paths, lite0, num_workers=0, backend="torch"), atol=1e-5
+        stored.vectors, embed_paths(paths, lite0, num_workers=0, backend=backend), atol=1e-5
     )
+
+
+@pytest.mark.skipif(not openvino_available(), reason="needs OpenVINO on x86-64")
+@pytest.mark.parametrize("method", ["roi_align", "crop"])
+def test_openvino_object_vectors_match_torch_fp32(embedded, label_boxes, method) -> None:
+    """OpenVINO f32 computes the feature maps (ROI-Align stays in torch), the crops and the whole
+    images; on the real photos every box agrees with torch fp32."""
+    paths, boxes, _, stored = label_boxes
+    info = embedded[0].load_embeddings("efficientnet_lite0-objects", level="object").info
+    assert (
+        info.preprocessing["objects"]["backend"],
+        info.preprocessing["objects"]["precision"],
+    ) == (
+        "openvino",
+        "fp32",
+    )
+    reference, reference_images = embed_objects(
+        paths,
+        boxes,
+        create_model(),
+        method=method,
+        backend="torch",
+        precision="fp32",
+        num_workers=0,
+    )
+    if method == "roi_align":
+        found = stored  # the job's pass, on the default backend
+    else:
+        found, images = embed_objects(paths, boxes, create_model(), method=method, num_workers=0)
+        np.testing.assert_allclose(images, reference_images, rtol=1e-3, atol=1e-4)
+    similarity = np.sum(_unit(found) * _unit(reference), axis=1)
+    assert similarity.mean() >= 0.9999 and similarity.min() >= 0.999, similarity.min()
 
 
 def test_roi_vectors_do_not_depend_on_batch_companions(label_boxes, lite0) -> None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from shoal.embedding import backends
 from shoal.embedding.backends import (
+    ConversionMismatch,
     OpenVINOEmbedder,
     TorchEmbedder,
     create_embedder,
@@ -60,6 +61,32 @@ def tiny_model() -> EmbeddingModel:
         head=None,
         data_config=DataConfig(input_size=(3, 32, 32)),
         feature_stride=4,
+    ).eval()
+
+
+class _FrozenSize(nn.Module):
+    """Resizes to its input's own size, read as Python ints: a trace freezes them as constants."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x, size=(int(x.shape[2]), int(x.shape[3])))
+
+
+def tiny_spatial_model(*, frozen: bool = False) -> EmbeddingModel:
+    """A small conv net with a feature map (stride 4) and a pooling, as object embeddings need;
+    ``frozen``: its map is only right at the traced size."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU()]
+    spatial = nn.Sequential(*layers, *([_FrozenSize()] if frozen else []))
+    pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    return EmbeddingModel(
+        name="tiny-map",
+        dim=8,
+        features=nn.Sequential(spatial, pool),
+        head=None,
+        data_config=DataConfig(input_size=(3, 32, 32)),
+        feature_stride=4,
+        spatial=spatial,
+        pool=pool,
     ).eval()
 
 
@@ -147,11 +174,48 @@ def test_stale_or_damaged_cache_is_rebuilt_never_used(tmp_path, monkeypatch):
 
     # Another OpenVINO version: stale too.
     key = backends.cache_key
-    monkeypatch.setattr(backends, "cache_key", lambda m: {**key(m), "openvino": "0.0.0"})
+    monkeypatch.setattr(
+        backends, "cache_key", lambda m, graph="vectors": {**key(m, graph), "openvino": "0.0.0"}
+    )
     load_or_convert(model, tmp_path, on_convert=count)
     assert len(conversions) == 4
     assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 3
     assert first.inputs[0].get_element_type().get_type_name() == "u8"
+
+
+@needs_openvino
+def test_feature_map_graph_takes_any_size_and_matches_torch(tmp_path):
+    embedder = create_embedder(
+        tiny_spatial_model(), backend="openvino", cache_dir=tmp_path, feature_map=True
+    )
+    reference = TorchEmbedder(tiny_spatial_model(), precision="fp32")
+    rng = np.random.default_rng(0)
+    for shape in [(3, 32, 32, 3), (2, 48, 64, 3), (1, 64, 40, 3)]:  # one graph, every size
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        got = embedder.feature_map(pixels)
+        assert got.shape == (shape[0], 8, shape[1] // 4, shape[2] // 4)
+        np.testing.assert_allclose(
+            got.numpy(), reference.feature_map(pixels).numpy(), rtol=1e-4, atol=1e-5
+        )
+    entries = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    graphs = {json.loads((p / "entry.json").read_text())["key"]["graph"] for p in entries}
+    assert graphs == {"vectors", "feature_map"}
+
+
+@needs_openvino
+def test_a_graph_that_freezes_its_input_size_is_never_used(tmp_path):
+    model = tiny_spatial_model(frozen=True)
+    with pytest.raises(ConversionMismatch, match="shape"):
+        load_or_convert(model, tmp_path, graph="feature_map")
+    # Nothing was cached for it: the next run checks again rather than trusting a bad graph.
+    cached = [json.loads((p / "entry.json").read_text()) for p in tmp_path.iterdir()]
+    assert all(entry["key"]["graph"] != "feature_map" for entry in cached)
+
+    # Whole images at the fixed input size are right, so only object embeddings fall back.
+    assert create_embedder(model, backend="auto", cache_dir=tmp_path).backend == "openvino"
+    with pytest.warns(RuntimeWarning, match="OpenVINO could not compile 'tiny-map'.*torch"):
+        objects = create_embedder(model, backend="auto", cache_dir=tmp_path, feature_map=True)
+    assert objects.backend == "torch"
 
 
 # --------------------------------------------------------------------------- selection and fallback
