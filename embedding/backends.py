@@ -560,3 +560,65 @@ class OpenVINOEmbedder:
             self._map_runs = self._compile("feature_map")
         pixels = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
         return torch.from_numpy(self._map_runs.submit(pixels).result())
+
+
+# --------------------------------------------------------------------------- a user's own module
+
+
+class CompiledModule:
+    """A user's torch module from a float32 (batch, ...) tensor to one tensor, converted with a
+    dynamic batch, checked against torch (:func:`convert_cached`), compiled at f32 and run by
+    :class:`AsyncRuns`: OpenVINO under ``shoal extract``. Calls must use the example's shape
+    past the batch dimension (``shape``)."""
+
+    backend = "openvino"
+    precision = "fp32"
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        name: str,
+        example: torch.Tensor,
+        cache_dir: str | os.PathLike[str] | None = None,
+        num_threads: int | None = None,
+        on_convert: Callable[[], None] | None = None,
+    ) -> None:
+        import openvino
+
+        self.shape = tuple(example.shape[1:])
+        key = {
+            "format": CACHE_FORMAT,
+            "graph": "module",
+            "model": name,
+            "weights_sha256": weights_sha256(module),
+            "input_shape": list(self.shape),
+            "openvino": openvino.get_version(),
+        }
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        example = example.detach().float().cpu()
+        generator = torch.Generator().manual_seed(0)
+        # Another batch size than the traced one, and other values.
+        check = torch.randn((len(example) + 1, *self.shape), generator=generator)
+        compiled = compile_cached(
+            f"{root}/{_entry_name(key)}",
+            lambda: convert_cached(
+                module,
+                key,
+                example=example,
+                input_shape=[-1, *self.shape],
+                check=check,
+                cache_dir=root,
+                on_convert=on_convert,
+            ),
+            compile_config("fp32", num_threads),
+        )
+        self._runs = AsyncRuns(compiled)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        if tuple(inputs.shape[1:]) != self.shape:
+            raise ValueError(
+                f"compiled for inputs of shape {self.shape}, got {tuple(inputs.shape[1:])}"
+            )
+        batch = np.ascontiguousarray(inputs.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self._runs.submit(batch).result())

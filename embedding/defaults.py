@@ -18,3 +18,7 @@ DEFAULT_BACKEND = "auto"
 BACKENDS = ("auto", "torch", "openvino")
 #: Precision: "auto" = fp32 on OpenVINO, bf16 on torch CPUs with native bf16, fp16 on CUDA.
 DEFAULT_PRECISION = "auto"
+#: ``shoal extract`` on "auto" converts a user's model for OpenVINO only for runs of at least this
+#: many images: converting and checking a ResNet-50 takes about 10 s on 2 cores, which a short run
+#: would not win back.
+AUTO_OPENVINO_MIN_IMAGES = 256

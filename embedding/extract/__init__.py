@@ -13,12 +13,14 @@ per-image, per-detection and per-label-box vectors.
 
 from shoal.embedding.extract.detection import BoxEmbeddings, DetectionEmbeddings
 from shoal.embedding.extract.extraction import (
+    AUTO_OPENVINO_MIN_IMAGES,
     DEFAULT_MAX_ELEMENTS,
     TASKS,
     Task,
     default_device,
     extract_detection,
     extract_embeddings,
+    extraction_backend,
     resolve_layer,
 )
 from shoal.embedding.extract.layers import LayerNotFoundError, LayerRecord, list_layers
@@ -27,6 +29,7 @@ from shoal.embedding.extract.pooling import SpatialPlan, plan_spatial_pool, pool
 from shoal.embedding.extract.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 __all__ = [
+    "AUTO_OPENVINO_MIN_IMAGES",
     "DEFAULT_MAX_ELEMENTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -43,6 +46,7 @@ __all__ = [
     "default_device",
     "extract_detection",
     "extract_embeddings",
+    "extraction_backend",
     "list_layers",
     "load_user_model",
     "plan_spatial_pool",

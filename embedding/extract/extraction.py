@@ -12,10 +12,20 @@ Tasks choose the default layer and how a spatial map is pooled:
   :mod:`shoal.embedding.extract.detection`); :func:`extract_detection` also gives per-box vectors.
 
 Deterministic: eval mode, inference mode, float32, fixed pooling plan for the whole run.
+
+Backends (``backend=``, as ``shoal embed``): on an x86 CPU the model up to the chosen layer is
+converted for OpenVINO (f32; :class:`shoal.embedding.backends.CompiledModule`), used only once it
+gives torch's outputs on a check batch, and cached on disk by weights hash, layer and input shape;
+pooling stays in torch. ``"auto"`` converts only for runs of at least
+``AUTO_OPENVINO_MIN_IMAGES`` images, as conversion costs seconds. Where the layer does not convert
+(and for detectors, whose inputs are lists of images of their own sizes, and TorchScript), the run
+falls back to torch with a one-line ``RuntimeWarning``. Images of another shape than the first
+(``resize="none"``) run on torch.
 """
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from shoal.embedding.defaults import DEFAULT_MAX_ELEMENTS
+from shoal.embedding.backends import CompiledModule, resolve_backend
+from shoal.embedding.defaults import AUTO_OPENVINO_MIN_IMAGES, DEFAULT_MAX_ELEMENTS
 from shoal.embedding.extract.detection import (
     BOX_LAYER,
     BoxEmbeddings,
@@ -175,6 +186,131 @@ def resolve_layer(
     return cached[key]
 
 
+class _LayerOutput(nn.Module):
+    """The user's module up to one layer's activation, as one tensor: what OpenVINO converts."""
+
+    def __init__(self, module: nn.Module, ref: LayerRef) -> None:
+        super().__init__()
+        self.module = module
+        self.ref = ref
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return as_tensor(capture(self.module, self.ref, inputs), self.ref.name)
+
+
+_COMPILED_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _fingerprint(module: nn.Module) -> tuple[tuple[int, int], ...]:
+    """Changes when any weight is replaced or modified in place (tensor version counters)."""
+    return tuple((t.data_ptr(), t._version) for t in module.state_dict().values())
+
+
+def _compiled_layer(module: nn.Module, ref: LayerRef, example: torch.Tensor) -> CompiledModule:
+    """The module up to ``ref`` on OpenVINO, kept per module object while its weights stay the
+    same (a Ray actor calls once per group of images), else read from the disk cache."""
+    memo = _COMPILED_LAYERS.setdefault(module, {})
+    key = (ref.name, tuple(example.shape[1:]))
+    fingerprint = _fingerprint(module)
+    kept = memo.get(key)
+    if kept is not None and kept[0] == fingerprint:
+        return kept[1]
+    compiled = CompiledModule(
+        _LayerOutput(module, ref).eval(),
+        name=f"{type(module).__module__}.{type(module).__qualname__}:{ref.name}",
+        example=example,
+    )
+    memo[key] = (fingerprint, compiled)
+    return compiled
+
+
+def _layer_runner(
+    module: nn.Module,
+    ref: LayerRef,
+    example: torch.Tensor | None,
+    *,
+    backend: str,
+    task: str,
+    total: int,
+    device: torch.device,
+) -> tuple[Callable[[Any], torch.Tensor], str]:
+    """(a function from a batch to the layer's activations, the backend it runs on)."""
+
+    def on_torch(batch: Any) -> torch.Tensor:
+        return as_tensor(capture(module, ref, batch), ref.name)
+
+    chosen = resolve_backend(backend, device)  # refuses openvino on a GPU or where it is missing
+    if (
+        chosen == "torch"
+        or example is None
+        or (backend == "auto" and total < AUTO_OPENVINO_MIN_IMAGES)
+    ):
+        return on_torch, "torch"
+    why = None
+    if task == "detection":
+        why = "a detector takes a list of images of their own sizes"
+    elif is_torchscript(module):
+        why = "a TorchScript module"
+    else:
+        try:
+            compiled = _compiled_layer(module, ref, example)
+        except Exception as error:  # conversion fails with many types (tracing, frontends, check)
+            why = f"{type(error).__name__}: {str(error)[:200]}"
+    if why is not None:
+        warnings.warn(
+            f"OpenVINO cannot run layer {ref.name!r} of {type(module).__name__} ({why}); "
+            "extracting with torch",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return on_torch, "torch"
+
+    def on_openvino(batch: Any) -> torch.Tensor:
+        if tuple(batch.shape[1:]) != compiled.shape:  # an image of another size: torch
+            return on_torch(batch)
+        return compiled(batch)
+
+    return on_openvino, "openvino"
+
+
+def extraction_backend(
+    model: UserModel | nn.Module,
+    images: Sequence[ImageInput],
+    *,
+    task: Task = "classification",
+    layer: str | None = None,
+    preprocessing: Preprocessing | Preprocess | None = None,
+    backend: str = "auto",
+    device: str | torch.device | None = None,
+) -> str:
+    """The backend :func:`extract_embeddings` would run ``images`` on: "openvino" once the layer
+    has converted and passed its check (the compiled graph is then cached on disk and in this
+    process), else "torch" (with the same one-line warning). Callers that hand the work to others
+    (Ray actors) decide here, once, and pass the answer on as ``backend``."""
+    _check_task(task)
+    module, preprocess = _unwrap(model, preprocessing)
+    target = torch.device(device) if device is not None else default_device()
+    if task == "detection" and layer in (None, "backbone") and not is_torchscript(module):
+        return "torch"
+    ref = parse_layer(
+        module,
+        resolve_layer(
+            module, task=task, layer=layer, images=images, preprocessing=preprocess, device=target
+        ),
+    )
+    with _inference(module, target):
+        example = (
+            None
+            if task == "detection" or not images
+            else _example_batch(images, preprocess, target)
+        )
+        return _layer_runner(
+            module, ref, example, backend=backend, task=task, total=len(images), device=target
+        )[1]
+
+
 def extract_embeddings(
     model: UserModel | nn.Module,
     images: Sequence[ImageInput],
@@ -187,6 +323,8 @@ def extract_embeddings(
     token_pooling: TokenPooling = "mean",
     feature_level: str | None = None,
     device: str | torch.device | None = None,
+    backend: str = "auto",
+    details: dict[str, Any] | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
@@ -202,6 +340,8 @@ def extract_embeddings(
     token_pooling: (batch, tokens, channels) layers: ``"mean"`` of tokens or ``"cls"`` (token 0).
     feature_level: detection only, one backbone level (``"0"``, ``"pool"``); None concatenates all.
     device: default CUDA when available, else CPU; the model is moved there.
+    backend: "auto", "torch" or "openvino" (see the module docstring); ``details``, when given,
+        receives the ``backend`` and ``precision`` the run used.
     progress: called with :class:`shoal.embedding.pipeline.Progress` after each batch.
     should_stop: polled before each batch; True raises ``EmbeddingCancelled``.
 
@@ -212,7 +352,16 @@ def extract_embeddings(
     _check_task(task)
     module, preprocess = _unwrap(model, preprocessing)
     target = torch.device(device) if device is not None else default_device()
+    if details is not None:
+        details.update(backend="torch", precision="fp32")
     if task == "detection" and layer in (None, "backbone") and not is_torchscript(module):
+        if resolve_backend(backend, target) == "openvino" and backend == "openvino":
+            warnings.warn(
+                "OpenVINO does not run detectors (a list of images of their own sizes); "
+                "extracting with torch",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return extract_detection(
             module,
             images,
@@ -243,6 +392,14 @@ def extract_embeddings(
         )
 
     with _inference(module, target):
+        example = (
+            None if task == "detection" or not total else _example_batch(images, preprocess, target)
+        )
+        run, used = _layer_runner(
+            module, ref, example, backend=backend, task=task, total=total, device=target
+        )
+        if details is not None:
+            details["backend"] = used
         for start, end in _spans(total, batch_size):
             reporter.check()
             if task == "detection":
@@ -250,7 +407,7 @@ def extract_embeddings(
             else:
                 tensors, _ = preprocess_images(images[start:end], preprocess)
             vectors = _pooled_batch(
-                module, ref, tensors, target, pool=pool, as_list=task == "detection"
+                run, ref, tensors, target, pool=pool, as_list=task == "detection"
             )
             outputs.append(vectors.cpu().numpy())
             reporter.advance(end - start)
@@ -260,7 +417,7 @@ def extract_embeddings(
 
 
 def _pooled_batch(
-    module: nn.Module,
+    run: Callable[[Any], torch.Tensor],
     ref: LayerRef,
     tensors: list[torch.Tensor],
     device: torch.device,
@@ -277,9 +434,7 @@ def _pooled_batch(
     rows: dict[int, torch.Tensor] = {}
     for indices in groups.values():
         group = [tensors[i].to(device) for i in indices]
-        activations = as_tensor(
-            capture(module, ref, group if as_list else torch.stack(group)), ref.name
-        )
+        activations = run(group if as_list else torch.stack(group))
         if activations.shape[0] != len(indices):
             raise ValueError(
                 f"layer {ref.name!r} gives {activations.shape[0]} rows for {len(indices)} images "

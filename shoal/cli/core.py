@@ -22,6 +22,7 @@ from shoal.cli._util import (
     workspace,
 )
 from shoal.embedding.defaults import (
+    AUTO_OPENVINO_MIN_IMAGES,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EXTRACT_BATCH_SIZE,
     DEFAULT_MAX_ELEMENTS,
@@ -120,6 +121,13 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_MAX_ELEMENTS,
         help="pool spatial layers down to this many values",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "openvino"],
+        default=None,
+        help="inference backend (default: auto = OpenVINO on x86 CPUs for runs of "
+        f"{AUTO_OPENVINO_MIN_IMAGES}+ images where the layer converts, else torch)",
     )
     add_engine_arguments(p, "the model file (and --weights) at the same path on every node")
     p.add_argument("--json", action="store_true")
@@ -313,6 +321,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         "weights": args.weights,
         "batch_size": args.batch_size,
         "max_elements": args.max_elements,
+        "backend": args.backend,
         "engine": args.engine,
         "address": args.address,
     }

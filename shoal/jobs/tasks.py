@@ -124,6 +124,7 @@ class ExtractParams:
     weights: str | None = None
     batch_size: int = DEFAULT_EXTRACT_BATCH_SIZE
     max_elements: int = DEFAULT_MAX_ELEMENTS
+    backend: str = DEFAULT_BACKEND  # as EmbedParams.backend; the model runs in float32
     engine: str = "auto"  # as EmbedParams.engine
     address: str | None = None
 
@@ -142,6 +143,7 @@ def extract_task(context: JobContext) -> dict[str, Any]:
         "weights": params.weights,
         "batch_size": params.batch_size,
         "max_elements": params.max_elements,
+        "backend": params.backend,
         "progress": context.report_images,
         "should_stop": context.cancelled,
     }

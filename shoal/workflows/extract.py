@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -31,10 +32,15 @@ def extract_dataset(
     weights: str | None = None,
     batch_size: int = DEFAULT_EXTRACT_BATCH_SIZE,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    backend: str = "auto",
     progress: Callable[[Any], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[EmbeddingInfo]:
-    """Store the user's model's embeddings of every image; returns the sets written."""
+    """Store the user's model's embeddings of every image; returns the sets written.
+
+    ``backend``: "auto" (OpenVINO on x86 CPUs for runs long enough to pay for converting the
+    model, where its layer converts; see :mod:`shoal.embedding.extract.extraction`), "torch" or
+    "openvino"; the set records the backend and precision used."""
     from shoal.embedding.extract import (
         extract_detection,
         extract_embeddings,
@@ -53,6 +59,7 @@ def extract_dataset(
 
         if task != "detection":
             chosen = resolve_layer(user_model, task=task_name, layer=layer, images=paths[:1])
+            used: dict[str, Any] = {}
             vectors = extract_embeddings(
                 user_model,
                 paths,
@@ -60,12 +67,21 @@ def extract_dataset(
                 layer=chosen,
                 batch_size=batch_size,
                 max_elements=max_elements,
+                backend=backend,
+                details=used,
                 progress=progress,
                 should_stop=should_stop,
             )
-            metadata.update(layer=chosen, max_elements=max_elements)
+            metadata.update(layer=chosen, max_elements=max_elements, **used)
             return publish_extracted(dataset, name, model_spec, metadata, vectors, sample_ids)
 
+        if backend == "openvino":
+            warnings.warn(
+                "OpenVINO does not run detectors (a list of images of their own sizes); "
+                "extracting with torch",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         result = extract_detection(
             user_model,
             paths,
@@ -75,7 +91,9 @@ def extract_dataset(
             should_stop=should_stop,
             with_detections=False,
         )
-        metadata.update(layer=result.image_layer, box_layer=result.box_layer)
+        metadata.update(
+            layer=result.image_layer, box_layer=result.box_layer, backend="torch", precision="fp32"
+        )
         box_vectors = None if result.labels is None else result.labels.vectors
         return publish_extracted(
             dataset, name, model_spec, metadata, result.image_vectors, sample_ids, box_vectors

@@ -436,13 +436,14 @@ class _ExtractActor:
         layer: str | None,
         batch_size: int,
         max_elements: int,
+        backend: str,
         threads: int,
     ) -> None:
         from shoal.embedding.extract import load_user_model
 
         self.node = _actor_setup(threads)
         self.model = load_user_model(model_spec, weights=weights)
-        self.task, self.layer = task, layer
+        self.task, self.layer, self.backend = task, layer, backend
         self.batch_size, self.max_elements = batch_size, max_elements
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -462,6 +463,7 @@ class _ExtractActor:
                         layer=self.layer,
                         batch_size=self.batch_size,
                         max_elements=self.max_elements,
+                        backend=self.backend,
                     )
                 )
                 boxes.append(np.zeros((0, 0), np.float32))
@@ -665,6 +667,7 @@ def extract_on_ray(
     weights: str | None = None,
     batch_size: int = DEFAULT_EXTRACT_BATCH_SIZE,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    backend: str = DEFAULT_BACKEND,
     actors: int | None = None,
     cpus_per_actor: float = 1.0,
     progress: Callable[[Any], None] | None = None,
@@ -674,10 +677,11 @@ def extract_on_ray(
     """:func:`shoal.workflows.extract.extract_dataset` on the Ray cluster at ``address``.
 
     Each actor loads the user's model from ``model_spec`` (and ``weights``) itself, so those
-    files must be at the same path on every node, like the images. The layer is resolved once,
-    here, and every actor uses it.
+    files must be at the same path on every node, like the images. The layer and the backend
+    (:func:`shoal.embedding.extract.extraction_backend`: the conversion is tried here) are
+    resolved once, here, and every actor uses them.
     """
-    from shoal.embedding.extract import load_user_model, resolve_layer
+    from shoal.embedding.extract import extraction_backend, load_user_model, resolve_layer
     from shoal.embedding.pipeline import ProgressReporter
     from shoal.workflows.extract import (
         default_extract_name,
@@ -700,7 +704,16 @@ def extract_on_ray(
             boxes = label_boxes_of(dataset, sample_ids)
         else:
             layer = resolve_layer(user_model, task=task, layer=layer, images=paths[:1])  # type: ignore[arg-type]
+            backend = extraction_backend(
+                user_model,
+                paths,
+                task=task,  # type: ignore[arg-type]
+                layer=layer,
+                backend=backend,
+                device="cpu",
+            )
             metadata.update(layer=layer, max_elements=max_elements)
+        metadata.update(backend="torch" if task == "detection" else backend, precision="fp32")
         reporter = ProgressReporter(len(paths), progress, should_stop=should_stop)
         reporter.start()
         run = _start(ray, address, actors, cpus_per_actor, 0.0)
@@ -716,6 +729,7 @@ def extract_on_ray(
                 "layer": layer,
                 "batch_size": batch_size,
                 "max_elements": max_elements,
+                "backend": "torch" if task == "detection" else backend,
                 "threads": _threads(cpus_per_actor, 0.0),
             },
             run=run,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from shoal.embedding import backends
@@ -25,6 +26,7 @@ from shoal.embedding.backends import (
     resolve_backend,
     resolve_precision,
 )
+from shoal.embedding.extract import Preprocessing
 from shoal.embedding.models import DataConfig, EmbeddingModel, ModelUnavailableError, create_model
 from shoal.embedding.preprocess import load_image, resize_crop
 
@@ -265,3 +267,73 @@ def test_a_graph_that_does_not_convert_falls_back_to_torch_with_a_notice(monkeyp
     assert embedder.backend == "torch"
     with warnings.catch_warnings(), pytest.raises(RuntimeError, match="unsupported"):
         create_embedder(tiny_model(), backend="openvino")  # asked for by name: no fallback
+
+
+# --------------------------------------------------------------------------- own models (extract)
+
+
+class _BatchFrozen(nn.Module):
+    """Scales by its batch size read as a Python int: a trace freezes it (wrong at other sizes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) * int(x.shape[0])
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_own_model_on_openvino_matches_torch_fp32_on_real_photos(labelled_photos):
+    """The real-weights default network, given to `extract` as a user's module: its output layer
+    runs on OpenVINO and agrees with torch fp32 as the embedder must (cosine, 5-NN labels)."""
+    from shoal.embedding.extract import extract_embeddings
+
+    files, labels = labelled_photos
+    module = create_model("efficientnet_lite0")
+    reference = extract_embeddings(module, files, backend="torch", device="cpu")
+    used: dict[str, str] = {}
+    vectors = extract_embeddings(module, files, backend="openvino", details=used, device="cpu")
+    assert used == {"backend": "openvino", "precision": "fp32"}
+    similarity = cosine(vectors, reference)
+    assert similarity.mean() >= 0.999 and similarity.min() > 0.99, similarity.min()
+    ours, theirs = knn_accuracy(vectors, labels), knn_accuracy(reference, labels)
+    assert abs(ours - theirs) <= 0.01 and theirs > 0.5, (ours, theirs)
+
+
+@needs_openvino
+def test_own_model_layers_run_on_openvino_or_fall_back_with_a_notice():
+    import torchvision
+
+    from shoal.embedding.extract import AUTO_OPENVINO_MIN_IMAGES, extract_embeddings
+
+    photos = [p for p in sorted(SAMPLE.glob("*/*/*"))][:6]
+    torch.manual_seed(0)
+    segmenter = torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None
+    ).eval()
+    # A segmentation backbone's last stage (a spatial map pooled in torch) and an inner layer.
+    for task, layer in [("segmentation", None), ("classification", "backbone.8")]:
+        used: dict[str, str] = {}
+        got = extract_embeddings(
+            segmenter, photos, task=task, layer=layer, backend="openvino", details=used
+        )
+        expected = extract_embeddings(segmenter, photos, task=task, layer=layer, backend="torch")
+        assert used["backend"] == "openvino"
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+
+    # "auto" does not convert for a short run: converting costs more than it saves.
+    used = {}
+    extract_embeddings(segmenter, photos[:2], task="segmentation", details=used)
+    assert used["backend"] == "torch" and len(photos) < AUTO_OPENVINO_MIN_IMAGES
+
+    # A graph that differs from torch at another batch size is refused, and torch runs instead.
+    frozen = nn.Sequential(nn.Conv2d(3, 4, 3), _BatchFrozen())
+    used = {}
+    with pytest.warns(
+        RuntimeWarning, match=r"OpenVINO cannot run layer '1'.*extracting with torch"
+    ):
+        vectors = extract_embeddings(
+            frozen, photos[:3], layer="1", batch_size=3, backend="openvino", details=used
+        )
+    assert used["backend"] == "torch"
+    with torch.inference_mode():
+        inputs = torch.stack([Preprocessing()(Image.open(p).convert("RGB")) for p in photos[:3]])
+        np.testing.assert_allclose(vectors, frozen(inputs).numpy(), rtol=1e-5, atol=1e-6)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from shoal.cli import main
+from shoal.embedding.backends import openvino_available
 from shoal.ingest.images import import_source
 from shoal.store import Workspace
 
@@ -86,6 +87,26 @@ def test_extract_with_a_factory_file(
     )
     np.testing.assert_allclose(
         np.array(ds.load_embeddings("again").vectors), first, rtol=1e-5, atol=1e-6
+    )
+    # A short run stays on torch under "auto"; the set says so.
+    assert ds.load_embeddings("resnet").info.preprocessing["backend"] == "torch"
+
+
+@pytest.mark.skipif(not openvino_available(), reason="needs OpenVINO on x86-64")
+def test_extract_on_openvino_records_it_and_gives_torch_vectors(
+    dataset: Workspace, tmp_path: Path
+) -> None:
+    spec = f"{tmp_path / 'my_model.py'}:build_model"
+    ws = str(dataset.root)
+    for backend in ("torch", "openvino"):
+        command = ["extract", "mine", "--model", spec, "--embedding", backend, "--workspace", ws]
+        assert main([*command, "--backend", backend]) == 0
+    ds = dataset.open("mine")
+    torch_set, openvino_set = ds.load_embeddings("torch"), ds.load_embeddings("openvino")
+    assert openvino_set.info.preprocessing["backend"] == "openvino"
+    assert openvino_set.info.preprocessing["precision"] == "fp32"
+    np.testing.assert_allclose(
+        np.array(openvino_set.vectors), np.array(torch_set.vectors), rtol=1e-3, atol=1e-4
     )
 
 
