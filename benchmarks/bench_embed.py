@@ -12,6 +12,10 @@ Compares, in one run and on the same real photos (JPEG/PNG at 500x375 and 375x50
   objects_torch     embed_objects (ROI-Align, 600 px feature maps) over --object-images of the
                     photos with OBJECTS_PER_IMAGE boxes each (placed at random, seeded), torch
   objects_openvino  the same with the feature maps, crops and whole images from OpenVINO (f32)
+  extract_torch     extract_embeddings (``shoal extract``) of a torchvision ResNet-50 at its
+                    pre-logits (fc:input), float32 on torch, over --object-images photos (the
+                    weights are random: no download here; the speed does not depend on them)
+  extract_openvino  the same, the model up to that layer converted for OpenVINO (f32)
 Each phase runs in its own process, so its peak memory (getrusage peak RSS of the process plus
 its largest child) is its own; building the model and the backend (OpenVINO: reading the
 converted graph from its cache, which a warm-up converts once) is not timed. Rounds alternate
@@ -62,6 +66,8 @@ VARIANTS = [
     ("model_openvino_bf16", "model", "openvino", "bf16"),
     ("objects_torch", "objects", "torch", None),
     ("objects_openvino", "objects", "openvino", "auto"),
+    ("extract_torch", "extract", "torch", None),
+    ("extract_openvino", "extract", "openvino", None),
 ]
 
 
@@ -273,6 +279,31 @@ def phase_objects(
     }
 
 
+def phase_extract(files: list[Path], out: Path, backend: str) -> dict[str, float]:
+    import torch
+    import torchvision
+
+    from shoal.embedding.extract import extract_embeddings
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval()
+    started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
+    used: dict[str, str] = {}
+    vectors = extract_embeddings(
+        model, files, backend=backend, details=used, batch_size=16, device="cpu"
+    )
+    if used["backend"] != backend:
+        raise RuntimeError(f"asked for {backend}, ran on {used['backend']}")
+    np.save(out, vectors)
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    return {
+        "seconds": seconds,
+        "cpu_ms_per_image": 1000 * cpu / len(files),
+        "images_per_second": len(files) / seconds,
+        "peak_rss_mb": peak_rss_mb(children),
+    }
+
+
 def run_phase(args: argparse.Namespace) -> None:
     import torch
 
@@ -284,6 +315,8 @@ def run_phase(args: argparse.Namespace) -> None:
         result = phase_pipeline(
             files, Path(args.out), args.num_workers, args.precision, args.backend
         )
+    elif args.phase == "extract":
+        result = phase_extract(files, Path(args.out), args.backend)
     elif args.phase == "objects":
         result = phase_objects(
             files, Path(args.out), args.num_workers, args.precision, args.backend
@@ -341,7 +374,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--object-images", type=int, default=64, help="photos for the object phases (0: skip them)"
+        "--object-images",
+        type=int,
+        default=64,
+        help="photos for the object and extract phases (0: skip them)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the model process")
     parser.add_argument(
@@ -351,7 +387,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument(
-        "--phase", choices=["baseline", "pipeline", "model", "objects"], help=argparse.SUPPRESS
+        "--phase",
+        choices=["baseline", "pipeline", "model", "objects", "extract"],
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--files", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -367,7 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     variants = [
         v
         for v in VARIANTS
-        if (v[2] == "torch" or openvino_available()) and (v[1] != "objects" or args.object_images)
+        if (v[2] == "torch" or openvino_available())
+        and (v[1] not in ("objects", "extract") or args.object_images)
     ]
     rounds = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
@@ -381,12 +420,13 @@ def main(argv: list[str] | None = None) -> None:
             spawn("model", files_json, folder / "unused.npy", args, backend="openvino")
             if args.object_images:
                 spawn("objects", objects_json, folder / "unused.npy", args, backend="openvino")
+                spawn("extract", objects_json, folder / "unused.npy", args, backend="openvino")
         for index in range(args.rounds):
             load_before = os.getloadavg()[0]
             phases = {
                 name: spawn(
                     kind,
-                    objects_json if kind == "objects" else files_json,
+                    objects_json if kind in ("objects", "extract") else files_json,
                     folder / f"{name}.npy",
                     args,
                     backend=backend,
@@ -406,6 +446,12 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 phases["objects_openvino"]["cosine_to_torch_mean"] = float(similarity.mean())
                 phases["objects_openvino"]["cosine_to_torch_min"] = float(similarity.min())
+            if "extract_torch" in phases and "extract_openvino" in phases:
+                similarity = cosine(
+                    np.load(folder / "extract_torch.npy"), np.load(folder / "extract_openvino.npy")
+                )
+                phases["extract_openvino"]["cosine_to_torch_mean"] = float(similarity.mean())
+                phases["extract_openvino"]["cosine_to_torch_min"] = float(similarity.min())
             phases["load_average_1min"] = [load_before, os.getloadavg()[0]]  # type: ignore[assignment]
             rounds.append(phases)
             print(
@@ -433,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
         "openvino_bf16_vs_torch": ("pipeline_openvino_bf16", "pipeline_torch", None),
         "openvino_bf16_of_model": ("pipeline_openvino_bf16", "model_openvino_bf16", None),
         "objects_openvino_vs_torch": ("objects_openvino", "objects_torch", None),
+        "extract_openvino_vs_torch": ("extract_openvino", "extract_torch", None),
     }
     summary: dict[str, Any] = {}
     for label, (top, bottom, target) in targets.items():
@@ -489,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{min(r[name]['cosine_to_baseline_min'] for r in rounds):.5f}"
             if kind == "pipeline"
             else f"{min(r[name]['cosine_to_torch_mean'] for r in rounds):.6f} / "
-            f"{min(r[name]['cosine_to_torch_min'] for r in rounds):.5f} (to objects_torch)"
+            f"{min(r[name]['cosine_to_torch_min'] for r in rounds):.5f} (to the torch phase)"
             if "cosine_to_torch_mean" in rounds[0].get(name, {})
             else ""
         )

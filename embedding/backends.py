@@ -484,14 +484,24 @@ def compile_config(precision: str, num_threads: int | None) -> dict[str, Any]:
     return config
 
 
+#: Infer requests per stream of the THROUGHPUT hint. A batch split in as many parts as there
+#: are streams finishes when its slowest part does, and on a machine whose cores also decode
+#: images one part is always slowed; small parts queue, and a stream that is done takes the next.
+#: Lite0, 256 real photos, 2 cores: 1 -> 8 per stream raised the model-only rate from about 300
+#: to 360 img/s and the pipeline from about 200 to 265.
+REQUESTS_PER_STREAM = 8
+
+
 class AsyncRuns:
-    """A compiled model's infer requests: each batch is split over the model's optimal number of
-    requests (one per stream of the THROUGHPUT hint), which run at once; two groups alternate,
-    so one batch can be submitted while the previous one is being collected."""
+    """A compiled model's infer requests: each batch is split over ``REQUESTS_PER_STREAM`` times
+    the model's optimal number of requests (one per stream of the THROUGHPUT hint), which queue
+    on the streams; two groups alternate, so one batch can be submitted while the previous one
+    is being collected."""
 
     def __init__(self, compiled: Any) -> None:
         streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self._groups = [[compiled.create_infer_request() for _ in range(streams)] for _ in range(2)]
+        count = streams * REQUESTS_PER_STREAM
+        self._groups = [[compiled.create_infer_request() for _ in range(count)] for _ in range(2)]
         self._next = 0
 
     def submit(self, inputs: np.ndarray) -> _OpenVINOPending:
