@@ -143,13 +143,14 @@ class ComparisonResult(ArrayRecord):
         chosen = [c for c in self.clusters if c.significant]
         return sorted(chosen, key=lambda c: -abs(math.log(c.ratio)))
 
-    def verdict(self) -> str:
-        """A plain-language summary of the comparison, a few sentences long."""
+    def verdict(self, unit: str = "samples") -> str:
+        """A plain-language summary of the comparison, a few sentences long; ``unit`` names what
+        the rows are ("boxes" for an object-level set)."""
         test_name = {
             "mmd": "MMD permutation test",
             "classifier": "domain-classifier permutation test",
         }
-        used = f"{self.n_used_reference} reference vs {self.n_used_current} current samples" + (
+        used = f"{self.n_used_reference} reference vs {self.n_used_current} current {unit}" + (
             ""
             if self.n_used == self.n_reference + self.n_current
             else f", a random subsample of {self.n_reference} vs {self.n_current}"
@@ -181,9 +182,9 @@ class ComparisonResult(ArrayRecord):
         n_flagged = int(self.novelty_flags.sum())
         novelty_alpha = self.params.get("novelty_alpha", DEFAULT_NOVELTY_ALPHA)
         parts.append(
-            f"{n_flagged} of {self.n_current} current samples ({n_flagged / max(self.n_current, 1):.1%}) "
+            f"{n_flagged} of {self.n_current} current {unit} ({n_flagged / max(self.n_current, 1):.1%}) "
             f"are novel (farther from the reference than all but {novelty_alpha:.0%} of reference "
-            f"samples are from each other; about {novelty_alpha:.0%} expected without a shift)."
+            f"{unit} are from each other; about {novelty_alpha:.0%} expected without a shift)."
         )
         return " ".join(parts)
 

@@ -27,7 +27,13 @@ loaded = ui.page_data(level="sample")
 ds, embedding, dataset_key, stamp, version, samples = loaded
 collection = ui.collection_filter(loaded)
 if ui.current_level(ds) == "object":
-    st.caption("Comparisons are between sets of whole images: this page stays at the image level.")
+    st.caption(
+        "This page compares sets of whole images and stays at the image level. To compare boxes "
+        f"(e.g. one category in train against test), run `shoal compare {ds.name} --embedding "
+        f"{ds.default_embedding(level='object') or 'BOX_SET'} --reference "
+        '"category=person & split=train" --current '
+        '"category=person & split=test"`.'
+    )
 
 presets = []
 for column in ("split", "label"):

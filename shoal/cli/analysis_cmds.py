@@ -512,24 +512,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
         ).result
     except (FilterError, ValueError) as error:
         raise CliError(str(error)) from error
+    boxes = ds.load_embeddings(args.embedding).info.level == "object"
+    table = result.novelty_frame()
+    if boxes:  # the two sides are boxes of an object-level set
+        table = table.rename(columns={"sample_id": "object_id"})
     if args.json:
         print_json(result.to_dict())
     else:
-        print(result.verdict())
+        print(result.verdict(unit="boxes" if boxes else "samples"))
         print(
             f"  {result.method}: p = {result.p_value:.4g}, {result.effect_name} = {result.effect_size:.4g}, "
             f"reference {result.n_reference:,}, current {result.n_current:,}"
+            + (" boxes" if boxes else "")
         )
-        novelty = result.novelty_frame().sort_values("novelty", ascending=False)
+        novelty = table.sort_values("novelty", ascending=False)
         print(
-            f"  {int(result.novelty_flags.sum()):,} current samples are novel (not covered by the reference)"
+            f"  {int(result.novelty_flags.sum()):,} current {'boxes' if boxes else 'samples'} are "
+            "novel (not covered by the reference)"
         )
         for row in novelty.head(min(args.top, int(result.novelty_flags.sum()))).itertuples():
-            print(f"    {row.sample_id}\tnovelty {row.novelty:.3f}")
+            print(f"    {row[1]}\tnovelty {row.novelty:.3f}")
         for shift in result.shifted_clusters:
             print(
                 f"  cluster {shift.cluster}: {shift.direction}-represented in current "
                 f"({shift.current_fraction:.1%} vs {shift.reference_fraction:.1%}, q = {shift.q_value:.3g})"
             )
-    _write_table(result.novelty_frame(), args.out)
+    _write_table(table, args.out)
     return 0

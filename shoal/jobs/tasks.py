@@ -297,9 +297,10 @@ def compare_task(context: JobContext) -> dict[str, Any]:
         method=params.method,
     )
     context.report(1, 1, unit="comparisons", force=True)
+    info = ds.embedding_info(embedding)
     return {
         "embedding": embedding,
-        "version": ds.embedding_info(embedding).version,
+        "version": info.version,
         "p_value": computed.result.p_value,
-        "verdict": computed.result.verdict(),
+        "verdict": computed.result.verdict(unit="boxes" if info.level == "object" else "samples"),
     }

@@ -23,6 +23,7 @@ from shoal.analysis.compare import ComparisonResult, compare
 from shoal.analysis.rows import RowSubset
 from shoal.analysis.two_sample import DEFAULT_N_PERMUTATIONS
 from shoal.store import Dataset, StoreError, digest_values
+from shoal.workflows.analyse import row_metadata
 from shoal.workflows.cache import Computed, cached
 from shoal.workflows.collections import collection_masks
 from shoal.workflows.filters import FilterError, describe_filter, mentions_collection, parse_filter
@@ -46,21 +47,29 @@ def compare_dataset(
     ``current=None`` means every sample not in ``reference``. The subsets must not overlap.
     ``options`` go to ``compare`` (max_samples, n_components, novelty_neighbors, novelty_alpha,
     n_clusters). The result carries both sides' sample ids; the Computed's rows are the current
-    side's samples.
+    side's samples. With an object-level ``embedding`` the two sides are sets of boxes, filtered
+    on the boxes' columns and their image's (``category=person & split=train``), and the ids are
+    object ids.
     """
-    samples = ds.samples()
-    collections = collection_masks(ds, samples) if mentions_collection(reference, current) else {}
-    reference_mask = parse_filter(reference, samples, collections=collections)
+    embeddings = ds.load_embeddings(embedding)
+    boxes = embeddings.info.level == "object"
+    unit = "boxes" if boxes else "samples"
+    if boxes:
+        # One row per vector: the box's columns and its image's (split, metadata).
+        rows = row_metadata(ds, embeddings)
+        id_column = "object_id"
+    else:
+        rows, id_column = ds.samples(), "sample_id"
+    collections = collection_masks(ds, rows) if mentions_collection(reference, current) else {}
+    reference_mask = parse_filter(reference, rows, collections=collections)
     current_mask = (
-        ~reference_mask
-        if current is None
-        else parse_filter(current, samples, collections=collections)
+        ~reference_mask if current is None else parse_filter(current, rows, collections=collections)
     )
     overlap = int(np.count_nonzero(reference_mask & current_mask))
     if overlap:
         raise FilterError(
             f"reference {describe_filter(reference)} and current {describe_filter(current)} share "
-            f"{overlap} samples; a comparison needs two disjoint subsets"
+            f"{overlap} {unit}; a comparison needs two disjoint subsets"
         )
     for what, mask, expr in (
         ("reference", reference_mask, reference),
@@ -68,25 +77,23 @@ def compare_dataset(
     ):
         if mask.sum() < 2:
             raise FilterError(
-                f"{what} filter {describe_filter(expr)} selects {int(mask.sum())} samples; need at least 2"
+                f"{what} filter {describe_filter(expr)} selects {int(mask.sum())} {unit}; need at least 2"
             )
 
-    embeddings = ds.load_embeddings(embedding)
-    if embeddings.info.level != "sample":
-        raise StoreError(
-            f"embedding set {embeddings.info.name!r} is object-level; compare needs sample-level"
-        )
-    sample_ids = samples["sample_id"].astype(str).to_numpy()
-    reference_ids, current_ids = sample_ids[reference_mask], sample_ids[current_mask]
-    position = pd.Index(embeddings.ids.astype(str))
-    reference_rows = position.get_indexer(reference_ids)
-    current_rows = position.get_indexer(current_ids)
-    missing = np.concatenate([reference_ids[reference_rows < 0], current_ids[current_rows < 0]])
-    if len(missing):
-        raise StoreError(
-            f"{len(missing)} selected samples (e.g. {missing[0]!r}) have no vector in embedding set "
-            f"{embeddings.info.name!r}; re-run `shoal embed {ds.name}` to embed them"
-        )
+    row_ids = rows[id_column].astype(str).to_numpy()
+    reference_ids, current_ids = row_ids[reference_mask], row_ids[current_mask]
+    if boxes:  # the table is aligned to the vectors
+        reference_rows, current_rows = np.flatnonzero(reference_mask), np.flatnonzero(current_mask)
+    else:
+        position = pd.Index(embeddings.ids.astype(str))
+        reference_rows = position.get_indexer(reference_ids)
+        current_rows = position.get_indexer(current_ids)
+        missing = np.concatenate([reference_ids[reference_rows < 0], current_ids[current_rows < 0]])
+        if len(missing):
+            raise StoreError(
+                f"{len(missing)} selected samples (e.g. {missing[0]!r}) have no vector in embedding set "
+                f"{embeddings.info.name!r}; re-run `shoal embed {ds.name}` to embed them"
+            )
     reference_text = describe_filter(reference)
     current_text = describe_filter(current) if current is not None else f"not ({reference_text})"
     params = {

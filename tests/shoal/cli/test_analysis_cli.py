@@ -150,3 +150,35 @@ def test_json_piped_into_a_reader_that_stops_early_ends_quietly(ws_root) -> None
     stderr = process.stderr.read().decode() if process.stderr else ""
     assert process.wait(timeout=120) in (0, 141)
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+def test_compare_boxes_of_an_object_level_set(street, tmp_path, capsys):
+    """`shoal compare --embedding <box set>`: the sides are boxes, named as boxes, listed by
+    object id in the novelty table."""
+    import shutil
+
+    ws, _, _ = street
+    root = shutil.copytree(ws.root, tmp_path / "ws")  # results are cached into it
+    table = tmp_path / "novelty.csv"
+    text = run(
+        capsys,
+        "compare",
+        "street",
+        "--embedding",
+        "efficientnet_lite0-objects",
+        "--reference",
+        "category=person",
+        "--out",
+        str(table),
+        "--workspace",
+        str(root),
+    )
+    objects = Workspace(root).open("street").objects()
+    person = int((objects["category"] == "person").sum())
+    assert f"reference {person}, current {len(objects) - person} boxes" in text
+    assert "current boxes are novel" in text and "samples" not in text
+    novelty = pd.read_csv(table)
+    assert novelty.columns[0] == "object_id"
+    assert set(novelty["object_id"]) == set(
+        objects.loc[objects["category"] != "person", "object_id"]
+    )

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.analysis.compare import compare
+from shoal.store import Workspace
 from shoal.workflows.compare import compare_dataset
 from shoal.workflows.filters import FilterError, parse_filter
 from tests.analysis.synthetic import shifted_gaussians
@@ -177,3 +178,32 @@ def test_compare_dataset_refuses_overlap_and_tiny_subsets(workspace):
         compare_dataset(ds, reference="split=train", current="label=cat & label=dog")
     with pytest.raises(FilterError, match="unknown column 'spilt'"):
         compare_dataset(ds, reference="spilt=train", current="split=test")
+
+
+def test_compare_at_object_level_selects_boxes_by_their_columns_and_their_images(street, tmp_path):
+    """With an object-level set the sides are boxes: filtered on box columns (category) or on
+    their image's (sample_id, split), with object ids in the result."""
+    import shutil
+
+    ws, _, _ = street
+    copy = Workspace(shutil.copytree(ws.root, tmp_path / "ws"))  # results are cached into it
+    ds = copy.open("street")
+    objects = ds.objects()
+    boxes = "efficientnet_lite0-objects"
+    person = (objects["category"] == "person").to_numpy()
+    result = compare_dataset(
+        ds, reference="category=person", current="category!=person", embedding=boxes
+    ).result
+    assert sorted(result.reference_ids) == sorted(objects.loc[person, "object_id"])
+    assert sorted(result.current_ids) == sorted(objects.loc[~person, "object_id"])
+    assert (result.n_reference, result.n_current) == (person.sum(), (~person).sum())
+    assert 0.0 <= result.p_value <= 1.0 and len(result.novelty_flags) == result.n_current
+
+    first = str(ds.samples()["sample_id"].iloc[0])
+    in_first = (objects["sample_id"].astype(str) == first).to_numpy()
+    by_image = compare_dataset(ds, reference=f"sample_id={first}", embedding=boxes).result
+    assert sorted(by_image.reference_ids) == sorted(objects.loc[in_first, "object_id"])
+    assert sorted(by_image.current_ids) == sorted(objects.loc[~in_first, "object_id"])
+
+    with pytest.raises(FilterError, match=r"share \d+ boxes"):
+        compare_dataset(ds, reference="category=person", current="kind=label", embedding=boxes)
