@@ -214,8 +214,13 @@ def _compute(args: argparse.Namespace, workflow: str, **params: Any) -> tuple[An
     return ds, analyse.ANALYSES[workflow](ds, args.embedding, recompute=args.recompute, **params)
 
 
+def _unit(ds: Any, embedding: str) -> str:
+    """What the rows of the set ``embedding`` are, for messages: boxes or samples."""
+    return "boxes" if ds.embedding_info(embedding).level == "object" else "samples"
+
+
 def cmd_project(args: argparse.Namespace) -> int:
-    _, computed = _compute(
+    ds, computed = _compute(
         args,
         "project",
         n_components=args.components,
@@ -236,15 +241,16 @@ def cmd_project(args: argparse.Namespace) -> int:
             if result.trustworthiness_sampled
             else ""
         )
+        unit = _unit(ds, computed.embedding)
         print(
-            f"projected {len(result.coords):,} samples of {args.name!r} ({computed.embedding}) "
+            f"projected {len(result.coords):,} {unit} of {args.name!r} ({computed.embedding}) "
             f"with {result.method}{_cached_note(computed)}"
         )
         print(f"  trustworthiness {result.trustworthiness:.3f}{sampled}")
         print(f"  mean neighbourhood preservation {result.neighborhood_preservation.mean():.3f}")
         if result.transformed_mask.any():
             print(
-                f"  {int(result.transformed_mask.sum()):,} samples placed by transform (not in the fitted sample)"
+                f"  {int(result.transformed_mask.sum()):,} {unit} placed by transform (not in the fitted sample)"
             )
     _write_table(computed.to_frame(), args.out)
     return 0
@@ -264,7 +270,8 @@ def cmd_outliers(args: argparse.Namespace) -> int:
         _print_ranked_json(ds, args, computed)
     else:
         print(
-            f"{result.n_flagged:,} of {len(result.scores):,} samples flagged as outliers "
+            f"{result.n_flagged:,} of {len(result.scores):,} {_unit(ds, computed.embedding)} "
+            "flagged as outliers "
             f"({result.method}, score > {result.threshold:.4g}){_cached_note(computed)}"
         )
         print(f"  rule: {result.params.get('rule', 'user threshold')}")
@@ -445,7 +452,8 @@ def cmd_mislabels(args: argparse.Namespace) -> int:
         _print_ranked_json(ds, args, computed)
     else:
         print(
-            f"{result.n_flagged:,} of {int(result.params.get('n_labelled', 0)):,} labelled samples "
+            f"{result.n_flagged:,} of {int(result.params.get('n_labelled', 0)):,} labelled "
+            f"{_unit(ds, computed.embedding)} "
             f"look mislabelled{_cached_note(computed)}"
         )
         for row in result.flagged_indices[: args.top]:
@@ -472,7 +480,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
         print_json(computed.to_dict())
     else:
         query = args.image or ", ".join(args.sample_ids)
-        print(f"{len(frame)} samples most similar to {query}:")
+        print(f"{len(frame)} {_unit(ds, computed.embedding)} most similar to {query}:")
         for item in frame.itertuples(index=False):
             print(f"  {item.rank:>3}  {item.sample_id}\tdistance {item.distance:.4f}")
     _write_table(frame, args.out)
@@ -512,7 +520,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         ).result
     except (FilterError, ValueError) as error:
         raise CliError(str(error)) from error
-    boxes = ds.load_embeddings(args.embedding).info.level == "object"
+    boxes = _unit(ds, ds.resolve_embedding(args.embedding)) == "boxes"
     table = result.novelty_frame()
     if boxes:  # the two sides are boxes of an object-level set
         table = table.rename(columns={"sample_id": "object_id"})
