@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
@@ -48,6 +50,7 @@ from shoal.embedding.preprocess import (
 
 CHECKPOINT_FORMAT = 1
 _READ_AHEAD = 2  # batches of raw file bytes read ahead by the in-process decoder
+_DECODE_AHEAD = 2  # decoded batches kept ready beside an asynchronous backend
 
 
 @dataclass(frozen=True)
@@ -120,15 +123,23 @@ def _decoded_batches(
     workers: int,
     pin_memory: bool,
     threads: int | None = None,
+    keep_ahead: bool = False,
 ) -> Generator[_Batch, None, None]:
     """Decoded (indices, (batch, H, W, 3) uint8, errors) per span, in order.
 
     With ``workers`` > 0, worker processes decode ahead of the model (two batches each). With 0,
-    a thread reads the next batches' file bytes ahead, and each batch is decoded when asked by a
-    pool of ``threads`` threads (default: as wide as torch's intra-op pool; Pillow releases the
-    GIL while decoding and resizing). With a synchronous model, decoding and the model take
-    turns on all cores; with an asynchronous one, fewer threads decode while it runs.
+    a thread reads the next batches' file bytes ahead, and each batch is decoded by a pool of
+    ``threads`` threads (default: as wide as torch's intra-op pool; Pillow releases the GIL while
+    decoding and resizing): when asked, so that decoding and a synchronous model take turns on
+    all cores, or with ``keep_ahead`` continuously, up to ``_DECODE_AHEAD`` batches ahead, beside an
+    asynchronous model (OpenVINO), which then never waits for the next batch (on 2 cores, 256
+    real photos: 262 img/s against 241 when decoding waited to be asked).
     """
+    if workers == 0 and keep_ahead:
+        yield from _prefetched(
+            _decoded_batches(names, config, spans, 0, pin_memory, threads), _DECODE_AHEAD
+        )
+        return
     files = _DecodedFiles(names, config)
     if workers > 0:
         loader = DataLoader(
@@ -170,6 +181,47 @@ def _decoded_batches(
             decoded = pool.map(files.decode, range(start, end), contents)
             batch = _collate([(i, files.resize(pixels), error) for i, pixels, error in decoded])
             yield (batch[0], batch[1].pin_memory() if pin_memory else batch[1], batch[2])
+
+
+def _prefetched(items: Generator[_Batch, None, None], depth: int) -> Generator[_Batch, None, None]:
+    """``items``, produced by a thread up to ``depth`` ahead of the consumer. An exception in the
+    producer is raised here, at the item it stopped at; closing this generator stops the
+    producer (it finishes the item in hand) and closes ``items``."""
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            with contextlib.closing(items):
+                for item in items:
+                    while not stop.is_set():
+                        try:
+                            handoff.put(("item", item), timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            handoff.put(("end", None))
+        except BaseException as error:  # handed to the consumer, raised there
+            handoff.put(("error", error))
+
+    producer = threading.Thread(target=produce, name="shoal-decode-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while producer.is_alive():  # unblock a producer waiting to hand over an item
+            with contextlib.suppress(queue.Empty):
+                handoff.get(timeout=0.1)
+        producer.join()
 
 
 def decode_threads(backend: str) -> int:
@@ -375,6 +427,7 @@ def embed_paths(
         workers,
         device.type == "cuda",
         threads=decode_threads(embedder.backend),
+        keep_ahead=embedder.backend == "openvino",
     )
     in_flight: tuple[int, int, Pending] | None = None
 

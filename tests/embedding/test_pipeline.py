@@ -321,3 +321,37 @@ def test_cuda_fast_path_matches_cpu_fp32(lite0, photo_files):
     fast = embed_paths(photo_files, gpu_model, batch_size=8)
     similarity = cosine(reference, fast)
     assert similarity.mean() >= 0.999 and similarity.min() >= 0.995
+
+
+# --------------------------------------------------------------------------- decoding ahead
+
+
+def test_decoding_ahead_keeps_order_raises_where_it_failed_and_stops_when_closed():
+    import threading
+
+    from shoal.embedding.pipeline import _prefetched
+
+    def numbers(stop_at=None, closed=None):
+        try:
+            for value in range(10):
+                if value == stop_at:
+                    raise OSError(f"disk gone at {value}")
+                yield value
+        finally:
+            if closed is not None:
+                closed.set()
+
+    assert list(_prefetched(numbers(), 2)) == list(range(10))
+
+    seen = []
+    with pytest.raises(OSError, match="disk gone at 4"):
+        for value in _prefetched(numbers(stop_at=4), 2):
+            seen.append(value)
+    assert seen == [0, 1, 2, 3]  # every item before the failure arrives, in order
+
+    closed = threading.Event()
+    ahead = _prefetched(numbers(closed=closed), 2)
+    assert next(ahead) == 0
+    ahead.close()  # e.g. a cancelled embed: the producer stops and closes its source
+    assert closed.is_set()
+    assert not any(t.name == "shoal-decode-ahead" for t in threading.enumerate())
