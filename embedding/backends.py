@@ -16,9 +16,9 @@ the backend:
 
 OpenVINO precision. ``auto`` means ``fp32`` here. On the 354 real photos of ``sample_data/``
 (lite0, 224 px) OpenVINO f32 matches torch fp32 (mean and min cosine 1.000000, same 5-NN
-category accuracy 0.8475), and on 2 cores runs the model at 341 img/s against 143 for torch's
+category accuracy 0.8475), and on 2 cores runs the model at 360 img/s against 147 for torch's
 bf16 path (benchmarks/bench_embed.py, same run, 2026-12-02). OpenVINO bf16 (AMX kernels) runs it
-at 594 img/s but reaches mean cosine 0.99885 (min 0.984), below the 0.999 this project asks of a
+at 670 img/s but reaches mean cosine 0.99885 (min 0.984), below the 0.999 this project asks of a
 default; keeping the stem in f32 did not change that. Ask for ``precision="bf16"`` to trade that
 fidelity for speed.
 

@@ -18,7 +18,7 @@ converted for OpenVINO (f32; :class:`shoal.embedding.backends.CompiledModule`), 
 gives torch's outputs on a check batch, and cached on disk by weights hash, layer and input shape;
 pooling stays in torch. ``"auto"`` converts only for runs of at least
 ``AUTO_OPENVINO_MIN_IMAGES`` images, as conversion costs seconds (ResNet-50: 2.7 s, then 2.6x
-torch fp32's rate on 2 cores). Where the layer does not convert
+torch fp32's rate, model only, on 2 cores). Where the layer does not convert
 (and for detectors, whose inputs are lists of images of their own sizes, and TorchScript), the run
 falls back to torch with a one-line ``RuntimeWarning``. Images of another shape than the first
 (``resize="none"``) run on torch.
@@ -213,7 +213,9 @@ def _compiled_layer(module: nn.Module, ref: LayerRef, example: torch.Tensor) -> 
     """The module up to ``ref`` on OpenVINO, kept per module object while its weights stay the
     same (a Ray actor calls once per group of images), else read from the disk cache."""
     memo = _COMPILED_LAYERS.setdefault(module, {})
-    key = (ref.name, tuple(example.shape[1:]))
+    # As many threads as torch has here: a Ray actor given one CPU sets torch to one.
+    threads = torch.get_num_threads()
+    key = (ref.name, tuple(example.shape[1:]), threads)
     fingerprint = _fingerprint(module)
     kept = memo.get(key)
     if kept is not None and kept[0] == fingerprint:
@@ -222,6 +224,7 @@ def _compiled_layer(module: nn.Module, ref: LayerRef, example: torch.Tensor) -> 
         _LayerOutput(module, ref).eval(),
         name=f"{type(module).__module__}.{type(module).__qualname__}:{ref.name}",
         example=example,
+        num_threads=threads,
     )
     memo[key] = (fingerprint, compiled)
     return compiled
