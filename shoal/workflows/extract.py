@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -75,25 +74,19 @@ def extract_dataset(
             metadata.update(layer=chosen, max_elements=max_elements, **used)
             return publish_extracted(dataset, name, model_spec, metadata, vectors, sample_ids)
 
-        if backend == "openvino":
-            warnings.warn(
-                "OpenVINO does not run detectors (a list of images of their own sizes); "
-                "extracting with torch",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        used = {}
         result = extract_detection(
             user_model,
             paths,
             label_boxes=label_boxes_of(dataset, sample_ids),
             batch_size=max(1, min(batch_size, 4)),
+            backend=backend,
+            details=used,
             progress=progress,
             should_stop=should_stop,
             with_detections=False,
         )
-        metadata.update(
-            layer=result.image_layer, box_layer=result.box_layer, backend="torch", precision="fp32"
-        )
+        metadata.update(layer=result.image_layer, box_layer=result.box_layer, **used)
         box_vectors = None if result.labels is None else result.labels.vectors
         return publish_extracted(
             dataset, name, model_spec, metadata, result.image_vectors, sample_ids, box_vectors

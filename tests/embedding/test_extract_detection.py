@@ -256,3 +256,19 @@ def test_resnet50_fpn_detectors(builder, photos: list[Image.Image]) -> None:
     assert result.inferences.vectors.shape == (sum(counts), 1024)
     assert result.labels is not None and result.labels.vectors.shape == (3, 1024)
     _oracle_check(model, photos, result)
+
+
+def test_detectors_run_on_torch_and_say_so_when_openvino_is_asked_for(
+    mobilenet_detector: nn.Module, photos: list[Image.Image]
+) -> None:
+    from shoal.embedding.backends import openvino_available
+
+    if not openvino_available():
+        pytest.skip("needs OpenVINO on x86-64")
+    used: dict[str, str] = {}
+    with pytest.warns(RuntimeWarning, match="OpenVINO does not run detectors"):
+        result = extract_detection(
+            mobilenet_detector, photos[:1], backend="openvino", details=used, device="cpu"
+        )
+    assert used == {"backend": "torch", "precision": "fp32"}
+    assert len(result.image_vectors) == 1
