@@ -53,9 +53,11 @@ from torch.utils.data import Dataset as TorchDataset
 from shoal.embedding.backends import Embedder, create_embedder
 from shoal.embedding.models import DataConfig, EmbeddingModel
 from shoal.embedding.pipeline import (
+    DECODE_AHEAD,
     Progress,
     ProgressReporter,
     default_num_workers,
+    prefetched,
 )
 from shoal.embedding.preprocess import (
     RESAMPLE,
@@ -370,7 +372,11 @@ def _embed_roi_align(
     object_vectors = np.empty((int(offsets[-1]), model.dim), dtype=np.float32)
     image_vectors = np.empty((len(paths), model.dim), dtype=np.float32)
     dataset = _ResizedImages(paths, sizes, stride, model.data_config)
-    iterator = iter(_loader(dataset, batches, workers, device, _stack))
+    iterator: Any = iter(_loader(dataset, batches, workers, device, _stack))
+    if workers == 0 and embedder.backend == "openvino":
+        # Decode the next images while OpenVINO computes this batch's feature maps (48 real
+        # photos, 2 cores, alternating runs: 10.1-12.1 img/s inline, 10.5-14.4 ahead).
+        iterator = prefetched((batch for batch in iterator), DECODE_AHEAD)
     try:
         for batch in batches:
             reporter.check()
@@ -392,7 +398,7 @@ def _embed_roi_align(
                     object_vectors[offsets[index] : offsets[index + 1]] = chunk
             reporter.advance(len(indices))
     finally:
-        shutdown = getattr(iterator, "_shutdown_workers", None)
+        shutdown = getattr(iterator, "_shutdown_workers", None) or getattr(iterator, "close", None)
         if shutdown is not None:
             shutdown()
     return object_vectors, image_vectors

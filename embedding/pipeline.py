@@ -29,7 +29,7 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -50,7 +50,8 @@ from shoal.embedding.preprocess import (
 
 CHECKPOINT_FORMAT = 1
 _READ_AHEAD = 2  # batches of raw file bytes read ahead by the in-process decoder
-_DECODE_AHEAD = 2  # decoded batches kept ready beside an asynchronous backend
+DECODE_AHEAD = 2  # decoded batches kept ready beside an asynchronous backend
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -131,13 +132,13 @@ def _decoded_batches(
     a thread reads the next batches' file bytes ahead, and each batch is decoded by a pool of
     ``threads`` threads (default: as wide as torch's intra-op pool; Pillow releases the GIL while
     decoding and resizing): when asked, so that decoding and a synchronous model take turns on
-    all cores, or with ``keep_ahead`` continuously, up to ``_DECODE_AHEAD`` batches ahead, beside an
+    all cores, or with ``keep_ahead`` continuously, up to ``DECODE_AHEAD`` batches ahead, beside an
     asynchronous model (OpenVINO), which then never waits for the next batch (on 2 cores, 256
     real photos: 262 img/s against 241 when decoding waited to be asked).
     """
     if workers == 0 and keep_ahead:
-        yield from _prefetched(
-            _decoded_batches(names, config, spans, 0, pin_memory, threads), _DECODE_AHEAD
+        yield from prefetched(
+            _decoded_batches(names, config, spans, 0, pin_memory, threads), DECODE_AHEAD
         )
         return
     files = _DecodedFiles(names, config)
@@ -183,7 +184,7 @@ def _decoded_batches(
             yield (batch[0], batch[1].pin_memory() if pin_memory else batch[1], batch[2])
 
 
-def _prefetched(items: Generator[_Batch, None, None], depth: int) -> Generator[_Batch, None, None]:
+def prefetched(items: Generator[T, None, None], depth: int) -> Generator[T, None, None]:
     """``items``, produced by a thread up to ``depth`` ahead of the consumer. An exception in the
     producer is raised here, at the item it stopped at; closing this generator stops the
     producer (it finishes the item in hand) and closes ``items``."""

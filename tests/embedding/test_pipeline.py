@@ -329,7 +329,7 @@ def test_cuda_fast_path_matches_cpu_fp32(lite0, photo_files):
 def test_decoding_ahead_keeps_order_raises_where_it_failed_and_stops_when_closed():
     import threading
 
-    from shoal.embedding.pipeline import _prefetched
+    from shoal.embedding.pipeline import prefetched
 
     def numbers(stop_at=None, closed=None):
         try:
@@ -341,16 +341,16 @@ def test_decoding_ahead_keeps_order_raises_where_it_failed_and_stops_when_closed
             if closed is not None:
                 closed.set()
 
-    assert list(_prefetched(numbers(), 2)) == list(range(10))
+    assert list(prefetched(numbers(), 2)) == list(range(10))
 
     seen = []
     with pytest.raises(OSError, match="disk gone at 4"):
-        for value in _prefetched(numbers(stop_at=4), 2):
+        for value in prefetched(numbers(stop_at=4), 2):
             seen.append(value)
     assert seen == [0, 1, 2, 3]  # every item before the failure arrives, in order
 
     closed = threading.Event()
-    ahead = _prefetched(numbers(closed=closed), 2)
+    ahead = prefetched(numbers(closed=closed), 2)
     assert next(ahead) == 0
     ahead.close()  # e.g. a cancelled embed: the producer stops and closes its source
     assert closed.is_set()
