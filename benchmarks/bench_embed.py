@@ -30,6 +30,7 @@ Writes benchmarks/results/embed.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +155,22 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+@contextlib.contextmanager
+def measured(count: int) -> Iterator[dict[str, float]]:
+    """Measure the block: the yielded dict receives its seconds, CPU ms per image (this process
+    and finished children), images per second over ``count`` and peak RSS (MB)."""
+    result: dict[str, float] = {}
+    started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
+    yield result
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    result.update(
+        seconds=seconds,
+        cpu_ms_per_image=1000 * cpu / count,
+        images_per_second=count / seconds,
+        peak_rss_mb=peak_rss_mb(children),
+    )
+
+
 def phase_baseline(files: list[Path], out: Path) -> dict[str, float]:
     import timm.data
     import torch
@@ -169,22 +187,16 @@ def phase_baseline(files: list[Path], out: Path) -> dict[str, float]:
         mean=config.mean,
         std=config.std,
     )
-    started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
-    rows = []
-    with torch.inference_mode():
-        for start in range(0, len(files), 32):
-            batch = torch.stack(
-                [transform(Image.open(p).convert("RGB")) for p in files[start : start + 32]]
-            )
-            rows.append(model(batch).numpy())
-    np.save(out, np.concatenate(rows).astype(np.float32))
-    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
-    return {
-        "seconds": seconds,
-        "cpu_ms_per_image": 1000 * cpu / len(files),
-        "images_per_second": len(files) / seconds,
-        "peak_rss_mb": peak_rss_mb(children),
-    }
+    with measured(len(files)) as result:
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(files), 32):
+                batch = torch.stack(
+                    [transform(Image.open(p).convert("RGB")) for p in files[start : start + 32]]
+                )
+                rows.append(model(batch).numpy())
+        np.save(out, np.concatenate(rows).astype(np.float32))
+    return result
 
 
 def phase_pipeline(
@@ -196,18 +208,12 @@ def phase_pipeline(
     embedder = create_embedder(
         create_model("efficientnet_lite0"), backend=backend, precision=precision
     )
-    started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
-    vectors = embed_paths(
-        files, embedder.model, batch_size=32, num_workers=num_workers, backend=embedder
-    )
-    np.save(out, vectors)
-    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
-    return {
-        "seconds": seconds,
-        "cpu_ms_per_image": 1000 * cpu / len(files),
-        "images_per_second": len(files) / seconds,
-        "peak_rss_mb": peak_rss_mb(children),
-    }
+    with measured(len(files)) as result:
+        vectors = embed_paths(
+            files, embedder.model, batch_size=32, num_workers=num_workers, backend=embedder
+        )
+        np.save(out, vectors)
+    return result
 
 
 def phase_model(files: list[Path], precision: str, backend: str) -> dict[str, float]:
@@ -221,23 +227,17 @@ def phase_model(files: list[Path], precision: str, backend: str) -> dict[str, fl
     pixels = np.stack([resize_crop(load_image(p), embedder.model.data_config) for p in files])
     batches = [pixels[i : i + 32] for i in range(0, len(pixels), 32)]
     embedder.embed(batches[0])  # warm-up: one-off kernel selection
-    started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
-    # Submitted one batch ahead, as the pipeline does (the torch backend runs synchronously).
-    running = None
-    for batch in batches:
-        submitted = embedder.submit(batch)
+    with measured(len(files)) as result:
+        # Submitted one batch ahead, as the pipeline does (the torch backend runs synchronously).
+        running = None
+        for batch in batches:
+            submitted = embedder.submit(batch)
+            if running is not None:
+                running.result()
+            running = submitted
         if running is not None:
             running.result()
-        running = submitted
-    if running is not None:
-        running.result()
-    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
-    return {
-        "seconds": seconds,
-        "cpu_ms_per_image": 1000 * cpu / len(files),
-        "images_per_second": len(files) / seconds,
-        "peak_rss_mb": peak_rss_mb(children),
-    }
+    return result
 
 
 def random_boxes(count: int, width: int, height: int, seed: int) -> np.ndarray:
@@ -264,19 +264,13 @@ def phase_objects(
     embedder = create_embedder(
         create_model("efficientnet_lite0"), backend=backend, precision=precision, feature_map=True
     )
-    started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
-    vectors, _ = embed_objects(
-        files, boxes, embedder.model, num_workers=num_workers, backend=embedder
-    )
-    np.save(out, vectors)
-    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
-    return {
-        "seconds": seconds,
-        "cpu_ms_per_image": 1000 * cpu / len(files),
-        "images_per_second": len(files) / seconds,
-        "boxes_per_second": len(vectors) / seconds,
-        "peak_rss_mb": peak_rss_mb(children),
-    }
+    with measured(len(files)) as result:
+        vectors, _ = embed_objects(
+            files, boxes, embedder.model, num_workers=num_workers, backend=embedder
+        )
+        np.save(out, vectors)
+    result["boxes_per_second"] = len(vectors) / result["seconds"]
+    return result
 
 
 def phase_extract(files: list[Path], out: Path, backend: str) -> dict[str, float]:
@@ -287,21 +281,15 @@ def phase_extract(files: list[Path], out: Path, backend: str) -> dict[str, float
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval()
-    started, cpu_started, children = time.perf_counter(), cpu_seconds(), children_peak_kb()
-    used: dict[str, str] = {}
-    vectors = extract_embeddings(
-        model, files, backend=backend, details=used, batch_size=16, device="cpu"
-    )
-    if used["backend"] != backend:
-        raise RuntimeError(f"asked for {backend}, ran on {used['backend']}")
-    np.save(out, vectors)
-    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
-    return {
-        "seconds": seconds,
-        "cpu_ms_per_image": 1000 * cpu / len(files),
-        "images_per_second": len(files) / seconds,
-        "peak_rss_mb": peak_rss_mb(children),
-    }
+    with measured(len(files)) as result:
+        used: dict[str, str] = {}
+        vectors = extract_embeddings(
+            model, files, backend=backend, details=used, batch_size=16, device="cpu"
+        )
+        if used["backend"] != backend:
+            raise RuntimeError(f"asked for {backend}, ran on {used['backend']}")
+        np.save(out, vectors)
+    return result
 
 
 def run_phase(args: argparse.Namespace) -> None:

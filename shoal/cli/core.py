@@ -23,6 +23,7 @@ from shoal.cli._util import (
 )
 from shoal.embedding.defaults import (
     AUTO_OPENVINO_MIN_IMAGES,
+    BACKENDS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EXTRACT_BATCH_SIZE,
     DEFAULT_MAX_ELEMENTS,
@@ -80,12 +81,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="embed each labelled/predicted box (detection datasets)",
     )
-    p.add_argument(
-        "--backend",
-        choices=["auto", "torch", "openvino"],
-        default=None,
-        help="inference backend (default: auto = OpenVINO on x86 CPUs where it loads, else torch)",
-    )
+    add_backend_argument(p, "where it loads")
     p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],
@@ -122,12 +118,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_ELEMENTS,
         help="pool spatial layers down to this many values",
     )
-    p.add_argument(
-        "--backend",
-        choices=["auto", "torch", "openvino"],
-        default=None,
-        help="inference backend (default: auto = OpenVINO on x86 CPUs for runs of "
-        f"{AUTO_OPENVINO_MIN_IMAGES}+ images where the layer converts, else torch)",
+    add_backend_argument(
+        p, f"for runs of {AUTO_OPENVINO_MIN_IMAGES}+ images where the layer converts"
     )
     add_engine_arguments(p, "the model file (and --weights) at the same path on every node")
     p.add_argument("--json", action="store_true")
@@ -249,6 +241,16 @@ def cmd_import(args: argparse.Namespace) -> int:
         )
     _print_report(report.to_dict(), as_json=args.json)
     return 0
+
+
+def add_backend_argument(p: argparse.ArgumentParser, when: str) -> None:
+    """``--backend``: the inference backend, "auto" (OpenVINO on x86 CPUs ``when``) by default."""
+    p.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        default=None,
+        help=f"inference backend (default: auto = OpenVINO on x86 CPUs {when}, else torch)",
+    )
 
 
 def add_engine_arguments(p: argparse.ArgumentParser, needs: str) -> None:
