@@ -225,29 +225,24 @@ def _tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     return pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels)
 
 
+def _uint8(pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
+
+
 # --------------------------------------------------------------------------- OpenVINO graphs
 
 
-class _PixelsToVectors(nn.Module):
-    """(batch, H, W, 3) uint8 -> (batch, dim) pre-logits: the graph OpenVINO converts."""
+class _FromPixels(nn.Module):
+    """(batch, H, W, 3) uint8 -> ``model.<output>`` of the normalised pixels: the graph OpenVINO
+    converts (``"features"``: pre-logits vectors; ``"feature_map"``: the final map, objects)."""
 
-    def __init__(self, model: EmbeddingModel) -> None:
+    def __init__(self, model: EmbeddingModel, output: str) -> None:
         super().__init__()
         self.model = model
+        self.output = output
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.features(normalize_pixels(pixels, self.model.data_config))
-
-
-class _PixelsToFeatureMap(nn.Module):
-    """(batch, H, W, 3) uint8 of any size -> (batch, C, h, w) final feature map (objects)."""
-
-    def __init__(self, model: EmbeddingModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.feature_map(normalize_pixels(pixels, self.model.data_config))
+        return getattr(self.model, self.output)(normalize_pixels(pixels, self.model.data_config))
 
 
 #: What can be converted from an EmbeddingModel: its vectors at the input size, or its feature
@@ -268,6 +263,10 @@ def weights_sha256(model: nn.Module) -> str:
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "shoal" / "openvino"
+
+
+def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir()
 
 
 def cache_key(model: EmbeddingModel, graph: str = "vectors") -> dict[str, Any]:
@@ -358,7 +357,7 @@ def convert_cached(
     """
     import openvino
 
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = _cache_root(cache_dir)
     name = _entry_name(key)
     entry = root / name
     core = openvino.Core()
@@ -414,11 +413,11 @@ def load_or_convert(
     key = key or cache_key(model, graph)
     height, width = model.data_config.image_size
     if graph == "vectors":
-        module: nn.Module = _PixelsToVectors(model)
+        module = _FromPixels(model, "features")
         input_shape = [-1, height, width, 3]
         check = _noise((3, height, width, 3))
     else:
-        module = _PixelsToFeatureMap(model)
+        module = _FromPixels(model, "feature_map")
         input_shape = [-1, -1, -1, 3]
         stride = int(model.feature_stride)
         # Another size than the traced one: a size frozen into the graph shows here.
@@ -438,9 +437,8 @@ def load_or_convert(
 
 
 class _OpenVINOPending:
-    def __init__(self, requests: list[Any], sizes: list[int]) -> None:
+    def __init__(self, requests: list[Any]) -> None:
         self.requests = requests
-        self.sizes = sizes
 
     def result(self) -> np.ndarray:
         parts = []
@@ -512,12 +510,11 @@ class AsyncRuns:
             request.wait()  # a caller that never collected the group's last batch
         count = len(inputs)
         share = -(-count // len(requests))
-        sizes = []
+        used = []
         for request, start in zip(requests, range(0, count, share), strict=False):
-            chunk = inputs[start : start + share]
-            request.start_async({0: chunk})
-            sizes.append(len(chunk))
-        return _OpenVINOPending(requests[: len(sizes)], sizes)
+            request.start_async({0: inputs[start : start + share]})
+            used.append(request)
+        return _OpenVINOPending(used)
 
 
 class OpenVINOEmbedder:
@@ -541,7 +538,7 @@ class OpenVINOEmbedder:
         self.model = model
         self.precision = precision
         self._config = compile_config(precision, num_threads)
-        self._root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._root = _cache_root(cache_dir)
         self._runs = self._compile("vectors")
         self._map_runs = self._compile("feature_map") if feature_map else None
 
@@ -556,7 +553,7 @@ class OpenVINOEmbedder:
         return AsyncRuns(compiled)
 
     def submit(self, pixels: np.ndarray | torch.Tensor) -> Pending:
-        pixels = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
+        pixels = _uint8(pixels)
         if len(pixels) == 0:
             return _Done(np.empty((0, self.model.dim), dtype=np.float32))
         return self._runs.submit(pixels)
@@ -568,8 +565,7 @@ class OpenVINOEmbedder:
         """As :meth:`TorchEmbedder.feature_map`, computed by OpenVINO (a CPU tensor)."""
         if self._map_runs is None:
             self._map_runs = self._compile("feature_map")
-        pixels = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
-        return torch.from_numpy(self._map_runs.submit(pixels).result())
+        return torch.from_numpy(self._map_runs.submit(_uint8(pixels)).result())
 
 
 # --------------------------------------------------------------------------- a user's own module
@@ -605,7 +601,7 @@ class CompiledModule:
             "input_shape": list(self.shape),
             "openvino": openvino.get_version(),
         }
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        root = _cache_root(cache_dir)
         example = example.detach().float().cpu()
         generator = torch.Generator().manual_seed(0)
         # Another batch size than the traced one, and other values.

@@ -232,36 +232,50 @@ def _compiled_layer(module: nn.Module, ref: LayerRef, example: torch.Tensor) -> 
     return compiled
 
 
+def _detectors_run_on_torch(backend: str, device: torch.device, *, stacklevel: int) -> None:
+    """Detectors run on torch (module docstring); one line says so when OpenVINO is asked for
+    by name where it could run."""
+    if backend == "openvino" and resolve_backend(backend, device) == "openvino":
+        warnings.warn(
+            "OpenVINO does not run detectors (its backbone alone ran 1.2-1.6x faster, end to end "
+            "no faster on 2 cores); extracting with torch",
+            RuntimeWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
 def _layer_runner(
     module: nn.Module,
     ref: LayerRef,
-    example: torch.Tensor | None,
+    images: Sequence[ImageInput],
+    preprocess: Preprocess,
     *,
     backend: str,
     task: str,
-    total: int,
     device: torch.device,
 ) -> tuple[Callable[[Any], torch.Tensor], str]:
-    """(a function from a batch to the layer's activations, the backend it runs on)."""
+    """(a function from a batch to the layer's activations, the backend it runs on). Only a
+    conversion preprocesses an example (the first image)."""
 
     def on_torch(batch: Any) -> torch.Tensor:
         return as_tensor(capture(module, ref, batch), ref.name)
 
     chosen = resolve_backend(backend, device)  # refuses openvino on a GPU or where it is missing
+    if task == "detection":  # a list of images of their own sizes, as extract_detection takes
+        _detectors_run_on_torch(backend, device, stacklevel=3)
+        return on_torch, "torch"
     if (
         chosen == "torch"
-        or example is None
-        or (backend == "auto" and total < AUTO_OPENVINO_MIN_IMAGES)
+        or not images
+        or (backend == "auto" and len(images) < AUTO_OPENVINO_MIN_IMAGES)
     ):
         return on_torch, "torch"
     why = None
-    if task == "detection":
-        why = "a detector takes a list of images of their own sizes"
-    elif is_torchscript(module):
+    if is_torchscript(module):
         why = "a TorchScript module"
     else:
         try:
-            compiled = _compiled_layer(module, ref, example)
+            compiled = _compiled_layer(module, ref, _example_batch(images, preprocess, device))
         except Exception as error:  # conversion fails with many types (tracing, frontends, check)
             why = f"{type(error).__name__}: {str(error)[:200]}"
     if why is not None:
@@ -300,20 +314,18 @@ def extraction_backend(
     target = torch.device(device) if device is not None else default_device()
     if task == "detection" and layer in (None, "backbone") and not is_torchscript(module):
         return "torch"
-    ref = parse_layer(
-        module,
-        resolve_layer(
-            module, task=task, layer=layer, images=images, preprocessing=preprocess, device=target
-        ),
+    name = resolve_layer(
+        module, task=task, layer=layer, images=images, preprocessing=preprocess, device=target
     )
     with _inference(module, target):
-        example = (
-            None
-            if task == "detection" or not images
-            else _example_batch(images, preprocess, target)
-        )
         return _layer_runner(
-            module, ref, example, backend=backend, task=task, total=len(images), device=target
+            module,
+            parse_layer(module, name),
+            images,
+            preprocess,
+            backend=backend,
+            task=task,
+            device=target,
         )[1]
 
 
@@ -393,11 +405,8 @@ def extract_embeddings(
         )
 
     with _inference(module, target):
-        example = (
-            None if task == "detection" or not total else _example_batch(images, preprocess, target)
-        )
         run, used = _layer_runner(
-            module, ref, example, backend=backend, task=task, total=total, device=target
+            module, ref, images, preprocess, backend=backend, task=task, device=target
         )
         if details is not None:
             details["backend"] = used
@@ -487,13 +496,7 @@ def extract_detection(
     module, _ = _unwrap(model, None)
     check_two_stage_detector(module)
     target = torch.device(device) if device is not None else default_device()
-    if backend == "openvino" and resolve_backend(backend, target) == "openvino":
-        warnings.warn(
-            "OpenVINO does not run detectors (its backbone alone ran 1.2-1.6x faster, end to end "
-            "no faster on 2 cores); extracting with torch",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    _detectors_run_on_torch(backend, target, stacklevel=2)
     if details is not None:
         details.update(backend="torch", precision="fp32")
     if label_boxes is not None and len(label_boxes) != len(images):

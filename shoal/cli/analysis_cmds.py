@@ -214,11 +214,6 @@ def _compute(args: argparse.Namespace, workflow: str, **params: Any) -> tuple[An
     return ds, analyse.ANALYSES[workflow](ds, args.embedding, recompute=args.recompute, **params)
 
 
-def _unit(ds: Any, embedding: str) -> str:
-    """What the rows of the set ``embedding`` are, for messages: boxes or samples."""
-    return "boxes" if ds.embedding_info(embedding).level == "object" else "samples"
-
-
 def cmd_project(args: argparse.Namespace) -> int:
     ds, computed = _compute(
         args,
@@ -241,7 +236,7 @@ def cmd_project(args: argparse.Namespace) -> int:
             if result.trustworthiness_sampled
             else ""
         )
-        unit = _unit(ds, computed.embedding)
+        unit = ds.embedding_info(computed.embedding).unit
         print(
             f"projected {len(result.coords):,} {unit} of {args.name!r} ({computed.embedding}) "
             f"with {result.method}{_cached_note(computed)}"
@@ -270,7 +265,7 @@ def cmd_outliers(args: argparse.Namespace) -> int:
         _print_ranked_json(ds, args, computed)
     else:
         print(
-            f"{result.n_flagged:,} of {len(result.scores):,} {_unit(ds, computed.embedding)} "
+            f"{result.n_flagged:,} of {len(result.scores):,} {ds.embedding_info(computed.embedding).unit} "
             "flagged as outliers "
             f"({result.method}, score > {result.threshold:.4g}){_cached_note(computed)}"
         )
@@ -453,7 +448,7 @@ def cmd_mislabels(args: argparse.Namespace) -> int:
     else:
         print(
             f"{result.n_flagged:,} of {int(result.params.get('n_labelled', 0)):,} labelled "
-            f"{_unit(ds, computed.embedding)} "
+            f"{ds.embedding_info(computed.embedding).unit} "
             f"look mislabelled{_cached_note(computed)}"
         )
         for row in result.flagged_indices[: args.top]:
@@ -480,7 +475,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
         print_json(computed.to_dict())
     else:
         query = args.image or ", ".join(args.sample_ids)
-        print(f"{len(frame)} {_unit(ds, computed.embedding)} most similar to {query}:")
+        print(f"{len(frame)} {ds.embedding_info(computed.embedding).unit} most similar to {query}:")
         for item in frame.itertuples(index=False):
             print(f"  {item.rank:>3}  {item.sample_id}\tdistance {item.distance:.4f}")
     _write_table(frame, args.out)
@@ -520,22 +515,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         ).result
     except (FilterError, ValueError) as error:
         raise CliError(str(error)) from error
-    boxes = _unit(ds, ds.resolve_embedding(args.embedding)) == "boxes"
+    unit = ds.embedding_info(ds.resolve_embedding(args.embedding)).unit
     table = result.novelty_frame()
-    if boxes:  # the two sides are boxes of an object-level set
+    if unit == "boxes":  # the two sides are boxes of an object-level set
         table = table.rename(columns={"sample_id": "object_id"})
     if args.json:
         print_json(result.to_dict())
     else:
-        print(result.verdict(unit="boxes" if boxes else "samples"))
+        print(result.verdict(unit=unit))
         print(
             f"  {result.method}: p = {result.p_value:.4g}, {result.effect_name} = {result.effect_size:.4g}, "
             f"reference {result.n_reference:,}, current {result.n_current:,}"
-            + (" boxes" if boxes else "")
+            + (" boxes" if unit == "boxes" else "")
         )
         novelty = table.sort_values("novelty", ascending=False)
         print(
-            f"  {int(result.novelty_flags.sum()):,} current {'boxes' if boxes else 'samples'} are "
+            f"  {int(result.novelty_flags.sum()):,} current {unit} are "
             "novel (not covered by the reference)"
         )
         for row in novelty.head(min(args.top, int(result.novelty_flags.sum()))).itertuples():

@@ -302,5 +302,5 @@ def compare_task(context: JobContext) -> dict[str, Any]:
         "embedding": embedding,
         "version": info.version,
         "p_value": computed.result.p_value,
-        "verdict": computed.result.verdict(unit="boxes" if info.level == "object" else "samples"),
+        "verdict": computed.result.verdict(unit=info.unit),
     }

@@ -68,6 +68,11 @@ class EmbeddingInfo:
     version: str = ""
     dtype: str = "float32"
 
+    @property
+    def unit(self) -> str:
+        """What its rows are, for messages: "boxes" (object level) or "samples"."""
+        return "boxes" if self.level == "object" else "samples"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -53,7 +53,7 @@ def compare_dataset(
     """
     embeddings = ds.load_embeddings(embedding)
     boxes = embeddings.info.level == "object"
-    unit = "boxes" if boxes else "samples"
+    unit = embeddings.info.unit
     if boxes:
         # One row per vector: the box's columns and its image's (split, metadata).
         rows = row_metadata(ds, embeddings)
