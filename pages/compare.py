@@ -27,12 +27,20 @@ loaded = ui.page_data(level="sample")
 ds, embedding, dataset_key, stamp, version, samples = loaded
 collection = ui.collection_filter(loaded)
 if ui.current_level(ds) == "object":
+    # The example uses this dataset's own splits, so it runs as written (CATEGORY aside).
+    splits = (
+        samples["split"].dropna().astype(str).value_counts().index[:2] if "split" in samples else []
+    )
+    sides = (
+        f'--reference "category=CATEGORY & split={splits[0]}" '
+        f'--current "category=CATEGORY & split={splits[1]}"'
+        if len(splits) == 2
+        else "--reference category=CATEGORY"
+    )
     st.caption(
-        "This page compares sets of whole images and stays at the image level. To compare boxes "
-        f"(e.g. one category in train against test), run `shoal compare {ds.name} --embedding "
-        f"{ds.default_embedding(level='object') or 'BOX_SET'} --reference "
-        '"category=person & split=train" --current '
-        '"category=person & split=test"`.'
+        "This page compares sets of whole images and stays at the image level. To compare boxes, "
+        f"run `shoal compare {ds.name} --embedding "
+        f"{ds.default_embedding(level='object') or 'BOX_SET'} {sides}`."
     )
 
 presets = []
