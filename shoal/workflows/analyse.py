@@ -139,10 +139,12 @@ def project(
     )
 
     def compute() -> Projection:
+        # The graph first: building it stores the HNSW index, whose PCA axes the map reuses.
+        shared = graph.result
         return project_embeddings(
             in_memory_if_small(embeddings.vectors),
             pca_axes=_index_pca_axes(ds, embeddings),
-            graph=graph.result,
+            graph=shared,
             n_components=n_components,
             n_neighbors=n_neighbors,
             min_dist=min_dist,

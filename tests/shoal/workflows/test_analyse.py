@@ -106,6 +106,21 @@ def test_projection_is_cached(dataset) -> None:
     json.dumps(second.to_dict(), allow_nan=False)
 
 
+@pytest.mark.slow
+def test_a_first_map_reuses_the_axes_of_the_index_its_graph_builds(
+    dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a fresh HNSW-sized set, the map's PCA is the index's, fitted once: the graph (and so
+    the index and its axes) is built before the map asks for them."""
+    ds, _, _ = dataset
+    from shoal.analysis import knn
+
+    for module in (analysis_ws, knn):
+        monkeypatch.setattr(module, "EXACT_MAX_SAMPLES", 100)
+    computed = analysis_ws.project(ds)
+    assert not computed.cached and computed.result.params["pca_fitted"] == "given"
+
+
 def test_similar_by_ids_and_vector(dataset) -> None:
     ds, vectors, ids = dataset
     by_id = analysis_ws.similar(ds, sample_ids=["s0004"], k=3)
