@@ -3,9 +3,9 @@
 UMAP's own first step is a nearest-neighbour search over the raw vectors; here the graph built
 once by :func:`shoal.analysis.knn.build_knn_graph` becomes UMAP's fuzzy graph
 (:mod:`shoal.analysis.fuzzy`, numpy instead of umap-learn's per-process compiled kernels) and
-umap-learn's own layout (``simplicial_set_embedding``) sees a PCA-reduced copy of the data, so
-the search is not paid twice. The layout's compiled epochs are cached on disk
-(:func:`_cache_layout_kernel`), so a new process does not compile them again.
+UMAP's layout optimisation (:mod:`shoal.analysis.layout`: umap-learn's epochs, in a faster
+kernel cached on disk) runs on a PCA-reduced copy of the data, so the search is not paid twice
+and no process imports umap-learn.
 
 The layout starts from the PCA coordinates instead of UMAP's spectral initialisation: an
 informative start that preserves global structure as well (Kobak & Linderman, Nature
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,9 @@ from shoal.analysis.knn import KnnGraph, build_knn_graph, drop_self_matches
 from shoal.analysis.pca import BlockPCA
 from shoal.analysis.results import ArrayRecord, ids_or_rows, jsonable
 from shoal.analysis.rows import RowSubset
+
+if TYPE_CHECKING:
+    from shoal.analysis.layout import LayoutParams
 
 #: Fit UMAP on at most this many samples; place the rest with UMAP's transform step.
 MAX_FIT_SAMPLES = 200_000
@@ -70,48 +73,6 @@ DEFAULT_EPOCHS_LARGE = 100
 METHODS = ("umap", "tsne", "pca")
 #: t-SNE fits every point (no transform step here): above this many samples use UMAP or PCA.
 MAX_TSNE_SAMPLES = 200_000
-
-
-def _umap() -> Any:
-    try:
-        import umap
-    except ImportError as error:
-        raise ImportError("Shoal's projection needs UMAP: pip install umap-learn") from error
-    _cache_layout_kernel()
-    return umap
-
-
-def _cache_layout_kernel() -> None:
-    """Keep umap-learn's compiled layout epochs on disk.
-
-    umap-learn compiles its epoch kernel (serial and parallel variants of one function) without
-    numba's cache: 1.5 to 3 s in every new process, i.e. every CLI call and job. Both variants
-    are replaced, once per process, by cached compilations of the same function under their own
-    names (numba keys its cache by function name, so two variants of one function would share,
-    and mix up, one entry); umap-learn looks them up by these names at each call. The cache
-    lives beside umap-learn's sources, or in numba's per-user directory when those are
-    read-only. Where umap-learn no longer has these names nothing changes.
-    """
-    import types
-
-    import numba
-    from umap import layouts
-
-    epoch = getattr(layouts, "_optimize_layout_euclidean_single_epoch", None)
-    if epoch is None or getattr(layouts, "_shoal_cached_kernels", False):
-        return
-    for name, parallel in (
-        ("_nb_optimize_layout_euclidean_single_epoch", False),
-        ("_nb_optimize_layout_euclidean_single_epoch_parallel", True),
-    ):
-        if not hasattr(layouts, name):
-            return
-        variant = types.FunctionType(
-            epoch.__code__, epoch.__globals__, name, epoch.__defaults__, epoch.__closure__
-        )
-        variant.__qualname__ = name
-        setattr(layouts, name, numba.njit(variant, fastmath=True, parallel=parallel, cache=True))
-    layouts._shoal_cached_kernels = True
 
 
 @dataclass(frozen=True)
@@ -196,9 +157,9 @@ def project(
     started from the PCA layout and otherwise openTSNE's defaults) or ``"pca"`` (the first
     principal components of the normalised vectors). The result's ``method`` says what was drawn.
 
-    ``parallel``: run UMAP's layout epochs on all cores (umap-learn's parallel kernel, which
-    ``umap.UMAP()`` uses when it has no seed): about 1.4x faster on two cores, but threads race
-    on shared coordinates, so the same inputs give a slightly different map each time.
+    ``parallel``: run UMAP's layout epochs on all cores (as ``umap.UMAP()`` does when it has
+    no seed): about 1.5x faster on two cores, but threads race on shared coordinates, so the
+    same inputs give a slightly different map each time.
 
     ``n_neighbors`` counts UMAP-style (the point itself included), so a 15-neighbour map needs a
     graph with at least 14 neighbours. Fixed ``random_state`` makes the layout reproducible.
@@ -375,19 +336,6 @@ def _umap_knn(graph: KnnGraph, n_neighbors: int) -> tuple[np.ndarray, np.ndarray
     return indices, distances.astype(np.float32), k + 1
 
 
-@dataclass(frozen=True)
-class LayoutParams:
-    """What the placing step needs of a fitted UMAP layout (umap-learn's defaults otherwise)."""
-
-    a: float
-    b: float
-    n_epochs: int | None
-    initial_alpha: float = 1.0
-    repulsion_strength: float = 1.0
-    negative_sample_rate: int = 5
-    local_connectivity: float = 1.0
-
-
 def _fit_umap(
     reduced: np.ndarray,
     graph: KnnGraph,
@@ -400,46 +348,64 @@ def _fit_umap(
     *,
     parallel: bool = False,
 ) -> tuple[np.ndarray, LayoutParams]:
-    """umap-learn's ``UMAP(precomputed_knn=...).fit_transform`` on the PCA scores, with the fuzzy
-    graph built by :mod:`shoal.analysis.fuzzy` instead of umap-learn's per-process compiled
-    kernels; the layout itself (initialisation, epochs, random stream) is umap-learn's own
-    ``simplicial_set_embedding``. Points the graph leaves unconnected get NaN, as in umap-learn.
-    """
-    _umap()
-    from umap import distances as umap_distances
-    from umap.umap_ import find_ab_params, simplicial_set_embedding
+    """umap-learn's ``simplicial_set_embedding`` on the PCA scores: the fuzzy graph of
+    :mod:`shoal.analysis.fuzzy`, edges too weak to be sampled once in ``n_epochs`` dropped, a
+    start from the first principal axes (scaled into [0, 10], with umap-learn's 1e-4 jitter so
+    that duplicates part), then :func:`shoal.analysis.layout.optimize_layout`. Points the graph
+    leaves unconnected get NaN, as in umap-learn.
 
+    ``metric`` is the graph's: its distances (cosine) are what the fuzzy set is built from,
+    while the layout compares PCA scores of normalised vectors with Euclidean distance.
+    """
+    from shoal.analysis.layout import LayoutParams, curve_params, optimize_layout
+
+    n_samples = len(reduced)
+    if n_epochs is None:
+        n_epochs = DEFAULT_EPOCHS_SMALL if n_samples <= 10_000 else DEFAULT_EPOCHS_LARGE
     indices, distances, _ = _umap_knn(graph, n_neighbors)
-    fuzzy = fuzzy_simplicial_set(indices, distances)
-    a, b = find_ab_params(1.0, min_dist)
-    params = LayoutParams(a=float(a), b=float(b), n_epochs=n_epochs)
-    coords, _ = simplicial_set_embedding(
-        reduced,
-        fuzzy,
-        n_components,
-        params.initial_alpha,
-        params.a,
-        params.b,
-        params.repulsion_strength,
-        params.negative_sample_rate,
-        n_epochs,
-        # PCA start needs as many input axes as map axes; tiny inputs fall back to spectral.
-        "pca" if reduced.shape[1] >= n_components else "spectral",
-        np.random.RandomState(random_state),
-        # The PCA scores of normalised vectors are compared with Euclidean distance; the graph
-        # distances (cosine) are what the fuzzy set is built from.
-        umap_distances.named_distances["euclidean"],
-        {},
-        False,
-        {},
-        False,
+    fuzzy = fuzzy_simplicial_set(indices, distances).tocoo()
+    fuzzy.sum_duplicates()
+    # As umap-learn: an edge sampled less than once over the run is dropped (its threshold for
+    # ten epochs or fewer is that of its default run length).
+    threshold_epochs = n_epochs if n_epochs > 10 else (500 if n_samples <= 10_000 else 200)
+    fuzzy.data[fuzzy.data < fuzzy.data.max(initial=0.0) / float(threshold_epochs)] = 0.0
+    fuzzy.eliminate_zeros()
+    a, b = curve_params(min_dist)
+    params = LayoutParams(a=a, b=b, n_epochs=n_epochs)
+    rng = np.random.default_rng(random_state)
+    coords = _initial_layout(reduced, n_components, rng)
+    optimize_layout(
+        coords,
+        fuzzy.row,
+        fuzzy.col,
+        fuzzy.data,
+        n_epochs=n_epochs,
+        a=a,
+        b=b,
+        initial_alpha=params.initial_alpha,
+        repulsion_strength=params.repulsion_strength,
+        negative_sample_rate=params.negative_sample_rate,
+        move_other=True,
         parallel=parallel,
-        verbose=False,
-        tqdm_kwds={"disable": True},
+        random_state=int(rng.integers(2**31)),
     )
-    coords = np.asarray(coords, dtype=np.float32)
-    coords[np.asarray(fuzzy.sum(axis=1)).ravel() == 0] = np.nan
+    connected = np.bincount(fuzzy.row, minlength=n_samples) > 0
+    coords[~connected] = np.nan
     return coords, params
+
+
+def _initial_layout(reduced: np.ndarray, n_components: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, n_components) float32 in [0, 10]: the leading PCA scores (uniform random where the
+    scores have fewer axes than the map), jittered by 1e-4 of the largest score."""
+    coords = np.zeros((len(reduced), n_components), dtype=np.float32)
+    width = min(n_components, reduced.shape[1])
+    coords[:, :width] = reduced[:, :width]
+    coords[:, width:] = rng.uniform(-1.0, 1.0, (len(reduced), n_components - width))
+    coords *= np.float32(10.0 / max(float(np.abs(coords).max(initial=0.0)), 1e-12))
+    coords += rng.normal(scale=1e-4, size=coords.shape).astype(np.float32)
+    low, high = coords.min(axis=0), coords.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    return np.ascontiguousarray(10.0 * (coords - low) / span, dtype=np.float32)
 
 
 def _fit_sample_place_rest(
@@ -512,13 +478,11 @@ def _place_rest(
     Start: each point at the membership-weighted mean of its placed neighbours, in rounds (a
     point whose neighbours are all unplaced waits for them; none at all: the map's centre). Then
     a third of the fit's epochs of UMAP's layout optimisation moves only these points, in chunks
-    of ``PLACE_CHUNK`` points (the optimiser keeps a few float64 per edge).
+    of ``PLACE_CHUNK`` points (the optimiser keeps 32 bytes per edge).
     """
     import scipy.sparse
 
-    _umap()
-    from umap.layouts import optimize_layout_euclidean
-    from umap.umap_ import make_epochs_per_sample
+    from shoal.analysis.layout import optimize_layout
 
     n_samples = len(coords)
     rest = np.flatnonzero(transformed)
@@ -561,27 +525,20 @@ def _place_rest(
         chunk.eliminate_zeros()
         if not chunk.nnz:
             continue
-        rng_state = (
-            np.random.RandomState(random_state + start)
-            .randint(np.iinfo(np.int32).min, np.iinfo(np.int32).max, 3)
-            .astype(np.int64)
-        )
-        optimize_layout_euclidean(
+        optimize_layout(
             coords,
-            coords,
-            rest[start + chunk.row].astype(np.int32),
-            chunk.col.astype(np.int32),
-            n_epochs,
-            n_samples,
-            make_epochs_per_sample(chunk.data, n_epochs),
-            layout.a,
-            layout.b,
-            rng_state,
-            layout.repulsion_strength,
-            layout.initial_alpha / 4.0,
-            layout.negative_sample_rate,
-            parallel,
-            verbose=False,
+            rest[start + chunk.row],
+            chunk.col,
+            chunk.data,
+            n_epochs=n_epochs,
+            a=layout.a,
+            b=layout.b,
+            initial_alpha=layout.initial_alpha / 4.0,
+            repulsion_strength=layout.repulsion_strength,
+            negative_sample_rate=layout.negative_sample_rate,
+            move_other=False,
+            parallel=parallel,
+            random_state=random_state + start,
         )
 
 

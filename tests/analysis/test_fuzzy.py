@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
-import umap
 from umap import umap_
 
 import shoal.analysis.projection as projection
 from shoal.analysis import fuzzy
 from shoal.analysis.knn import build_knn_graph
-from shoal.analysis.pca import BlockPCA
 
 
 @pytest.fixture(scope="module")
@@ -66,32 +62,3 @@ def test_fuzzy_graph_matches_umap(knn) -> None:
     np.testing.assert_array_equal(graph.indptr, expected.indptr)
     np.testing.assert_array_equal(graph.indices, expected.indices)
     np.testing.assert_allclose(graph.data, expected.data, rtol=1e-4, atol=1e-6)
-
-
-def test_layout_is_umaps_own_given_its_graph(knn, monkeypatch) -> None:
-    """With umap-learn's graph the projection's layout call reproduces
-    ``UMAP(precomputed_knn=...).fit_transform`` exactly (same start, epochs, random stream)."""
-    x, indices, distances = knn
-    graph = build_knn_graph(x, n_neighbors=14)
-    reduced = BlockPCA(50, normalize=True).fit_transform(x)
-    monkeypatch.setattr(
-        projection,
-        "fuzzy_simplicial_set",
-        lambda i, d: umap_.fuzzy_simplicial_set(
-            reduced, 15, np.random.RandomState(0), "euclidean", knn_indices=i, knn_dists=d
-        )[0],
-    )
-    ours, _ = projection._fit_umap(reduced, graph, 2, 15, 0.1, 30, "cosine", 0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = umap.UMAP(
-            n_neighbors=15,
-            n_epochs=30,
-            metric="euclidean",
-            precomputed_knn=(indices, distances),
-            init="pca",
-            random_state=0,
-            # Below 4,096 rows umap-learn ignores a precomputed graph unless told not to.
-            force_approximation_algorithm=True,
-        ).fit_transform(reduced)
-    np.testing.assert_array_equal(ours, theirs)

@@ -213,7 +213,7 @@ def test_trustworthiness_equals_sklearns(metric: str) -> None:
 def test_parallel_layout_is_as_faithful_and_leaves_seeded_maps_reproducible() -> None:
     """The parallel kernel gives a map of the same quality; the serial one, compiled and cached
     under its own name, still gives the same map for the same seed afterwards."""
-    from umap import layouts
+    from shoal.analysis import layout
 
     x, _ = clustered_embeddings(3_000, dim=32, n_clusters=6, seed=5)
     graph = build_knn_graph(x, n_neighbors=15)
@@ -224,10 +224,6 @@ def test_parallel_layout_is_as_faithful_and_leaves_seeded_maps_reproducible() ->
     assert parallel.params["parallel"] and not serial.params["parallel"]
     assert parallel.trustworthiness >= serial.trustworthiness - 0.01
     names = {
-        kernel._cache._cache_file._index_name
-        for kernel in (
-            layouts._nb_optimize_layout_euclidean_single_epoch,
-            layouts._nb_optimize_layout_euclidean_single_epoch_parallel,
-        )
+        layout._epoch_kernel(variant)._cache._cache_file._index_name for variant in (False, True)
     }
     assert len(names) == 2  # one cache entry per variant: they never load each other's code
