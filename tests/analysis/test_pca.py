@@ -8,7 +8,7 @@ from sklearn.decomposition import PCA
 
 from shoal.analysis import pca as pca_module
 from shoal.analysis.blocks import l2_normalize, sample_rows
-from shoal.analysis.pca import BlockPCA
+from shoal.analysis.pca import BlockPCA, randomized_axes
 from tests.analysis.synthetic import clustered_embeddings
 
 
@@ -73,3 +73,19 @@ def test_fits_on_a_seeded_subsample_above_max_fit_rows() -> None:
     assert not np.array_equal(other_seed.mean_, BlockPCA(3, max_fit_rows=500).fit(x).mean_)
     with pytest.raises(ValueError, match="0 samples"):
         BlockPCA(3).fit(np.zeros((0, 4)))
+
+
+@pytest.mark.parametrize("shape", [(3_000, 200), (120, 300)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_randomized_axes_are_sklearns(shape: tuple[int, int], dtype: type) -> None:
+    """The same axes (up to sign) as sklearn's randomized_svd, which Shoal no longer imports;
+    the narrower side is transposed in both."""
+    from sklearn.utils.extmath import randomized_svd
+
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=shape) * np.linspace(3, 0.1, shape[1])).astype(dtype)
+    x -= x.mean(axis=0)
+    ours = randomized_axes(x, 20, n_iter=4, random_state=7)
+    _, _, theirs = randomized_svd(x, 20, n_iter=4, random_state=7)
+    signs = np.sign(np.sum(ours * theirs, axis=1))[:, None]
+    np.testing.assert_allclose(ours * signs, theirs, atol=1e-4 if dtype == np.float32 else 1e-10)
