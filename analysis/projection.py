@@ -101,8 +101,8 @@ class Projection(ArrayRecord):
     def trustworthiness_sampled(self) -> bool:
         return self.trustworthiness_sample_size < len(self.coords)
 
-    def to_dict(self, *, sample_ids: np.ndarray | None = None) -> dict[str, Any]:
-        """JSON-able summary plus per-point values (lists)."""
+    def summary(self) -> dict[str, Any]:
+        """JSON-able parameters and quality figures, without the per-point values."""
         return jsonable(
             {
                 **self.to_meta(),
@@ -111,6 +111,13 @@ class Projection(ArrayRecord):
                 "mean_neighborhood_preservation": float(np.mean(self.neighborhood_preservation))
                 if len(self.coords)
                 else float("nan"),
+            }
+        )
+
+    def to_dict(self, *, sample_ids: np.ndarray | None = None) -> dict[str, Any]:
+        """JSON-able summary plus per-point values (lists)."""
+        return self.summary() | jsonable(
+            {
                 "sample_ids": None if sample_ids is None else [str(s) for s in sample_ids],
                 "coords": self.coords,
                 "neighborhood_preservation": self.neighborhood_preservation,

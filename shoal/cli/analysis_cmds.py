@@ -226,10 +226,15 @@ def cmd_project(args: argparse.Namespace) -> int:
     )
     result = computed.result
     if args.json:
-        summary = computed.to_dict()
-        for key in ("coords", "neighborhood_preservation", "transformed", "sample_ids"):
-            summary.pop(key, None)
-        print_json(summary)
+        # The summary only: per-point values of a million points would take seconds to convert.
+        print_json(
+            {
+                "dataset": computed.dataset,
+                "embedding": computed.embedding,
+                "key": computed.key,
+                **result.summary(),
+            }
+        )
     else:
         sampled = (
             f" on a {result.trustworthiness_sample_size:,}-sample subset"
