@@ -60,8 +60,14 @@ def knn_graph(
 
 
 def _graph(
-    ds: Dataset, embeddings: EmbeddingSet, n_neighbors: int, *, recompute: bool = False
+    ds: Dataset,
+    embeddings: EmbeddingSet,
+    n_neighbors: int,
+    *,
+    recompute: bool = False,
+    vectors: Any = None,
 ) -> Computed[KnnGraph]:
+    """``vectors``: the set's rows if the caller has read them (:func:`in_memory_if_small`)."""
     key = _graph_key(embeddings)
     stored = None if recompute else ds.load_artefact("knn", key)
     graph = None if stored is None else KnnGraph.from_arrays(*stored)
@@ -71,7 +77,8 @@ def _graph(
         graph = None
     cached_graph = graph is not None
     if graph is None:
-        vectors = in_memory_if_small(embeddings.vectors)
+        if vectors is None:
+            vectors = in_memory_if_small(embeddings.vectors)
         # An HNSW index is kept: the Similar page and `shoal similar` search it.
         index = (
             _hnsw_index(ds, embeddings, vectors)
@@ -99,8 +106,13 @@ class _GraphRef:
 
     @property
     def result(self) -> KnnGraph:
+        return self.get()
+
+    def get(self, vectors: Any = None) -> KnnGraph:
+        """The graph; ``vectors``: the set's rows if the analysis has read them already, so
+        that building the graph does not read them again."""
         if self._result is None:
-            self._result = _graph(self._ds, self._embeddings, self._wanted).result
+            self._result = _graph(self._ds, self._embeddings, self._wanted, vectors=vectors).result
         return self._result
 
 
@@ -139,10 +151,11 @@ def project(
     )
 
     def compute() -> Projection:
+        vectors = in_memory_if_small(embeddings.vectors)
         # The graph first: building it stores the HNSW index, whose PCA axes the map reuses.
-        shared = graph.result
+        shared = graph.get(vectors)
         return project_embeddings(
-            in_memory_if_small(embeddings.vectors),
+            vectors,
             pca_axes=_index_pca_axes(ds, embeddings),
             graph=shared,
             n_components=n_components,
@@ -209,9 +222,10 @@ def outliers(
     }
 
     def compute() -> OutlierResult:
+        vectors = in_memory_if_small(embeddings.vectors)
         return score_outliers(
-            in_memory_if_small(embeddings.vectors),
-            graph=graph.result,
+            vectors,
+            graph=graph.get(vectors),
             method=method,
             threshold=threshold,
             fdr=fdr,
@@ -242,9 +256,10 @@ def duplicates(
     }
 
     def compute() -> DuplicateResult:
+        vectors = in_memory_if_small(embeddings.vectors)
         return find_duplicates(
-            in_memory_if_small(embeddings.vectors),
-            graph=graph.result,
+            vectors,
+            graph=graph.get(vectors),
             threshold=threshold,
             splits=splits,
         )
