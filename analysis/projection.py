@@ -329,8 +329,8 @@ def _fit_tsne(
 def _umap_knn(graph: KnnGraph, n_neighbors: int) -> tuple[np.ndarray, np.ndarray, int]:
     """UMAP wants each row's own index first at distance 0, then its neighbours.
 
-    Exactly ``n_neighbors`` columns: umap-learn 0.5.12 only trims a wider precomputed graph when
-    it has 4,096 rows or more, so smaller sets must not be handed extra columns.
+    Exactly ``n_neighbors`` columns (the shared graph may hold more): the fuzzy set's bandwidths
+    are fitted to ``log2(n_neighbors)``, as umap-learn's for the same ``n_neighbors``.
     """
     k = min(n_neighbors - 1, graph.n_neighbors)
     rows = np.arange(graph.n_samples, dtype=np.int64)[:, None]
